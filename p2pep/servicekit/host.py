@@ -1,0 +1,134 @@
+"""One service's servers: a grpc.aio server with health checking plus the HTTP side."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, Iterable, Sequence
+
+import grpc
+import structlog
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from p2pep.servicekit.http import build_http_app
+from p2pep.servicekit.settings import BaseServiceSettings
+
+log = structlog.get_logger(__name__)
+
+ShutdownHook = Callable[[], Awaitable[None]]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ServiceHost:
+    """Builds, starts and stops the servers of one service.
+
+    Lifecycle: construct -> register servicers on :attr:`grpc_server` (and routes on
+    :attr:`http_app`) -> :meth:`start` -> ... -> :meth:`stop`.
+
+    Stopping goes in this order, so load balancers and clients see it coming:
+    health NOT_SERVING (gRPC and ``/healthz``), ``grpc_server.stop(grace)`` (in-flight
+    calls finish, streams are cancelled after ``grace``), shutdown hooks (in reverse
+    order of registration, e.g. closing a database), then the HTTP server.
+    """
+
+    def __init__(
+        self,
+        settings: BaseServiceSettings,
+        name: str,
+        *,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        grpc_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.grpc_server: grpc.aio.Server = grpc.aio.server(
+            interceptors=list(interceptors), options=list(grpc_options)
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        self.http_app: web.Application = build_http_app(lambda: self._serving)
+        self._runner: web.AppRunner | None = None
+        self._hooks: list[ShutdownHook] = []
+        self._serving = False
+        self._started = False
+        self._stopped = asyncio.Event()
+        self._health_names: list[str] = [""]
+        self.grpc_port: int = 0
+        self.http_port: int = 0
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` a client can dial once started."""
+        return f"{self.settings.grpc_host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.http_host}:{self.http_port}"
+
+    @property
+    def serving(self) -> bool:
+        return self._serving
+
+    def add_shutdown_hook(self, hook: ShutdownHook) -> None:
+        """Run ``await hook()`` while stopping, after the gRPC server has drained."""
+        self._hooks.append(hook)
+
+    async def start(self, serving: Iterable[str] = ()) -> None:
+        """Bind both servers (port 0 = a free port; see :attr:`grpc_port`, :attr:`http_port`)
+        and mark ``""`` and every name in ``serving`` as SERVING in the health service."""
+        if self._started:
+            raise RuntimeError("service host already started")
+        self._started = True
+        s = self.settings
+        self.grpc_port = self.grpc_server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"could not bind gRPC to {s.grpc_host}:{s.grpc_port}")
+        await self.grpc_server.start()
+        self._runner = web.AppRunner(self.http_app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.http_host, s.metrics_port)
+        await site.start()
+        self.http_port = int(self._runner.addresses[0][1])
+        self._health_names = ["", *serving]
+        for name in self._health_names:
+            await self.health.set(name, SERVING)
+        self._serving = True
+        log.info("service started", name=self.name, grpc=self.grpc_target, http=self.http_url)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Flip health (gRPC and ``/healthz``) without stopping, e.g. while a dependency is down."""
+        self._serving = serving
+        for name in self._health_names:
+            await self.health.set(name, SERVING if serving else NOT_SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop; idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("service stopping", name=self.name, grace_s=grace)
+        self._serving = False
+        await self.health.enter_graceful_shutdown()
+        if self._started:
+            await self.grpc_server.stop(grace)
+        for hook in reversed(self._hooks):
+            try:
+                await hook()
+            except Exception:  # a failing hook must not keep the others from running
+                log.exception("shutdown hook failed", name=self.name, hook=repr(hook))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("service stopped", name=self.name)
+
+    async def wait_and_stop(self, stop: asyncio.Event, grace: float | None = None) -> None:
+        """Wait until ``stop`` is set (e.g. by :func:`run_service` on SIGTERM), then :meth:`stop`."""
+        try:
+            await stop.wait()
+        finally:
+            await self.stop(grace)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
