@@ -1,0 +1,43 @@
+# P2PEP — every target depends on `setup`, which installs everything the
+# project needs on a fresh machine (Python venv, Go-built lnd/btcd, stubs).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup proto binaries test test-unit test-regtest up bench clean
+
+setup: $(STAMP) binaries proto
+
+$(STAMP): pyproject.toml
+	bash scripts/install-system-deps.sh
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+binaries:
+	bash scripts/build-binaries.sh >/dev/null
+
+# Our stubs from proto/, LND's from the protos of the pinned lnd module.
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not regtest" tests
+
+test-regtest: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m regtest tests
+
+up: setup
+	$(BIN)/p2pep up
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) p2pep/v1 p2pep/lndrpc build

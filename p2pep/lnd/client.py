@@ -1,0 +1,339 @@
+"""An async LND client (grpc.aio, TLS cert + macaroon).
+
+Stubs come from ``scripts/gen_protos.py`` (the protos of the lnd version pinned
+in ``regtest/go.mod``). Every call carries the macaroon it was built with, so a
+service given a restricted macaroon (e.g. invoice-only) can do only that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping
+
+# lnd's TLS certs are ECDSA; gRPC's default cipher list does not offer them.
+os.environ.setdefault("GRPC_SSL_CIPHER_SUITES", "HIGH+ECDSA")
+
+import grpc  # noqa: E402
+
+from p2pep.lndrpc import (  # noqa: E402
+    lightning_pb2 as ln,
+    lightning_pb2_grpc as lngrpc,
+    stateservice_pb2 as state,
+    stateservice_pb2_grpc as stategrpc,
+)
+from p2pep.lndrpc.routerrpc import router_pb2 as router, router_pb2_grpc as routergrpc  # noqa: E402
+from p2pep.lndrpc.signrpc import signer_pb2 as signer  # noqa: E402
+from p2pep.lndrpc.walletrpc import walletkit_pb2 as wallet, walletkit_pb2_grpc as walletgrpc  # noqa: E402
+
+KEYSEND_RECORD = 5482373484
+OP_RETURN = 0x6A
+
+
+class LndError(RuntimeError):
+    """An RPC to one named lnd node failed."""
+
+    def __init__(self, node: str, method: str, err: grpc.aio.AioRpcError | str) -> None:
+        if isinstance(err, grpc.aio.AioRpcError):
+            detail = f"{err.code().name}: {err.details()}"
+            self.code: grpc.StatusCode | None = err.code()
+        else:
+            detail, self.code = err, None
+        super().__init__(f"lnd {node} {method}: {detail}")
+        self.node, self.method, self.detail = node, method, detail
+
+
+class PaymentFailed(LndError):
+    """A payment reached a final FAILED state (reason in ``detail``)."""
+
+
+@dataclass(frozen=True)
+class LndConnection:
+    """Where a node's RPC is and the credentials to use it."""
+
+    name: str
+    rpcserver: str  # "127.0.0.1:10009"
+    tls_cert_path: str
+    macaroon_path: str
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    payment_hash: str
+    preimage: str
+    value_msat: int
+    fee_msat: int
+    status: str
+    failure_reason: str
+    hops: int
+
+
+def _macaroon_creds(macaroon_hex: str) -> grpc.CallCredentials:
+    def plugin(_ctx: grpc.AuthMetadataContext, cb: grpc.AuthMetadataPluginCallback) -> None:
+        cb((("macaroon", macaroon_hex),), None)
+
+    return grpc.metadata_call_credentials(plugin)
+
+
+def op_return_script(payload: bytes) -> bytes:
+    """``OP_RETURN <payload>`` with a minimal push (payload <= 80 bytes)."""
+    if len(payload) > 80:
+        raise ValueError("OP_RETURN payload is limited to 80 bytes by relay policy")
+    push = bytes([len(payload)]) if len(payload) < 0x4C else bytes([0x4C, len(payload)])
+    return bytes([OP_RETURN]) + push + payload
+
+
+class LndClient:
+    def __init__(self, conn: LndConnection, timeout: float = 30.0) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        cert = Path(conn.tls_cert_path).read_bytes()
+        macaroon = Path(conn.macaroon_path).read_bytes().hex()
+        creds = grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(cert), _macaroon_creds(macaroon)
+        )
+        self._channel = grpc.aio.secure_channel(
+            conn.rpcserver,
+            creds,
+            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        )
+        self.ln = lngrpc.LightningStub(self._channel)
+        self.router = routergrpc.RouterStub(self._channel)
+        self.wallet = walletgrpc.WalletKitStub(self._channel)
+        self.state = stategrpc.StateStub(self._channel)
+
+    @property
+    def name(self) -> str:
+        return self.conn.name
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "LndClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: str, rpc: Any, req: Any, timeout: float | None = None) -> Any:
+        try:
+            return await rpc(req, timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as err:
+            raise LndError(self.name, method, err) from err
+
+    # --- node -----------------------------------------------------------------
+    async def get_state(self) -> str:
+        resp = await self._call("GetState", self.state.GetState, state.GetStateRequest(), 5)
+        return state.WalletState.Name(resp.state)
+
+    async def get_info(self) -> ln.GetInfoResponse:
+        return await self._call("GetInfo", self.ln.GetInfo, ln.GetInfoRequest())
+
+    async def pubkey(self) -> str:
+        return (await self.get_info()).identity_pubkey
+
+    # --- on-chain wallet ------------------------------------------------------
+    async def new_address(self, kind: str = "p2wkh") -> str:
+        types = {"p2wkh": ln.WITNESS_PUBKEY_HASH, "p2tr": ln.TAPROOT_PUBKEY, "np2wkh": ln.NESTED_PUBKEY_HASH}
+        resp = await self._call("NewAddress", self.ln.NewAddress, ln.NewAddressRequest(type=types[kind]))
+        return resp.address
+
+    async def wallet_balance(self) -> ln.WalletBalanceResponse:
+        return await self._call("WalletBalance", self.ln.WalletBalance, ln.WalletBalanceRequest())
+
+    async def send_outputs(self, outputs: list[tuple[bytes, int]], sat_per_vbyte: int, label: str = "") -> str:
+        """Fund, sign and publish a tx with exactly these outputs (+ change); returns its txid."""
+        req = wallet.SendOutputsRequest(
+            sat_per_kw=sat_per_vbyte * 250,
+            outputs=[signer.TxOut(pk_script=s, value=v) for s, v in outputs],
+            label=label,
+            min_confs=1,
+        )
+        resp = await self._call("SendOutputs", self.wallet.SendOutputs, req)
+        return _txid_of(resp.raw_tx)
+
+    async def send_op_return(self, payload: bytes, sat_per_vbyte: int, label: str = "") -> str:
+        """A transaction whose only non-change output is ``OP_RETURN payload`` (0 sat)."""
+        return await self.send_outputs([(op_return_script(payload), 0)], sat_per_vbyte, label)
+
+    # --- peers and channels ---------------------------------------------------
+    async def connect(self, pubkey: str, host: str) -> None:
+        req = ln.ConnectPeerRequest(addr=ln.LightningAddress(pubkey=pubkey, host=host), perm=True, timeout=10)
+        try:
+            await self._call("ConnectPeer", self.ln.ConnectPeer, req)
+        except LndError as err:
+            if "already connected" not in err.detail:
+                raise
+
+    async def list_peers(self) -> list[ln.Peer]:
+        return list((await self._call("ListPeers", self.ln.ListPeers, ln.ListPeersRequest())).peers)
+
+    async def open_channel(
+        self, pubkey: str, local_sat: int, push_sat: int = 0, private: bool = False, sat_per_vbyte: int = 2
+    ) -> str:
+        """Open a channel and return its channel point ``txid:index`` once published."""
+        req = ln.OpenChannelRequest(
+            node_pubkey=bytes.fromhex(pubkey),
+            local_funding_amount=local_sat,
+            push_sat=push_sat,
+            private=private,
+            sat_per_vbyte=sat_per_vbyte,
+        )
+        cp = await self._call("OpenChannelSync", self.ln.OpenChannelSync, req, 60)
+        return f"{cp.funding_txid_bytes[::-1].hex()}:{cp.output_index}"
+
+    async def list_channels(self, active_only: bool = False, peer: str | None = None) -> list[ln.Channel]:
+        req = ln.ListChannelsRequest(active_only=active_only, peer=bytes.fromhex(peer) if peer else b"")
+        return list((await self._call("ListChannels", self.ln.ListChannels, req)).channels)
+
+    async def pending_channels(self) -> ln.PendingChannelsResponse:
+        return await self._call("PendingChannels", self.ln.PendingChannels, ln.PendingChannelsRequest())
+
+    async def channel_balance(self) -> ln.ChannelBalanceResponse:
+        return await self._call("ChannelBalance", self.ln.ChannelBalance, ln.ChannelBalanceRequest())
+
+    async def close_channel(self, channel_point: str, force: bool = False, sat_per_vbyte: int = 2) -> str:
+        """Start a close; returns the closing txid once it is broadcast."""
+        txid, idx = channel_point.split(":")
+        req = ln.CloseChannelRequest(
+            channel_point=ln.ChannelPoint(funding_txid_str=txid, output_index=int(idx)),
+            force=force,
+            sat_per_vbyte=0 if force else sat_per_vbyte,
+        )
+        try:
+            async for upd in self.ln.CloseChannel(req, timeout=60):
+                if upd.HasField("close_pending"):
+                    return upd.close_pending.txid[::-1].hex()
+                if upd.HasField("chan_close"):
+                    return upd.chan_close.closing_txid[::-1].hex()
+        except grpc.aio.AioRpcError as err:
+            raise LndError(self.name, "CloseChannel", err) from err
+        raise LndError(self.name, "CloseChannel", "stream ended without a closing tx")
+
+    async def describe_graph(self) -> ln.ChannelGraph:
+        return await self._call("DescribeGraph", self.ln.DescribeGraph, ln.ChannelGraphRequest())
+
+    # --- invoices ---------------------------------------------------------------
+    async def add_invoice(self, value_msat: int, memo: str = "", expiry_s: int = 3600, private: bool = False) -> ln.AddInvoiceResponse:
+        req = ln.Invoice(value_msat=value_msat, memo=memo, expiry=expiry_s, private=private)
+        return await self._call("AddInvoice", self.ln.AddInvoice, req)
+
+    async def lookup_invoice(self, r_hash: bytes | str) -> ln.Invoice:
+        h = bytes.fromhex(r_hash) if isinstance(r_hash, str) else r_hash
+        return await self._call("LookupInvoice", self.ln.LookupInvoice, ln.PaymentHash(r_hash=h))
+
+    async def list_invoices(self, max_invoices: int = 10_000) -> list[ln.Invoice]:
+        req = ln.ListInvoiceRequest(num_max_invoices=max_invoices)
+        return list((await self._call("ListInvoices", self.ln.ListInvoices, req)).invoices)
+
+    async def subscribe_invoices(self, add_index: int = 0, settle_index: int = 0) -> AsyncIterator[ln.Invoice]:
+        """Stream invoice adds and settlements (runs until cancelled)."""
+        stream = self.ln.SubscribeInvoices(ln.InvoiceSubscription(add_index=add_index, settle_index=settle_index))
+        try:
+            async for inv in stream:
+                yield inv
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                raise LndError(self.name, "SubscribeInvoices", err) from err
+        finally:
+            stream.cancel()
+
+    async def decode_pay_req(self, payment_request: str) -> ln.PayReq:
+        return await self._call("DecodePayReq", self.ln.DecodePayReq, ln.PayReqString(pay_req=payment_request))
+
+    # --- payments ---------------------------------------------------------------
+    async def _send(self, req: router.SendPaymentRequest) -> PaymentResult:
+        last: ln.Payment | None = None
+        try:
+            async for upd in self.router.SendPaymentV2(req, timeout=req.timeout_seconds + 15):
+                last = upd
+                if upd.status in (ln.Payment.SUCCEEDED, ln.Payment.FAILED):
+                    break
+        except grpc.aio.AioRpcError as err:
+            raise LndError(self.name, "SendPaymentV2", err) from err
+        if last is None:
+            raise LndError(self.name, "SendPaymentV2", "no payment update received")
+        result = PaymentResult(
+            payment_hash=last.payment_hash,
+            preimage=last.payment_preimage,
+            value_msat=last.value_msat,
+            fee_msat=last.fee_msat,
+            status=ln.Payment.PaymentStatus.Name(last.status),
+            failure_reason=ln.PaymentFailureReason.Name(last.failure_reason),
+            hops=max((len(h.route.hops) for h in last.htlcs if h.status == ln.HTLCAttempt.SUCCEEDED), default=0),
+        )
+        if last.status != ln.Payment.SUCCEEDED:
+            raise PaymentFailed(self.name, "SendPaymentV2", f"{result.status}: {result.failure_reason}")
+        return result
+
+    async def pay(self, payment_request: str, timeout_s: int = 30, fee_limit_msat: int = 10_000, max_parts: int = 1) -> PaymentResult:
+        """Pay a BOLT11 invoice (routerrpc SendPaymentV2); raises PaymentFailed unless it succeeds."""
+        return await self._send(
+            router.SendPaymentRequest(
+                payment_request=payment_request,
+                timeout_seconds=timeout_s,
+                fee_limit_msat=fee_limit_msat,
+                no_inflight_updates=True,
+                max_parts=max_parts,
+            )
+        )
+
+    async def keysend(
+        self, dest: str, amt_msat: int, custom_records: Mapping[int, bytes] | None = None,
+        timeout_s: int = 30, fee_limit_msat: int = 10_000,
+    ) -> PaymentResult:
+        """Spontaneous payment; custom records (type >= 65536) travel to the receiver."""
+        preimage = secrets.token_bytes(32)
+        records = {KEYSEND_RECORD: preimage, **(custom_records or {})}
+        return await self._send(
+            router.SendPaymentRequest(
+                dest=bytes.fromhex(dest),
+                amt_msat=amt_msat,
+                payment_hash=hashlib.sha256(preimage).digest(),
+                dest_custom_records=records,
+                timeout_seconds=timeout_s,
+                fee_limit_msat=fee_limit_msat,
+                no_inflight_updates=True,
+            )
+        )
+
+    async def list_payments(self, max_payments: int = 10_000) -> list[ln.Payment]:
+        req = ln.ListPaymentsRequest(max_payments=max_payments, include_incomplete=True)
+        return list((await self._call("ListPayments", self.ln.ListPayments, req)).payments)
+
+    # --- messages -----------------------------------------------------------------
+    async def sign_message(self, msg: bytes) -> str:
+        return (await self._call("SignMessage", self.ln.SignMessage, ln.SignMessageRequest(msg=msg))).signature
+
+    async def verify_message(self, msg: bytes, signature: str) -> tuple[bool, str]:
+        resp = await self._call(
+            "VerifyMessage", self.ln.VerifyMessage, ln.VerifyMessageRequest(msg=msg, signature=signature)
+        )
+        return resp.valid, resp.pubkey
+
+
+def _txid_of(raw_tx: bytes) -> str:
+    """txid of a serialized (possibly segwit) transaction."""
+    from bitcoin.core import CTransaction
+
+    return CTransaction.deserialize(raw_tx).GetTxid()[::-1].hex()
+
+
+async def wait_rpc_ready(client: LndClient, deadline_s: float) -> None:
+    """Wait until lnd's state service says the RPC server is fully active."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    last: str = "no answer"
+    while loop.time() < end:
+        try:
+            last = await client.get_state()
+            if last == "SERVER_ACTIVE":
+                return
+        except (LndError, grpc.aio.AioRpcError) as err:
+            last = str(err)
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"lnd {client.name} RPC not active after {deadline_s}s (last: {last})")

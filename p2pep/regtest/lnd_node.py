@@ -1,0 +1,151 @@
+"""One lnd process on regtest with the btcd backend: own dir, ports, wallet."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from p2pep.lnd.client import LndClient, LndConnection, LndError
+from p2pep.regtest.btcd import RPC_PASS, RPC_USER, BtcdInfo
+from p2pep.regtest.errors import ProcessFailed
+from p2pep.regtest.ports import ensure_free
+from p2pep.regtest.process import Proc
+from p2pep.regtest.waiting import timeout_scale
+
+
+@dataclass
+class LndInfo:
+    name: str
+    dir: str
+    rpc_port: int
+    rest_port: int
+    p2p_port: int
+    metrics_port: int
+    pid: int | None = None
+    pubkey: str = ""
+
+    @property
+    def rpcserver(self) -> str:
+        return f"127.0.0.1:{self.rpc_port}"
+
+    @property
+    def p2p_host(self) -> str:
+        return f"127.0.0.1:{self.p2p_port}"
+
+    @property
+    def tls_cert(self) -> str:
+        return str(Path(self.dir) / "tls.cert")
+
+    def macaroon(self, kind: str = "admin") -> str:
+        return str(Path(self.dir) / "data" / "chain" / "bitcoin" / "regtest" / f"{kind}.macaroon")
+
+    @property
+    def log(self) -> str:
+        return str(Path(self.dir) / "lnd.out")
+
+    def connection(self, macaroon: str = "admin") -> LndConnection:
+        return LndConnection(self.name, self.rpcserver, self.tls_cert, self.macaroon(macaroon))
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class LndNode:
+    def __init__(self, binary: Path, info: LndInfo, btcd: BtcdInfo) -> None:
+        self.info = info
+        self.btcd = btcd
+        d = Path(info.dir)
+        self.proc = Proc(
+            info.name,
+            [
+                str(binary),
+                f"--lnddir={d}",
+                "--noseedbackup",
+                "--bitcoin.regtest",
+                "--bitcoin.node=btcd",
+                f"--btcd.rpchost={btcd.rpchost}",
+                f"--btcd.rpcuser={RPC_USER}",
+                f"--btcd.rpcpass={RPC_PASS}",
+                f"--btcd.rpccert={btcd.cert}",
+                f"--rpclisten={info.rpcserver}",
+                f"--restlisten=127.0.0.1:{info.rest_port}",
+                f"--listen={info.p2p_host}",
+                f"--alias={info.name}",
+                "--debuglevel=info",
+                "--trickledelay=50",
+                "--accept-keysend",
+                "--maxpendingchannels=20",
+                "--db.batch-commit-interval=10ms",
+                "--bitcoin.defaultchanconfs=1",
+                "--protocol.wumbo-channels",
+                "--prometheus.enable",
+                f"--prometheus.listen=127.0.0.1:{info.metrics_port}",
+                "--tlsextradomain=localhost",
+                "--nobootstrap",
+            ],
+            Path(info.log),
+            pid=info.pid,
+        )
+        self._client: LndClient | None = None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def client(self) -> LndClient:
+        if self._client is None:
+            self._client = LndClient(self.info.connection())
+        return self._client
+
+    async def _drop_client(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def start_process(self) -> None:
+        for what, port in (("rpc", self.info.rpc_port), ("rest", self.info.rest_port),
+                           ("p2p", self.info.p2p_port), ("metrics", self.info.metrics_port)):
+            ensure_free(f"lnd {self.name} {what}", port)
+        self.proc.start()
+        self.info.pid = self.proc.pid
+
+    async def wait_ready(self, timeout: float = 60.0, btcd_proc: Proc | None = None) -> None:
+        """Wait for the TLS cert and macaroon, an active RPC server, and a chain-synced wallet."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout * timeout_scale()
+        last = "not started"
+        while loop.time() < end:
+            self.proc.check()
+            if btcd_proc is not None and not btcd_proc.alive():
+                raise ProcessFailed("btcd", f"exited while {self.name} was starting", btcd_proc.log)
+            if Path(self.info.tls_cert).exists() and Path(self.info.macaroon()).exists():
+                try:
+                    state = await self.client.get_state()
+                    if state == "SERVER_ACTIVE":
+                        info = await self.client.get_info()
+                        self.info.pubkey = info.identity_pubkey
+                        if info.synced_to_chain:
+                            return
+                        last = f"syncing (height {info.block_height})"
+                    else:
+                        last = f"state {state}"
+                except LndError as exc:
+                    last = str(exc)
+                    if "connection" in last.lower() or "UNAVAILABLE" in last:
+                        await self._drop_client()
+            await asyncio.sleep(0.2)
+        raise ProcessFailed(self.name, f"not ready after {timeout * timeout_scale():.0f}s ({last})", self.proc.log)
+
+    async def start(self, timeout: float = 60.0, btcd_proc: Proc | None = None) -> None:
+        self.start_process()
+        await self.wait_ready(timeout, btcd_proc)
+
+    async def stop(self) -> None:
+        await self._drop_client()
+        await asyncio.to_thread(self.proc.stop, 15)
+
+    async def kill(self) -> None:
+        await self._drop_client()
+        self.proc.kill()

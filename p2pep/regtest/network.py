@@ -1,0 +1,277 @@
+"""Bring up, drive and tear down a regtest Lightning network.
+
+Layout: one btcd, a ``hub`` (the operator's node) and meters ``meter-1`` …
+``meter-N``. Every meter opens a channel to the hub and pushes half of it, so
+each side can pay and be paid; direct meter↔meter channels on request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pep.regtest.binaries import Binaries, find_binaries
+from p2pep.regtest.btcd import RPC_PASS, RPC_USER, Btcd, BtcdInfo
+from p2pep.regtest.errors import ProcessFailed, RegtestError
+from p2pep.regtest.faucet import Faucet
+from p2pep.regtest.lnd_node import LndInfo, LndNode
+from p2pep.regtest.ports import free_port
+from p2pep.regtest.process import pid_alive
+from p2pep.regtest.state import default_run_dir, load_state, save_state
+from p2pep.regtest.waiting import wait_for
+
+SEGWIT_HEIGHT = 432  # 3 BIP9 windows of 144 blocks on regtest
+MIN_START_HEIGHT = 450
+
+
+@dataclass
+class NetworkSpec:
+    meters: int = 3
+    hub: bool = True
+    fund_sat: int = 50_000_000
+    channel_sat: int = 10_000_000
+    push_sat: int = 5_000_000
+    direct_channels: list[tuple[str, str]] = field(default_factory=list)
+
+
+class RegtestNetwork:
+    def __init__(self, run_dir: Path | None = None, binaries: Binaries | None = None) -> None:
+        self.run_dir = Path(run_dir or default_run_dir())
+        self.bins = binaries or find_binaries()
+        self.faucet = Faucet.from_seed(str(self.run_dir))
+        self.btcd: Btcd | None = None
+        self.nodes: dict[str, LndNode] = {}
+
+    # --- persistence --------------------------------------------------------------
+    def save(self) -> None:
+        assert self.btcd is not None
+        save_state(
+            self.run_dir,
+            {
+                "bin_dir": str(self.bins.dir),
+                "faucet": {"secret": self.faucet.secret_hex, "address": self.faucet.address},
+                "btcd": asdict(self.btcd.info),
+                "nodes": [n.info.to_dict() for n in self.nodes.values()],
+            },
+        )
+
+    @classmethod
+    def attach(cls, run_dir: Path | None = None) -> "RegtestNetwork":
+        """Attach to a network another process brought up (its processes keep running)."""
+        rd = Path(run_dir or default_run_dir())
+        st = load_state(rd)
+        if st is None:
+            raise RegtestError(f"no regtest network at {rd}: run `p2pep regtest up`")
+        net = cls(rd, Binaries(Path(st["bin_dir"])))
+        net.faucet = Faucet(st["faucet"]["secret"])
+        net.btcd = Btcd(net.bins.btcd, BtcdInfo(**st["btcd"]), net.faucet.address)
+        for n in st["nodes"]:
+            info = LndInfo(**n)
+            net.nodes[info.name] = LndNode(net.bins.lnd, info, net.btcd.info)
+        return net
+
+    def is_running(self) -> bool:
+        return self.btcd is not None and pid_alive(self.btcd.info.pid)
+
+    # --- bring up -------------------------------------------------------------------
+    async def start_btcd(self) -> Btcd:
+        d = self.run_dir / "btcd"
+        d.mkdir(parents=True, exist_ok=True)
+        info = BtcdInfo(rpc_port=free_port(), p2p_port=free_port(), dir=str(d))
+        self.btcd = Btcd(self.bins.btcd, info, self.faucet.address)
+        await self.btcd.start()
+        height = await self.btcd.height()
+        if height < MIN_START_HEIGHT:
+            await self.btcd.mine(MIN_START_HEIGHT - height)
+        if not await self.btcd.segwit_active():
+            raise ProcessFailed("btcd", f"segwit not active at height {MIN_START_HEIGHT}", self.btcd.proc.log)
+        self.save()
+        return self.btcd
+
+    def _new_node(self, name: str) -> LndNode:
+        if name in self.nodes:
+            raise RegtestError(f"node {name} exists already")
+        assert self.btcd is not None
+        d = self.run_dir / name
+        d.mkdir(parents=True, exist_ok=True)
+        info = LndInfo(name=name, dir=str(d), rpc_port=free_port(), rest_port=free_port(),
+                       p2p_port=free_port(), metrics_port=free_port())
+        node = LndNode(self.bins.lnd, info, self.btcd.info)
+        self.nodes[name] = node
+        return node
+
+    async def add_nodes(self, names: list[str], fund_sat: int = 0) -> list[LndNode]:
+        """Start lnd nodes side by side, wait until synced, fund each (one block mined)."""
+        assert self.btcd is not None
+        nodes = [self._new_node(n) for n in names]
+        try:
+            for n in nodes:
+                n.start_process()
+            await asyncio.gather(*(n.wait_ready(btcd_proc=self.btcd.proc) for n in nodes))
+        finally:
+            self.save()
+        if fund_sat:
+            await self.fund(nodes, fund_sat)
+        return nodes
+
+    async def fund(self, nodes: list[LndNode], sats: int) -> None:
+        assert self.btcd is not None
+        before = {n.name: (await n.client.wallet_balance()).confirmed_balance for n in nodes}
+        for n in nodes:
+            await self.faucet.send(self.btcd, await n.client.new_address(), sats)
+        await self.mine(1)
+        for n in nodes:
+            async def funded(n: LndNode = n) -> bool:
+                return (await n.client.wallet_balance()).confirmed_balance >= before[n.name] + sats
+            await wait_for(funded, 60, what=f"{n.name} wallet funded")
+
+    async def mine(self, n: int) -> list[str]:
+        """Mine and wait until every lnd node has seen the new tip."""
+        assert self.btcd is not None
+        hashes = await self.btcd.mine(n)
+        tip = await self.btcd.height()
+        for node in self.nodes.values():
+            if node.proc.alive():
+                async def synced(node: LndNode = node) -> bool:
+                    info = await node.client.get_info()
+                    return info.block_height >= tip and info.synced_to_chain
+                await wait_for(synced, 60, what=f"{node.name} synced to height {tip}")
+        return hashes
+
+    async def connect(self, a: LndNode, b: LndNode) -> None:
+        await a.client.connect(b.info.pubkey, b.info.p2p_host)
+
+    async def open_channels(
+        self, pairs: list[tuple[str, str]], local_sat: int, push_sat: int, private: bool = False
+    ) -> list[str]:
+        """Open channels a→b (pushing ``push_sat`` to b), confirm them, wait until active and announced."""
+        assert self.btcd is not None
+        for a, b in pairs:
+            await self.connect(self.nodes[a], self.nodes[b])
+        points = await asyncio.gather(
+            *(self.nodes[a].client.open_channel(self.nodes[b].info.pubkey, local_sat, push_sat, private)
+              for a, b in pairs)
+        )
+        txids = {p.split(":")[0] for p in points}
+
+        async def in_mempool() -> bool:
+            return txids <= set(await self.btcd.call("getrawmempool"))  # type: ignore[union-attr]
+
+        await wait_for(in_mempool, 30, what="funding transactions in btcd's mempool")
+        await self.mine(6)  # 1 conf to be usable, 6 to be announced
+        for (a, b), point in zip(pairs, points):
+            await self.wait_channel_active(a, point)
+            await self.wait_channel_active(b, point)
+        if not private:
+            await self.wait_graph()
+        return list(points)
+
+    async def wait_channel_active(self, name: str, channel_point: str, timeout: float = 60) -> None:
+        node = self.nodes[name]
+
+        async def active() -> bool:
+            return any(c.channel_point == channel_point and c.active for c in await node.client.list_channels())
+
+        await wait_for(active, timeout, what=f"channel {channel_point} active at {name}")
+
+    async def public_channel_count(self) -> int:
+        seen: set[int] = set()
+        for n in self.nodes.values():
+            if n.proc.alive():
+                seen |= {c.chan_id for c in await n.client.list_channels() if not c.private}
+        return len(seen)
+
+    async def wait_graph(self, timeout: float = 90) -> None:
+        """Wait until every node knows every public channel with both policies (so it can route)."""
+        expected = await self.public_channel_count()
+        for node in self.nodes.values():
+            async def knows_all(node: LndNode = node) -> bool:
+                g = await node.client.describe_graph()
+                return sum(1 for e in g.edges if e.node1_policy.ListFields() and e.node2_policy.ListFields()) >= expected
+            await wait_for(knows_all, timeout, interval=0.25, what=f"{node.name} to learn {expected} channels")
+
+    @classmethod
+    async def up(cls, spec: NetworkSpec | None = None, run_dir: Path | None = None) -> "RegtestNetwork":
+        spec = spec or NetworkSpec()
+        net = cls(run_dir)
+        if load_state(net.run_dir) is not None:
+            old = cls.attach(net.run_dir)
+            if old.is_running():
+                raise RegtestError(f"a network is already running at {net.run_dir}: `p2pep regtest down` first")
+            shutil.rmtree(net.run_dir)
+        try:
+            await net.start_btcd()
+            names = (["hub"] if spec.hub else []) + [f"meter-{i}" for i in range(1, spec.meters + 1)]
+            await net.add_nodes(names, spec.fund_sat)
+            pairs = [(f"meter-{i}", "hub") for i in range(1, spec.meters + 1)] if spec.hub else []
+            pairs += list(spec.direct_channels)
+            if pairs:
+                await net.open_channels(pairs, spec.channel_sat, spec.push_sat)
+            net.save()
+        except BaseException:
+            await net.down()
+            raise
+        return net
+
+    async def restart(self, name: str, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with ``kill``) and start a node again on the same dir and ports."""
+        node = self.nodes[name]
+        await (node.kill() if kill else node.stop())
+        assert self.btcd is not None
+        await node.start(btcd_proc=self.btcd.proc)
+        self.save()
+
+    # --- status and teardown -------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        assert self.btcd is not None
+        out: dict[str, Any] = {
+            "run_dir": str(self.run_dir),
+            "binaries": {"lncli": str(self.bins.dir / "lncli"), "btcctl": str(self.bins.dir / "btcctl"),
+                         "lnd": str(self.bins.dir / "lnd"), "btcd": str(self.bins.dir / "btcd")},
+            "btcd": {"rpchost": self.btcd.info.rpchost, "rpcuser": RPC_USER, "rpcpass": RPC_PASS,
+                     "rpccert": self.btcd.info.cert, "running": self.btcd.proc.alive(),
+                     "height": await self.btcd.height() if self.btcd.proc.alive() else None,
+                     "log": self.btcd.info.log},
+            "nodes": [],
+        }
+        for n in self.nodes.values():
+            entry: dict[str, Any] = {
+                "name": n.name, "pubkey": n.info.pubkey, "rpcserver": n.info.rpcserver,
+                "p2p": n.info.p2p_host, "tlscertpath": n.info.tls_cert, "macaroonpath": n.info.macaroon(),
+                "lnddir": n.info.dir, "running": n.proc.alive(), "log": n.info.log,
+            }
+            if n.proc.alive():
+                try:
+                    wb = await n.client.wallet_balance()
+                    cb = await n.client.channel_balance()
+                    entry["wallet_sat"] = {"confirmed": wb.confirmed_balance, "unconfirmed": wb.unconfirmed_balance}
+                    entry["channel_balance_sat"] = {"local": cb.local_balance.sat, "remote": cb.remote_balance.sat}
+                    entry["channels"] = [
+                        {"channel_point": c.channel_point, "peer": c.remote_pubkey, "capacity": c.capacity,
+                         "local": c.local_balance, "remote": c.remote_balance, "active": c.active,
+                         "private": c.private}
+                        for c in await n.client.list_channels()
+                    ]
+                except Exception as exc:  # noqa: BLE001 - status shows what it can
+                    entry["error"] = str(exc)
+            out["nodes"].append(entry)
+        return out
+
+    async def close(self) -> None:
+        """Drop RPC connections (processes keep running)."""
+        for n in self.nodes.values():
+            await n._drop_client()
+        if self.btcd is not None:
+            await self.btcd.close()
+
+    async def down(self, purge: bool = False) -> None:
+        """Stop every lnd (SIGTERM, SIGKILL after a grace period), then btcd."""
+        await asyncio.gather(*(n.stop() for n in self.nodes.values()))
+        if self.btcd is not None:
+            await self.btcd.close()
+            await asyncio.to_thread(self.btcd.stop)
+        if purge:
+            shutil.rmtree(self.run_dir, ignore_errors=True)

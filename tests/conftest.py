@@ -1,0 +1,75 @@
+"""Fixtures in the style of Core Lightning's pyln-testing.
+
+* ``regtest`` — one session-scoped network: btcd, ``hub``, ``meter-1..3``, with channels.
+* ``node_factory`` — extra lnd nodes on that network's btcd for tests that need their own.
+* ``wait_for`` — re-exported from ``p2pep.regtest`` (deadlines scaled by P2PEP_TIMEOUT_SCALE).
+Run dirs live under pytest's tmp dirs, kept after a failure; a failed regtest test
+shows the tail of every process log in its report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from p2pep.regtest import NetworkSpec, RegtestNetwork, wait_for
+from p2pep.regtest.errors import log_tail
+
+__all__ = ["wait_for"]
+
+_networks: list[RegtestNetwork] = []
+
+
+@pytest.fixture(scope="session")
+async def regtest(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RegtestNetwork]:
+    run_dir = tmp_path_factory.mktemp("regtest")
+    net = await RegtestNetwork.up(NetworkSpec(meters=3), run_dir)
+    _networks.append(net)
+    yield net
+    await net.down()
+
+
+class NodeFactory:
+    def __init__(self, net: RegtestNetwork) -> None:
+        self.net = net
+        self.created: list[str] = []
+        self._counter = 0
+
+    async def get_nodes(self, n: int, fund_sat: int = 20_000_000, prefix: str = "extra") -> list:
+        names = []
+        for _ in range(n):
+            self._counter += 1
+            name = f"{prefix}-{len(self.net.nodes)}-{self._counter}"
+            names.append(name)
+        nodes = await self.net.add_nodes(names, fund_sat)
+        self.created += names
+        return nodes
+
+    async def cleanup(self) -> None:
+        for name in self.created:
+            node = self.net.nodes.pop(name)
+            await node.stop()
+        self.net.save()
+
+
+@pytest.fixture
+async def node_factory(regtest: RegtestNetwork) -> AsyncIterator[NodeFactory]:
+    f = NodeFactory(regtest)
+    yield f
+    await f.cleanup()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.failed and "regtest" in item.keywords:
+        for net in _networks:
+            logs: list[tuple[str, str]] = []
+            if net.btcd is not None:
+                logs.append(("btcd", net.btcd.info.log))
+            logs += [(n.name, n.info.log) for n in net.nodes.values()]
+            for name, path in logs:
+                report.sections.append((f"log tail: {name} ({path})", log_tail(Path(path), 15)))
+    return report
