@@ -1,0 +1,222 @@
+"""The self-contained contract document: terms, hashes, settlement summary and proofs.
+
+A verifier needs this JSON, the construction in ``docs/anchoring.md`` and a Bitcoin node;
+nothing from P2PEP.  Shape (``version`` 1)::
+
+    {
+      "version": 1,
+      "terms": {...canonical contract terms...},
+      "contract_hash": "<64 hex>",          # tagged_hash("P2PEP/contract/v1", canonical_json(terms))
+      "settlement": {...summary...} | null,
+      "settlement_hash": "<64 hex>" | null, # tagged_hash("P2PEP/settlement/v1", canonical_json(settlement))
+      "proofs": [
+        {"leaf": "contract" | "settlement",
+         "leaf_hash": "<64 hex>",           # the contract_hash or settlement_hash
+         "leaf_index": 17, "tree_size": 1000,
+         "path": ["<64 hex>", ...],         # sibling nodes bottom-up (see merkle.py)
+         "root": "<64 hex>",
+         "txid": "<64 hex>", "block_hash": "<64 hex>", "height": 431,  # RPC (display) byte order
+         "op_return": {"tag": "P2PEP", "version": 1, "vout": 0}}
+      ]
+    }
+
+Parsing checks structure and types only and names the offending field; whether hashes,
+paths and chain data are *right* is :mod:`p2pep.anchor.verify`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence, cast
+
+from p2pep.anchor import opreturn
+from p2pep.anchor.merkle import MAX_TREE_SIZE
+from p2pep.canonical import contract_hash, settlement_hash
+
+DOCUMENT_VERSION = 1
+LeafKind = Literal["contract", "settlement"]
+LEAF_KINDS: tuple[LeafKind, ...] = ("contract", "settlement")
+
+
+class DocumentError(ValueError):
+    """The document is not of the documented shape; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _hex32(value: Any, where: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 64:
+        raise DocumentError(where, "expected 64 hex characters")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise DocumentError(where, "expected 64 hex characters") from None
+
+
+def _txhash(value: Any, where: str) -> str:
+    _hex32(value, where)
+    return cast(str, value).lower()
+
+
+def _int(value: Any, where: str, lo: int = 0, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DocumentError(where, "expected an integer")
+    if value < lo or (hi is not None and value > hi):
+        raise DocumentError(where, f"{value} out of range {lo}..{'' if hi is None else hi}")
+    return value
+
+
+def _obj(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise DocumentError(where, "expected a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class AnchorProof:
+    """Inclusion of one leaf in one anchored batch."""
+
+    leaf: LeafKind
+    leaf_hash: bytes
+    leaf_index: int
+    tree_size: int
+    path: tuple[bytes, ...]
+    root: bytes
+    txid: str
+    block_hash: str
+    height: int
+    vout: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "leaf": self.leaf,
+            "leaf_hash": self.leaf_hash.hex(),
+            "leaf_index": self.leaf_index,
+            "tree_size": self.tree_size,
+            "path": [p.hex() for p in self.path],
+            "root": self.root.hex(),
+            "txid": self.txid,
+            "block_hash": self.block_hash,
+            "height": self.height,
+            "op_return": {
+                "tag": opreturn.TAG.decode(),
+                "version": opreturn.VERSION,
+                "vout": self.vout,
+            },
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "proof") -> "AnchorProof":
+        d = _obj(obj, where)
+        leaf = d.get("leaf")
+        if leaf not in LEAF_KINDS:
+            raise DocumentError(f"{where}.leaf", f"expected one of {list(LEAF_KINDS)}")
+        size = _int(d.get("tree_size"), f"{where}.tree_size", 1, MAX_TREE_SIZE)
+        index = _int(d.get("leaf_index"), f"{where}.leaf_index", 0, size - 1)
+        path = d.get("path")
+        if not isinstance(path, list):
+            raise DocumentError(f"{where}.path", "expected a list of 64-hex strings")
+        op = _obj(d.get("op_return"), f"{where}.op_return")
+        if op.get("tag") != opreturn.TAG.decode():
+            raise DocumentError(f"{where}.op_return.tag", f"expected {opreturn.TAG.decode()!r}")
+        if op.get("version") != opreturn.VERSION:
+            raise DocumentError(
+                f"{where}.op_return.version", f"unsupported layout version {op.get('version')!r}"
+            )
+        return cls(
+            leaf=cast(LeafKind, leaf),
+            leaf_hash=_hex32(d.get("leaf_hash"), f"{where}.leaf_hash"),
+            leaf_index=index,
+            tree_size=size,
+            path=tuple(_hex32(p, f"{where}.path[{i}]") for i, p in enumerate(path)),
+            root=_hex32(d.get("root"), f"{where}.root"),
+            txid=_txhash(d.get("txid"), f"{where}.txid"),
+            block_hash=_txhash(d.get("block_hash"), f"{where}.block_hash"),
+            height=_int(d.get("height"), f"{where}.height"),
+            vout=_int(op.get("vout"), f"{where}.op_return.vout"),
+        )
+
+
+@dataclass(frozen=True)
+class ContractDocument:
+    terms: Mapping[str, Any]
+    contract_hash: bytes
+    settlement: Mapping[str, Any] | None = None
+    settlement_hash: bytes | None = None
+    proofs: tuple[AnchorProof, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": DOCUMENT_VERSION,
+            "terms": dict(self.terms),
+            "contract_hash": self.contract_hash.hex(),
+            "settlement": None if self.settlement is None else dict(self.settlement),
+            "settlement_hash": None if self.settlement_hash is None else self.settlement_hash.hex(),
+            "proofs": [p.to_json() for p in self.proofs],
+        }
+
+
+def build_document(
+    terms: Mapping[str, Any],
+    settlement: Mapping[str, Any] | None = None,
+    proofs: Sequence[AnchorProof] = (),
+) -> ContractDocument:
+    """A document whose hashes are computed here (via p2pep.canonical) from the content."""
+    return ContractDocument(
+        terms=terms,
+        contract_hash=contract_hash(terms),
+        settlement=settlement,
+        settlement_hash=None if settlement is None else settlement_hash(settlement),
+        proofs=tuple(proofs),
+    )
+
+
+def parse_document(obj: Any) -> ContractDocument:
+    """Structure-checked document; DocumentError names the first bad field."""
+    d = _obj(obj, "$")
+    if d.get("version") != DOCUMENT_VERSION:
+        raise DocumentError("version", f"unsupported document version {d.get('version')!r}")
+    terms = _obj(d.get("terms"), "terms")
+    settlement = d.get("settlement")
+    if settlement is not None:
+        settlement = _obj(settlement, "settlement")
+    sh = d.get("settlement_hash")
+    proofs = d.get("proofs")
+    if not isinstance(proofs, list):
+        raise DocumentError("proofs", "expected a list")
+    return ContractDocument(
+        terms=terms,
+        contract_hash=_hex32(d.get("contract_hash"), "contract_hash"),
+        settlement=settlement,
+        settlement_hash=None if sh is None else _hex32(sh, "settlement_hash"),
+        proofs=tuple(AnchorProof.from_json(p, f"proofs[{i}]") for i, p in enumerate(proofs)),
+    )
+
+
+def dumps_document(doc: ContractDocument) -> str:
+    """Human-readable JSON (sorted keys, 2-space indent); hashes don't depend on this layout."""
+    return json.dumps(doc.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON parsers disagree on duplicate keys (first vs last wins); a document that reads
+    # differently in different tools must not verify, so reject it outright.
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DocumentError(k, "duplicate key in JSON object")
+        out[k] = v
+    return out
+
+
+def loads_document(text: str | bytes) -> ContractDocument:
+    """Parse a document from JSON text (duplicate keys rejected)."""
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise DocumentError("$", f"not JSON: {exc}") from None
+    return parse_document(obj)
