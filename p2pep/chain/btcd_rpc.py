@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+
+def _basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 class BtcdRpcError(RuntimeError):
@@ -45,7 +50,7 @@ class BtcdRpc:
     async def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                auth=aiohttp.BasicAuth(self.config.user, self.config.password),
+                headers={"Authorization": _basic_auth(self.config.user, self.config.password)},
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(ssl=self._ssl()),
             )

@@ -162,7 +162,8 @@ class LndClient:
 
     # --- peers and channels ---------------------------------------------------
     async def connect(self, pubkey: str, host: str) -> None:
-        req = ln.ConnectPeerRequest(addr=ln.LightningAddress(pubkey=pubkey, host=host), perm=True, timeout=10)
+        # perm=False: connect now and return once connected (lnd still reconnects to channel peers)
+        req = ln.ConnectPeerRequest(addr=ln.LightningAddress(pubkey=pubkey, host=host), perm=False, timeout=10)
         try:
             await self._call("ConnectPeer", self.ln.ConnectPeer, req)
         except LndError as err:

@@ -8,7 +8,7 @@ attached to the network can use the faucet without shared bookkeeping.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import bitcoin
 from bitcoin.core import (
@@ -52,6 +52,8 @@ class FaucetError(RuntimeError):
 @dataclass
 class Faucet:
     secret_hex: str
+    # btcd's gettxout does not see mempool spends: remember ours until they confirm
+    _spent: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def from_seed(cls, seed: str) -> "Faucet":
@@ -74,6 +76,8 @@ class Faucet:
         for h in range(1, tip - COINBASE_MATURITY + 1):
             block = await btcd.call("getblock", await btcd.call("getblockhash", h))
             txid = block["tx"][0]
+            if txid in self._spent:
+                continue
             out = await btcd.call("gettxout", txid, 0, True)
             if out and round(out["value"] * COIN) >= at_least + FEE_SAT:
                 return txid, round(out["value"] * COIN)
@@ -81,9 +85,14 @@ class Faucet:
 
     async def send(self, btcd: Btcd, address: str, sats: int) -> str:
         """Pay ``sats`` to ``address`` (any segwit v0 or legacy regtest address); returns txid."""
-        txid, value = await self._mature_coinbase(btcd, sats)
-        outs = [CMutableTxOut(sats, CBitcoinAddress(address).to_scriptPubKey())]
-        change = value - sats - FEE_SAT
+        return await self.send_many(btcd, {address: sats})
+
+    async def send_many(self, btcd: Btcd, payments: dict[str, int]) -> str:
+        """One transaction paying each address its amount, from one coinbase output."""
+        total = sum(payments.values())
+        txid, value = await self._mature_coinbase(btcd, total)
+        outs = [CMutableTxOut(v, CBitcoinAddress(a).to_scriptPubKey()) for a, v in payments.items()]
+        change = value - total - FEE_SAT
         if change > 1_000:
             outs.append(CMutableTxOut(change, self.script_pubkey))
         tx = CMutableTransaction([CMutableTxIn(COutPoint(lx(txid), 0))], outs)
@@ -92,4 +101,6 @@ class Faucet:
         sighash = SignatureHash(script_code, tx, 0, SIGHASH_ALL, amount=value, sigversion=SIGVERSION_WITNESS_V0)
         sig = key.sign(sighash) + bytes([SIGHASH_ALL])
         tx.wit = CTxWitness([CTxInWitness(CScriptWitness([sig, key.pub]))])
-        return str(await btcd.call("sendrawtransaction", b2x(tx.serialize())))
+        sent = str(await btcd.call("sendrawtransaction", b2x(tx.serialize())))
+        self._spent.add(txid)
+        return sent

@@ -120,8 +120,7 @@ class RegtestNetwork:
     async def fund(self, nodes: list[LndNode], sats: int) -> None:
         assert self.btcd is not None
         before = {n.name: (await n.client.wallet_balance()).confirmed_balance for n in nodes}
-        for n in nodes:
-            await self.faucet.send(self.btcd, await n.client.new_address(), sats)
+        await self.faucet.send_many(self.btcd, {await n.client.new_address(): sats for n in nodes})
         await self.mine(1)
         for n in nodes:
             async def funded(n: LndNode = n) -> bool:

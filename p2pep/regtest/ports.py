@@ -21,7 +21,13 @@ def free_port() -> int:
 
 
 def ensure_free(what: str, port: int) -> None:
+    """Raise PortInUse if something listens on ``port``.
+
+    SO_REUSEADDR as Go and btcd set it: connections of a killed process left in
+    TIME_WAIT do not count as the port being taken.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
