@@ -1,0 +1,379 @@
+"""The anchoring service logic: batch leaves, anchor roots, track blocks, survive reorgs.
+
+State lives in SQLite (tables ``anchor_leaves``, ``anchor_batches``, ``anchor_txs``,
+``anchor_proofs``; the file may be shared with other components).  A batch moves through
+
+    closed --send--> broadcast --mined--> mined --K blocks--> confirmed
+       ^                 |                  |                    |
+       +---- re-anchor: tx dropped, or its block left the best chain (reorg) ----+
+
+Re-anchoring publishes the *same root* in a new transaction; the batch's proofs are deleted
+when the reorg is seen and rewritten for the new block once it is mined.  If the old
+transaction is itself re-mined in the new best chain first, the proofs simply move to it.
+
+Crash safety: leaves and batch membership are committed before anything is sent; a crash
+between the wallet publishing and us recording the txid only causes a duplicate anchor of
+the same root (harmless), never a lost leaf.
+
+Privacy: only ``opreturn.encode_payload(root)`` (tag, version, 32-byte root) ever reaches
+the wallet; contract ids and leaf kinds stay in the local store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import aiosqlite
+import structlog
+from prometheus_client import Counter, Gauge
+
+from p2pep.anchor import opreturn
+from p2pep.anchor.batching import BatchPolicy, PendingLeaf, close_batches
+from p2pep.anchor.chain import AnchorWallet, ChainError, ChainNotFound, ChainView
+from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
+from p2pep.anchor.merkle import MerkleTree
+
+log = structlog.get_logger(__name__)
+
+ANCHOR_TXS = Counter("p2pep_anchor_transactions", "Anchor transactions published", ["reason"])
+ANCHOR_REORGS = Counter("p2pep_anchor_reorgs", "Anchored batches whose block left the best chain")
+LEAVES_PENDING = Gauge("p2pep_anchor_leaves_pending", "Leaves waiting in the open batch")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS anchor_batches (
+  id INTEGER PRIMARY KEY,
+  root BLOB NOT NULL,
+  size INTEGER NOT NULL,
+  closed_height INTEGER NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('closed', 'broadcast', 'mined', 'confirmed')),
+  txid TEXT, sent_height INTEGER, vout INTEGER, block_hash TEXT, height INTEGER,
+  reanchors INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS anchor_leaves (
+  id INTEGER PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('contract', 'settlement')),
+  contract_id TEXT NOT NULL,
+  leaf_hash BLOB NOT NULL,
+  added_height INTEGER NOT NULL,
+  batch_id INTEGER REFERENCES anchor_batches(id),
+  leaf_index INTEGER,
+  UNIQUE (contract_id, kind, leaf_hash)
+);
+CREATE INDEX IF NOT EXISTS anchor_leaves_pending ON anchor_leaves(batch_id, id);
+CREATE TABLE IF NOT EXISTS anchor_txs (
+  batch_id INTEGER NOT NULL REFERENCES anchor_batches(id),
+  txid TEXT NOT NULL,
+  sent_height INTEGER NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('sent', 'mined', 'orphaned', 'dropped')),
+  PRIMARY KEY (batch_id, txid)
+);
+CREATE TABLE IF NOT EXISTS anchor_proofs (
+  leaf_id INTEGER PRIMARY KEY REFERENCES anchor_leaves(id),
+  contract_id TEXT NOT NULL,
+  batch_id INTEGER NOT NULL REFERENCES anchor_batches(id),
+  proof_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS anchor_proofs_contract ON anchor_proofs(contract_id);
+CREATE INDEX IF NOT EXISTS anchor_proofs_batch ON anchor_proofs(batch_id);
+"""
+
+
+@dataclass(frozen=True)
+class AnchorerConfig:
+    policy: BatchPolicy = BatchPolicy()
+    min_confirmations: int = 6  # K: a proof is "confirmed" this many blocks deep
+    sat_per_vbyte: int = 1
+    watch_depth: int = 144  # mined batches this close to the tip are re-checked for reorgs
+
+    def __post_init__(self) -> None:
+        if self.min_confirmations < 1:
+            raise ValueError("min_confirmations must be >= 1")
+        if self.sat_per_vbyte < 1:
+            raise ValueError("sat_per_vbyte must be >= 1")
+        if self.watch_depth < self.min_confirmations:
+            raise ValueError("watch_depth must be >= min_confirmations")
+
+
+@dataclass(frozen=True)
+class StoredProof:
+    contract_id: str
+    proof: AnchorProof
+    confirmations: int
+    confirmed: bool
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    id: int
+    root: bytes
+    size: int
+    state: str
+    txid: str | None
+    block_hash: str | None
+    height: int | None
+    reanchors: int
+    txids: tuple[str, ...]  # every tx that ever anchored this root, oldest first
+
+
+@dataclass
+class _Batch:
+    id: int
+    root: bytes
+    size: int
+    state: str
+    txid: str | None
+    sent_height: int | None
+    block_hash: str | None
+    height: int | None
+
+
+class Anchorer:
+    def __init__(self, db_path: str, wallet: AnchorWallet, chain: ChainView,
+                 config: AnchorerConfig = AnchorerConfig()) -> None:
+        self.db_path = db_path
+        self.wallet = wallet
+        self.chain = chain
+        self.config = config
+        self.height = 0  # best height as last seen
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def open(self) -> "Anchorer":
+        self._db = await aiosqlite.connect(self.db_path)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._db.executescript(SCHEMA)
+        await self._db.commit()
+        try:
+            self.height = await self.chain.get_best_height()
+        except ChainError as exc:
+            row = await self._one("SELECT max(added_height) FROM anchor_leaves")
+            self.height = int(row[0] or 0) if row else 0
+            log.warning("anchor.chain_unavailable_at_start", error=str(exc), height=self.height)
+        return self
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> "Anchorer":
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("Anchorer is not open")
+        return self._db
+
+    async def _one(self, sql: str, *args: Any) -> Any:
+        async with self.db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, *args: Any) -> list[Any]:
+        async with self.db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    # -- public API -----------------------------------------------------------------------
+    async def add_leaf(self, kind: LeafKind, contract_id: str, leaf_hash: bytes) -> bool:
+        """Queue a contract or settlement hash for the next batch; False if already queued.
+
+        If this fills the open batch (``max_leaves``) the batch is closed and anchored now.
+        """
+        return (await self.add_leaves([(kind, contract_id, leaf_hash)]))[0]
+
+    async def add_leaves(self, items: Iterable[tuple[LeafKind, str, bytes]]) -> list[bool]:
+        """Bulk :meth:`add_leaf` in one store transaction (validated before anything is stored)."""
+        rows = []
+        for i, (kind, contract_id, leaf_hash) in enumerate(items):
+            if kind not in LEAF_KINDS:
+                raise ValueError(f"leaves[{i}].kind: expected one of {list(LEAF_KINDS)}, got {kind!r}")
+            if not isinstance(leaf_hash, bytes) or len(leaf_hash) != 32:
+                raise ValueError(f"leaves[{i}].leaf_hash: expected 32 bytes")
+            if not isinstance(contract_id, str) or not contract_id:
+                raise ValueError(f"leaves[{i}].contract_id: must be a non-empty string")
+            rows.append((kind, contract_id, leaf_hash))
+        async with self._lock:
+            added = []
+            for kind, contract_id, leaf_hash in rows:
+                cur = await self.db.execute(
+                    "INSERT OR IGNORE INTO anchor_leaves (kind, contract_id, leaf_hash, added_height) "
+                    "VALUES (?, ?, ?, ?)", (kind, contract_id, leaf_hash, self.height))
+                added.append(cur.rowcount == 1)
+            await self.db.commit()
+            row = await self._one("SELECT count(*) FROM anchor_leaves WHERE batch_id IS NULL")
+            LEAVES_PENDING.set(row[0])
+            if row[0] >= self.config.policy.max_leaves:
+                await self._close_batches(self.height)
+                await self._send_closed()
+            return added
+
+    async def on_block(self, height: int) -> None:
+        """Call on every new best tip (also after a reorg): watch, close, anchor."""
+        async with self._lock:
+            self.height = height
+            await self._watch(height)
+            await self._close_batches(height)
+            await self._send_closed()
+
+    async def proofs_for(self, contract_id: str) -> list[StoredProof]:
+        """Current proofs of a contract's leaves (none while a batch awaits (re-)mining)."""
+        rows = await self._all(
+            "SELECT p.proof_json, b.height FROM anchor_proofs p JOIN anchor_batches b "
+            "ON b.id = p.batch_id WHERE p.contract_id = ? ORDER BY p.leaf_id", contract_id)
+        out = []
+        for proof_json, height in rows:
+            confs = max(0, self.height - height + 1)
+            out.append(StoredProof(contract_id, AnchorProof.from_json(json.loads(proof_json)),
+                                   confs, confs >= self.config.min_confirmations))
+        return out
+
+    async def batches(self) -> list[BatchInfo]:
+        rows = await self._all("SELECT id, root, size, state, txid, block_hash, height, reanchors "
+                               "FROM anchor_batches ORDER BY id")
+        out = []
+        for r in rows:
+            txs = await self._all("SELECT txid FROM anchor_txs WHERE batch_id = ? ORDER BY rowid", r[0])
+            out.append(BatchInfo(*r, txids=tuple(t[0] for t in txs)))
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+    async def _close_batches(self, height: int) -> None:
+        rows = await self._all(
+            "SELECT id, leaf_hash, added_height FROM anchor_leaves WHERE batch_id IS NULL ORDER BY id")
+        pending = [PendingLeaf(r[0], r[2]) for r in rows]
+        hashes = {r[0]: r[1] for r in rows}
+        closed = close_batches(pending, height, self.config.policy)
+        for batch in closed:
+            tree = MerkleTree([hashes[k] for k in batch.keys])
+            cur = await self.db.execute(
+                "INSERT INTO anchor_batches (root, size, closed_height, state) VALUES (?, ?, ?, 'closed')",
+                (tree.root, tree.size, height))
+            batch_id = cur.lastrowid
+            await self.db.executemany(
+                "UPDATE anchor_leaves SET batch_id = ?, leaf_index = ? WHERE id = ?",
+                [(batch_id, i, k) for i, k in enumerate(batch.keys)])
+            log.info("anchor.batch_closed", batch=batch_id, size=tree.size, reason=batch.reason,
+                     root=tree.root.hex(), height=height)
+        await self.db.commit()
+        LEAVES_PENDING.set(len(pending) - sum(len(b.keys) for b in closed))
+
+    async def _send_closed(self) -> None:
+        for b in await self._load("state = 'closed'"):
+            payload = opreturn.encode_payload(b.root)
+            try:
+                txid = await self.wallet.send_op_return(payload, self.config.sat_per_vbyte)
+            except Exception as exc:  # the wallet is an edge we don't control; retry next block
+                log.error("anchor.send_failed", batch=b.id, error=repr(exc))
+                return
+            await self.db.execute(
+                "UPDATE anchor_batches SET state = 'broadcast', txid = ?, sent_height = ? WHERE id = ?",
+                (txid, self.height, b.id))
+            await self.db.execute(
+                "INSERT OR REPLACE INTO anchor_txs (batch_id, txid, sent_height, status) "
+                "VALUES (?, ?, ?, 'sent')", (b.id, txid, self.height))
+            await self.db.commit()
+            reanchor = await self._one("SELECT reanchors FROM anchor_batches WHERE id = ?", b.id)
+            ANCHOR_TXS.labels(reason="reanchor" if reanchor[0] else "new").inc()
+            log.info("anchor.sent", batch=b.id, txid=txid, root=b.root.hex(), size=b.size)
+
+    async def _load(self, where: str, *args: Any) -> list[_Batch]:
+        rows = await self._all(
+            "SELECT id, root, size, state, txid, sent_height, block_hash, height FROM anchor_batches "
+            f"WHERE {where} ORDER BY id", *args)
+        return [_Batch(*r) for r in rows]
+
+    async def _in_best_chain(self, block_hash: str) -> int | None:
+        """Height of ``block_hash`` if it is in the best chain, else None."""
+        try:
+            header = await self.chain.get_block_header(block_hash)
+            height = header.get("height")
+            if header.get("confirmations", 0) <= 0 or height is None:
+                return None
+            return int(height) if await self.chain.get_block_hash(int(height)) == block_hash else None
+        except ChainNotFound:
+            return None
+
+    async def _watch(self, best: int) -> None:
+        batches = await self._load(
+            "state IN ('broadcast', 'mined', 'confirmed') AND (height IS NULL OR height > ?)",
+            best - self.config.watch_depth)
+        for b in batches:
+            assert b.txid is not None
+            try:
+                tx: dict[str, Any] | None = await self.chain.get_raw_transaction(b.txid)
+            except ChainNotFound:
+                tx = None
+            except ChainError as exc:
+                log.warning("anchor.chain_unavailable", batch=b.id, error=str(exc))
+                return
+            tx_block = tx.get("blockhash") if tx else None
+            height = await self._in_best_chain(tx_block) if tx_block else None
+            if tx is not None and tx_block and height is not None:
+                if tx_block != b.block_hash and not await self._record_mined(b, tx, tx_block, height):
+                    continue
+                confirmed = best - height + 1 >= self.config.min_confirmations
+                state = "confirmed" if confirmed else "mined"
+                if state != b.state or tx_block != b.block_hash:
+                    await self.db.execute("UPDATE anchor_batches SET state = ? WHERE id = ?", (state, b.id))
+                    await self.db.commit()
+                    if confirmed and b.state != "confirmed":
+                        log.info("anchor.confirmed", batch=b.id, txid=b.txid, height=height)
+                continue
+            if b.state in ("mined", "confirmed"):
+                ANCHOR_REORGS.inc()
+                log.warning("anchor.reorg", batch=b.id, txid=b.txid, block=b.block_hash, height=b.height)
+                await self._reanchor(b, "orphaned")
+            elif tx is None and b.sent_height is not None and best > b.sent_height:
+                log.warning("anchor.tx_dropped", batch=b.id, txid=b.txid)
+                await self._reanchor(b, "dropped")
+
+    async def _record_mined(self, b: _Batch, tx: dict[str, Any], block_hash: str, height: int) -> bool:
+        script = opreturn.encode_script(b.root).hex()
+        vout = next((o.get("n") for o in tx.get("vout", [])
+                     if (o.get("scriptPubKey") or {}).get("hex") == script), None)
+        if vout is None:
+            log.error("anchor.tx_without_anchor_output", batch=b.id, txid=b.txid)
+            return False
+        rows = await self._all(
+            "SELECT id, kind, contract_id, leaf_hash FROM anchor_leaves WHERE batch_id = ? "
+            "ORDER BY leaf_index", b.id)
+        tree = MerkleTree([r[3] for r in rows])
+        if tree.root != b.root:  # the store was tampered with; never publish wrong proofs
+            log.error("anchor.root_mismatch", batch=b.id)
+            return False
+        assert b.txid is not None
+        proofs = []
+        for i, (leaf_id, kind, contract_id, leaf_hash) in enumerate(rows):
+            proof = AnchorProof(kind, leaf_hash, i, tree.size, tuple(tree.proof(i)), tree.root,
+                                b.txid, block_hash, height, int(vout))
+            proofs.append((leaf_id, contract_id, b.id, json.dumps(proof.to_json(), sort_keys=True)))
+        await self.db.execute("DELETE FROM anchor_proofs WHERE batch_id = ?", (b.id,))
+        await self.db.executemany(
+            "INSERT INTO anchor_proofs (leaf_id, contract_id, batch_id, proof_json) VALUES (?, ?, ?, ?)",
+            proofs)
+        await self.db.execute(
+            "UPDATE anchor_batches SET block_hash = ?, height = ?, vout = ? WHERE id = ?",
+            (block_hash, height, vout, b.id))
+        await self.db.execute("UPDATE anchor_txs SET status = 'mined' WHERE batch_id = ? AND txid = ?",
+                              (b.id, b.txid))
+        await self.db.commit()
+        b.block_hash, b.height = block_hash, height
+        log.info("anchor.mined", batch=b.id, txid=b.txid, block=block_hash, height=height, proofs=len(proofs))
+        return True
+
+    async def _reanchor(self, b: _Batch, why: str) -> None:
+        await self.db.execute("UPDATE anchor_txs SET status = ? WHERE batch_id = ? AND txid = ?",
+                              (why, b.id, b.txid))
+        await self.db.execute("DELETE FROM anchor_proofs WHERE batch_id = ?", (b.id,))
+        await self.db.execute(
+            "UPDATE anchor_batches SET state = 'closed', txid = NULL, sent_height = NULL, vout = NULL, "
+            "block_hash = NULL, height = NULL, reanchors = reanchors + 1 WHERE id = ?", (b.id,))
+        await self.db.commit()
