@@ -12,6 +12,7 @@ import sys
 
 COMMAND_MODULES = [
     "p2pep.regtest.cli",
+    "p2pep.anchor.cli",
 ]
 
 

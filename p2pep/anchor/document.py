@@ -202,7 +202,7 @@ def dumps_document(doc: ContractDocument) -> str:
     return json.dumps(doc.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # JSON parsers disagree on duplicate keys (first vs last wins); a document that reads
     # differently in different tools must not verify, so reject it outright.
     out: dict[str, Any] = {}
@@ -216,7 +216,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def loads_document(text: str | bytes) -> ContractDocument:
     """Parse a document from JSON text (duplicate keys rejected)."""
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        obj = json.loads(text, object_pairs_hook=reject_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise DocumentError("$", f"not JSON: {exc}") from None
     return parse_document(obj)
