@@ -1,0 +1,246 @@
+"""Energy contracts: canonical terms, signatures by both meters, life cycle, summary.
+
+A contract's terms are integers and strings only, turned into canonical JSON and
+hashed with :func:`p2pep.canonical.contract_hash`; both meters sign that 32-byte
+hash with their reading keys (DER ECDSA, as for readings). Its life::
+
+    proposed --(both signatures)--> active --> completed     (end time, or all energy delivered)
+        |                              |-----> ended_early   (either side ends it, supplier gone)
+        '--> ended_early (cancelled)   '-----> defaulted     (a payment failed or timed out)
+
+When it ends, :func:`settlement_summary` states what was delivered and paid; its
+:func:`p2pep.canonical.settlement_hash` is what gets anchored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from enum import StrEnum
+from typing import Any, Mapping
+
+from p2pep.canonical import contract_hash, settlement_hash
+from p2pep.metering.profiles import WMS_PER_WH
+from p2pep.metering.signing import MeterKey, is_valid_pubkey, verify_digest
+
+DEFAULT_INCREMENT_WH = 10
+CONTRACT_VERSION = 1
+
+
+class ContractError(ValueError):
+    """Terms that are not valid, or a life-cycle step that is not allowed.
+    ``field`` names the offending term where there is one."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ContractTerms:
+    """What a consumer and a supplier agree on. Energy in Wh, price in msat per kWh,
+    times in (simulated) unix ms; ``tier`` is the consumer's priority for this
+    contract (1 = first priority; see :mod:`p2pep.settling.allocation`)."""
+
+    contract_id: str
+    consumer: str
+    supplier: str
+    consumer_pubkey: str
+    supplier_pubkey: str
+    energy_wh: int
+    price_msat_per_kwh: int
+    start_ms: int
+    end_ms: int
+    tier: int = 1
+    increment_wh: int = DEFAULT_INCREMENT_WH
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ContractError(f"{f.name} must be an integer", f.name)
+            elif not isinstance(value, str) or not value:
+                raise ContractError(f"{f.name} must be a non-empty string", f.name)
+        if self.energy_wh <= 0:
+            raise ContractError("energy_wh must be positive", "energy_wh")
+        if self.price_msat_per_kwh < 0:
+            raise ContractError("price_msat_per_kwh must not be negative", "price_msat_per_kwh")
+        if self.start_ms < 0:
+            raise ContractError("start_ms must not be negative", "start_ms")
+        if self.end_ms <= self.start_ms:
+            raise ContractError("end_ms must be after start_ms", "end_ms")
+        if self.increment_wh <= 0:
+            raise ContractError("increment_wh must be positive", "increment_wh")
+        if self.tier < 1:
+            raise ContractError("tier must be 1 or more", "tier")
+        if self.consumer == self.supplier:
+            raise ContractError("consumer and supplier must be different meters", "supplier")
+        for name in ("consumer_pubkey", "supplier_pubkey"):
+            if not is_valid_pubkey(getattr(self, name)):
+                raise ContractError(f"{name} must be a 33-byte compressed secp256k1 key in hex", name)
+
+    def canonical(self) -> dict[str, Any]:
+        """The canonical document that is hashed and signed (with a version)."""
+        doc: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["v"] = CONTRACT_VERSION
+        return doc
+
+    @classmethod
+    def from_canonical(cls, doc: Mapping[str, Any]) -> ContractTerms:
+        names = {f.name for f in fields(cls)}
+        if doc.get("v", CONTRACT_VERSION) != CONTRACT_VERSION:
+            raise ContractError(f"unsupported contract version {doc.get('v')!r}", "v")
+        unknown = set(doc) - names - {"v"}
+        if unknown:
+            raise ContractError(f"unknown contract fields: {', '.join(sorted(unknown))}", sorted(unknown)[0])
+        missing = names - set(doc)
+        if missing:
+            raise ContractError(f"missing contract fields: {', '.join(sorted(missing))}", sorted(missing)[0])
+        return cls(**{n: doc[n] for n in names})
+
+    def hash(self) -> bytes:
+        return contract_hash(self.canonical())
+
+    def hash_hex(self) -> str:
+        return self.hash().hex()
+
+    @property
+    def duration_ms(self) -> int:
+        return self.end_ms - self.start_ms
+
+    def average_power_w(self) -> int:
+        """Contracted power: ``energy_wh`` spread evenly over the contract (W, rounded up,
+        so a contract always covers at least the power its energy implies)."""
+        return -(-self.energy_wh * WMS_PER_WH // self.duration_ms)
+
+    def increments(self) -> int:
+        """Number of increments the whole energy takes (the last may be shorter)."""
+        return -(-self.energy_wh // self.increment_wh)
+
+    def party_of(self, meter_id: str) -> str | None:
+        if meter_id == self.consumer:
+            return "consumer"
+        if meter_id == self.supplier:
+            return "supplier"
+        return None
+
+
+def sign_contract(terms: ContractTerms, key: MeterKey) -> bytes:
+    """A meter's DER signature over the contract hash."""
+    return key.sign_digest(terms.hash())
+
+
+def verify_contract_signature(terms: ContractTerms, signature: bytes, pubkey_hex: str) -> bool:
+    return verify_digest(signature, terms.hash(), pubkey_hex)
+
+
+class ContractState(StrEnum):
+    PROPOSED = "proposed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    ENDED_EARLY = "ended_early"
+    DEFAULTED = "defaulted"
+
+    @property
+    def final(self) -> bool:
+        return self in (ContractState.COMPLETED, ContractState.ENDED_EARLY, ContractState.DEFAULTED)
+
+
+class EndReason(StrEnum):
+    END_TIME = "END_TIME"
+    ENERGY_DELIVERED = "ENERGY_DELIVERED"
+    ENDED_BY_CONSUMER = "ENDED_BY_CONSUMER"
+    ENDED_BY_SUPPLIER = "ENDED_BY_SUPPLIER"
+    SUPPLIER_GONE = "SUPPLIER_GONE"
+    CONSUMER_GONE = "CONSUMER_GONE"
+    CANCELLED = "CANCELLED"
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+    PAYMENT_TIMEOUT = "PAYMENT_TIMEOUT"
+
+    @property
+    def final_state(self) -> ContractState:
+        if self in (EndReason.END_TIME, EndReason.ENERGY_DELIVERED):
+            return ContractState.COMPLETED
+        if self in (EndReason.PAYMENT_FAILED, EndReason.PAYMENT_TIMEOUT):
+            return ContractState.DEFAULTED
+        return ContractState.ENDED_EARLY
+
+
+@dataclass(frozen=True)
+class Contract:
+    """A contract's terms, signatures and life-cycle state (immutable: each step
+    returns a new value, so the service can persist it before acting on it)."""
+
+    terms: ContractTerms
+    state: ContractState = ContractState.PROPOSED
+    consumer_signature: bytes | None = None
+    supplier_signature: bytes | None = None
+    activated_at_ms: int | None = None
+    ended_at_ms: int | None = None
+    end_reason: EndReason | None = None
+
+    @property
+    def contract_id(self) -> str:
+        return self.terms.contract_id
+
+    def with_signature(self, party: str, signature: bytes) -> Contract:
+        """Attach the ``party`` ("consumer" or "supplier") signature after checking it."""
+        if self.state is not ContractState.PROPOSED:
+            raise ContractError(f"contract {self.contract_id} is {self.state}, not proposed")
+        if party == "consumer":
+            pubkey = self.terms.consumer_pubkey
+        elif party == "supplier":
+            pubkey = self.terms.supplier_pubkey
+        else:
+            raise ContractError(f"party must be consumer or supplier, not {party!r}", "party")
+        if not verify_contract_signature(self.terms, signature, pubkey):
+            raise ContractError(f"{party} signature does not verify for contract {self.contract_id}", "signature")
+        return replace(self, **{f"{party}_signature": signature})
+
+    @property
+    def fully_signed(self) -> bool:
+        return self.consumer_signature is not None and self.supplier_signature is not None
+
+    def activate(self, now_ms: int) -> Contract:
+        if self.state is not ContractState.PROPOSED:
+            raise ContractError(f"contract {self.contract_id} is {self.state}, cannot activate")
+        if not self.fully_signed:
+            raise ContractError(f"contract {self.contract_id} needs both signatures to activate")
+        return replace(self, state=ContractState.ACTIVE, activated_at_ms=now_ms)
+
+    def end(self, reason: EndReason, now_ms: int) -> Contract:
+        """End an active contract (or cancel a proposed one) for ``reason``."""
+        if self.state.final:
+            raise ContractError(f"contract {self.contract_id} already ended ({self.state})")
+        if self.state is ContractState.PROPOSED and reason is not EndReason.CANCELLED:
+            raise ContractError(f"proposed contract {self.contract_id} can only be cancelled")
+        if self.state is ContractState.ACTIVE and reason is EndReason.CANCELLED:
+            raise ContractError(f"active contract {self.contract_id} cannot be cancelled, end it instead")
+        return replace(self, state=reason.final_state, ended_at_ms=now_ms, end_reason=reason)
+
+
+def settlement_summary(
+    contract: Contract, *, wh_delivered: int, msat_paid: int, increments_paid: int, wh_paid: int
+) -> dict[str, Any]:
+    """The canonical settlement summary of an ended contract (integers and strings).
+
+    Feed it from :class:`p2pep.settling.increments.DeliveryLedger` (``delivered_wh``,
+    ``paid_msat``, ``increments_paid``, ``paid_wh``)."""
+    if not contract.state.final or contract.end_reason is None or contract.ended_at_ms is None:
+        raise ContractError(f"contract {contract.contract_id} has not ended")
+    return {
+        "v": 1,
+        "contract_id": contract.contract_id,
+        "contract_hash": contract.terms.hash_hex(),
+        "state": str(contract.state),
+        "end_reason": str(contract.end_reason),
+        "ended_at_ms": contract.ended_at_ms,
+        "wh_delivered": wh_delivered,
+        "wh_paid": wh_paid,
+        "msat_paid": msat_paid,
+        "increments_paid": increments_paid,
+    }
+
+
+def summary_hash(summary: Mapping[str, Any]) -> bytes:
+    return settlement_hash(summary)
