@@ -225,3 +225,17 @@ async def test_property_tampered_documents_fail_named_check(n: int, data: st.Dat
     report = await verify_document(json.loads(json.dumps(doc)), chain, min_confirmations=1)
     assert not report.ok
     assert expected in failed(report), (what, report.render())
+
+
+async def test_compact_binary_proof_round_trips() -> None:
+    _, docs = await anchored(n=7)
+    for doc in docs:
+        for p in parse_document(doc).proofs:
+            b = p.to_bytes()
+            assert len(b) == 144 + 32 * len(p.path)
+            assert AnchorProof.from_bytes(b) == p
+    p = parse_document(docs[3]).proofs[0]
+    with pytest.raises(DocumentError, match="path bytes"):
+        AnchorProof.from_bytes(p.to_bytes()[:-1])
+    with pytest.raises(DocumentError, match="version"):
+        AnchorProof.from_bytes(b"\x02" + p.to_bytes()[1:])

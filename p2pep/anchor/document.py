@@ -27,14 +27,19 @@ paths and chain data are *right* is :mod:`p2pep.anchor.verify`'s job.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence, cast
 
 from p2pep.anchor import opreturn
-from p2pep.anchor.merkle import MAX_TREE_SIZE
+from p2pep.anchor.merkle import MAX_TREE_SIZE, MerkleError, path_length
 from p2pep.canonical import contract_hash, settlement_hash
 
 DOCUMENT_VERSION = 1
+COMPACT_VERSION = 1
+# version u8 | leaf kind u8 (0 contract, 1 settlement) | leaf_index u32 | tree_size u32 | height u32
+# | vout u16 | leaf_hash 32 | root 32 | txid 32 | block_hash 32 | path: path_length(index, size) x 32
+_COMPACT_HEAD = struct.Struct(">BBIIIH32s32s32s32s")
 LeafKind = Literal["contract", "settlement"]
 LEAF_KINDS: tuple[LeafKind, ...] = ("contract", "settlement")
 
@@ -108,6 +113,38 @@ class AnchorProof:
                 "vout": self.vout,
             },
         }
+
+    def to_bytes(self) -> bytes:
+        """Compact binary form (for QR codes, logs, size budgets); JSON stays the exchange format.
+
+        Integers big-endian; txid and block_hash in RPC (display) byte order, like the JSON.
+        The path length is implied by (leaf_index, tree_size), so nothing is length-prefixed.
+        """
+        head = _COMPACT_HEAD.pack(
+            COMPACT_VERSION, LEAF_KINDS.index(self.leaf), self.leaf_index, self.tree_size - 1,
+            self.height, self.vout, self.leaf_hash, self.root, bytes.fromhex(self.txid),
+            bytes.fromhex(self.block_hash))
+        return head + b"".join(self.path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "AnchorProof":
+        if len(data) < _COMPACT_HEAD.size:
+            raise DocumentError("proof", f"compact proof is {len(data)} bytes, shorter than its header")
+        version, kind, index, size_m1, height, vout, leaf, root, txid, block = _COMPACT_HEAD.unpack_from(data)
+        if version != COMPACT_VERSION:
+            raise DocumentError("proof.version", f"unsupported compact proof version {version}")
+        if kind >= len(LEAF_KINDS):
+            raise DocumentError("proof.leaf", f"unknown leaf kind {kind}")
+        size = size_m1 + 1
+        try:
+            n = path_length(index, size)
+        except MerkleError as exc:
+            raise DocumentError("proof.leaf_index", str(exc)) from None
+        rest = data[_COMPACT_HEAD.size:]
+        if len(rest) != 32 * n:
+            raise DocumentError("proof.path", f"{len(rest)} path bytes, index {index} of {size} needs {32 * n}")
+        return cls(LEAF_KINDS[kind], leaf, index, size, tuple(rest[i:i + 32] for i in range(0, len(rest), 32)),
+                   root, txid.hex(), block.hex(), height, vout)
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "proof") -> "AnchorProof":
