@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from p2pep.canonical import CONTRACT_TAG, canonical_json, settlement_hash, tagged_hash
+from p2pep.market.contracts import terms_hash
 from p2pep.metering.signing import MeterKey
 from p2pep.settling.contracts import (
     Contract,
@@ -137,14 +138,24 @@ def test_end_states(reason: EndReason, state: ContractState) -> None:
     with pytest.raises(ContractError, match="already ended"):
         ended.end(EndReason.END_TIME, 100)
     with pytest.raises(ContractError):
-        active.end(EndReason.CANCELLED, 100)
+        active.end(EndReason.REJECTED, 100)
 
 
-def test_proposed_can_only_be_cancelled() -> None:
+def test_proposed_can_only_be_rejected() -> None:
     c = Contract(terms())
     with pytest.raises(ContractError):
         c.end(EndReason.PAYMENT_FAILED, 5)
-    assert c.end(EndReason.CANCELLED, 5).state is ContractState.ENDED_EARLY
+    rejected = c.end(EndReason.REJECTED, 5)
+    assert rejected.state is ContractState.REJECTED and rejected.state.final
+
+
+def test_match_hash_is_the_matchers_contract_hash() -> None:
+    t = terms()
+    assert t.match_hash() == terms_hash(
+        contract_id="ct-1", consumer="meter-c", supplier="meter-p1", energy_wh=2000,
+        price_msat_per_kwh=250_000, start_ms=t.start_ms, end_ms=t.end_ms, tier=1,
+    )
+    assert terms(increment_wh=5).match_hash() == t.match_hash() != terms(increment_wh=5).hash()
 
 
 def test_settlement_summary_is_canonical_and_hashed() -> None:

@@ -72,7 +72,11 @@ def test_forgery_is_refused_before_anything_else() -> None:
     tampered = SignedReading(Reading("a", 2, 999, 0, 2000), signed(2, 20).signature)
     assert reason(b.submit(tampered)) is RejectReason.FORGED_SIGNATURE
     assert reason(b.submit(SignedReading(Reading("a", 2, 20, 0, 2000), b"garbage"))) is RejectReason.FORGED_SIGNATURE
-    assert len(b.readings("a")) == 1
+    other_key_claimed = KEY_B.sign_reading(Reading("a", 2, 20, 0, 2000))
+    v = b.submit(other_key_claimed, claimed_pubkey_hex=KEY_B.pubkey_hex)
+    assert reason(v) is RejectReason.FORGED_SIGNATURE and v.field == "pubkey"  # type: ignore[union-attr]
+    assert isinstance(b.submit(signed(2, 20), claimed_pubkey_hex=KEY_A.pubkey_hex.upper()), Accepted)
+    assert len(b.readings("a")) == 2
 
 
 def test_registers_and_time_must_not_run_backwards() -> None:

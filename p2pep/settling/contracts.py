@@ -6,7 +6,16 @@ hash with their reading keys (DER ECDSA, as for readings). Its life::
 
     proposed --(both signatures)--> active --> completed     (end time, or all energy delivered)
         |                              |-----> ended_early   (either side ends it, supplier gone)
-        '--> ended_early (cancelled)   '-----> defaulted     (a payment failed or timed out)
+        '--> rejected (not signed)     '-----> defaulted     (a payment failed or timed out)
+
+(the states and their names are those of ``ContractState`` in settlement.proto).
+
+The signed terms extend the matcher's contract terms
+(:func:`p2pep.market.contracts.contract_terms`, whose hash is ``Contract.hash`` in
+common.proto) with both meters' public keys and the increment size, so the
+signatures also commit to who signs readings for each side and to the payment
+granularity; :meth:`ContractTerms.match_hash` recomputes the matcher's hash so
+settlement can check a contract against the match it came from.
 
 When it ends, :func:`settlement_summary` states what was delivered and paid; its
 :func:`p2pep.canonical.settlement_hash` is what gets anchored.
@@ -19,6 +28,7 @@ from enum import StrEnum
 from typing import Any, Mapping
 
 from p2pep.canonical import contract_hash, settlement_hash
+from p2pep.market.contracts import contract_terms as match_terms
 from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.signing import MeterKey, is_valid_pubkey, verify_digest
 
@@ -104,6 +114,21 @@ class ContractTerms:
     def hash_hex(self) -> str:
         return self.hash().hex()
 
+    def match_hash(self) -> bytes:
+        """The matcher's hash of the same contract (``Contract.hash`` in common.proto)."""
+        return contract_hash(
+            match_terms(
+                contract_id=self.contract_id,
+                consumer=self.consumer,
+                supplier=self.supplier,
+                energy_wh=self.energy_wh,
+                price_msat_per_kwh=self.price_msat_per_kwh,
+                start_ms=self.start_ms,
+                end_ms=self.end_ms,
+                tier=self.tier,
+            )
+        )
+
     @property
     def duration_ms(self) -> int:
         return self.end_ms - self.start_ms
@@ -140,10 +165,11 @@ class ContractState(StrEnum):
     COMPLETED = "completed"
     ENDED_EARLY = "ended_early"
     DEFAULTED = "defaulted"
+    REJECTED = "rejected"
 
     @property
     def final(self) -> bool:
-        return self in (ContractState.COMPLETED, ContractState.ENDED_EARLY, ContractState.DEFAULTED)
+        return self is not ContractState.PROPOSED and self is not ContractState.ACTIVE
 
 
 class EndReason(StrEnum):
@@ -153,7 +179,8 @@ class EndReason(StrEnum):
     ENDED_BY_SUPPLIER = "ENDED_BY_SUPPLIER"
     SUPPLIER_GONE = "SUPPLIER_GONE"
     CONSUMER_GONE = "CONSUMER_GONE"
-    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+    """A party refused (or failed in time) to sign a proposed contract."""
     PAYMENT_FAILED = "PAYMENT_FAILED"
     PAYMENT_TIMEOUT = "PAYMENT_TIMEOUT"
 
@@ -163,6 +190,8 @@ class EndReason(StrEnum):
             return ContractState.COMPLETED
         if self in (EndReason.PAYMENT_FAILED, EndReason.PAYMENT_TIMEOUT):
             return ContractState.DEFAULTED
+        if self is EndReason.REJECTED:
+            return ContractState.REJECTED
         return ContractState.ENDED_EARLY
 
 
@@ -209,13 +238,13 @@ class Contract:
         return replace(self, state=ContractState.ACTIVE, activated_at_ms=now_ms)
 
     def end(self, reason: EndReason, now_ms: int) -> Contract:
-        """End an active contract (or cancel a proposed one) for ``reason``."""
+        """End an active contract for ``reason``, or reject a proposed one (``REJECTED``)."""
         if self.state.final:
             raise ContractError(f"contract {self.contract_id} already ended ({self.state})")
-        if self.state is ContractState.PROPOSED and reason is not EndReason.CANCELLED:
-            raise ContractError(f"proposed contract {self.contract_id} can only be cancelled")
-        if self.state is ContractState.ACTIVE and reason is EndReason.CANCELLED:
-            raise ContractError(f"active contract {self.contract_id} cannot be cancelled, end it instead")
+        if self.state is ContractState.PROPOSED and reason is not EndReason.REJECTED:
+            raise ContractError(f"proposed contract {self.contract_id} can only be rejected")
+        if self.state is ContractState.ACTIVE and reason is EndReason.REJECTED:
+            raise ContractError(f"active contract {self.contract_id} cannot be rejected, end it instead")
         return replace(self, state=reason.final_state, ended_at_ms=now_ms, end_reason=reason)
 
 

@@ -8,7 +8,8 @@ or below the head, the reading already stored under that number, it returns a
 1. well formed (integer fields, ``seq >= 1``, registers and time not negative)
    -> ``MALFORMED``; meter id matches the stream -> ``METER_MISMATCH``;
 2. the meter is known -> ``UNKNOWN_METER``;
-3. the signature verifies against that key -> ``FORGED_SIGNATURE``;
+3. the key the reading claims (if sent) is that key, and the signature verifies
+   against it -> ``FORGED_SIGNATURE``;
 4. ``seq <= head.seq``: identical content to what is stored under ``seq`` ->
    *duplicate* (acknowledge, store nothing: meters resend after a link drop);
    anything else -> ``REPLAYED_SEQUENCE``;
@@ -119,6 +120,7 @@ def validate_reading(
     head: StreamHead | None,
     stored: Reading | None = None,
     stream_meter_id: str | None = None,
+    claimed_pubkey_hex: str | None = None,
 ) -> Verdict:
     """Judge one reading (pure). See the module docstring for the rules.
 
@@ -126,7 +128,9 @@ def validate_reading(
     unknown); ``head`` the stream's last accepted reading (None before the first);
     ``stored`` the accepted reading with the same ``seq`` when
     :func:`needs_stored_lookup` says so; ``stream_meter_id`` the meter the
-    stream is authenticated as, if any."""
+    stream is authenticated as, if any; ``claimed_pubkey_hex`` the key the reading
+    says it is signed by (``Reading.pubkey`` in common.proto), if sent: a key other
+    than the registered one is a forgery."""
     r = signed.reading
     bad = _malformed(r)
     if bad is not None:
@@ -139,6 +143,12 @@ def validate_reading(
         )
     if pubkey_hex is None:
         return Rejected(RejectReason.UNKNOWN_METER, f"meter {r.meter_id!r} is not registered", "meter_id")
+    if claimed_pubkey_hex is not None and claimed_pubkey_hex.lower() != pubkey_hex.lower():
+        return Rejected(
+            RejectReason.FORGED_SIGNATURE,
+            f"reading claims a key that is not the registered key of meter {r.meter_id!r}",
+            "pubkey",
+        )
     if not verify_reading(signed, pubkey_hex):
         return Rejected(
             RejectReason.FORGED_SIGNATURE,
@@ -196,7 +206,12 @@ class StreamBook:
         """Accepted readings of a meter, in sequence order."""
         return [r for _, r in sorted(self._stored.get(meter_id, {}).items())]
 
-    def submit(self, signed: SignedReading, stream_meter_id: str | None = None) -> Verdict:
+    def submit(
+        self,
+        signed: SignedReading,
+        stream_meter_id: str | None = None,
+        claimed_pubkey_hex: str | None = None,
+    ) -> Verdict:
         r = signed.reading
         meter = r.meter_id if isinstance(r.meter_id, str) else ""
         head = self._heads.get(meter)
@@ -209,6 +224,7 @@ class StreamBook:
             head=head,
             stored=stored,
             stream_meter_id=stream_meter_id,
+            claimed_pubkey_hex=claimed_pubkey_hex,
         )
         if isinstance(verdict, Accepted):
             self._stored.setdefault(meter, {})[r.seq] = r
