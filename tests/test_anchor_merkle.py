@@ -132,3 +132,18 @@ def test_property_tampered_proof_fails(n: int, data: st.DataObject) -> None:
     if other != i:
         assert not verify_proof(xs[i], other, n, path, t.root)
     assert not verify_proof(xs[i], i, n, path[::-1], t.root) or path == path[::-1]
+
+
+def test_documented_test_vector() -> None:
+    """The worked example in docs/anchoring.md (leaves = SHA256 of bytes 0x00, 0x01, 0x02)."""
+    from p2pep.anchor import opreturn
+
+    xs = [hashlib.sha256(bytes([i])).digest() for i in range(3)]
+    t = MerkleTree(xs)
+    assert t.levels[1][0].hex() == "ea453d06db4aff27afe08f8f59385f6943f46c4834eabb0a187f6d36bf6b0cc1"
+    assert t.levels[1][1].hex() == "13936719352622295aec2715cc90cf9ed3f7fe200c080c41b294a2e22a08352a"
+    assert t.levels[2][0].hex() == "1454b2a7b884b3aa08b9a8af244d3f808ff148c7e2e8672ef4cb0e6c277523eb"
+    assert t.root.hex() == "fa6ffa7648aef9c87976964c498877f498fabcb8d17d6bee88b8880f06553ebb"
+    assert [p.hex() for p in t.proof(2)] == ["ea453d06db4aff27afe08f8f59385f6943f46c4834eabb0a187f6d36bf6b0cc1"]
+    assert opreturn.encode_script(t.root).hex() == (
+        "6a26" + "5032504550" + "01" + "fa6ffa7648aef9c87976964c498877f498fabcb8d17d6bee88b8880f06553ebb")
