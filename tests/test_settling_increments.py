@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from p2pep.settling.increments import (
     DeliveryLedger,
+    IncrementClaimError,
     IncrementError,
+    check_increment_claim,
     amount_msat,
     cumulative_msat,
     increment_amount_msat,
@@ -163,3 +165,47 @@ def test_ledger_property(
         assert led.unpaid_wh == 0 and led.settled
     assert led.paid_msat == cumulative_msat(led.paid_wh, price)
     assert all(abs(p.amount_msat - Fraction((p.to_wh - p.from_wh) * price, 1000)) < 1 for p in led.paid)
+
+
+def claim(**changes: object) -> int:
+    args: dict[str, object] = dict(
+        number=3, from_wh=20, to_wh=30, amount_msat_=1234, energy_wh=95, increment_wh=10,
+        price_msat_per_kwh=123_457, last_paid_number=2, last_paid_to_wh=20,
+    )
+    args.update(changes)
+    return check_increment_claim(**args)  # type: ignore[arg-type]
+
+
+def test_meter_checks_invoice_and_payment_requests() -> None:
+    assert claim() == amount_msat(20, 30, 123_457) == 1234
+    assert claim(amount_msat_=None) == 1234
+    assert claim(number=10, from_wh=90, to_wh=95, amount_msat_=None, last_paid_number=9, last_paid_to_wh=90) == 617
+    assert claim(to_wh=27, amount_msat_=None, contract_ended=True) == amount_msat(20, 27, 123_457)
+    for changes, field in [
+        ({"number": 4}, "increment"),  # ahead of what was paid
+        ({"number": 2}, "increment"),  # already paid
+        ({"from_wh": 10}, "from_wh"),
+        ({"to_wh": 31}, "to_wh"),
+        ({"to_wh": 27, "amount_msat_": None}, "to_wh"),  # partial while the contract runs
+        ({"observed_wh": 29}, "to_wh"),  # more than this meter saw
+        ({"amount_msat_": 1235}, "amount_msat"),
+    ]:
+        with pytest.raises(IncrementClaimError) as info:
+            claim(**changes)
+        assert info.value.field == field
+
+
+def test_ledger_increments_pass_the_meter_check() -> None:
+    led = ledger(energy=95, inc=10, price=123_457)
+    led.add_consumer_wh(62)
+    led.add_supplier_wh(62)
+    last_n = last_to = 0
+    for due in iter(led.next_due, None):
+        assert claim(number=due.number, from_wh=due.from_wh, to_wh=due.to_wh, amount_msat_=due.amount_msat,
+                     last_paid_number=last_n, last_paid_to_wh=last_to, observed_wh=62) == due.amount_msat
+        led.record_payment(due.number, due.amount_msat, "h")
+        last_n, last_to = due.number, due.to_wh
+    final = led.close()
+    assert final is not None
+    claim(number=final.number, from_wh=final.from_wh, to_wh=final.to_wh, amount_msat_=final.amount_msat,
+          last_paid_number=last_n, last_paid_to_wh=last_to, contract_ended=True)

@@ -69,6 +69,58 @@ def increment_amount_msat(k: int, increment_wh: int, energy_wh: int, price_msat_
     return amount_msat(a, b, price_msat_per_kwh)
 
 
+class IncrementClaimError(IncrementError):
+    """An invoice or payment request that does not match the contract's accounting;
+    ``field`` names the request field that is wrong."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_increment_claim(
+    *,
+    number: int,
+    from_wh: int,
+    to_wh: int,
+    amount_msat_: int | None,
+    energy_wh: int,
+    increment_wh: int,
+    price_msat_per_kwh: int,
+    last_paid_number: int,
+    last_paid_to_wh: int,
+    contract_ended: bool = False,
+    observed_wh: int | None = None,
+) -> int:
+    """A meter's own check of a request to invoice or pay increment ``number``
+    (CreateInvoice / PayInvoice); returns the amount in msat its accounting gives.
+
+    The increment must be the next one after the last paid (never ahead), start where
+    the last paid one ended, cover a whole increment (or the contract's last Wh; a
+    shorter final one only once the contract has ended), not exceed what the meter
+    itself observed (``observed_wh``, if given), and ``amount_msat_`` (if given) must
+    be exactly the rounding rule's amount. Raises :class:`IncrementClaimError`."""
+    if number != last_paid_number + 1:
+        raise IncrementClaimError(
+            f"increment {number} is not the next one to pay ({last_paid_number + 1})", "increment"
+        )
+    if from_wh != last_paid_to_wh:
+        raise IncrementClaimError(f"from_wh {from_wh} must be {last_paid_to_wh}", "from_wh")
+    full_to = min(from_wh + increment_wh, energy_wh)
+    if not from_wh < to_wh <= full_to:
+        raise IncrementClaimError(f"to_wh {to_wh} must be in ({from_wh}, {full_to}]", "to_wh")
+    if to_wh < full_to and not contract_ended:
+        raise IncrementClaimError(
+            f"to_wh {to_wh} is a partial increment but the contract has not ended", "to_wh"
+        )
+    if observed_wh is not None and to_wh > observed_wh:
+        raise IncrementClaimError(f"to_wh {to_wh} is beyond the {observed_wh} Wh observed here", "to_wh")
+    expected = amount_msat(from_wh, to_wh, price_msat_per_kwh)
+    if amount_msat_ is not None and amount_msat_ != expected:
+        raise IncrementClaimError(f"amount_msat must be {expected}, not {amount_msat_}", "amount_msat")
+    return expected
+
+
 @dataclass(frozen=True)
 class IncrementDue:
     """An increment to invoice and pay."""
