@@ -230,3 +230,15 @@ async def test_settlement_leaf_gets_its_own_proof(rig: Rig) -> None:
     assert [p.proof.leaf for p in proofs] == ["contract", "settlement"]
     doc = build_document(terms(0), s, [p.proof for p in proofs]).to_json()
     assert (await verify_document(doc, rig.chain)).ok
+
+
+async def test_chain_outage_is_survived(rig: Rig) -> None:
+    await rig.add(range(2))
+    await rig.block(2)
+    rig.chain.unavailable = True
+    await rig.anchorer.on_block(rig.chain.mine())  # must not raise, nothing is lost
+    assert [b.state for b in await rig.anchorer.batches()] == ["broadcast"]
+    rig.chain.unavailable = False
+    await rig.block()
+    assert [b.state for b in await rig.anchorer.batches()] == ["mined"]
+    assert (await rig.verify(1)).ok

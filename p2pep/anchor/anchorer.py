@@ -241,7 +241,8 @@ class Anchorer:
         out = []
         for r in rows:
             txs = await self._all("SELECT txid FROM anchor_txs WHERE batch_id = ? ORDER BY rowid", r[0])
-            out.append(BatchInfo(*r, txids=tuple(t[0] for t in txs)))
+            out.append(BatchInfo(id=r[0], root=r[1], size=r[2], state=r[3], txid=r[4], block_hash=r[5],
+                                 height=r[6], reanchors=r[7], txids=tuple(t[0] for t in txs)))
         return out
 
     # -- internals ------------------------------------------------------------------------
@@ -306,34 +307,38 @@ class Anchorer:
             "state IN ('broadcast', 'mined', 'confirmed') AND (height IS NULL OR height > ?)",
             best - self.config.watch_depth)
         for b in batches:
-            assert b.txid is not None
             try:
-                tx: dict[str, Any] | None = await self.chain.get_raw_transaction(b.txid)
-            except ChainNotFound:
-                tx = None
-            except ChainError as exc:
+                await self._watch_batch(b, best)
+            except ChainError as exc:  # node down: keep state as is, look again next block
                 log.warning("anchor.chain_unavailable", batch=b.id, error=str(exc))
                 return
-            tx_block = tx.get("blockhash") if tx else None
-            height = await self._in_best_chain(tx_block) if tx_block else None
-            if tx is not None and tx_block and height is not None:
-                if tx_block != b.block_hash and not await self._record_mined(b, tx, tx_block, height):
-                    continue
-                confirmed = best - height + 1 >= self.config.min_confirmations
-                state = "confirmed" if confirmed else "mined"
-                if state != b.state or tx_block != b.block_hash:
-                    await self.db.execute("UPDATE anchor_batches SET state = ? WHERE id = ?", (state, b.id))
-                    await self.db.commit()
-                    if confirmed and b.state != "confirmed":
-                        log.info("anchor.confirmed", batch=b.id, txid=b.txid, height=height)
-                continue
-            if b.state in ("mined", "confirmed"):
-                ANCHOR_REORGS.inc()
-                log.warning("anchor.reorg", batch=b.id, txid=b.txid, block=b.block_hash, height=b.height)
-                await self._reanchor(b, "orphaned")
-            elif tx is None and b.sent_height is not None and best > b.sent_height:
-                log.warning("anchor.tx_dropped", batch=b.id, txid=b.txid)
-                await self._reanchor(b, "dropped")
+
+    async def _watch_batch(self, b: _Batch, best: int) -> None:
+        assert b.txid is not None
+        try:
+            tx: dict[str, Any] | None = await self.chain.get_raw_transaction(b.txid)
+        except ChainNotFound:
+            tx = None
+        tx_block = tx.get("blockhash") if tx else None
+        height = await self._in_best_chain(tx_block) if tx_block else None
+        if tx is not None and tx_block and height is not None:
+            if tx_block != b.block_hash and not await self._record_mined(b, tx, tx_block, height):
+                return
+            confirmed = best - height + 1 >= self.config.min_confirmations
+            state = "confirmed" if confirmed else "mined"
+            if state != b.state:
+                await self.db.execute("UPDATE anchor_batches SET state = ? WHERE id = ?", (state, b.id))
+                await self.db.commit()
+                if confirmed:
+                    log.info("anchor.confirmed", batch=b.id, txid=b.txid, height=height)
+            return
+        if b.state in ("mined", "confirmed"):
+            ANCHOR_REORGS.inc()
+            log.warning("anchor.reorg", batch=b.id, txid=b.txid, block=b.block_hash, height=b.height)
+            await self._reanchor(b, "orphaned")
+        elif tx is None and b.sent_height is not None and best > b.sent_height:
+            log.warning("anchor.tx_dropped", batch=b.id, txid=b.txid)
+            await self._reanchor(b, "dropped")
 
     async def _record_mined(self, b: _Batch, tx: dict[str, Any], block_hash: str, height: int) -> bool:
         script = opreturn.encode_script(b.root).hex()
