@@ -1,0 +1,55 @@
+"""`python -m services.settlement`: contracts, readings and Lightning payments per increment."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from p2pep.servicekit import ServiceHost, configure_logging, run_service
+from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
+from services.settlement.engine import Engine
+from services.settlement.matcher_feed import follow_matcher
+from services.settlement.server import SettlementServicer
+from services.settlement.settings import SettlementSettings
+from services.settlement.store import Store
+
+
+async def main(stop: asyncio.Event) -> None:
+    s = SettlementSettings()
+    configure_logging(s.log_level, json=s.log_json)
+    store = await Store.open(s.db_path)
+    matcher = None
+    channels: list[grpc.aio.Channel] = []
+    if s.matcher_target:
+        ch = grpc.aio.insecure_channel(s.matcher_target)
+        channels.append(ch)
+        matcher = matcher_pb2_grpc.MatcherServiceStub(ch)
+    anchor = None
+    if s.anchor_target:
+        from p2pep.anchor.client import AnchorClient
+
+        anchor = AnchorClient(s.anchor_target)
+    engine = Engine(s, store, matcher, anchor)
+    await engine.load()
+    host = ServiceHost(s, name="settlement")
+    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(engine), host.grpc_server)
+
+    async def shutdown() -> None:
+        await engine.stop()
+        for c in channels:
+            await c.close()
+        if anchor is not None:
+            await anchor.close()
+        await store.close()
+
+    host.add_shutdown_hook(shutdown)
+    await host.start(serving=["p2pep.v1.SettlementService"])
+    engine._spawn(engine.sweep_forever())
+    if matcher is not None:
+        engine._spawn(follow_matcher(engine, matcher))
+    await host.wait_and_stop(stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_service(main))

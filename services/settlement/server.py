@@ -1,0 +1,118 @@
+"""SettlementService over grpc.aio: a thin adapter from protos to the engine."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import grpc
+import structlog
+
+from p2pep.settling.contracts import EndReason
+from p2pep.v1 import common_pb2, settlement_pb2 as pb, settlement_pb2_grpc
+from services.settlement.engine import Engine, SettlementError
+
+log = structlog.get_logger("settlement")
+
+
+def _ms(ts) -> int:  # type: ignore[no-untyped-def]
+    return ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.e = engine
+
+    async def _fail(self, ctx: grpc.aio.ServicerContext, exc: SettlementError) -> None:
+        await ctx.abort(exc.code, str(exc))
+
+    async def RegisterMeter(self, req: pb.RegisterMeterRequest, ctx: grpc.aio.ServicerContext) -> pb.RegisterMeterResponse:
+        try:
+            last = await self.e.register_meter(req.meter_id, req.pubkey, req.node_pubkey, req.address, req.role)
+        except SettlementError as exc:
+            await self._fail(ctx, exc)
+        return pb.RegisterMeterResponse(last_seq=last)
+
+    async def StreamReadings(
+        self, requests: AsyncIterator[common_pb2.Reading], ctx: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReadingAck]:
+        async for reading in requests:
+            yield await self.e.ingest(reading)
+
+    async def EndContract(self, req: pb.EndContractRequest, ctx: grpc.aio.ServicerContext) -> pb.ContractRecord:
+        lc = self.e.contracts.get(req.contract_id)
+        if lc is None:
+            await ctx.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {req.contract_id!r}")
+        assert lc is not None
+        if req.meter_id == lc.terms.consumer:
+            reason = EndReason.ENDED_BY_CONSUMER
+        elif req.meter_id == lc.terms.supplier:
+            reason = EndReason.ENDED_BY_SUPPLIER
+        else:
+            await ctx.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"meter_id: {req.meter_id!r} is not a party of contract {req.contract_id}")
+        try:
+            lc = await self.e.end_contract(req.contract_id, reason)
+        except SettlementError as exc:
+            await self._fail(ctx, exc)
+        log.info("contract ended by a party", contract_id=req.contract_id, meter_id=req.meter_id, why=req.reason)
+        return self.e.record(lc)
+
+    async def GetContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext) -> pb.ContractRecord:
+        lc = self.e.contracts.get(req.contract_id)
+        if lc is None:
+            await ctx.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {req.contract_id!r}")
+        return self.e.record(lc)  # type: ignore[arg-type]
+
+    async def ListContracts(
+        self, req: pb.ListSettlementContractsRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.ListSettlementContractsResponse:
+        return pb.ListSettlementContractsResponse(contracts=self.e.list_contracts(req.meter_id, req.states))
+
+    async def _energy(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext, column: str) -> pb.EnergyTotal:
+        try:
+            wh, n = await self.e.energy(req.meter_id, column, _ms(req.__getattribute__("from")), _ms(req.to))
+        except SettlementError as exc:
+            await self._fail(ctx, exc)
+        return pb.EnergyTotal(meter_id=req.meter_id, energy_wh=wh, readings=n)
+
+    async def GetUsage(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext) -> pb.EnergyTotal:
+        return await self._energy(req, ctx, "import_wh")
+
+    async def GetProduction(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext) -> pb.EnergyTotal:
+        return await self._energy(req, ctx, "export_wh")
+
+    async def ListPayments(self, req: pb.ListPaymentsRequest, ctx: grpc.aio.ServicerContext) -> pb.ListPaymentsResponse:
+        out = []
+        for p in await self.e.store.payments(req.contract_id or None):
+            if not p["preimage"]:
+                continue
+            lc = self.e.contracts.get(p["contract_id"])
+            payer, payee = (lc.terms.consumer, lc.terms.supplier) if lc else ("", "")
+            if req.meter_id and req.meter_id not in (payer, payee):
+                continue
+            pay = pb.Payment(
+                contract_id=p["contract_id"], increment=p["increment"], from_wh=p["from_wh"], to_wh=p["to_wh"],
+                amount_msat=p["amount_msat"], payment_hash=p["payment_hash"], preimage=p["preimage"],
+                fee_msat=p["fee_msat"], payer=payer, payee=payee,
+            )
+            pay.settled.FromMilliseconds(p["settled_ms"])
+            out.append(pay)
+        return pb.ListPaymentsResponse(payments=out)
+
+    async def ExportContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext) -> pb.ContractDocument:
+        try:
+            return pb.ContractDocument(json=await self.e.document(req.contract_id))
+        except SettlementError as exc:
+            await self._fail(ctx, exc)
+            raise
+
+    async def ListMeters(self, req: pb.ListMetersRequest, ctx: grpc.aio.ServicerContext) -> pb.ListMetersResponse:
+        out = []
+        for link in self.e.meters.values():
+            h = link.head
+            out.append(pb.MeterInfo(
+                meter_id=link.row.meter_id, pubkey=link.row.pubkey, node_pubkey=link.row.node_pubkey,
+                address=link.row.address, role=link.row.role, last_seq=h.seq if h else 0,
+                import_wh=h.import_wh if h else 0, export_wh=h.export_wh if h else 0,
+            ))
+        return pb.ListMetersResponse(meters=out)

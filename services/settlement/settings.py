@@ -1,0 +1,21 @@
+"""Settlement's configuration (environment variables ``P2PEP_SETTLEMENT_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from p2pep.servicekit import BaseServiceSettings
+
+
+class SettlementSettings(BaseServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="P2PEP_SETTLEMENT_", extra="ignore")
+
+    db_path: str = "settlement.sqlite"
+    matcher_target: str = Field(default="", description="host:port of the matcher; empty: no matcher feed")
+    anchor_target: str = Field(default="", description="host:port of the anchor service; empty: no anchoring")
+    increment_wh: int = Field(default=10, gt=0)
+    payment_timeout_s: int = Field(default=20, gt=0)
+    contract_period_s: int = Field(default=900, gt=0, description="used when a match carries no end time")
+    party_silence_s: float = Field(default=15.0, gt=0, description="a party whose readings stop this long has left")
+    sweep_interval_s: float = Field(default=0.5, gt=0)

@@ -1,0 +1,197 @@
+"""Settlement's SQLite store. Every acknowledgement follows a commit (WAL, synchronous=FULL)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import aiosqlite
+
+from p2pep.metering.readings import Reading
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meters (
+  meter_id TEXT PRIMARY KEY, pubkey TEXT NOT NULL, node_pubkey TEXT NOT NULL,
+  address TEXT NOT NULL, role TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS readings (
+  meter_id TEXT NOT NULL, seq INTEGER NOT NULL, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL,
+  timestamp_ms INTEGER NOT NULL, signature BLOB NOT NULL, PRIMARY KEY (meter_id, seq)
+);
+CREATE INDEX IF NOT EXISTS readings_time ON readings (meter_id, timestamp_ms);
+CREATE TABLE IF NOT EXISTS contracts (
+  contract_id TEXT PRIMARY KEY, terms_json TEXT NOT NULL, state TEXT NOT NULL,
+  consumer_sig BLOB, supplier_sig BLOB, activated_ms INTEGER, ended_ms INTEGER, end_reason TEXT,
+  consumer_wh INTEGER NOT NULL DEFAULT 0, supplier_wh INTEGER NOT NULL DEFAULT 0,
+  closed_at_wh INTEGER, summary_json TEXT, matcher_tier INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS payments (
+  contract_id TEXT NOT NULL, increment INTEGER NOT NULL, from_wh INTEGER NOT NULL, to_wh INTEGER NOT NULL,
+  amount_msat INTEGER NOT NULL, payment_hash TEXT, payment_request TEXT, preimage TEXT,
+  fee_msat INTEGER NOT NULL DEFAULT 0, settled_ms INTEGER, PRIMARY KEY (contract_id, increment)
+);
+CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class MeterRow:
+    meter_id: str
+    pubkey: str
+    node_pubkey: str
+    address: str
+    role: str
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: str) -> "Store":
+        db = await aiosqlite.connect(path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.executescript(SCHEMA)
+        await db.commit()
+        return cls(db)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # --- meters ---------------------------------------------------------------------
+    async def upsert_meter(self, m: MeterRow) -> None:
+        await self.db.execute(
+            "INSERT INTO meters VALUES (?,?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET "
+            "node_pubkey=excluded.node_pubkey, address=excluded.address, role=excluded.role",
+            (m.meter_id, m.pubkey, m.node_pubkey, m.address, m.role),
+        )
+        await self.db.commit()
+
+    async def meters(self) -> list[MeterRow]:
+        async with self.db.execute("SELECT * FROM meters") as cur:
+            return [MeterRow(*r) async for r in cur]
+
+    # --- readings -------------------------------------------------------------------
+    async def last_reading(self, meter_id: str) -> Reading | None:
+        async with self.db.execute(
+            "SELECT meter_id, seq, import_wh, export_wh, timestamp_ms FROM readings "
+            "WHERE meter_id=? ORDER BY seq DESC LIMIT 1", (meter_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return Reading(*row) if row else None
+
+    async def reading(self, meter_id: str, seq: int) -> Reading | None:
+        async with self.db.execute(
+            "SELECT meter_id, seq, import_wh, export_wh, timestamp_ms FROM readings WHERE meter_id=? AND seq=?",
+            (meter_id, seq),
+        ) as cur:
+            row = await cur.fetchone()
+        return Reading(*row) if row else None
+
+    async def accept_reading(
+        self, r: Reading, signature: bytes, attributions: Iterable[tuple[str, str, int]]
+    ) -> None:
+        """Store a reading and the energy it adds to contracts, in one transaction."""
+        await self.db.execute(
+            "INSERT INTO readings VALUES (?,?,?,?,?,?)",
+            (r.meter_id, r.seq, r.import_wh, r.export_wh, r.timestamp_ms, signature),
+        )
+        for contract_id, side, wh in attributions:
+            col = "consumer_wh" if side == "consumer" else "supplier_wh"
+            await self.db.execute(f"UPDATE contracts SET {col}={col}+? WHERE contract_id=?", (wh, contract_id))
+        await self.db.commit()
+
+    async def register_at(self, meter_id: str, column: str, t_ms: int) -> int:
+        """The ``import_wh``/``export_wh`` register as of time ``t_ms`` (0 before any reading)."""
+        assert column in ("import_wh", "export_wh")
+        async with self.db.execute(
+            f"SELECT {column} FROM readings WHERE meter_id=? AND timestamp_ms<=? ORDER BY seq DESC LIMIT 1",
+            (meter_id, t_ms),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def reading_count(self, meter_id: str, t0: int, t1: int) -> int:
+        async with self.db.execute(
+            "SELECT COUNT(*) FROM readings WHERE meter_id=? AND timestamp_ms>? AND timestamp_ms<=?",
+            (meter_id, t0, t1),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # --- contracts ------------------------------------------------------------------
+    async def save_contract(self, row: dict[str, Any]) -> None:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in row if c != "contract_id")
+        await self.db.execute(
+            f"INSERT INTO contracts ({cols}) VALUES ({marks}) ON CONFLICT(contract_id) DO UPDATE SET {updates}",
+            tuple(row.values()),
+        )
+        await self.db.commit()
+
+    async def contracts(self) -> list[dict[str, Any]]:
+        self.db.row_factory = aiosqlite.Row
+        try:
+            async with self.db.execute("SELECT * FROM contracts ORDER BY rowid") as cur:
+                return [dict(r) async for r in cur]
+        finally:
+            self.db.row_factory = None
+
+    # --- payments -------------------------------------------------------------------
+    async def payment_intent(self, contract_id: str, inc: int, from_wh: int, to_wh: int, amount: int) -> None:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO payments (contract_id, increment, from_wh, to_wh, amount_msat) VALUES (?,?,?,?,?)",
+            (contract_id, inc, from_wh, to_wh, amount),
+        )
+        await self.db.commit()
+
+    async def payment_invoice(self, contract_id: str, inc: int, payment_hash: str, payment_request: str) -> None:
+        await self.db.execute(
+            "UPDATE payments SET payment_hash=?, payment_request=? WHERE contract_id=? AND increment=?",
+            (payment_hash, payment_request, contract_id, inc),
+        )
+        await self.db.commit()
+
+    async def payment_settled(self, contract_id: str, inc: int, preimage: str, fee_msat: int, t_ms: int) -> None:
+        await self.db.execute(
+            "UPDATE payments SET preimage=?, fee_msat=?, settled_ms=? WHERE contract_id=? AND increment=?",
+            (preimage, fee_msat, t_ms, contract_id, inc),
+        )
+        await self.db.commit()
+
+    async def drop_unsettled(self, contract_id: str, inc: int) -> None:
+        await self.db.execute(
+            "DELETE FROM payments WHERE contract_id=? AND increment=? AND preimage IS NULL", (contract_id, inc)
+        )
+        await self.db.commit()
+
+    async def payments(self, contract_id: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT * FROM payments"
+        args: tuple[Any, ...] = ()
+        if contract_id:
+            q += " WHERE contract_id=?"
+            args = (contract_id,)
+        q += " ORDER BY settled_ms IS NULL, settled_ms, contract_id, increment"
+        self.db.row_factory = aiosqlite.Row
+        try:
+            async with self.db.execute(q, args) as cur:
+                return [dict(r) async for r in cur]
+        finally:
+            self.db.row_factory = None
+
+    # --- kv -------------------------------------------------------------------------
+    async def get(self, k: str, default: str = "") -> str:
+        async with self.db.execute("SELECT v FROM kv WHERE k=?", (k,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else default
+
+    async def put(self, k: str, v: str) -> None:
+        await self.db.execute("INSERT INTO kv VALUES (?,?) ON CONFLICT(k) DO UPDATE SET v=excluded.v", (k, v))
+        await self.db.commit()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

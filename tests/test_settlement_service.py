@@ -1,0 +1,247 @@
+"""Settlement against fake meters (in-process gRPC): contract flow, bad readings, restart.
+
+The real-network runs (real meters, real LND) are in tests/test_e2e_*.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from p2pep.metering.readings import Reading
+from p2pep.metering.signing import MeterKey
+from p2pep.regtest import wait_for
+from p2pep.servicekit import BaseServiceSettings, ServiceHost
+from p2pep.settling.contracts import ContractTerms, sign_contract
+from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2 as pb, settlement_pb2_grpc
+from services.settlement.engine import Engine
+from services.settlement.server import SettlementServicer
+from services.settlement.settings import SettlementSettings
+from services.settlement.store import Store
+
+
+class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
+    """Signs whatever it is asked to, invoices and 'pays' with real preimages."""
+
+    def __init__(self, meter_id: str) -> None:
+        self.meter_id = meter_id
+        self.key = MeterKey.generate()
+        self.preimages: dict[str, bytes] = {}
+        self.paid: list[tuple[str, int]] = []
+        self.refuse_pay = False
+        self.updates: list[pb.ContractRecord] = []
+
+    async def SignContract(self, req: meter_pb2.SignContractRequest, ctx: Any) -> meter_pb2.SignContractResponse:
+        terms = ContractTerms.from_canonical(json.loads(req.terms_json))
+        return meter_pb2.SignContractResponse(signature=sign_contract(terms, self.key), node_pubkey="02" + "11" * 32)
+
+    async def CreateInvoice(self, req: meter_pb2.CreateInvoiceRequest, ctx: Any) -> meter_pb2.CreateInvoiceResponse:
+        pre = secrets.token_bytes(32)
+        h = hashlib.sha256(pre).hexdigest()
+        self.preimages[h] = pre
+        return meter_pb2.CreateInvoiceResponse(payment_request=f"lnbcrt-fake-{h}", payment_hash=h)
+
+    async def PayInvoice(self, req: meter_pb2.PayInvoiceRequest, ctx: Any) -> meter_pb2.PayInvoiceResponse:
+        if self.refuse_pay:
+            await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, "insufficient local balance")
+        h = req.payment_request.rsplit("-", 1)[1]
+        self.paid.append((req.contract_id, req.increment))
+        return meter_pb2.PayInvoiceResponse(preimage=SUPPLIER.preimages[h].hex(), payment_hash=h)
+
+    async def UpdateContract(self, req: pb.ContractRecord, ctx: Any) -> meter_pb2.UpdateContractResponse:
+        self.updates.append(req)
+        return meter_pb2.UpdateContractResponse()
+
+
+SUPPLIER: FakeMeter
+
+
+class Harness:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.hosts: list[ServiceHost] = []
+
+    async def start_meter(self, m: FakeMeter) -> str:
+        host = ServiceHost(BaseServiceSettings(), name=m.meter_id)
+        meter_pb2_grpc.add_MeterServiceServicer_to_server(m, host.grpc_server)
+        await host.start()
+        self.hosts.append(host)
+        return host.grpc_target
+
+    async def start_settlement(self) -> tuple[Engine, settlement_pb2_grpc.SettlementServiceStub, ServiceHost]:
+        s = SettlementSettings(db_path=str(self.tmp / "s.sqlite"), increment_wh=10, sweep_interval_s=0.05,
+                               party_silence_s=30)
+        store = await Store.open(s.db_path)
+        engine = Engine(s, store)
+        await engine.load()
+        host = ServiceHost(s, name="settlement")
+        settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(engine), host.grpc_server)
+        await host.start()
+        engine._spawn(engine.sweep_forever())
+
+        async def close() -> None:
+            await engine.stop()
+            await store.close()
+
+        host.add_shutdown_hook(close)
+        self.hosts.append(host)
+        ch = grpc.aio.insecure_channel(host.grpc_target)
+        return engine, settlement_pb2_grpc.SettlementServiceStub(ch), host
+
+    async def close(self) -> None:
+        for h in self.hosts:
+            await h.stop(0)
+
+
+def reading(m: FakeMeter, seq: int, imp: int, exp: int, t_ms: int | None = None) -> common_pb2.Reading:
+    t_ms = t_ms or time.time_ns() // 1_000_000
+    signed = m.key.sign_reading(Reading(m.meter_id, seq, imp, exp, t_ms))
+    msg = common_pb2.Reading(meter_id=m.meter_id, seq=seq, import_wh=imp, export_wh=exp,
+                             signature=signed.signature, pubkey=bytes.fromhex(m.key.pubkey_hex))
+    msg.timestamp.FromMilliseconds(t_ms)
+    return msg
+
+
+async def send(stub: settlement_pb2_grpc.SettlementServiceStub, *msgs: common_pb2.Reading) -> list[pb.ReadingAck]:
+    async def gen() -> AsyncIterator[common_pb2.Reading]:
+        for m in msgs:
+            yield m
+
+    return [a async for a in stub.StreamReadings(gen())]
+
+
+def match(cid: str, energy_wh: int, price: int, seconds: float = 60) -> common_pb2.Contract:
+    c = common_pb2.Contract(contract_id=cid, consumer="consumer", supplier="supplier", energy_wh=energy_wh,
+                            price_msat_per_kwh=price, tier=common_pb2.TIER_PRICE_TIME)
+    now = time.time_ns() // 1_000_000
+    c.start.FromMilliseconds(now)
+    c.end.FromMilliseconds(now + int(seconds * 1000))
+    return c
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[tuple[Harness, FakeMeter, FakeMeter]]:
+    global SUPPLIER
+    h = Harness(tmp_path)
+    cons, sup = FakeMeter("consumer"), FakeMeter("supplier")
+    SUPPLIER = sup
+    cons.addr = await h.start_meter(cons)  # type: ignore[attr-defined]
+    sup.addr = await h.start_meter(sup)  # type: ignore[attr-defined]
+    yield h, cons, sup
+    await h.close()
+
+
+async def register(stub: settlement_pb2_grpc.SettlementServiceStub, *meters: FakeMeter) -> None:
+    for m in meters:
+        await stub.RegisterMeter(pb.RegisterMeterRequest(
+            meter_id=m.meter_id, pubkey=m.key.pubkey_hex, node_pubkey="02" + "22" * 32,
+            address=m.addr, role="consumer" if m.meter_id == "consumer" else "producer"))  # type: ignore[attr-defined]
+
+
+async def test_bad_readings_are_refused_stored_nowhere_and_counted(world: Any) -> None:
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement()
+    await register(stub, cons)
+    forged = reading(cons, 1, 0, 0)
+    forged.signature = sup.key.sign_reading(Reading("consumer", 1, 0, 0, 1)).signature
+    before = REGISTRY.get_sample_value("p2pep_settlement_readings_rejected_total",
+                                       {"reason": "FORGED_SIGNATURE"}) or 0
+    t = time.time_ns() // 1_000_000
+    acks = await send(stub, forged, reading(cons, 1, 5, 0, t), reading(cons, 2, 9, 0, t + 1),
+                      reading(cons, 2, 9, 0, t + 1), reading(cons, 2, 10, 0, t + 1), reading(cons, 3, 8, 0, t + 2),
+                      reading(FakeMeter("stranger"), 1, 0, 0))
+    S = pb.ReadingAck
+    assert [(a.status, a.reason) for a in acks] == [
+        (S.STATUS_REJECTED, "FORGED_SIGNATURE"), (S.STATUS_ACCEPTED, ""), (S.STATUS_ACCEPTED, ""),
+        (S.STATUS_DUPLICATE, ""), (S.STATUS_REJECTED, "REPLAYED_SEQUENCE"),
+        (S.STATUS_REJECTED, "REGISTER_BACKWARDS"), (S.STATUS_REJECTED, "UNKNOWN_METER"),
+    ]
+    assert all(a.message for a in acks if a.status == S.STATUS_REJECTED)
+    stored = await engine.store.last_reading("consumer")
+    assert stored is not None and (stored.seq, stored.import_wh) == (2, 9)
+    assert REGISTRY.get_sample_value("p2pep_settlement_readings_rejected_total",
+                                     {"reason": "FORGED_SIGNATURE"}) == before + 1
+
+
+async def test_register_refuses_bad_input(world: Any) -> None:
+    h, cons, _ = world
+    _, stub, _ = await h.start_settlement()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RegisterMeter(pb.RegisterMeterRequest(meter_id="x", pubkey="zz", address="a:1", role="consumer"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pubkey" in (err.value.details() or "")
+    await register(stub, cons)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RegisterMeter(pb.RegisterMeterRequest(meter_id="consumer", pubkey=MeterKey.generate().pubkey_hex,
+                                                         address="a:1", role="consumer"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_contract_paid_per_increment_and_survives_restart(world: Any) -> None:
+    h, cons, sup = world
+    engine, stub, host = await h.start_settlement()
+    await register(stub, cons, sup)
+    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
+    await engine.propose(match("c1", energy_wh=55, price=2_000_000))
+    assert engine.contracts["c1"].contract.state.value == "active"
+    # 25 Wh delivered: two increments due and paid, the third (partial) not yet
+    await send(stub, reading(cons, 2, 25, 0), reading(sup, 2, 0, 30))
+    await wait_for(lambda: engine.contracts["c1"].ledger.increments_paid == 2, 10, what="2 increments paid")
+    assert cons.paid == [("c1", 1), ("c1", 2)]
+    # settlement dies and comes back: nothing is paid twice, the contract goes on
+    await host.stop(0)
+    engine, stub, host = await h.start_settlement()
+    assert engine.contracts["c1"].ledger.increments_paid == 2
+    await send(stub, reading(cons, 3, 47, 0), reading(sup, 3, 0, 60))
+    await wait_for(lambda: engine.contracts["c1"].ledger.increments_paid == 4, 10, what="4 increments paid")
+    # the consumer ends it early: the final 7 Wh (partial increment) is paid, nothing more
+    rec = await stub.EndContract(pb.EndContractRequest(contract_id="c1", meter_id="consumer", reason="leaving"))
+    assert rec.state == pb.CONTRACT_STATE_ENDED_EARLY
+    await wait_for(lambda: engine.contracts["c1"].finished, 10, what="contract settled")
+    rec = await stub.GetContract(pb.GetContractRequest(contract_id="c1"))
+    assert (rec.delivered_wh, rec.paid_wh, rec.increments_paid) == (47, 47, 5)
+    assert rec.paid_msat == 47 * 2_000_000 // 1000
+    assert cons.paid == [("c1", i) for i in range(1, 6)]
+    pays = (await stub.ListPayments(pb.ListPaymentsRequest(contract_id="c1"))).payments
+    assert [p.increment for p in pays] == [1, 2, 3, 4, 5] and sum(p.amount_msat for p in pays) == rec.paid_msat
+    for p in pays:
+        assert hashlib.sha256(bytes.fromhex(p.preimage)).hexdigest() == p.payment_hash
+    doc = json.loads((await stub.ExportContract(pb.GetContractRequest(contract_id="c1"))).json)
+    assert doc["settlement"]["wh_delivered"] == 47 and doc["contract_hash"] == rec.contract.hash.hex()
+
+
+async def test_failed_payment_defaults_within_one_increment(world: Any) -> None:
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement()
+    await register(stub, cons, sup)
+    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
+    await engine.propose(match("c2", energy_wh=100, price=1_000_000))
+    await send(stub, reading(cons, 2, 10, 0), reading(sup, 2, 0, 10))
+    await wait_for(lambda: engine.contracts["c2"].ledger.increments_paid == 1, 10, what="first increment paid")
+    cons.refuse_pay = True
+    await send(stub, reading(cons, 3, 20, 0), reading(sup, 3, 0, 20))
+    await wait_for(lambda: engine.contracts["c2"].finished, 10, what="contract defaulted")
+    rec = await stub.GetContract(pb.GetContractRequest(contract_id="c2"))
+    assert rec.state == pb.CONTRACT_STATE_DEFAULTED and rec.end_reason == "PAYMENT_FAILED"
+    assert rec.delivered_wh - rec.paid_wh <= rec.increment_wh  # owed at most one increment
+    assert any(u.state == pb.CONTRACT_STATE_DEFAULTED for u in cons.updates)
+
+
+async def test_contract_ends_at_its_end_time_paying_what_was_delivered(world: Any) -> None:
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement()
+    await register(stub, cons, sup)
+    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
+    await engine.propose(match("c3", energy_wh=1000, price=1_500_000, seconds=1.0))
+    await send(stub, reading(cons, 2, 13, 0), reading(sup, 2, 0, 13))
+    await wait_for(lambda: engine.contracts["c3"].finished, 15, what="contract completed at end time")
+    rec = await stub.GetContract(pb.GetContractRequest(contract_id="c3"))
+    assert rec.state == pb.CONTRACT_STATE_COMPLETED and rec.end_reason == "END_TIME"
+    assert (rec.delivered_wh, rec.paid_wh, rec.paid_msat) == (13, 13, 13 * 1_500_000 // 1000)
