@@ -83,7 +83,9 @@ class MeterLink:
         if self._channel is not None:
             await self._channel.close()
         self._channel, self._stub = None, None
-        self.row = MeterRow(self.row.meter_id, self.row.pubkey, self.row.node_pubkey, address, self.row.role)
+        from dataclasses import replace
+
+        self.row = replace(self.row, address=address)
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -184,7 +186,9 @@ class Engine:
             metrics.CONTRACTS.labels(st.value).set(counts.get(st.value, 0))
 
     # --- meters ---------------------------------------------------------------------
-    async def register_meter(self, meter_id: str, pubkey: str, node_pubkey: str, address: str, role: str) -> int:
+    async def register_meter(
+        self, meter_id: str, pubkey: str, node_pubkey: str, address: str, role: str, node_address: str = ""
+    ) -> int:
         from p2pep.metering.signing import is_valid_pubkey
 
         if not meter_id:
@@ -199,7 +203,7 @@ class Engine:
         if link is not None and link.row.pubkey != pubkey:
             raise SettlementError(grpc.StatusCode.PERMISSION_DENIED,
                                   f"pubkey: meter {meter_id} is registered with another key")
-        row = MeterRow(meter_id, pubkey, node_pubkey, address, role)
+        row = MeterRow(meter_id, pubkey, node_pubkey, address, role, node_address)
         await self.store.upsert_meter(row)
         if link is None:
             link = self.meters[meter_id] = MeterLink(row)

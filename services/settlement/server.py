@@ -27,7 +27,9 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def RegisterMeter(self, req: pb.RegisterMeterRequest, ctx: grpc.aio.ServicerContext) -> pb.RegisterMeterResponse:
         try:
-            last = await self.e.register_meter(req.meter_id, req.pubkey, req.node_pubkey, req.address, req.role)
+            last = await self.e.register_meter(
+                req.meter_id, req.pubkey, req.node_pubkey, req.address, req.role, req.node_address
+            )
         except SettlementError as exc:
             await self._fail(ctx, exc)
         return pb.RegisterMeterResponse(last_seq=last)
@@ -114,5 +116,6 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
                 meter_id=link.row.meter_id, pubkey=link.row.pubkey, node_pubkey=link.row.node_pubkey,
                 address=link.row.address, role=link.row.role, last_seq=h.seq if h else 0,
                 import_wh=h.import_wh if h else 0, export_wh=h.export_wh if h else 0,
+                node_address=link.row.node_address,
             ))
         return pb.ListMetersResponse(meters=out)

@@ -13,7 +13,7 @@ from p2pep.metering.readings import Reading
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meters (
   meter_id TEXT PRIMARY KEY, pubkey TEXT NOT NULL, node_pubkey TEXT NOT NULL,
-  address TEXT NOT NULL, role TEXT NOT NULL
+  address TEXT NOT NULL, role TEXT NOT NULL, node_address TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS readings (
   meter_id TEXT NOT NULL, seq INTEGER NOT NULL, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL,
@@ -42,6 +42,7 @@ class MeterRow:
     node_pubkey: str
     address: str
     role: str
+    node_address: str = ""
 
 
 class Store:
@@ -63,9 +64,10 @@ class Store:
     # --- meters ---------------------------------------------------------------------
     async def upsert_meter(self, m: MeterRow) -> None:
         await self.db.execute(
-            "INSERT INTO meters VALUES (?,?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET "
-            "node_pubkey=excluded.node_pubkey, address=excluded.address, role=excluded.role",
-            (m.meter_id, m.pubkey, m.node_pubkey, m.address, m.role),
+            "INSERT INTO meters VALUES (?,?,?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET "
+            "node_pubkey=excluded.node_pubkey, address=excluded.address, role=excluded.role, "
+            "node_address=excluded.node_address",
+            (m.meter_id, m.pubkey, m.node_pubkey, m.address, m.role, m.node_address),
         )
         await self.db.commit()
 
