@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = [
     "p2pep.regtest.cli",
     "p2pep.anchor.cli",
+    "p2pep.market.cli",
 ]
 
 

@@ -1,0 +1,170 @@
+"""The order book: two sides of price levels in price-time priority.
+
+Layout, chosen for speed in pure Python:
+
+* each side keeps ``levels``: a dict from a *key* to a FIFO (deque) of orders, and
+  ``heap``: a min-heap of those keys. Supply keys are the price, demand keys the negated
+  price, so ``heap[0]`` is always the best level and a counter-order crosses a level
+  iff ``key <= limit_key``. A key is in the heap iff it is in ``levels``.
+* removal is lazy: a filled, cancelled or expired order is marked ``live = False``
+  and unlinked from the id and meter indexes in O(1); its level entry is dropped when
+  it reaches the front of the FIFO. A level is deleted when it is found empty at the top.
+
+The book only stores; matching lives in :mod:`p2pep.market.engine`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Iterator
+
+from p2pep.market.errors import UnknownOrder
+from p2pep.market.model import Order, Side
+
+
+class BookSide:
+    __slots__ = ("side", "sign", "levels", "heap", "orders", "by_meter", "volume_wh")
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+        self.sign = 1 if side is Side.SUPPLY else -1
+        self.levels: dict[int, deque[Order]] = {}
+        self.heap: list[int] = []
+        self.orders: dict[str, Order] = {}
+        self.by_meter: dict[str, dict[str, Order]] = {}
+        self.volume_wh = 0
+
+    def key(self, price: int) -> int:
+        return price * self.sign
+
+    def insert(self, o: Order) -> None:
+        key = o.price * self.sign
+        level = self.levels.get(key)
+        if level is None:
+            level = self.levels[key] = deque()
+            heapq.heappush(self.heap, key)
+        level.append(o)
+        self.orders[o.id] = o
+        m = self.by_meter.get(o.meter)
+        if m is None:
+            self.by_meter[o.meter] = {o.id: o}
+        else:
+            m[o.id] = o
+        self.volume_wh += o.remaining
+        o.live = True
+
+    def unlink(self, o: Order) -> None:
+        """Take ``o`` out of the indexes (its level entry goes lazily)."""
+        o.live = False
+        del self.orders[o.id]
+        m = self.by_meter[o.meter]
+        del m[o.id]
+        if not m:
+            del self.by_meter[o.meter]
+        self.volume_wh -= o.remaining
+
+    def levels_best_first(self) -> Iterator[tuple[int, int, int]]:
+        """``(price, energy_wh, orders)`` of non-empty levels, best first (O(L log L))."""
+        for key in sorted(self.levels):
+            energy = count = 0
+            for o in self.levels[key]:
+                if o.live:
+                    energy += o.remaining
+                    count += 1
+            if count:
+                yield key * self.sign, energy, count
+
+
+class OrderBook:
+    """Both sides plus the indexes the tiers and expiry need."""
+
+    def __init__(self) -> None:
+        self.supply = BookSide(Side.SUPPLY)
+        self.demand = BookSide(Side.DEMAND)
+        # meter -> live orders (either side) that nominated it as a partner
+        self.nominated: dict[str, dict[str, Order]] = {}
+        self._expiries: list[tuple[int, int, Order]] = []
+
+    def side(self, side: Side) -> BookSide:
+        return self.supply if side is Side.SUPPLY else self.demand
+
+    def __len__(self) -> int:
+        return len(self.supply.orders) + len(self.demand.orders)
+
+    def __contains__(self, order_id: str) -> bool:
+        return order_id in self.supply.orders or order_id in self.demand.orders
+
+    def get(self, order_id: str) -> Order | None:
+        return self.supply.orders.get(order_id) or self.demand.orders.get(order_id)
+
+    def orders(self) -> Iterator[Order]:
+        yield from self.supply.orders.values()
+        yield from self.demand.orders.values()
+
+    def insert(self, o: Order) -> None:
+        (self.supply if o.side is Side.SUPPLY else self.demand).insert(o)
+        if o.expiry_ms is not None:
+            heapq.heappush(self._expiries, (o.expiry_ms, o.seq, o))
+        for p in o.partners:
+            self.nominated.setdefault(p, {})[o.id] = o
+
+    def unlink(self, o: Order) -> None:
+        (self.supply if o.side is Side.SUPPLY else self.demand).unlink(o)
+        for p in o.partners:
+            d = self.nominated[p]
+            del d[o.id]
+            if not d:
+                del self.nominated[p]
+
+    def reduce(self, o: Order, qty: int) -> None:
+        """A resting order was matched for ``qty``; unlink it when it is used up."""
+        o.remaining -= qty
+        o.filled_before = True
+        if o.side is Side.SUPPLY:
+            self.supply.volume_wh -= qty
+        else:
+            self.demand.volume_wh -= qty
+        if o.remaining == 0:
+            self.unlink(o)
+
+    def remove_filled(self, side: BookSide, filled: list[Order]) -> None:
+        """Bulk :meth:`reduce` to zero of many orders of one side (auction clearing)."""
+        orders = side.orders
+        by_meter = side.by_meter
+        total = 0
+        for o in filled:
+            total += o.remaining
+            o.remaining = 0
+            o.live = False
+            o.filled_before = True
+            del orders[o.id]
+            m = by_meter[o.meter]
+            del m[o.id]
+            if not m:
+                del by_meter[o.meter]
+            if o.partners:
+                for p in o.partners:
+                    d = self.nominated[p]
+                    del d[o.id]
+                    if not d:
+                        del self.nominated[p]
+        side.volume_wh -= total
+
+    def remove(self, order_id: str) -> Order:
+        o = self.get(order_id)
+        if o is None:
+            raise UnknownOrder("order_id", f"no open order {order_id!r}")
+        self.unlink(o)
+        return o
+
+    def pop_expired(self, now_ms: int) -> list[Order]:
+        """Unlink and return every live order with ``expiry_ms <= now_ms``."""
+        out: list[Order] = []
+        heap = self._expiries
+        while heap and heap[0][0] <= now_ms:
+            o = heapq.heappop(heap)[2]
+            if o.live:
+                self.unlink(o)
+                out.append(o)
+        return out
