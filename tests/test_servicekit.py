@@ -59,6 +59,16 @@ async def test_dummy_service_serves_then_stops_on_sigterm() -> None:
         hook_ran.set()
 
     host.add_shutdown_hook(hook)
+    order: list[str] = []
+
+    async def stopping() -> None:
+        order.append("stopping")
+
+    async def closing() -> None:
+        order.append("shutdown")
+
+    host.add_shutdown_hook(closing)
+    host.add_stopping_hook(stopping)
     await host.start(serving=["p2pep.v1.Dummy"])
     assert host.grpc_port > 0 and host.http_port > 0
     DUMMY_COUNTER.inc()
@@ -81,6 +91,7 @@ async def test_dummy_service_serves_then_stops_on_sigterm() -> None:
         finally:
             uninstall()
     assert hook_ran.is_set()
+    assert order == ["stopping", "shutdown"]
     assert not host.serving
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await health_status(host.grpc_target)

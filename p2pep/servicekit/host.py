@@ -28,9 +28,10 @@ class ServiceHost:
     :attr:`http_app`) -> :meth:`start` -> ... -> :meth:`stop`.
 
     Stopping goes in this order, so load balancers and clients see it coming:
-    health NOT_SERVING (gRPC and ``/healthz``), ``grpc_server.stop(grace)`` (in-flight
-    calls finish, streams are cancelled after ``grace``), shutdown hooks (in reverse
-    order of registration, e.g. closing a database), then the HTTP server.
+    health NOT_SERVING (gRPC and ``/healthz``), stopping hooks (e.g. end server streams
+    so they do not hold the server for the whole grace period), ``grpc_server.stop(grace)``
+    (in-flight calls finish, what is left is cancelled after ``grace``), shutdown hooks
+    (in reverse order of registration, e.g. closing a database), then the HTTP server.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class ServiceHost:
         self.http_app: web.Application = build_http_app(lambda: self._serving)
         self._runner: web.AppRunner | None = None
         self._hooks: list[ShutdownHook] = []
+        self._stopping_hooks: list[ShutdownHook] = []
         self._serving = False
         self._started = False
         self._stopped = asyncio.Event()
@@ -74,6 +76,10 @@ class ServiceHost:
     def add_shutdown_hook(self, hook: ShutdownHook) -> None:
         """Run ``await hook()`` while stopping, after the gRPC server has drained."""
         self._hooks.append(hook)
+
+    def add_stopping_hook(self, hook: ShutdownHook) -> None:
+        """Run ``await hook()`` when stopping begins, before the gRPC server drains."""
+        self._stopping_hooks.append(hook)
 
     async def start(self, serving: Iterable[str] = ()) -> None:
         """Bind both servers (port 0 = a free port; see :attr:`grpc_port`, :attr:`http_port`)
@@ -112,16 +118,20 @@ class ServiceHost:
         log.info("service stopping", name=self.name, grace_s=grace)
         self._serving = False
         await self.health.enter_graceful_shutdown()
+        await self._run_hooks(self._stopping_hooks)
         if self._started:
             await self.grpc_server.stop(grace)
-        for hook in reversed(self._hooks):
+        await self._run_hooks(reversed(self._hooks))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("service stopped", name=self.name)
+
+    async def _run_hooks(self, hooks: Iterable[ShutdownHook]) -> None:
+        for hook in list(hooks):
             try:
                 await hook()
             except Exception:  # a failing hook must not keep the others from running
                 log.exception("shutdown hook failed", name=self.name, hook=repr(hook))
-        if self._runner is not None:
-            await self._runner.cleanup()
-        log.info("service stopped", name=self.name)
 
     async def wait_and_stop(self, stop: asyncio.Event, grace: float | None = None) -> None:
         """Wait until ``stop`` is set (e.g. by :func:`run_service` on SIGTERM), then :meth:`stop`."""
