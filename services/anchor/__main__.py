@@ -1,0 +1,73 @@
+"""`python -m services.anchor`: the anchor service process (settings: ``P2PEP_ANCHOR_*``).
+
+Wires the pieces: btcd (JSON-RPC) as the chain view, the hub's LND wallet as the payer,
+the Anchorer (SQLite at ``db_path``), the block watcher, and the gRPC AnchorService with
+health checking and ``/metrics``.  SIGTERM: health goes NOT_SERVING, in-flight calls
+finish, the watcher finishes the block it is handling, then connections and the store close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
+from p2pep.anchor.batching import BatchPolicy
+from p2pep.anchor.btcd_chain import BtcdChain
+from p2pep.anchor.lnd_wallet import LndAnchorWallet
+from p2pep.chain.btcd_rpc import BtcdRpc, BtcdRpcConfig
+from p2pep.servicekit import ServiceHost, configure_logging, run_service
+from p2pep.v1 import anchor_pb2_grpc as pb_grpc
+from services.anchor.servicer import AnchorServicer
+from services.anchor.settings import AnchorSettings
+from services.anchor.wallet import CountingWallet
+from services.anchor.watcher import BlockWatcher
+
+log = structlog.get_logger(__name__)
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = AnchorSettings()  # type: ignore[call-arg]  # required fields come from the environment
+    configure_logging(settings.log_level, json=settings.log_json, service="anchor")
+    rpc = BtcdRpc(BtcdRpcConfig(settings.btcd_rpchost, settings.btcd_user, settings.btcd_pass, settings.btcd_cert))
+    chain = BtcdChain(rpc)
+    wallet = LndAnchorWallet.connect(settings.lnd_rpcserver, settings.lnd_tls_cert, settings.lnd_macaroon)
+    config = AnchorerConfig(
+        policy=BatchPolicy(every_blocks=settings.every_blocks, max_leaves=settings.max_leaves),
+        min_confirmations=settings.min_confirmations,
+        sat_per_vbyte=settings.sat_per_vbyte,
+        watch_depth=max(settings.watch_depth, settings.min_confirmations),
+    )
+    anchorer = await Anchorer(settings.db_path, CountingWallet(wallet, chain), chain, config).open()
+    watcher = BlockWatcher(chain, anchorer.on_block, settings.poll_s)
+    watch_task = asyncio.create_task(watcher.run(), name="anchor-block-watcher")
+
+    async def stop_watcher() -> None:
+        watcher.stop()
+        try:
+            await asyncio.wait_for(watch_task, settings.shutdown_grace_s + 30)
+        except TimeoutError:
+            log.warning("anchor.watcher_cancelled")  # crash-safe: at worst a root is anchored twice
+
+    host = ServiceHost(settings, name="anchor")
+    pb_grpc.add_AnchorServiceServicer_to_server(
+        AnchorServicer(anchorer, settings.max_request_leaves), host.grpc_server)
+    # Hooks run in reverse order, after gRPC has drained: watcher, then the store, then connections.
+    host.add_shutdown_hook(rpc.close)
+    host.add_shutdown_hook(wallet.close)
+    host.add_shutdown_hook(anchorer.close)
+    host.add_shutdown_hook(stop_watcher)
+    try:
+        await host.start(serving=["p2pep.v1.AnchorService"])
+        log.info("anchor.config", db_path=settings.db_path, lnd=settings.lnd_rpcserver, btcd=settings.btcd_rpchost,
+                 every_blocks=settings.every_blocks, max_leaves=settings.max_leaves,
+                 min_confirmations=settings.min_confirmations, sat_per_vbyte=settings.sat_per_vbyte)
+    except BaseException:
+        await host.stop(0)
+        raise
+    await host.wait_and_stop(stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_service(main))
