@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "p2pep.regtest.cli",
     "p2pep.anchor.cli",
     "p2pep.market.cli",
+    "p2pep.scenario.cli",
 ]
 
 

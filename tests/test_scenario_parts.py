@@ -37,7 +37,9 @@ def test_service_envs(tmp_path: Path) -> None:
     assert st.log_path == tmp_path / "logs" / "settlement.log"
 
     consumer = s.meter("meter-3")
-    e = meter_launch(s, consumer, layout, 5005, 5006, NODE, m.target, st.target, HUB).env
+    other = NodeEndpoint("meter-1", "02" + "ef" * 32, "127.0.0.1:1", "/c", "/m", "127.0.0.1:9737")
+    e = meter_launch(s, consumer, layout, 5005, 5006, NODE, m.target, st.target, HUB, peers=[NODE, other]).env
+    assert e["P2PEP_METER_PEERS"] == f"meter-1={other.pubkey}@127.0.0.1:9737"
     assert e["P2PEP_METER_METER_ID"] == "meter-3" and e["P2PEP_METER_ROLE"] == "consumer"
     assert e["P2PEP_METER_SOURCE"] == "constant" and e["P2PEP_METER_CONSTANT_W"] == "2000"
     assert e["P2PEP_METER_NETWORK_MODE"] == "hub"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from p2pep.scenario.model import MeterSpec, Scenario
 
@@ -133,8 +133,10 @@ def meter_launch(
     matcher_target: str,
     settlement_target: str,
     hub: NodeEndpoint | None,
+    peers: Sequence[NodeEndpoint] = (),
     log_level: str = "INFO",
 ) -> ServiceLaunch:
+    """``peers``: the other meters' lnd nodes (their p2p addresses, for direct channels)."""
     p = "P2PEP_METER_"
     data = layout.data_dir(m.name)
     t = s.timing
@@ -159,6 +161,9 @@ def meter_launch(
     })
     if hub is not None:
         env[f"{p}HUB"] = f"{hub.pubkey}@{hub.p2p}"
+    others = [n for n in peers if n.name != m.name]
+    if others:
+        env[f"{p}PEERS"] = ",".join(f"{n.name}={n.pubkey}@{n.p2p}" for n in others)
     env.update(meter_source_env(m))
     env.update(m.env)
     return ServiceLaunch(m.name, "services.meter", grpc_port, metrics_port, layout.log(m.name), data, env)

@@ -1,0 +1,397 @@
+"""Running a scenario end to end on a real regtest network (I/O).
+
+Order of things:
+
+1. the regtest network (btcd, hub unless ad hoc, ``meter-N`` lnd nodes) comes up in
+   the run dir (:meth:`RegtestNetwork.up`);
+2. the matcher, settlement and one meter service per meter start as subprocesses
+   (``python -m services.X``, env from :mod:`p2pep.scenario.launch`, logs under
+   ``<run dir>/scenario/logs``), each awaited on its gRPC health check;
+3. while the simulated time runs: an auto-miner mines a block every few seconds
+   (channels the meters open need confirmations), the scenario's events fire at
+   their simulated times, the meters' statuses are sampled;
+4. at the end the runner collects settlement's contracts and payments, the meters'
+   statuses and the suppliers' own invoices, writes the JSON report
+   (:mod:`p2pep.scenario.report`), stops the services (SIGTERM, meters first) and
+   the network (unless it is kept).
+
+A stop request (Ctrl-C, SIGTERM: the ``stop`` event) during bring-up cancels it and
+cleans up; during the run it ends the run early, still with a report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import grpc
+
+from p2pep.regtest.errors import RegtestError
+from p2pep.regtest.network import NetworkSpec, RegtestNetwork
+from p2pep.regtest.ports import free_port
+from p2pep.scenario import state as scenario_state
+from p2pep.scenario.clock import ScenarioClock
+from p2pep.scenario.drain import keep_msat
+from p2pep.scenario.funds import drain_channels, sweep_wallet
+from p2pep.scenario.launch import (
+    Layout,
+    NodeEndpoint,
+    ServiceLaunch,
+    matcher_launch,
+    meter_launch,
+    settlement_launch,
+)
+from p2pep.scenario.model import Event, Scenario
+from p2pep.scenario.processes import ServiceProcess
+from p2pep.scenario.report import EventOutcome, RunFacts, build_report
+from p2pep.scenario.watch import Watcher
+from p2pep.v1 import settlement_pb2
+
+T = TypeVar("T")
+
+
+class ScenarioError(RegtestError):
+    """The scenario could not be run (a service did not start, a stale run is in the way...)."""
+
+
+class Interrupted(Exception):
+    """A stop was requested during bring-up."""
+
+
+@dataclass
+class RunOptions:
+    run_dir: Path
+    report_path: Path | None = None
+    keep_network: bool = False
+    log_level: str = "INFO"
+    mine_interval_s: float = 2.0
+    books_interval_s: float | None = None  # poll settlement's books (the live view does)
+    status_interval_s: float = 0.5
+    startup_timeout_s: float = 90.0
+    say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+class ScenarioRunner:
+    def __init__(self, scenario: Scenario, options: RunOptions) -> None:
+        self.scenario = scenario
+        self.opts = options
+        self.run_dir = Path(options.run_dir)
+        self.layout = Layout(scenario_state.scenario_dir(self.run_dir))
+        self.phase = "starting"
+        self.messages: deque[tuple[float, str]] = deque(maxlen=50)
+        self.t0 = time.monotonic()
+        self.started_at = datetime.now(timezone.utc)
+        self.clock = ScenarioClock(scenario.timing.sim_start_ms, scenario.timing.accel)
+        self.watcher = Watcher(self.clock, self.t0, options.status_interval_s, options.books_interval_s)
+        self.net: RegtestNetwork | None = None
+        self.procs: dict[str, ServiceProcess] = {}
+        self.outcomes: list[EventOutcome] = []
+        self.errors: list[str] = []
+        self.expected_down: set[str] = set()
+        self.interrupted = False
+        self.report: dict[str, Any] | None = None
+        self.miner_stats: dict[str, Any] = {"blocks": 0, "errors": 0, "last_error": ""}
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # --- reporting progress ----------------------------------------------------------------
+    def say(self, msg: str) -> None:
+        self.messages.append((time.monotonic() - self.t0, msg))
+        self.opts.say(msg)
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._save_state()
+
+    def _save_state(self) -> None:
+        if not self.layout.root.exists():
+            return
+        scenario_state.save(self.run_dir, {
+            "scenario": self.scenario.name,
+            "phase": self.phase,
+            "runner_pid": os.getpid(),
+            "started_at": self.started_at.isoformat(),
+            "run_dir": str(self.run_dir),
+            "report": str(self.opts.report_path) if self.opts.report_path else "",
+            "services": {
+                name: {"module": p.launch.module, "target": p.launch.target, "pid": p.pid if p.alive() else None,
+                       "metrics": f"http://127.0.0.1:{p.launch.metrics_port}/metrics",
+                       "log": str(p.launch.log_path)}
+                for name, p in self.procs.items()
+            },
+        })
+
+    # --- the whole run -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> dict[str, Any] | None:
+        """Run to the end (or until ``stop``); returns the report (None if stopped during bring-up)."""
+        try:
+            try:
+                await self._until_stopped(self._bring_up(), stop)
+            except Interrupted:
+                self.interrupted = True
+                self.say("stopped during start-up; cleaning up")
+                return None
+            await self._run_until_end(stop)
+            self._set_phase("collecting")
+            facts = await self._collect()
+            self.report = build_report(facts)
+            if self.opts.report_path is not None:
+                self.opts.report_path.parent.mkdir(parents=True, exist_ok=True)
+                self.opts.report_path.write_text(json.dumps(self.report, indent=2))
+                self.say(f"report written to {self.opts.report_path}")
+            return self.report
+        finally:
+            await self._teardown()
+
+    async def _until_stopped(self, coro: Awaitable[T], stop: asyncio.Event) -> T:
+        task = asyncio.ensure_future(coro)
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - cleanup follows
+            pass
+        raise Interrupted()
+
+    # --- bring up ----------------------------------------------------------------------------------
+    async def _bring_up(self) -> None:
+        s = self.scenario
+        stale = scenario_state.live_services(scenario_state.load(self.run_dir))
+        if stale:
+            raise ScenarioError(
+                f"services of an earlier scenario still run in {self.run_dir} "
+                f"({', '.join(f'{n} pid {p}' for n, p in stale.items())}): `p2pep scenario down` first")
+        self._set_phase("network")
+        kind = "with hub" if s.network.hub else "ad hoc (no hub)"
+        self.say(f"starting regtest network in {self.run_dir}: btcd, {len(s.meters)} meter nodes, {kind}")
+        t = time.monotonic()
+        self.net = await RegtestNetwork.up(
+            NetworkSpec(meters=len(s.meters), hub=s.network.hub, fund_sat=s.network.fund_sat,
+                        channel_sat=s.network.channel_sat, push_sat=s.network.push_sat),
+            self.run_dir,
+        )
+        self.say(f"network up in {time.monotonic() - t:.0f}s")
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        self._set_phase("services")
+        self._plan_services()
+        self._save_state()
+        await self._start_and_wait(["matcher"])
+        await self._start_and_wait(["settlement"])
+        self.watcher.set_settlement(self.procs["settlement"].launch.target)
+        meters = s.meter_names
+        self.clock.launched(time.monotonic())
+        await self._start_and_wait(meters)
+        for m in meters:
+            self.watcher.add_meter(m, self.procs[m].launch.target)
+        self.watcher.start()
+
+    def endpoints(self) -> dict[str, NodeEndpoint]:
+        assert self.net is not None
+        return {
+            name: NodeEndpoint(name, n.info.pubkey, n.info.rpcserver, n.info.tls_cert, n.info.macaroon(),
+                               n.info.p2p_host)
+            for name, n in self.net.nodes.items()
+        }
+
+    def _plan_services(self) -> None:
+        s, lay, lvl = self.scenario, self.layout, self.opts.log_level
+        eps = self.endpoints()
+        matcher = matcher_launch(s, lay, free_port(), free_port(), lvl)
+        settlement = settlement_launch(s, lay, free_port(), free_port(), matcher.target, lvl)
+        launches: list[ServiceLaunch] = [matcher, settlement]
+        meter_nodes = [eps[m.name] for m in s.meters]
+        for m in s.meters:
+            launches.append(meter_launch(s, m, lay, free_port(), free_port(), eps[m.name], matcher.target,
+                                         settlement.target, eps.get("hub") if s.network.hub else None,
+                                         meter_nodes, lvl))
+        self.procs = {ln.name: ServiceProcess(ln) for ln in launches}
+
+    async def _start_and_wait(self, names: list[str]) -> None:
+        for n in names:
+            self.procs[n].start()
+        self._save_state()
+        await asyncio.gather(*(self.procs[n].wait_healthy(self.opts.startup_timeout_s) for n in names))
+        self.say(f"{', '.join(names)} healthy")
+
+    # --- while it runs -----------------------------------------------------------------------------
+    async def _run_until_end(self, stop: asyncio.Event) -> None:
+        s = self.scenario
+        self._set_phase("running")
+        self.say(f"running {s.name}: {s.timing.duration_s // 60} simulated minutes at {s.timing.accel}x "
+                 f"(~{s.timing.real_duration_s:.0f}s)")
+        self._tasks.append(asyncio.create_task(self._miner(), name="miner"))
+        self._tasks.append(asyncio.create_task(self._events(), name="events"))
+        # generous real-time bound: the meters' clocks run by themselves
+        deadline = time.monotonic() + s.timing.real_duration_s * 1.5 + 60
+        end_ms = s.timing.sim_end_ms
+        while True:
+            now = time.monotonic()
+            if stop.is_set():
+                self.interrupted = True
+                self.say("stop requested: ending the run early")
+                return
+            if self.clock.sim_ms(now) >= end_ms:
+                self.say("simulated time is up")
+                return
+            if now > deadline:
+                self.errors.append("the meters' simulated time did not reach the end in time")
+                return
+            for name, p in self.procs.items():
+                if not p.alive() and name not in self.expected_down:
+                    self.expected_down.add(name)  # report it once
+                    msg = f"{name} exited unexpectedly (code {p.returncode}); log: {p.launch.log_path}"
+                    self.errors.append(msg)
+                    self.say(msg)
+                    if name in ("matcher", "settlement"):
+                        return
+            await asyncio.sleep(0.2)
+
+    async def _miner(self) -> None:
+        assert self.net is not None
+        while True:
+            await asyncio.sleep(self.opts.mine_interval_s)
+            try:
+                await self.net.mine(1)
+                self.miner_stats["blocks"] += 1
+            except Exception as e:  # noqa: BLE001 - keep mining; the report shows it
+                self.miner_stats["errors"] += 1
+                self.miner_stats["last_error"] = str(e)
+
+    async def _events(self) -> None:
+        for ev in self.scenario.events:
+            out = EventOutcome(ev.describe(), ev.action, ev.target, ev.at_s)
+            self.outcomes.append(out)
+            due = self.scenario.timing.sim_start_ms + ev.at_s * 1000
+            while (wait := self.clock.real_until(time.monotonic(), due)) > 0:
+                await asyncio.sleep(min(wait, 0.25))
+            now = time.monotonic()
+            out.applied_real_s = round(now - self.t0, 3)
+            out.applied_sim_ms = self.clock.sim_ms(now)
+            self.say(f"event: {ev.describe()}")
+            try:
+                out.detail = await self._apply(ev)
+                out.ok = True
+                self.say(f"event done: {ev.action} {ev.target} {json.dumps(out.detail)[:300]}")
+            except Exception as e:  # noqa: BLE001 - recorded in the report
+                out.error = f"{type(e).__name__}: {e}"
+                self.say(f"event failed: {ev.describe()}: {out.error}")
+
+    async def _apply(self, ev: Event) -> dict[str, Any]:
+        if ev.action == "stop":
+            p = self.procs[ev.target]
+            self.expected_down.add(ev.target)
+            code = await p.stop(signal.Signals[ev.signal])
+            return {"exit_code": code, "signal": ev.signal}
+        if ev.action == "start":
+            p = self.procs[ev.target]
+            if p.alive():
+                return {"already_running": True, "pid": p.pid}
+            p.start()
+            self._save_state()
+            await p.wait_healthy(self.opts.startup_timeout_s)
+            self.expected_down.discard(ev.target)
+            return {"pid": p.pid, "starts": p.starts}
+        if ev.action == "drain_channel":
+            return await self._drain(ev)
+        raise ValueError(f"unknown action {ev.action}")
+
+    async def _drain(self, ev: Event) -> dict[str, Any]:
+        assert self.net is not None
+        s = self.scenario
+        node = self.net.nodes[ev.target]
+        peers = {n.info.pubkey: n.client for n in self.net.nodes.values() if n.name != ev.target}
+        keep = keep_msat(ev.keep_increments, s.increment_wh, s.meter(ev.target).price_msat_per_kwh,
+                         routed=s.network.hub)
+        drained = await drain_channels(node.client, peers, keep)
+        out: dict[str, Any] = {"keep_msat": keep, "channels": [d.__dict__ for d in drained]}
+        if ev.sweep_wallet:
+            sink = self.net.nodes["hub"] if "hub" in self.net.nodes else next(
+                n for n in self.net.nodes.values() if n.name != ev.target)
+            sent, txid = await sweep_wallet(node.client, await sink.client.new_address())
+            out["swept_sat"], out["sweep_txid"] = sent, txid
+        errors = [d.error for d in drained if d.error]
+        if errors:
+            raise RuntimeError("; ".join(errors) + f" (partial result: {json.dumps(out)[:500]})")
+        return out
+
+    # --- the end ------------------------------------------------------------------------------------
+    async def _collect(self) -> RunFacts:
+        assert self.net is not None
+        s = self.scenario
+        now = time.monotonic()
+        f = RunFacts(
+            scenario=s, run_dir=str(self.run_dir), started_at=self.started_at,
+            ended_at=datetime.now(timezone.utc), real_seconds=now - self.t0,
+            sim_reached_ms=self.clock.sim_ms(now), interrupted=self.interrupted,
+            events=self.outcomes, miner=dict(self.miner_stats), errors=list(self.errors),
+        )
+        for m in s.meter_names:
+            fresh = self.procs[m].alive() and await self.watcher.poll_status(m) is not None
+            f.status_fresh[m] = fresh
+        f.statuses = dict(self.watcher.statuses)
+        f.relay_samples = {k: list(v) for k, v in self.watcher.samples.items()}
+        f.nodes = {n: {"pubkey": e.pubkey, "rpcserver": e.rpcserver, "p2p": e.p2p, "tlscertpath": e.tls_cert,
+                       "macaroonpath": e.macaroon} for n, e in self.endpoints().items()}
+        f.services = {n: {"module": p.launch.module, "target": p.launch.target, "log": str(p.launch.log_path),
+                          "alive_at_end": p.alive(), "starts": p.starts, "exit_code": p.returncode}
+                      for n, p in self.procs.items()}
+        stub = self.watcher.settlement
+        try:
+            f.contracts = list((await stub.ListContracts(settlement_pb2.ListSettlementContractsRequest(),
+                                                         timeout=15)).contracts)
+            f.payments = list((await stub.ListPayments(settlement_pb2.ListPaymentsRequest(), timeout=15)).payments)
+            f.registry = list((await stub.ListMeters(settlement_pb2.ListMetersRequest(), timeout=15)).meters)
+        except grpc.aio.AioRpcError as e:
+            f.errors.append(f"settlement: {e.code().name}: {e.details()}")
+        for r in f.contracts:
+            cid = r.contract.contract_id
+            try:
+                doc = await stub.ExportContract(settlement_pb2.GetContractRequest(contract_id=cid), timeout=15)
+                f.documents[cid] = json.loads(doc.json) if doc.json else None
+            except grpc.aio.AioRpcError as e:
+                f.documents[cid] = {"error": f"{e.code().name}: {e.details()}"}
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    break
+            except json.JSONDecodeError as e:
+                f.documents[cid] = {"error": f"not JSON: {e}"}
+        for m in s.suppliers:
+            try:
+                f.invoices[m.name] = await self.net.nodes[m.name].client.list_invoices()
+            except Exception as e:  # noqa: BLE001 - the report says so
+                f.errors.append(f"{m.name} invoices: {e}")
+        return f
+
+    async def _teardown(self) -> None:
+        self._set_phase("stopping")
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.watcher.close()
+        meters = [p for n, p in self.procs.items() if n not in ("matcher", "settlement")]
+        await asyncio.gather(*(p.stop() for p in meters))
+        for n in ("settlement", "matcher"):
+            if n in self.procs:
+                await self.procs[n].stop()
+        if self.net is not None:
+            if self.opts.keep_network:
+                await self.net.close()
+                self.say(f"network kept running in {self.run_dir}: `p2pep regtest status --run-dir {self.run_dir}`, "
+                         f"`p2pep regtest down --run-dir {self.run_dir}` when done")
+            else:
+                self.say("stopping the regtest network")
+                await self.net.down()
+        self._set_phase("ended")
