@@ -148,6 +148,17 @@ def test_shipped_scenarios_load() -> None:
     assert (drain.action, drain.target, drain.keep_increments) == ("drain_channel", "meter-3", 5)
 
 
+def test_anchor_needs_the_hub() -> None:
+    d = with_("anchor", True)
+    assert parse_scenario(d).anchor
+    d["network"] = {"hub": False}
+    with pytest.raises(ScenarioError, match="^anchor: needs the hub"):
+        parse_scenario(d)
+    d = with_("events", [{"at": "10m", "action": "stop", "target": "anchor"}])
+    with pytest.raises(ScenarioError, match=r"^events\[0\]\.target"):
+        parse_scenario(d)
+
+
 def test_unknown_scenario_lists_known() -> None:
     with pytest.raises(ScenarioError, match="known: .*hackathon"):
         load_scenario("nope")

@@ -16,7 +16,16 @@ from p2pep.scenario.drain import (
     keep_msat,
     max_sendable,
 )
-from p2pep.scenario.launch import Layout, NodeEndpoint, kwp, matcher_launch, meter_launch, settlement_launch
+from p2pep.scenario.launch import (
+    BtcdEndpoint,
+    Layout,
+    NodeEndpoint,
+    anchor_launch,
+    kwp,
+    matcher_launch,
+    meter_launch,
+    settlement_launch,
+)
 
 NODE = NodeEndpoint("meter-3", "02" + "ab" * 32, "127.0.0.1:10009", "/x/tls.cert", "/x/admin.macaroon",
                     "127.0.0.1:9735")
@@ -53,6 +62,17 @@ def test_service_envs(tmp_path: Path) -> None:
     assert pv["P2PEP_METER_PV_KWP"] == "1.6" and pv["P2PEP_METER_NETWORK_MODE"] == "adhoc"
     assert "P2PEP_METER_HUB" not in pv
     assert pv["P2PEP_METER_TZ"] == "Europe/Berlin"
+
+
+def test_anchor_env(tmp_path: Path) -> None:
+    s = load_scenario("hackathon")
+    assert s.anchor
+    a = anchor_launch(s, Layout(tmp_path), 6001, 6002, HUB, BtcdEndpoint("127.0.0.1:18334", "u", "p", "/b/rpc.cert"))
+    assert a.module == "services.anchor" and a.env["P2PEP_ANCHOR_LND_RPCSERVER"] == HUB.rpcserver
+    assert a.env["P2PEP_ANCHOR_BTCD_CERT"] == "/b/rpc.cert" and a.env["P2PEP_ANCHOR_BTCD_USER"] == "u"
+    st = settlement_launch(s, Layout(tmp_path), 6003, 6004, "127.0.0.1:1", anchor_target=a.target)
+    assert st.env["P2PEP_SETTLEMENT_ANCHOR_TARGET"] == "127.0.0.1:6001"
+    assert "P2PEP_SETTLEMENT_ANCHOR_TARGET" not in settlement_launch(s, Layout(tmp_path), 1, 2, "x").env
 
 
 @pytest.mark.parametrize("wp,text", [(1600, "1.6"), (1000, "1"), (2250, "2.25"), (1, "0.001")])

@@ -91,12 +91,42 @@ def matcher_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: in
                          layout.data_dir("matcher"), env)
 
 
+@dataclass(frozen=True)
+class BtcdEndpoint:
+    rpchost: str
+    user: str
+    password: str
+    cert: str
+
+
+def anchor_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, hub: NodeEndpoint,
+                  btcd: BtcdEndpoint, log_level: str = "INFO") -> ServiceLaunch:
+    """The anchor service pays for anchoring transactions from the operator's hub wallet."""
+    p = "P2PEP_ANCHOR_"
+    env = _common(p, grpc_port, metrics_port, log_level)
+    env.update({
+        f"{p}DB_PATH": str(layout.data_dir("anchor") / "anchor.db"),
+        f"{p}LND_RPCSERVER": hub.rpcserver,
+        f"{p}LND_TLS_CERT": hub.tls_cert,
+        f"{p}LND_MACAROON": hub.macaroon,
+        f"{p}BTCD_RPCHOST": btcd.rpchost,
+        f"{p}BTCD_USER": btcd.user,
+        f"{p}BTCD_PASS": btcd.password,
+        f"{p}BTCD_CERT": btcd.cert,
+    })
+    env.update(s.services_env.get("anchor", {}))
+    return ServiceLaunch("anchor", "services.anchor", grpc_port, metrics_port, layout.log("anchor"),
+                         layout.data_dir("anchor"), env)
+
+
 def settlement_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, matcher_target: str,
-                      log_level: str = "INFO") -> ServiceLaunch:
+                      log_level: str = "INFO", anchor_target: str = "") -> ServiceLaunch:
     p = "P2PEP_SETTLEMENT_"
     env = _common(p, grpc_port, metrics_port, log_level)
     env[f"{p}DB_PATH"] = str(layout.data_dir("settlement") / "settlement.db")
     env[f"{p}MATCHER_TARGET"] = matcher_target
+    if anchor_target:
+        env[f"{p}ANCHOR_TARGET"] = anchor_target
     env[f"{p}INCREMENT_WH"] = str(s.increment_wh)
     env[f"{p}PAYMENT_TIMEOUT_S"] = str(s.payment_timeout_s)
     env.update(s.services_env.get("settlement", {}))

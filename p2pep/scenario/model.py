@@ -24,7 +24,7 @@ ROLES: tuple[str, ...] = ("producer", "consumer", "prosumer")
 SOURCES: tuple[str, ...] = ("h0", "pv", "constant", "csv")
 ACTIONS: tuple[str, ...] = ("stop", "start", "drain_channel")
 SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGKILL", "SIGINT")
-CORE_SERVICES: tuple[str, ...] = ("matcher", "settlement")
+CORE_SERVICES: tuple[str, ...] = ("matcher", "settlement", "anchor")
 # Checks every scenario must pass (names as in p2pep.scenario.report.CHECKS).
 DEFAULT_EXPECT: tuple[str, ...] = (
     "suppliers_paid_as_delivered",
@@ -158,6 +158,7 @@ class Scenario:
     events: tuple[Event, ...] = ()
     services_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     expect: tuple[str, ...] = DEFAULT_EXPECT  # checks (p2pep.scenario.report) that must hold
+    anchor: bool = False  # also run the anchor service (the hub's wallet anchors contract hashes)
 
     def meter(self, name: str) -> MeterSpec:
         for m in self.meters:
@@ -194,6 +195,7 @@ class Scenario:
             "increment_wh": self.increment_wh,
             "payment_timeout_s": self.payment_timeout_s,
             "matcher_mode": self.matcher_mode,
+            "anchor": self.anchor,
             "expect": list(self.expect),
             "meters": [
                 {"name": m.name, "role": m.role, "source": m.source, "price_msat_per_kwh": m.price_msat_per_kwh,
@@ -356,7 +358,7 @@ def _parse_event(m: Mapping[str, Any], i: int, meters: list[str]) -> Event:
 def parse_scenario(data: Mapping[str, Any], default_name: str = "") -> Scenario:
     """A :class:`Scenario` from a parsed TOML mapping; ScenarioError names what is wrong."""
     _check_keys(data, {"name", "description", "network", "timing", "settlement", "matcher", "meter_defaults",
-                       "meters", "events", "services_env", "expect"}, "")
+                       "meters", "events", "services_env", "expect", "anchor"}, "")
     name = _get(data, "name", str, "", default_name)
     if not name:
         raise ScenarioError("name", "is required")
@@ -391,6 +393,13 @@ def parse_scenario(data: Mapping[str, Any], default_name: str = "") -> Scenario:
             raise ScenarioError(f"services_env.{svc}", f"unknown service (one of {', '.join(CORE_SERVICES)})")
         if not isinstance(env, dict):
             raise ScenarioError(f"services_env.{svc}", "must be a table of environment variables")
+    network = _parse_network(_get(data, "network", dict, "", {}))
+    anchor = _get(data, "anchor", bool, "", False)
+    if anchor and not network.hub:
+        raise ScenarioError("anchor", "needs the hub (its wallet pays for the anchoring transactions)")
+    for i, e in enumerate(events):
+        if e.target == "anchor" and not anchor:
+            raise ScenarioError(f"events[{i}].target", "the anchor service does not run in this scenario")
     extra = _get(data, "expect", list, "", [])
     for i, c in enumerate(extra):
         if not isinstance(c, str):
@@ -400,7 +409,7 @@ def parse_scenario(data: Mapping[str, Any], default_name: str = "") -> Scenario:
     return Scenario(
         name=name,
         description=_get(data, "description", str, "", ""),
-        network=_parse_network(_get(data, "network", dict, "", {})),
+        network=network,
         timing=timing,
         meters=tuple(meters),
         increment_wh=_positive(_get(settlement, "increment_wh", int, "settlement", 10), "settlement.increment_wh"),
@@ -410,6 +419,7 @@ def parse_scenario(data: Mapping[str, Any], default_name: str = "") -> Scenario:
         events=tuple(sorted(events, key=lambda e: e.at_s)),
         services_env={k: {str(a): str(b) for a, b in v.items()} for k, v in services_env.items()},
         expect=tuple(dict.fromkeys([*DEFAULT_EXPECT, *extra])),
+        anchor=anchor,
     )
 
 

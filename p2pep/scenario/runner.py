@@ -35,6 +35,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
+from p2pep.regtest.btcd import RPC_PASS, RPC_USER
 from p2pep.regtest.errors import RegtestError
 from p2pep.regtest.network import NetworkSpec, RegtestNetwork
 from p2pep.regtest.ports import free_port
@@ -43,9 +44,11 @@ from p2pep.scenario.clock import ScenarioClock
 from p2pep.scenario.drain import keep_msat
 from p2pep.scenario.funds import drain_channels, sweep_wallet
 from p2pep.scenario.launch import (
+    BtcdEndpoint,
     Layout,
     NodeEndpoint,
     ServiceLaunch,
+    anchor_launch,
     matcher_launch,
     meter_launch,
     settlement_launch,
@@ -189,7 +192,7 @@ class ScenarioRunner:
         self._set_phase("services")
         self._plan_services()
         self._save_state()
-        await self._start_and_wait(["matcher"])
+        await self._start_and_wait(["matcher", "anchor"] if s.anchor else ["matcher"])
         await self._start_and_wait(["settlement"])
         self.watcher.set_settlement(self.procs["settlement"].launch.target)
         meters = s.meter_names
@@ -211,8 +214,17 @@ class ScenarioRunner:
         s, lay, lvl = self.scenario, self.layout, self.opts.log_level
         eps = self.endpoints()
         matcher = matcher_launch(s, lay, free_port(), free_port(), lvl)
-        settlement = settlement_launch(s, lay, free_port(), free_port(), matcher.target, lvl)
-        launches: list[ServiceLaunch] = [matcher, settlement]
+        launches: list[ServiceLaunch] = [matcher]
+        anchor_target = ""
+        if s.anchor:
+            assert self.net is not None and self.net.btcd is not None
+            b = self.net.btcd.info
+            anchor = anchor_launch(s, lay, free_port(), free_port(), eps["hub"],
+                                   BtcdEndpoint(b.rpchost, RPC_USER, RPC_PASS, b.cert), lvl)
+            launches.append(anchor)
+            anchor_target = anchor.target
+        settlement = settlement_launch(s, lay, free_port(), free_port(), matcher.target, lvl, anchor_target)
+        launches.append(settlement)
         meter_nodes = [eps[m.name] for m in s.meters]
         for m in s.meters:
             launches.append(meter_launch(s, m, lay, free_port(), free_port(), eps[m.name], matcher.target,
@@ -256,7 +268,7 @@ class ScenarioRunner:
                     msg = f"{name} exited unexpectedly (code {p.returncode}); log: {p.launch.log_path}"
                     self.errors.append(msg)
                     self.say(msg)
-                    if name in ("matcher", "settlement"):
+                    if name in ("matcher", "settlement", "anchor"):
                         return
             await asyncio.sleep(0.2)
 
@@ -381,9 +393,9 @@ class ScenarioRunner:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.watcher.close()
-        meters = [p for n, p in self.procs.items() if n not in ("matcher", "settlement")]
+        meters = [p for n, p in self.procs.items() if n not in ("matcher", "settlement", "anchor")]
         await asyncio.gather(*(p.stop() for p in meters))
-        for n in ("settlement", "matcher"):
+        for n in ("settlement", "anchor", "matcher"):
             if n in self.procs:
                 await self.procs[n].stop()
         if self.net is not None:
