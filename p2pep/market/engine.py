@@ -39,6 +39,7 @@ _DEMAND = Side.DEMAND
 class MatchResult:
     order: Order  # the submitted order; ``remaining`` is what rests (0 if filled)
     trades: list[Trade]
+    makers: list[Order]  # the resting counter-order of each trade (parallel to ``trades``)
     expired: list[Order] = field(default_factory=list)  # resting orders found expired on the way
 
 
@@ -129,6 +130,7 @@ class Market:
         o.seq = self._next_seq
         self._next_seq += 1
         trades: list[Trade] = []
+        makers: list[Order] = []
         expired: list[Order] = []
         book = self.book
         if o.side is _DEMAND:
@@ -138,12 +140,12 @@ class Market:
             opp = book.demand
             pref = o.meter in self.active.by_supplier
         if pref or o.partners or o.meter in book.nominated:
-            self._match_preferred(o, opp, trades, expired, now_ms)
+            self._match_preferred(o, opp, trades, makers, expired, now_ms)
         if o.remaining and opp.heap and opp.heap[0] <= (o.price if o.side is _DEMAND else -o.price):
-            self._walk(o, opp, trades, expired, now_ms)
+            self._walk(o, opp, trades, makers, expired, now_ms)
         if o.remaining:
             book.insert(o)
-        return MatchResult(o, trades, expired)
+        return MatchResult(o, trades, makers, expired)
 
     def _trade(self, taker: Order, maker: Order, qty: int, tier: Tier, renews: str | None) -> Trade:
         if taker.side is _DEMAND:
@@ -151,7 +153,7 @@ class Market:
         return Trade(maker.id, taker.id, maker.meter, taker.meter, qty, maker.price, tier, renews)
 
     def _match_preferred(
-        self, o: Order, opp: BookSide, trades: list[Trade], expired: list[Order], now_ms: int
+        self, o: Order, opp: BookSide, trades: list[Trade], makers: list[Order], expired: list[Order], now_ms: int
     ) -> None:
         """Tiers 1 and 3: active-contract partners first, then nominated ones."""
         demand = o.side is _DEMAND
@@ -190,6 +192,7 @@ class Market:
                 else:
                     renews = self.active.latest(consumer, supplier)
             trades.append(self._trade(o, r, q, t, renews))
+            makers.append(r)
             o.remaining -= q
             book.reduce(r, q)
             if not o.remaining:
@@ -197,7 +200,9 @@ class Market:
         if trades:
             o.filled_before = True
 
-    def _walk(self, o: Order, opp: BookSide, trades: list[Trade], expired: list[Order], now_ms: int) -> None:
+    def _walk(
+        self, o: Order, opp: BookSide, trades: list[Trade], makers: list[Order], expired: list[Order], now_ms: int
+    ) -> None:
         """Tiers 2 and 4: walk the other side best level first, oldest order first."""
         demand = o.side is _DEMAND
         heap = opp.heap
@@ -235,6 +240,7 @@ class Market:
                 else:
                     tier = _SPLIT if r.filled_before else _PRICE_TIME
                     trades.append(Trade(r.id, o.id, r.meter, meter, q, price, tier, None))
+                makers.append(r)
                 rem -= q
                 reduce(r, q)
                 if not rem:

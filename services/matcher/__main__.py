@@ -1,0 +1,20 @@
+"""``python -m services.matcher``: the market service (config: ``P2PEP_MATCHER_*``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from p2pep.servicekit import configure_logging, run_service
+from services.matcher.app import start_matcher
+from services.matcher.settings import MatcherSettings
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = MatcherSettings()
+    configure_logging(settings.log_level, json=settings.log_json, service="matcher")
+    app = await start_matcher(settings)
+    await app.host.wait_and_stop(stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_service(main))
