@@ -9,8 +9,6 @@ import pytest
 from p2pep.scenario.catalog import load_scenario
 from p2pep.scenario.clock import ScenarioClock
 from p2pep.scenario.drain import (
-    MAX_CHUNK_MSAT,
-    chunks,
     drain_amount_msat,
     increment_cost_msat,
     keep_msat,
@@ -87,13 +85,6 @@ def test_keep_and_drain_amounts() -> None:
     assert keep_msat(5, 10, 350_000) == 5 * 4_501
     assert drain_amount_msat(1_000_000, 22_505) == 977_495
     assert drain_amount_msat(10_000, 22_505) == 0
-
-
-@pytest.mark.parametrize("amount", [0, 1, MAX_CHUNK_MSAT, MAX_CHUNK_MSAT + 1, 3 * MAX_CHUNK_MSAT - 7, 4_870_000_123])
-def test_chunks(amount: int) -> None:
-    cs = chunks(amount)
-    assert sum(cs) == amount and all(0 < c <= MAX_CHUNK_MSAT for c in cs)
-    assert cs == sorted(cs, reverse=True) and (not cs or cs[0] - cs[-1] <= 1)
 
 
 @pytest.mark.parametrize("limit", [0, 1, 999, 123_456_789, 4_877_654_321, 5_000_000_000])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
-# One BOLT 11 payment stays below 2^32 msat so nothing needs wumbo payments or MPP.
+# Each drain payment stays below 2^32 msat so nothing needs wumbo payments or MPP.
 MAX_CHUNK_MSAT = 4_000_000_000
 
 # A hub forwards for its base fee plus a proportional part (lnd's defaults: 1 sat + 1 ppm).
@@ -37,17 +37,6 @@ def keep_msat(keep_increments: int, increment_wh: int, price_msat_per_kwh: int, 
 def drain_amount_msat(spendable_msat: int, keep: int) -> int:
     """How much to pay away so that ``keep`` msat stay spendable (0 if there is not more)."""
     return max(0, spendable_msat - keep)
-
-
-def chunks(amount_msat: int, max_chunk_msat: int = MAX_CHUNK_MSAT) -> list[int]:
-    """``amount_msat`` in payments of at most ``max_chunk_msat`` (the largest first)."""
-    if amount_msat <= 0:
-        return []
-    if max_chunk_msat <= 0:
-        raise ValueError("max_chunk_msat must be > 0")
-    n = -(-amount_msat // max_chunk_msat)
-    base, extra = divmod(amount_msat, n)
-    return [base + 1] * extra + [base] * (n - extra)
 
 
 async def max_sendable(

@@ -13,6 +13,7 @@ runner searches (see :mod:`p2pep.scenario.drain`).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +22,12 @@ import grpc
 from p2pep.lnd.client import LndClient, LndError
 from p2pep.lndrpc import lightning_pb2 as ln
 from p2pep.lndrpc.routerrpc import router_pb2 as router
-from p2pep.scenario.drain import chunks, drain_amount_msat, max_sendable
+from p2pep.scenario.drain import MAX_CHUNK_MSAT, drain_amount_msat, max_sendable
+
+# Close enough: stop paying when less than this is left above what should stay.
+DRAIN_SLACK_MSAT = 1_000
+# A drain that leaves more than this above what should stay did not work.
+DRAIN_TOLERANCE_MSAT = 100_000
 
 # What an on-chain sweep leaves for its own fee (a 1-input 1-output tx at 2 sat/vB is ~220 sat).
 SWEEP_FEE_MARGIN_SAT = 2_000
@@ -92,33 +98,54 @@ async def pay_over(client: LndClient, payment_request: str, chan_id: int, timeou
 
 
 async def drain_channels(
-    payer: LndClient, peers: dict[str, LndClient], keep_msat: int, memo: str = "p2pep scenario: drain"
+    payer: LndClient, peers: dict[str, LndClient], keep_msat: int, memo: str = "p2pep scenario: drain",
+    attempts: int = 8,
 ) -> list[ChannelDrain]:
     """Pay each active channel of ``payer`` down to about ``keep_msat`` spendable (the largest
     channel keeps it, the others are emptied). ``peers`` maps peer pubkey -> its client,
-    which issues the invoices."""
+    which issues the invoices.
+
+    Spendable is measured again before every payment: right after a payment lnd still
+    counts its HTLC until the commitment update completes, and the meter keeps paying
+    its own increments meanwhile."""
     channels = sorted((c for c in await payer.list_channels(active_only=True)),
                       key=lambda c: c.local_balance, reverse=True)
     out: list[ChannelDrain] = []
     for i, ch in enumerate(channels):
         keep = keep_msat if i == 0 else 0
-        before = await spendable_msat(payer, ch)
-        d = ChannelDrain(ch.channel_point, ch.remote_pubkey, ch.local_balance, before, keep)
+        d = ChannelDrain(ch.channel_point, ch.remote_pubkey, ch.local_balance, await spendable_msat(payer, ch), keep)
         out.append(d)
         peer = peers.get(ch.remote_pubkey)
         if peer is None:
             d.error = "peer is not a node of this network: cannot invoice"
             continue
-        try:
-            for amount in chunks(drain_amount_msat(before, keep)):
+        last_error = ""
+        for _ in range(attempts):
+            fresh = await _channel(payer, ch.chan_id)
+            if fresh is None:
+                last_error = "channel closed"
+                break
+            amount = min(drain_amount_msat(await spendable_msat(payer, fresh), keep), MAX_CHUNK_MSAT)
+            if amount <= DRAIN_SLACK_MSAT:
+                last_error = ""
+                break
+            try:
                 inv = await peer.add_invoice(amount, memo=memo)
                 d.payments.append(await pay_over(payer, inv.payment_request, ch.chan_id))
                 d.paid_msat += amount
-            fresh = next((c for c in await payer.list_channels() if c.chan_id == ch.chan_id), ch)
-            d.spendable_msat_after = await spendable_msat(payer, fresh)
-        except LndError as e:
-            d.error = str(e)
+                last_error = ""
+            except LndError as e:
+                last_error = str(e)
+                await asyncio.sleep(0.3)
+        fresh = await _channel(payer, ch.chan_id)
+        d.spendable_msat_after = await spendable_msat(payer, fresh) if fresh is not None else 0
+        if d.spendable_msat_after > keep + DRAIN_TOLERANCE_MSAT:
+            d.error = last_error or f"still {d.spendable_msat_after} msat spendable after {attempts} attempts"
     return out
+
+
+async def _channel(client: LndClient, chan_id: int) -> ln.Channel | None:
+    return next((c for c in await client.list_channels() if c.chan_id == chan_id), None)
 
 
 async def sweep_wallet(client: LndClient, to_address: str) -> tuple[int, str]:
