@@ -1,0 +1,92 @@
+"""Shared by tests/test_anchor_regtest*.py: real contracts, an Anchorer on the real network."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
+from p2pep.anchor.btcd_chain import BtcdChain
+from p2pep.anchor.document import AnchorProof, build_document
+from p2pep.anchor.lnd_wallet import LndAnchorWallet
+from p2pep.anchor.verify import VerifyReport, verify_document
+from p2pep.chain.btcd_rpc import BtcdRpc
+from p2pep.metering.signing import MeterKey
+from p2pep.regtest import RegtestNetwork
+from p2pep.settling.contracts import ContractTerms
+
+_KEYS = [MeterKey.generate() for _ in range(8)]
+
+
+def contract_terms(n: int, prefix: str) -> list[ContractTerms]:
+    """``n`` valid contracts between made-up meters (real keys, distinct terms)."""
+    out = []
+    for i in range(n):
+        a, b = i % 8, (i * 3 + 1) % 8
+        if a == b:
+            b = (b + 1) % 8
+        out.append(ContractTerms(
+            contract_id=f"{prefix}-{i:05d}", consumer=f"meter-{a:03d}", supplier=f"meter-{b:03d}",
+            consumer_pubkey=_KEYS[a].pubkey_hex, supplier_pubkey=_KEYS[b].pubkey_hex,
+            energy_wh=100 + 7 * i, price_msat_per_kwh=80_000 + i, start_ms=1_700_000_000_000 + 60_000 * i,
+            end_ms=1_700_000_900_000 + 60_000 * i, tier=1 + i % 3))
+    return out
+
+
+@dataclass
+class AnchorStack:
+    """An Anchorer paying from the network's hub wallet and reading the network's btcd."""
+
+    anchorer: Anchorer
+    chain: BtcdChain
+    rpc: BtcdRpc
+
+    @classmethod
+    async def open(cls, net: RegtestNetwork, db: Path, config: AnchorerConfig) -> "AnchorStack":
+        assert net.btcd is not None
+        rpc = BtcdRpc(net.btcd.info.rpc_config())
+        chain = BtcdChain(rpc)
+        wallet = LndAnchorWallet(net.nodes["hub"].client)  # the network owns (and closes) this client
+        anchorer = await Anchorer(str(db), wallet, chain, config).open()
+        return cls(anchorer, chain, rpc)
+
+    async def close(self) -> None:
+        await self.anchorer.close()
+        await self.rpc.close()
+
+    async def tip(self) -> None:
+        """Tell the anchorer about the current best tip (what the service's block watcher does)."""
+        await self.anchorer.on_block(await self.chain.get_best_height())
+
+    async def proofs(self, contract_id: str) -> list[AnchorProof]:
+        return [p.proof for p in await self.anchorer.proofs_for(contract_id)]
+
+    async def verify_all(self, terms: Sequence[ContractTerms], k: int,
+                         proofs: dict[str, list[AnchorProof]] | None = None) -> list[VerifyReport]:
+        """verify_document of every contract against real btcd (a few in flight at a time)."""
+        sem = asyncio.Semaphore(8)
+
+        async def one(t: ContractTerms) -> VerifyReport:
+            ps = proofs[t.contract_id] if proofs is not None else await self.proofs(t.contract_id)
+            async with sem:
+                return await verify_document(build_document(t.canonical(), None, ps).to_json(), self.chain, k)
+
+        return list(await asyncio.gather(*(one(t) for t in terms)))
+
+
+async def tx_fee_and_vsize(rpc: BtcdRpc, txid: str) -> tuple[int, int, dict[str, Any]]:
+    """(fee in sat, vsize in vB, verbose tx) of a transaction, from btcd with --txindex."""
+    tx = await rpc.call("getrawtransaction", txid, 1)
+    spent = 0
+    for vin in tx["vin"]:
+        prev = await rpc.call("getrawtransaction", vin["txid"], 1)
+        spent += round(prev["vout"][vin["vout"]]["value"] * 100_000_000)
+    fee = spent - sum(round(o["value"] * 100_000_000) for o in tx["vout"])
+    return fee, int(tx["vsize"]), tx
+
+
+def failed(report: VerifyReport) -> list[str]:
+    return [c.name for c in report.failures]
+
