@@ -220,13 +220,22 @@ async def test_anchor_service_process(regtest: RegtestNetwork, tmp_path: Path) -
     assert regtest.btcd is not None
     hub = regtest.nodes["hub"].info
     grpc_port, http_port = free_port(), free_port()
+    # Least privilege: the service needs on-chain write (walletrpc.SendOutputs), nothing else.
+    macaroon = tmp_path / "anchor.macaroon"
+    bake = await asyncio.create_subprocess_exec(
+        str(regtest.bins.lncli), "--network=regtest", f"--rpcserver={hub.rpcserver}",
+        f"--tlscertpath={hub.tls_cert}", f"--macaroonpath={hub.macaroon()}",
+        "bakemacaroon", "onchain:write", f"--save_to={macaroon}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await bake.communicate()
+    assert bake.returncode == 0, out.decode()
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PEP_")} | {
         "P2PEP_ANCHOR_DB_PATH": str(tmp_path / "anchor.sqlite"),
         "P2PEP_ANCHOR_GRPC_PORT": str(grpc_port),
         "P2PEP_ANCHOR_METRICS_PORT": str(http_port),
         "P2PEP_ANCHOR_LND_RPCSERVER": hub.rpcserver,
         "P2PEP_ANCHOR_LND_TLS_CERT": hub.tls_cert,
-        "P2PEP_ANCHOR_LND_MACAROON": hub.macaroon(),
+        "P2PEP_ANCHOR_LND_MACAROON": str(macaroon),
         "P2PEP_ANCHOR_BTCD_RPCHOST": regtest.btcd.info.rpchost,
         "P2PEP_ANCHOR_BTCD_USER": RPC_USER,
         "P2PEP_ANCHOR_BTCD_PASS": RPC_PASS,
