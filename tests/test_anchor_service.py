@@ -7,6 +7,7 @@ tests/test_anchor_regtest*.py.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -208,3 +209,16 @@ async def test_lnd_wallet_refuses_anything_but_an_anchor_payload() -> None:
         await wallet.send_op_return(b"meter-1 used 1234 Wh", 2)
     assert await wallet.send_op_return(encode_payload(b"\x07" * 32), 2) == "ab" * 32
     assert sent == [(encode_payload(b"\x07" * 32), 2, "p2pep anchor " + "07" * 32)]
+
+
+def test_bad_configuration_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.anchor.__main__ import load_settings
+
+    for k in list(os.environ):
+        if k.startswith("P2PEP_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("P2PEP_ANCHOR_POLL_S", "0")
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    msg = str(exc.value)
+    assert "P2PEP_ANCHOR_LND_MACAROON: Field required" in msg and "P2PEP_ANCHOR_POLL_S" in msg

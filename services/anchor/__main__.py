@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from pydantic import ValidationError
 
 from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
@@ -27,8 +28,18 @@ from services.anchor.watcher import BlockWatcher
 log = structlog.get_logger(__name__)
 
 
+def load_settings() -> AnchorSettings:
+    """Settings from the environment; a bad or missing variable exits with a one-line message naming it."""
+    try:
+        return AnchorSettings()  # type: ignore[call-arg]  # required fields come from the environment
+    except ValidationError as exc:
+        problems = "; ".join(f"P2PEP_ANCHOR_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        raise SystemExit(f"anchor: bad configuration: {problems}") from None
+
+
 async def main(stop: asyncio.Event) -> None:
-    settings = AnchorSettings()  # type: ignore[call-arg]  # required fields come from the environment
+    settings = load_settings()
     configure_logging(settings.log_level, json=settings.log_json, service="anchor")
     rpc = BtcdRpc(BtcdRpcConfig(settings.btcd_rpchost, settings.btcd_user, settings.btcd_pass, settings.btcd_cert))
     chain = BtcdChain(rpc)
