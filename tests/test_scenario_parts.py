@@ -54,7 +54,7 @@ def test_service_envs(tmp_path: Path) -> None:
     assert e["P2PEP_METER_LND_P2P"] == "127.0.0.1:9735"
     assert e["P2PEP_METER_SETTLEMENT_TARGET"] == st.target
     assert e["P2PEP_METER_SIM_START"] == "2026-06-21T11:00:00+02:00"
-    assert (e["P2PEP_METER_ACCEL"], e["P2PEP_METER_TICK_S"], e["P2PEP_METER_WINDOW_S"]) == ("60", "0.25", "900")
+    assert (e["P2PEP_METER_ACCEL"], e["P2PEP_METER_TICK_S"], e["P2PEP_METER_WINDOW_S"]) == ("30", "0.25", "900")
     assert e["P2PEP_METER_PRICE_MSAT_PER_KWH"] == "350000"
     pv = meter_launch(s, s.meter("meter-1"), layout, 5007, 5008, NODE, m.target, st.target, None).env
     assert pv["P2PEP_METER_PV_KWP"] == "1.6" and pv["P2PEP_METER_NETWORK_MODE"] == "adhoc"

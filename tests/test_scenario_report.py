@@ -150,20 +150,29 @@ def test_defaulted_contract_owes_at_most_one_increment() -> None:
 def test_producer_leaves_checks() -> None:
     s = load_scenario("producer-leaves")
     gone = contract("c-2", "meter-2", 250_000, 60, 60, state=DEFAULTED, end_min=45)
-    after = contract("c-5", "meter-1", 300_000, 200, 200, start_min=30, end_min=45)
+    after = contract("c-5", "meter-1", 300_000, 200, 200, start_min=0, end_min=45)
     leave = EventOutcome("stop meter-2", "stop", "meter-2", 1800, applied_real_s=30.0,
-                         applied_sim_ms=SIM0 + 30 * 60_000, ok=True)
+                         applied_sim_ms=SIM0 + 30 * 60_000, ok=True,
+                         detail={"delivered_wh_before": {"c-2": 60, "c-5": 150}})
     f = facts(scenario=s, contracts=[gone, after], payments=payments_for(gone) + payments_for(after),
               events=[leave], invoices={})
     r = build_report(f)
     assert r["checks"]["supplier_left_and_contracts_ended"]["ok"]
     assert r["checks"]["consumer_rematched_or_blocked"]["detail"][0]["served_by_after"] == ["c-5"]
     still = contract("c-2", "meter-2", 250_000, 60, 60, state=ACTIVE, end_min=45)
-    r = build_report(facts(scenario=s, contracts=[still], payments=payments_for(still), events=[leave],
-                           relay_samples={}))
+    # at the end of the simulated period meter-2's contract was still active; later all ended
+    ended = contract("c-2", "meter-2", 250_000, 60, 60, state=COMPLETED, end_min=45)
+    r = build_report(facts(scenario=s, contracts=[ended], contracts_at_sim_end=[still],
+                           payments=payments_for(still), events=[leave], relay_samples={}))
     assert not r["checks"]["supplier_left_and_contracts_ended"]["ok"]
     assert not r["checks"]["consumer_rematched_or_blocked"]["ok"]
+    assert r["at_sim_end"]["contracts_by_state"] == {"CONTRACT_STATE_ACTIVE": 1}
     assert {"supplier_left_and_contracts_ended", "consumer_rematched_or_blocked"} <= set(r["failed_checks"])
+    # ... or blocked after the stop is fine too
+    samples = {"meter-3": [RelaySample(31.0, SIM0 + 31 * 60_000, False, "NO_CONTRACT", 0, 3)]}
+    r = build_report(facts(scenario=s, contracts=[ended], payments=payments_for(ended), events=[leave],
+                           relay_samples=samples))
+    assert r["checks"]["consumer_rematched_or_blocked"]["detail"][0]["blocked_after"]
 
 
 def test_interrupted_or_errored_run_is_not_ok() -> None:

@@ -69,7 +69,8 @@ class RunFacts:
     statuses: dict[str, meter_pb2.MeterStatus] = field(default_factory=dict)
     status_fresh: dict[str, bool] = field(default_factory=dict)  # False: last one seen before it stopped
     registry: list[settlement_pb2.MeterInfo] = field(default_factory=list)
-    contracts: list[settlement_pb2.ContractRecord] = field(default_factory=list)
+    contracts: list[settlement_pb2.ContractRecord] = field(default_factory=list)  # final (after meters left)
+    contracts_at_sim_end: list[settlement_pb2.ContractRecord] = field(default_factory=list)  # services running
     payments: list[settlement_pb2.Payment] = field(default_factory=list)
     invoices: dict[str, list[ln.Invoice]] = field(default_factory=dict)  # supplier meter -> its node's invoices
     relay_samples: dict[str, list[RelaySample]] = field(default_factory=dict)
@@ -365,22 +366,26 @@ def evaluate_checks(f: RunFacts, suppliers: dict[str, dict[str, Any]]) -> dict[s
 
     stops = [e for e in f.events if e.action == "stop" and e.ok and e.target in s.meter_names
              and s.meter(e.target).role in ("producer", "prosumer")]
+    # Contract states as the simulated period ended (before the meters left and ended the rest).
+    at_end = f.contracts_at_sim_end or f.contracts
     left_detail = []
     left_ok = bool(stops)
     rematch_ok = bool(stops)
     rematch_detail = []
     for e in stops:
-        theirs = [r for r in f.contracts if r.contract.supplier == e.target]
+        theirs = [r for r in at_end if r.contract.supplier == e.target]
         still = [r.contract.contract_id for r in theirs
                  if _enum(settlement_pb2.ContractState, r.state) in ACTIVE_STATES]
         left_ok = left_ok and not still
-        left_detail.append({"supplier": e.target, "contracts": len(theirs), "still_active": still})
-        t = e.applied_sim_ms or 0
+        left_detail.append({"supplier": e.target, "contracts": len(theirs), "still_active_at_sim_end": still})
+        before: dict[str, int] = e.detail.get("delivered_wh_before", {})
         for m in s.consumers:
-            others = [r.contract.contract_id for r in f.contracts
-                      if r.contract.consumer == m.name and r.contract.supplier != e.target and r.delivered_wh > 0
-                      and (ts_ms(r.contract.end) or 0) > t]
-            blocked_after = any(not x.energized and x.sim_ms >= t for x in f.relay_samples.get(m.name, []))
+            # served after the stop: a contract with another supplier delivered more than it had then
+            others = [r.contract.contract_id for r in at_end
+                      if r.contract.consumer == m.name and r.contract.supplier != e.target
+                      and r.delivered_wh > before.get(r.contract.contract_id, 0)]
+            t = e.applied_real_s if e.applied_real_s is not None else float("inf")
+            blocked_after = any(not x.energized and x.real_s >= t for x in f.relay_samples.get(m.name, []))
             ok = bool(others) or blocked_after
             rematch_ok = rematch_ok and ok
             rematch_detail.append({"consumer": m.name, "left": e.target, "served_by_after": others,
@@ -429,6 +434,12 @@ def build_report(f: RunFacts) -> dict[str, Any]:
             "fees_msat": sum(p.fee_msat for p in payments),
             "delivered_wh": sum(r.delivered_wh for r in contracts),
             "contracts_by_state": _count(_enum(settlement_pb2.ContractState, r.state) for r in contracts),
+        },
+        "at_sim_end": {
+            "contracts_by_state": _count(_enum(settlement_pb2.ContractState, r.state)
+                                         for r in f.contracts_at_sim_end),
+            "delivered_wh": sum(r.delivered_wh for r in f.contracts_at_sim_end),
+            "paid_msat": sum(r.paid_msat for r in f.contracts_at_sim_end),
         },
         "suppliers": suppliers,
         "relay": {

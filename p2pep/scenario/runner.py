@@ -305,9 +305,13 @@ class ScenarioRunner:
     async def _apply(self, ev: Event) -> dict[str, Any]:
         if ev.action == "stop":
             p = self.procs[ev.target]
+            before: dict[str, int] = {}
+            if ev.target in self.scenario.meter_names:  # what was delivered when it stopped
+                errors: list[str] = []
+                before = {r.contract.contract_id: r.delivered_wh for r in await self._contracts(errors, "event")}
             self.expected_down.add(ev.target)
             code = await p.stop(signal.Signals[ev.signal])
-            return {"exit_code": code, "signal": ev.signal}
+            return {"exit_code": code, "signal": ev.signal, "delivered_wh_before": before}
         if ev.action == "start":
             p = self.procs[ev.target]
             if p.alive():
@@ -358,13 +362,18 @@ class ScenarioRunner:
         f.relay_samples = {k: list(v) for k, v in self.watcher.samples.items()}
         f.nodes = {n: {"pubkey": e.pubkey, "rpcserver": e.rpcserver, "p2p": e.p2p, "tlscertpath": e.tls_cert,
                        "macaroonpath": e.macaroon} for n, e in self.endpoints().items()}
-        f.services = {n: {"module": p.launch.module, "target": p.launch.target, "log": str(p.launch.log_path),
-                          "alive_at_end": p.alive(), "starts": p.starts, "exit_code": p.returncode}
-                      for n, p in self.procs.items()}
         stub = self.watcher.settlement
+        f.contracts_at_sim_end = await self._contracts(f.errors, "at the end of the simulated period")
+        # The meters leave (SIGTERM): they end their contracts, settlement pays the last
+        # partial increments; then the books are final.
+        self._set_phase("settling")
+        self.say("stopping the meters; settlement closes their contracts")
+        meters = [self.procs[m] for m in s.meter_names]
+        self.expected_down.update(s.meter_names)
+        await asyncio.gather(*(p.stop() for p in meters))
+        await self._wait_settled(f.errors)
+        f.contracts = await self._contracts(f.errors, "final")
         try:
-            f.contracts = list((await stub.ListContracts(settlement_pb2.ListSettlementContractsRequest(),
-                                                         timeout=15)).contracts)
             f.payments = list((await stub.ListPayments(settlement_pb2.ListPaymentsRequest(), timeout=15)).payments)
             f.registry = list((await stub.ListMeters(settlement_pb2.ListMetersRequest(), timeout=15)).meters)
         except grpc.aio.AioRpcError as e:
@@ -385,7 +394,38 @@ class ScenarioRunner:
                 f.invoices[m.name] = await self.net.nodes[m.name].client.list_invoices()
             except Exception as e:  # noqa: BLE001 - the report says so
                 f.errors.append(f"{m.name} invoices: {e}")
+        f.services = {n: {"module": p.launch.module, "target": p.launch.target, "log": str(p.launch.log_path),
+                          "running_after_sim_end": p.alive() if n not in s.meter_names else None,
+                          "starts": p.starts, "exit_code": p.returncode}
+                      for n, p in self.procs.items()}
         return f
+
+    async def _contracts(self, errors: list[str], when: str) -> list[settlement_pb2.ContractRecord]:
+        try:
+            resp = await self.watcher.settlement.ListContracts(settlement_pb2.ListSettlementContractsRequest(),
+                                                               timeout=15)
+        except grpc.aio.AioRpcError as e:
+            errors.append(f"settlement ListContracts ({when}): {e.code().name}: {e.details()}")
+            return []
+        return list(resp.contracts)
+
+    async def _wait_settled(self, errors: list[str], timeout: float = 30.0) -> None:
+        """Wait until settlement holds no proposed or active contract (the meters have left)."""
+        open_states = (settlement_pb2.CONTRACT_STATE_PROPOSED, settlement_pb2.CONTRACT_STATE_ACTIVE)
+        end = time.monotonic() + timeout
+        left: list[str] = []
+        while time.monotonic() < end:
+            try:
+                resp = await self.watcher.settlement.ListContracts(
+                    settlement_pb2.ListSettlementContractsRequest(states=list(open_states)), timeout=10)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.5)
+                continue
+            left = [r.contract.contract_id for r in resp.contracts if r.state in open_states]
+            if not left:
+                return
+            await asyncio.sleep(0.5)
+        errors.append(f"contracts still open {timeout:.0f}s after the meters left: {', '.join(left)}")
 
     async def _teardown(self) -> None:
         self._set_phase("stopping")
