@@ -1,0 +1,65 @@
+"""The meter process: settings -> key, DB, LND client -> gRPC server -> meter running
+until SIGTERM -> leave gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from p2pep.lnd.client import LndClient, LndConnection
+from p2pep.servicekit import ServiceHost, configure_logging
+from p2pep.v1 import meter_pb2_grpc
+from services.meter.lightning import LightningNode
+from services.meter.meter import Meter
+from services.meter.servicer import MeterServicer
+from services.meter.settings import MeterSettings
+
+log = structlog.get_logger("meter")
+
+SERVICE = "p2pep.v1.MeterService"
+
+
+@dataclass
+class MeterApp:
+    meter: Meter
+    host: ServiceHost
+
+    async def stop(self) -> None:
+        """Graceful: the meter leaves (its gRPC server still answers settlement's last
+        requests), then the servers stop and the DB and LND connection close."""
+        try:
+            await self.meter.shutdown()
+        finally:
+            await self.host.stop()
+            await self.meter.close()
+
+
+async def start_meter(settings: MeterSettings, lnd: LightningNode) -> MeterApp:
+    """Open the meter, serve MeterService, and start it (in the background)."""
+    meter = await Meter.open(settings, lnd)
+    host = ServiceHost(settings, name=f"meter {settings.meter_id}")
+    meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(meter), host.grpc_server)
+    await host.start(serving=[SERVICE])
+    meter.start(settings.advertise_address or host.grpc_target)
+    return MeterApp(meter, host)
+
+
+def lnd_client(s: MeterSettings) -> LndClient:
+    return LndClient(LndConnection(s.meter_id, s.lnd_rpcserver, s.lnd_tls_cert, s.lnd_macaroon))
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = MeterSettings()  # type: ignore[call-arg]  # from the environment
+    configure_logging(settings.log_level, json=settings.log_json, service=f"meter:{settings.meter_id}")
+    app = await start_meter(settings, lnd_client(settings))
+    failed = asyncio.create_task(app.meter.failed.wait())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    failed.cancel()
+    stopped.cancel()
+    await app.stop()
+    if app.meter.fatal is not None:
+        raise RuntimeError(f"meter {settings.meter_id} could not start: {app.meter.fatal}")
+

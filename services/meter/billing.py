@@ -1,0 +1,255 @@
+"""Invoices (as supplier) and payments (as consumer), each checked against the
+meter's own accounting, idempotent per (contract, increment), recorded in its DB.
+
+- CreateInvoice: a contract it signed as supplier; the increment is the next one
+  (the previous one settled on its own node) or the same as last time (the SAME
+  invoice comes back); the amount is exactly the rounding rule's.
+- PayInvoice: a contract it signed as consumer; the invoice asks exactly the
+  increment's amount, from the supplier's node; the increment is the next one; and
+  it never pays for more energy than it imported under contracts, plus the one
+  increment being paid while it flows. A payment already made returns its stored
+  preimage. A failed payment blocks the relay at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from p2pep.lnd.client import LndError
+from p2pep.lndrpc import lightning_pb2 as ln
+from p2pep.v1 import meter_pb2
+from services.meter import metrics
+from services.meter.book import ContractView, Party
+from services.meter.checks import (
+    Code,
+    DecodedInvoice,
+    Refusal,
+    check_contract_for_billing,
+    check_increment,
+    check_invoice_to_pay,
+    check_not_paying_ahead,
+    fee_limit_msat,
+)
+from services.meter.store import FAILED, PENDING, SUCCEEDED, InvoiceRow, PaymentRow
+
+if TYPE_CHECKING:
+    from services.meter.meter import Meter
+
+log = structlog.get_logger("meter.billing")
+
+INVOICE_EXPIRY_S = 600
+IN_FLIGHT = (ln.Payment.IN_FLIGHT, ln.Payment.INITIATED)
+
+
+def real_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def invoice_memo(contract_id: str, increment: int) -> str:
+    return f"p2pep {contract_id} #{increment}"
+
+
+class Billing:
+    def __init__(self, meter: "Meter") -> None:
+        self.m = meter
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, contract_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(contract_id, asyncio.Lock())
+
+    async def _view(self, contract_id: str, party: Party) -> ContractView:
+        if not self.m.ready.is_set():
+            raise Refusal(Code.UNAVAILABLE, "meter", "the meter is starting")
+        view = self.m.book.get(contract_id)
+        if view is not None and not view.active and not view.final:
+            view = await self.m.contracts.refresh(contract_id)  # activation not reported yet
+        return check_contract_for_billing(view, contract_id, party)
+
+    async def _ended(self, view: ContractView, to_wh: int, from_wh: int) -> bool:
+        """Whether the contract has ended, which allows a shorter, final increment. Only
+        asks settlement when the request is such a partial increment and the meter's
+        own view still shows the contract running."""
+        if view.final or real_ms() >= view.terms.end_ms:
+            return True
+        if to_wh >= min(from_wh + view.terms.increment_wh, view.terms.energy_wh):
+            return False
+        refreshed = await self.m.contracts.refresh(view.contract_id)
+        return refreshed is not None and refreshed.final
+
+    # -- supplier ----------------------------------------------------------------------------------
+
+    async def create_invoice(self, req: meter_pb2.CreateInvoiceRequest) -> meter_pb2.CreateInvoiceResponse:
+        m = self.m
+        view = await self._view(req.contract_id, Party.SUPPLIER)
+        async with self._lock(req.contract_id):
+            invoices = {i.increment: i for i in await m.store.invoices(req.contract_id)}
+            same = invoices.get(req.increment)
+            if same is not None and (same.from_wh, same.to_wh, same.amount_msat) == (req.from_wh, req.to_wh,
+                                                                                    req.amount_msat):
+                return meter_pb2.CreateInvoiceResponse(payment_request=same.payment_request,
+                                                       payment_hash=same.payment_hash)
+            if same is not None and same.settled:
+                raise Refusal(Code.FAILED_PRECONDITION, "increment",
+                              f"increment {req.increment} was invoiced for ({same.from_wh}, {same.to_wh}] and is paid")
+            earlier = [k for k in invoices if k < req.increment]
+            last = max(earlier, default=0) if same is not None else max(invoices, default=0)
+            last_to = invoices[last].to_wh if last else 0
+            if last and not invoices[last].settled and not await self._settled_on_node(invoices[last]):
+                raise Refusal(Code.FAILED_PRECONDITION, "increment",
+                              f"increment {last} of {req.contract_id} is not paid yet")
+            ended = await self._ended(view, req.to_wh, req.from_wh)
+            amount = check_increment(view, increment=req.increment, from_wh=req.from_wh, to_wh=req.to_wh,
+                                     amount_msat=req.amount_msat, last_number=last, last_to_wh=last_to,
+                                     contract_ended=ended)
+            try:
+                inv = await m.lnd.add_invoice(value_msat=amount, memo=invoice_memo(req.contract_id, req.increment),
+                                              expiry_s=INVOICE_EXPIRY_S)
+            except LndError as e:
+                raise Refusal(Code.ABORTED, "increment", f"lnd could not create the invoice: {e.detail}") from e
+            row = InvoiceRow(req.contract_id, req.increment, req.from_wh, req.to_wh, amount, inv.payment_request,
+                             inv.r_hash.hex(), False, real_ms())
+            await m.store.put_invoice(row)
+        metrics.INVOICES.inc()
+        log.info("invoice created", contract_id=req.contract_id, increment=req.increment, amount_msat=amount,
+                 wh=req.to_wh - req.from_wh)
+        return meter_pb2.CreateInvoiceResponse(payment_request=row.payment_request, payment_hash=row.payment_hash)
+
+    async def _settled_on_node(self, inv: InvoiceRow) -> bool:
+        try:
+            got = await self.m.lnd.lookup_invoice(inv.payment_hash)
+        except LndError as e:
+            log.info("invoice lookup failed", contract_id=inv.contract_id, increment=inv.increment, error=e.detail)
+            return False
+        if got.state != ln.Invoice.SETTLED:
+            return False
+        await self._record_settled(inv)
+        return True
+
+    async def _record_settled(self, inv: InvoiceRow) -> None:
+        m = self.m
+        await m.store.invoice_settled(inv.contract_id, inv.increment, real_ms())
+        if inv.contract_id in m.book:
+            m.book.record_payment(inv.contract_id, inv.from_wh, inv.to_wh, inv.amount_msat)
+            view = m.book.get(inv.contract_id)
+            assert view is not None
+            await m.store.save_contract(view)
+        metrics.PAYMENTS_RECEIVED.inc()
+        metrics.EARNED_MSAT.inc(inv.amount_msat)
+        log.info("increment paid to us", contract_id=inv.contract_id, increment=inv.increment,
+                 amount_msat=inv.amount_msat)
+        m.changed()
+
+    async def check_invoices(self) -> None:
+        """Notice invoices settled on this meter's node (earned msat)."""
+        for inv in await self.m.store.invoices(unsettled_only=True):
+            if real_ms() - inv.created_ms < 2 * INVOICE_EXPIRY_S * 1000:
+                async with self._lock(inv.contract_id):
+                    current = {i.increment: i for i in await self.m.store.invoices(inv.contract_id)}
+                    if not current[inv.increment].settled:
+                        await self._settled_on_node(current[inv.increment])
+
+    # -- consumer ------------------------------------------------------------------------------------------
+
+    async def pay_invoice(self, req: meter_pb2.PayInvoiceRequest) -> meter_pb2.PayInvoiceResponse:
+        m = self.m
+        view = await self._view(req.contract_id, Party.CONSUMER)
+        async with self._lock(req.contract_id):
+            payments = {p.increment: p for p in await m.store.payments(req.contract_id)}
+            decoded = await self._decode(req.payment_request)
+            done = payments.get(req.increment)
+            if done is not None and done.status == SUCCEEDED:
+                if done.payment_hash != decoded.payment_hash:
+                    raise Refusal(Code.FAILED_PRECONDITION, "increment",
+                                  f"increment {req.increment} of {req.contract_id} was paid with another invoice")
+                return meter_pb2.PayInvoiceResponse(preimage=done.preimage, fee_msat=done.fee_msat,
+                                                    payment_hash=done.payment_hash)
+            if done is not None and done.status == PENDING and done.payment_hash == decoded.payment_hash:
+                found = await self._await_payment(done.payment_hash)
+                if found is not None and found.status == ln.Payment.SUCCEEDED:
+                    return await self._succeeded(view, done, found.payment_preimage, found.fee_msat)
+            paid = sorted((p for p in payments.values() if p.status == SUCCEEDED), key=lambda p: p.increment)
+            last, last_to = (paid[-1].increment, paid[-1].to_wh) if paid else (0, 0)
+            ended = await self._ended(view, req.to_wh, req.from_wh)
+            amount = check_increment(view, increment=req.increment, from_wh=req.from_wh, to_wh=req.to_wh,
+                                     amount_msat=None, last_number=last, last_to_wh=last_to, contract_ended=ended)
+            supplier_node = view.supplier_node or (await m.contracts.peer_node(view.terms.supplier))[0]
+            check_invoice_to_pay(decoded, amount_msat=amount, supplier_node=supplier_node, now_ms=real_ms())
+            check_not_paying_ahead(paid_wh_total=m.book.paid_wh_total(), increment_wh_to_pay=req.to_wh - req.from_wh,
+                                   import_since_first_contract_wh=m.import_since_first_contract_wh,
+                                   increment_wh=view.terms.increment_wh)
+            row = PaymentRow(req.contract_id, req.increment, req.from_wh, req.to_wh, amount, req.payment_request,
+                             decoded.payment_hash, "", 0, PENDING, "", real_ms())
+            await m.store.put_payment(row)
+            try:
+                res = await m.lnd.pay(req.payment_request, timeout_s=m.s.pay_timeout_s,
+                                      fee_limit_msat=fee_limit_msat(amount))
+                preimage, fee = res.preimage, res.fee_msat
+            except LndError as e:
+                found = await self._await_payment(decoded.payment_hash) if _already_paid(e) else None
+                if found is None or found.status != ln.Payment.SUCCEEDED:
+                    await m.store.put_payment(_with(row, status=FAILED, detail=e.detail))
+                    metrics.PAYMENTS_MADE.labels("failed").inc()
+                    log.warning("payment failed: relay blocked", contract_id=req.contract_id,
+                                increment=req.increment, amount_msat=amount, error=e.detail)
+                    m.payment_failed(f"increment {req.increment} of {req.contract_id}: {e.detail}")
+                    raise Refusal(Code.FAILED_PRECONDITION, "payment_request", f"payment failed: {e.detail}") from e
+                preimage, fee = found.payment_preimage, found.fee_msat
+            return await self._succeeded(view, row, preimage, fee)
+
+    async def _succeeded(self, view: ContractView, row: PaymentRow, preimage: str, fee_msat: int) -> \
+            meter_pb2.PayInvoiceResponse:
+        m = self.m
+        await m.store.put_payment(_with(row, status=SUCCEEDED, preimage=preimage, fee_msat=fee_msat))
+        m.book.record_payment(row.contract_id, row.from_wh, row.to_wh, row.amount_msat)
+        await m.store.save_contract(view)
+        metrics.PAYMENTS_MADE.labels("succeeded").inc()
+        metrics.PAID_MSAT.inc(row.amount_msat)
+        metrics.FEES_MSAT.inc(fee_msat)
+        log.info("increment paid", contract_id=row.contract_id, increment=row.increment, amount_msat=row.amount_msat,
+                 fee_msat=fee_msat, wh=row.to_wh - row.from_wh)
+        m.evaluate_relay()
+        m.changed()
+        return meter_pb2.PayInvoiceResponse(preimage=preimage, fee_msat=fee_msat, payment_hash=row.payment_hash)
+
+    async def _decode(self, payment_request: str) -> DecodedInvoice:
+        if not payment_request:
+            raise Refusal(Code.INVALID_ARGUMENT, "payment_request", "must not be empty")
+        try:
+            pr = await self.m.lnd.decode_pay_req(payment_request)
+        except LndError as e:
+            raise Refusal(Code.INVALID_ARGUMENT, "payment_request", f"not a valid invoice: {e.detail}") from e
+        amount = pr.num_msat or pr.num_satoshis * 1000
+        return DecodedInvoice(pr.destination, pr.payment_hash, amount, (pr.timestamp + pr.expiry) * 1000)
+
+    async def _await_payment(self, payment_hash: str) -> ln.Payment | None:
+        """This node's payment of ``payment_hash``, waiting (bounded) while it is in flight."""
+        deadline = time.monotonic() + self.m.s.pay_timeout_s
+        while True:
+            found = await self._lookup_payment(payment_hash)
+            if found is None or found.status not in IN_FLIGHT or time.monotonic() >= deadline:
+                return found
+            await asyncio.sleep(0.2)
+
+    async def _lookup_payment(self, payment_hash: str) -> ln.Payment | None:
+        try:
+            payments = await self.m.lnd.list_payments()
+        except LndError:
+            return None
+        found = [p for p in payments if p.payment_hash == payment_hash]
+        ok = [p for p in found if p.status == ln.Payment.SUCCEEDED]
+        return (ok or found or [None])[-1]
+
+
+def _already_paid(e: LndError) -> bool:
+    d = e.detail.lower()
+    return "already paid" in d or "already_exists" in d or "already succeeded" in d or "in transition" in d
+
+
+def _with(row: PaymentRow, **changes: object) -> PaymentRow:
+    from dataclasses import replace
+
+    return replace(row, **changes)

@@ -1,0 +1,212 @@
+"""The meter's checks of settlement's requests against its own state (pure).
+
+Every refusal is a :class:`Refusal` with a gRPC-style code and the request field it
+is about; the servicer turns it into a status and a message that starts with the
+field's name ("terms_json.price_msat_per_kwh: ...").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+from p2pep.settling.contracts import ContractError, ContractState, ContractTerms
+from p2pep.settling.increments import IncrementClaimError, check_increment_claim
+from services.meter.book import ContractView, Party
+
+
+class Code(StrEnum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    NOT_FOUND = "NOT_FOUND"
+    ABORTED = "ABORTED"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class Refusal(Exception):
+    """A request the meter will not carry out."""
+
+    def __init__(self, code: Code, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.code, self.field, self.message = code, field, message
+
+
+def refuse_if(cond: bool, code: Code, field: str, message: str) -> None:
+    if cond:
+        raise Refusal(code, field, message)
+
+
+# -- SignContract ------------------------------------------------------------------------
+
+
+def parse_terms(terms_json: str) -> ContractTerms:
+    try:
+        doc = json.loads(terms_json)
+    except (ValueError, TypeError) as e:
+        raise Refusal(Code.INVALID_ARGUMENT, "terms_json", f"not JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise Refusal(Code.INVALID_ARGUMENT, "terms_json", "must be a JSON object")
+    try:
+        return ContractTerms.from_canonical(doc)
+    except ContractError as e:
+        raise Refusal(Code.INVALID_ARGUMENT, f"terms_json.{e.field or 'terms'}", str(e)) from e
+    except TypeError as e:
+        raise Refusal(Code.INVALID_ARGUMENT, "terms_json", str(e)) from e
+
+
+ROLE_PARTIES = {
+    "consumer": {Party.CONSUMER},
+    "producer": {Party.SUPPLIER},
+    "prosumer": {Party.CONSUMER, Party.SUPPLIER},
+}
+
+
+@dataclass(frozen=True)
+class SigningPolicy:
+    """What this meter agrees to."""
+
+    meter_id: str
+    pubkey_hex: str
+    role: str
+    price_msat_per_kwh: int
+    """Its ask as supplier (a floor) and its limit as consumer (a ceiling)."""
+    max_increment_wh: int
+    max_contract_ms: int
+
+
+def check_terms(
+    terms: ContractTerms,
+    policy: SigningPolicy,
+    *,
+    now_ms: int,
+    ordered_wh: int | None,
+    committed_wh: int,
+) -> Party:
+    """Whether this meter signs ``terms``; returns its party.
+
+    ``now_ms`` is real unix ms (contracts run on settlement's real clock).
+    ``ordered_wh``: energy its recent orders on that side asked for (None: not
+    checked); ``committed_wh``: energy of its open contracts signed against them."""
+    role = terms.party_of(policy.meter_id)
+    if role is None:
+        raise Refusal(
+            Code.FAILED_PRECONDITION, "terms_json.consumer",
+            f"meter {policy.meter_id} is neither consumer ({terms.consumer}) nor supplier ({terms.supplier})",
+        )
+    party = Party(role)
+    key_field = f"{party.value}_pubkey"
+    refuse_if(getattr(terms, key_field).lower() != policy.pubkey_hex.lower(), Code.FAILED_PRECONDITION,
+              f"terms_json.{key_field}", f"is not the key of meter {policy.meter_id}")
+    refuse_if(party not in ROLE_PARTIES[policy.role], Code.FAILED_PRECONDITION, f"terms_json.{party.value}",
+              f"meter {policy.meter_id} is a {policy.role} and does not act as {party.value}")
+    price = terms.price_msat_per_kwh
+    if party is Party.CONSUMER:
+        refuse_if(price > policy.price_msat_per_kwh, Code.FAILED_PRECONDITION, "terms_json.price_msat_per_kwh",
+                  f"{price} msat/kWh is above this consumer's limit {policy.price_msat_per_kwh}")
+    else:
+        refuse_if(price < policy.price_msat_per_kwh, Code.FAILED_PRECONDITION, "terms_json.price_msat_per_kwh",
+                  f"{price} msat/kWh is below this supplier's ask {policy.price_msat_per_kwh}")
+    refuse_if(terms.increment_wh > policy.max_increment_wh, Code.FAILED_PRECONDITION, "terms_json.increment_wh",
+              f"{terms.increment_wh} Wh is above this meter's maximum increment {policy.max_increment_wh} Wh")
+    refuse_if(terms.end_ms <= now_ms, Code.FAILED_PRECONDITION, "terms_json.end_ms",
+              f"the contract is already over (end {terms.end_ms} <= now {now_ms})")
+    refuse_if(terms.duration_ms > policy.max_contract_ms, Code.FAILED_PRECONDITION, "terms_json.end_ms",
+              f"the contract lasts {terms.duration_ms} ms, more than {policy.max_contract_ms} ms")
+    refuse_if(terms.start_ms > now_ms + policy.max_contract_ms, Code.FAILED_PRECONDITION, "terms_json.start_ms",
+              "the contract starts too far in the future")
+    if ordered_wh is not None:
+        refuse_if(committed_wh + terms.energy_wh > ordered_wh, Code.FAILED_PRECONDITION, "terms_json.energy_wh",
+                  f"{terms.energy_wh} Wh exceeds what this meter's recent orders leave open "
+                  f"({max(0, ordered_wh - committed_wh)} Wh)")
+    return party
+
+
+# -- CreateInvoice / PayInvoice ------------------------------------------------------------
+
+
+PAYABLE_STATES = (ContractState.ACTIVE, ContractState.COMPLETED, ContractState.ENDED_EARLY)
+
+
+def check_contract_for_billing(view: ContractView | None, contract_id: str, party: Party) -> ContractView:
+    """The contract exists here, this meter signed it as ``party``, and it is active
+    (or ended, for its final increment)."""
+    if view is None:
+        raise Refusal(Code.FAILED_PRECONDITION, "contract_id", f"{contract_id!r} was not signed by this meter")
+    refuse_if(view.party is not party, Code.FAILED_PRECONDITION, "contract_id",
+              f"this meter is the {view.party.value} of {contract_id}, not the {party.value}")
+    refuse_if(view.state not in PAYABLE_STATES, Code.FAILED_PRECONDITION, "contract_id",
+              f"contract {contract_id} is {view.state.value}")
+    return view
+
+
+def check_increment(
+    view: ContractView,
+    *,
+    increment: int,
+    from_wh: int,
+    to_wh: int,
+    amount_msat: int | None,
+    last_number: int,
+    last_to_wh: int,
+    contract_ended: bool,
+) -> int:
+    """The increment is the next one after ``last_number`` and covers what the
+    contract's accounting says; returns its amount (msat)."""
+    t = view.terms
+    try:
+        return check_increment_claim(
+            number=increment, from_wh=from_wh, to_wh=to_wh, amount_msat_=amount_msat,
+            energy_wh=t.energy_wh, increment_wh=t.increment_wh, price_msat_per_kwh=t.price_msat_per_kwh,
+            last_paid_number=last_number, last_paid_to_wh=last_to_wh, contract_ended=contract_ended,
+        )
+    except IncrementClaimError as e:
+        code = Code.INVALID_ARGUMENT if e.field == "amount_msat" else Code.FAILED_PRECONDITION
+        raise Refusal(code, e.field, str(e)) from e
+
+
+@dataclass(frozen=True)
+class DecodedInvoice:
+    destination: str
+    payment_hash: str
+    amount_msat: int
+    expires_ms: int
+
+
+def check_invoice_to_pay(
+    invoice: DecodedInvoice, *, amount_msat: int, supplier_node: str, now_ms: int
+) -> None:
+    """The invoice asks exactly the increment's amount, from the contract's supplier,
+    and has not expired."""
+    refuse_if(invoice.amount_msat != amount_msat, Code.INVALID_ARGUMENT, "payment_request",
+              f"invoice is for {invoice.amount_msat} msat, the increment is {amount_msat} msat")
+    refuse_if(not supplier_node, Code.FAILED_PRECONDITION, "payment_request",
+              "the supplier's node is not known here")
+    refuse_if(invoice.destination.lower() != supplier_node.lower(), Code.FAILED_PRECONDITION, "payment_request",
+              f"invoice pays node {invoice.destination}, not the supplier's node {supplier_node}")
+    refuse_if(invoice.expires_ms <= now_ms, Code.FAILED_PRECONDITION, "payment_request", "invoice has expired")
+
+
+def check_not_paying_ahead(
+    *, paid_wh_total: int, increment_wh_to_pay: int, import_since_first_contract_wh: int, increment_wh: int
+) -> None:
+    """Never pay for more energy than imported, plus one increment (the one being paid
+    while it is still flowing): ``paid + (to - from) <= imported + increment``."""
+    limit = import_since_first_contract_wh + increment_wh
+    refuse_if(paid_wh_total + increment_wh_to_pay > limit, Code.FAILED_PRECONDITION, "to_wh",
+              f"paying {increment_wh_to_pay} Wh more would make {paid_wh_total + increment_wh_to_pay} Wh paid, "
+              f"but only {import_since_first_contract_wh} Wh were imported under contracts (+{increment_wh} Wh)")
+
+
+def fee_limit_msat(amount_msat: int) -> int:
+    """Routing fee cap for one increment: 1 % plus 1000 msat (regtest hubs charge ~1 sat)."""
+    return amount_msat // 100 + 1000
+
+
+# -- the relay's own check -------------------------------------------------------------------
+
+
+def own_check_allows(unpaid_wh: int, next_step_wh: int, increment_wh: int) -> bool:
+    """The meter's own check before it lets the next step flow: after it, less than two
+    increments may be unpaid (one full increment while it is being paid, never two)."""
+    return unpaid_wh + next_step_wh < 2 * increment_wh

@@ -1,0 +1,267 @@
+"""Contracts from the meter's side: signing what it agrees to, taking settlement's
+reports, polling them, and ending its contracts when it leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+import structlog
+
+from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
+from p2pep.settling.increments import amount_msat
+from p2pep.v1 import common_pb2, settlement_pb2
+from services.meter.book import ContractView, Party
+from services.meter.checks import Code, Refusal, SigningPolicy, check_terms, fee_limit_msat, parse_terms
+from services.meter.lightning import ensure_channel
+from services.meter.ordering import ordered_wh
+from services.meter.settings import parse_node_address
+
+if TYPE_CHECKING:
+    from services.meter.meter import Meter
+
+log = structlog.get_logger("meter.contracts")
+
+S = settlement_pb2
+STATE_FROM_PB = {
+    S.CONTRACT_STATE_PROPOSED: ContractState.PROPOSED,
+    S.CONTRACT_STATE_ACTIVE: ContractState.ACTIVE,
+    S.CONTRACT_STATE_COMPLETED: ContractState.COMPLETED,
+    S.CONTRACT_STATE_ENDED_EARLY: ContractState.ENDED_EARLY,
+    S.CONTRACT_STATE_DEFAULTED: ContractState.DEFAULTED,
+    S.CONTRACT_STATE_REJECTED: ContractState.REJECTED,
+}
+STATE_TO_PB = {v: k for k, v in STATE_FROM_PB.items()}
+
+
+def real_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def record_of(v: ContractView) -> S.ContractRecord:
+    """The meter's view of a contract as a ContractRecord (its own accounting for paid Wh)."""
+    t = v.terms
+    pb = common_pb2.Contract(
+        contract_id=t.contract_id, consumer=t.consumer, supplier=t.supplier, energy_wh=t.energy_wh,
+        price_msat_per_kwh=t.price_msat_per_kwh, tier=v.matcher_tier, hash=t.hash(),
+    )
+    pb.start.FromMilliseconds(t.start_ms)
+    pb.end.FromMilliseconds(t.end_ms)
+    from p2pep.canonical import canonical_json
+
+    return S.ContractRecord(
+        contract=pb, state=STATE_TO_PB[v.state], terms_json=canonical_json(t.canonical()).decode(),
+        delivered_wh=max(v.delivered_wh, v.used_wh if v.party is Party.CONSUMER else 0),
+        paid_wh=v.paid_wh, paid_msat=v.paid_msat, increments_paid=v.increments, increment_wh=t.increment_wh,
+        end_reason=v.end_reason, consumer_node=v.consumer_node, supplier_node=v.supplier_node,
+    )
+
+
+class ContractDesk:
+    def __init__(self, meter: "Meter") -> None:
+        self.m = meter
+        self._sign_lock = asyncio.Lock()
+        self._peer_locks: dict[str, asyncio.Lock] = {}
+
+    # -- SignContract ---------------------------------------------------------------------------
+
+    def policy(self) -> SigningPolicy:
+        s = self.m.s
+        return SigningPolicy(s.meter_id, self.m.key.pubkey_hex, s.role, s.price_msat_per_kwh,
+                             s.max_increment_wh, s.max_contract_s * 1000)
+
+    async def sign(self, terms_json: str) -> tuple[bytes, str]:
+        m = self.m
+        if not m.ready.is_set():
+            raise Refusal(Code.UNAVAILABLE, "meter", "the meter is starting")
+        terms = parse_terms(terms_json)
+        async with self._sign_lock:
+            existing = m.book.get(terms.contract_id)
+            if existing is not None:
+                if existing.terms != terms:
+                    raise Refusal(Code.FAILED_PRECONDITION, "terms_json.contract_id",
+                                  f"{terms.contract_id} was already signed with other terms")
+                return existing.signature, m.node_pubkey
+            now = real_ms()
+            party = check_terms(terms, self.policy(), now_ms=now, **await self._order_bounds(terms, now))
+        if party is Party.CONSUMER and m.s.network_mode == "adhoc":
+            await self._ensure_adhoc_channel(terms)
+        async with self._sign_lock:
+            if terms.contract_id in m.book:  # signed meanwhile by a concurrent call
+                return m.book.get(terms.contract_id).signature, m.node_pubkey  # type: ignore[union-attr]
+            view = ContractView(terms, party, sign_contract(terms, m.key), real_ms())
+            m.book.add(view)
+            await m.store.save_contract(view)
+            if party is Party.CONSUMER:
+                await m.note_consumer_contract()
+        log.info("contract signed", contract_id=terms.contract_id, party=party.value, energy_wh=terms.energy_wh,
+                 price=terms.price_msat_per_kwh, counterparty=terms.supplier if party is Party.CONSUMER else terms.consumer)
+        return view.signature, m.node_pubkey
+
+    async def _order_bounds(self, terms: ContractTerms, now: int) -> dict[str, int | None]:
+        """Energy this meter's recent orders on the contract's side asked for, and what
+        open contracts signed in the same period already took of it."""
+        s = self.m.s
+        party = Party(terms.party_of(s.meter_id) or "consumer")
+        if not s.check_orders_on_sign or self.m.trader is None:
+            return {"ordered_wh": None, "committed_wh": 0}
+        # orders of the last few windows: a contract may come from an order the matcher
+        # released again after another contract ended early
+        since = now - 4 * s.window_s * 1000 // s.accel - 120_000
+        side = "demand" if party is Party.CONSUMER else "supply"
+        ordered = ordered_wh(await self.m.store.orders(since), side, since)
+        committed = sum(v.terms.energy_wh for v in self.m.book.of(party) if v.signed_ms >= since)
+        return {"ordered_wh": ordered, "committed_wh": committed}
+
+    async def _ensure_adhoc_channel(self, terms: ContractTerms) -> None:
+        """Ad hoc microgrid: pay the supplier straight, over a channel of our own that can
+        carry the whole contract."""
+        m = self.m
+        node, address = await self.peer_node(terms.supplier)
+        if not node:
+            raise Refusal(Code.FAILED_PRECONDITION, "terms_json.supplier",
+                          f"the LND node of supplier {terms.supplier} is unknown")
+        need_msat = amount_msat(0, terms.energy_wh, terms.price_msat_per_kwh)
+        need_sat = -(-(need_msat + fee_limit_msat(need_msat)) // 1000)
+        lock = self._peer_locks.setdefault(node, asyncio.Lock())
+        async with lock:
+            try:
+                await ensure_channel(m.lnd, node, address, need_sat=need_sat,
+                                     open_sat=max(m.s.channel_sat, 2 * need_sat), wait_s=m.s.channel_wait_s)
+            except Exception as e:
+                raise Refusal(Code.FAILED_PRECONDITION, "terms_json.supplier",
+                              f"no channel to supplier {terms.supplier} can carry {need_sat} sat: {e}") from e
+
+    async def peer_node(self, meter_id: str) -> tuple[str, str]:
+        """``(node pubkey, p2p host:port)`` of another meter, as it registered with
+        settlement (ListMeters), else from ``P2PEP_METER_PEERS``."""
+        node = host = ""
+        try:
+            info = await self.m.meter_info(meter_id)
+        except grpc.aio.AioRpcError as e:
+            log.info("settlement did not list meters", code=e.code().name)
+            info = None
+        if info is not None:
+            node, host = info.node_pubkey, info.node_address
+        fallback = parse_node_address(self.m.s.peer_addresses().get(meter_id, ""))
+        if fallback is not None:
+            node = node or fallback[0]
+            if fallback[0] == node:
+                host = host or fallback[1]
+        return node, host
+
+    # -- settlement's reports -----------------------------------------------------------------------
+
+    async def update(self, rec: S.ContractRecord, *, strict: bool = True) -> ContractView | None:
+        """Take settlement's report on a contract this meter signed."""
+        m = self.m
+        cid = rec.contract.contract_id
+        view = m.book.get(cid)
+        if view is None:
+            if strict:
+                raise Refusal(Code.FAILED_PRECONDITION, "contract.contract_id",
+                              f"{cid!r} was not signed by this meter")
+            return None
+        if rec.terms_json:
+            terms = parse_terms(rec.terms_json)
+            if terms != view.terms:
+                raise Refusal(Code.INVALID_ARGUMENT, "terms_json", "differs from the terms this meter signed")
+        state = STATE_FROM_PB.get(rec.state)
+        if state is None:
+            raise Refusal(Code.INVALID_ARGUMENT, "state", "must be a contract state")
+        upd = m.book.apply_report(
+            cid, state=state, delivered_wh=rec.delivered_wh, paid_wh=rec.paid_wh, paid_msat=rec.paid_msat,
+            increments_paid=rec.increments_paid, end_reason=rec.end_reason, supplier_node=rec.supplier_node,
+            consumer_node=rec.consumer_node, matcher_tier=int(rec.contract.tier),
+        )
+        if upd.changed:
+            await m.store.save_contract(view)
+            m.changed()
+        if upd.activated:
+            log.info("contract active", contract_id=cid, party=view.party.value, energy_wh=view.terms.energy_wh)
+            if view.party is Party.CONSUMER:
+                m.contract_activated(view.signed_ms)
+        if upd.ended:
+            log.info("contract ended", contract_id=cid, state=view.state.value, reason=view.end_reason,
+                     delivered_wh=view.delivered_wh, paid_wh=view.paid_wh, paid_msat=view.paid_msat)
+        m.evaluate_relay()
+        return view
+
+    async def refresh(self, contract_id: str) -> ContractView | None:
+        """Ask settlement for a contract's state now (when the meter's view looks stale)."""
+        try:
+            rec = await self.m.settlement.GetContract(S.GetContractRequest(contract_id=contract_id), timeout=5)
+        except grpc.aio.AioRpcError as e:
+            log.info("contract not refreshed", contract_id=contract_id, code=e.code().name)
+            return self.m.book.get(contract_id)
+        try:
+            return await self.update(rec, strict=False)
+        except Refusal as r:
+            log.error("settlement reports a contract unlike the one signed", contract_id=contract_id, error=str(r))
+            return self.m.book.get(contract_id)
+
+    async def poll_forever(self) -> None:
+        """Settlement's UpdateContract calls are best effort: reconcile with its list."""
+        m = self.m
+        while True:
+            await asyncio.sleep(m.s.contract_poll_s)
+            if not any(not v.final for v in m.book.all()):
+                continue
+            try:
+                resp = await m.settlement.ListContracts(
+                    S.ListSettlementContractsRequest(meter_id=m.s.meter_id), timeout=5)
+            except grpc.aio.AioRpcError as e:
+                log.debug("contract poll failed", code=e.code().name)
+                continue
+            except Exception:
+                log.exception("contract poll failed")
+                continue
+            for rec in resp.contracts:
+                view = m.book.get(rec.contract.contract_id)
+                if view is None or view.final:
+                    continue
+                try:
+                    await self.update(rec, strict=False)
+                except Refusal as r:
+                    log.error("settlement lists a contract unlike the one signed",
+                              contract_id=rec.contract.contract_id, error=str(r))
+
+    # -- leaving ---------------------------------------------------------------------------------------
+
+    async def leave(self, timeout_s: float) -> None:
+        """End every active contract early ("meter leaving") and wait (bounded) until
+        settlement has settled them: it pays only what was delivered, asking this meter
+        for the last invoice or payment."""
+        m = self.m
+        ending = [v for v in m.book.all() if v.active]
+        for v in ending:
+            try:
+                rec = await m.settlement.EndContract(
+                    S.EndContractRequest(contract_id=v.contract_id, meter_id=m.s.meter_id, reason="meter leaving"),
+                    timeout=5)
+                await self.update(rec, strict=False)
+                log.info("contract ended by this meter", contract_id=v.contract_id)
+            except (grpc.aio.AioRpcError, Refusal) as e:
+                log.warning("contract not ended", contract_id=v.contract_id, error=str(e))
+        deadline = time.monotonic() + timeout_s
+        while ending and time.monotonic() < deadline:
+            pending = [v for v in ending if not await self._settled(v.contract_id)]
+            if not pending:
+                return
+            await asyncio.sleep(0.2)
+        if ending:
+            log.info("leaving before settlement finished", contracts=[v.contract_id for v in ending if not v.final])
+
+    async def _settled(self, contract_id: str) -> bool:
+        """Settlement has finished with the contract (final state and its last increment settled)."""
+        try:
+            rec = await self.m.settlement.GetContract(S.GetContractRequest(contract_id=contract_id), timeout=2)
+        except grpc.aio.AioRpcError:
+            return False
+        await self.update(rec, strict=False)
+        if rec.state in (S.CONTRACT_STATE_DEFAULTED, S.CONTRACT_STATE_REJECTED):
+            return True
+        final = rec.state in (S.CONTRACT_STATE_COMPLETED, S.CONTRACT_STATE_ENDED_EARLY)
+        return final and rec.paid_wh >= rec.delivered_wh

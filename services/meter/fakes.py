@@ -1,0 +1,150 @@
+"""In-memory stand-ins for LND nodes, for tests of the meter without a regtest network.
+
+:class:`FakeLightning` is a tiny "network": invoices created on one :class:`FakeLnd`
+can be decoded and paid from another. Amounts are exact (no fees unless set), every
+node has one channel to a hub with ample balance. Failures are injected per node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from p2pep.lnd.client import LndError, PaymentFailed, PaymentResult
+from p2pep.lndrpc import lightning_pb2 as ln
+
+
+@dataclass
+class FakeLightning:
+    nodes: dict[str, "FakeLnd"] = field(default_factory=dict)
+    invoices: dict[str, tuple["FakeLnd", ln.Invoice]] = field(default_factory=dict)
+    """payment_request -> (payee, invoice)"""
+
+    def node(self, name: str) -> "FakeLnd":
+        n = FakeLnd(name, self)
+        self.nodes[name] = n
+        return n
+
+
+class FakeLnd:
+    def __init__(self, name: str, net: FakeLightning) -> None:
+        self.name = name
+        self.net = net
+        self.pubkey = "02" + hashlib.sha256(name.encode()).hexdigest()
+        self.invoices: dict[str, ln.Invoice] = {}
+        self.payments: list[ln.Payment] = []
+        self.calls: dict[str, int] = {}
+        self.fail_pay: str | None = None
+        """Set to a failure reason: the next payments fail with it."""
+        self.down = False
+        self.fee_msat = 0
+        self.local_sat = 1_000_000
+        self.channels_opened: list[tuple[str, int, int]] = []
+
+    def _call(self, method: str) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+        if self.down:
+            raise LndError(self.name, method, "UNAVAILABLE: connection refused")
+
+    async def get_info(self) -> ln.GetInfoResponse:
+        self._call("GetInfo")
+        return ln.GetInfoResponse(identity_pubkey=self.pubkey, synced_to_chain=True, alias=self.name)
+
+    async def add_invoice(self, value_msat: int, memo: str = "", expiry_s: int = 3600,
+                          private: bool = False) -> ln.AddInvoiceResponse:
+        self._call("AddInvoice")
+        preimage = secrets.token_bytes(32)
+        r_hash = hashlib.sha256(preimage).digest()
+        pr = f"lnfake{value_msat}n1{r_hash.hex()}"
+        inv = ln.Invoice(memo=memo, r_preimage=preimage, r_hash=r_hash, value_msat=value_msat,
+                         creation_date=int(time.time()), expiry=expiry_s, payment_request=pr, state=ln.Invoice.OPEN)
+        self.invoices[r_hash.hex()] = inv
+        self.net.invoices[pr] = (self, inv)
+        return ln.AddInvoiceResponse(r_hash=r_hash, payment_request=pr)
+
+    async def lookup_invoice(self, r_hash: bytes | str) -> ln.Invoice:
+        self._call("LookupInvoice")
+        h = r_hash if isinstance(r_hash, str) else r_hash.hex()
+        if h not in self.invoices:
+            raise LndError(self.name, "LookupInvoice", "NOT_FOUND: unable to locate invoice")
+        return self.invoices[h]
+
+    async def decode_pay_req(self, payment_request: str) -> ln.PayReq:
+        self._call("DecodePayReq")
+        found = self.net.invoices.get(payment_request)
+        if found is None:
+            raise LndError(self.name, "DecodePayReq", "UNKNOWN: invoice not for current active network")
+        payee, inv = found
+        return ln.PayReq(destination=payee.pubkey, payment_hash=inv.r_hash.hex(), num_msat=inv.value_msat,
+                         num_satoshis=inv.value_msat // 1000, timestamp=inv.creation_date, expiry=inv.expiry,
+                         description=inv.memo)
+
+    async def pay(self, payment_request: str, timeout_s: int = 30, fee_limit_msat: int = 10_000,
+                  max_parts: int = 1) -> PaymentResult:
+        self._call("SendPaymentV2")
+        found = self.net.invoices.get(payment_request)
+        if found is None:
+            raise LndError(self.name, "SendPaymentV2", "INVALID_ARGUMENT: invalid payment request")
+        payee, inv = found
+        if inv.state == ln.Invoice.SETTLED:
+            raise LndError(self.name, "SendPaymentV2", "ALREADY_EXISTS: invoice is already paid")
+        if self.fail_pay is not None:
+            self.payments.append(ln.Payment(payment_hash=inv.r_hash.hex(), value_msat=inv.value_msat,
+                                            status=ln.Payment.FAILED))
+            raise PaymentFailed(self.name, "SendPaymentV2", f"FAILED: {self.fail_pay}")
+        if self.local_sat * 1000 < inv.value_msat + self.fee_msat:
+            raise PaymentFailed(self.name, "SendPaymentV2", "FAILED: FAILURE_REASON_INSUFFICIENT_BALANCE")
+        self.local_sat -= -(-(inv.value_msat + self.fee_msat) // 1000)
+        payee.local_sat += inv.value_msat // 1000
+        inv.state = ln.Invoice.SETTLED
+        inv.settled = True
+        inv.amt_paid_msat = inv.value_msat
+        pay = ln.Payment(payment_hash=inv.r_hash.hex(), payment_preimage=inv.r_preimage.hex(),
+                         value_msat=inv.value_msat, fee_msat=self.fee_msat, status=ln.Payment.SUCCEEDED,
+                         payment_request=payment_request)
+        self.payments.append(pay)
+        return PaymentResult(pay.payment_hash, pay.payment_preimage, pay.value_msat, pay.fee_msat, "SUCCEEDED",
+                             "FAILURE_REASON_NONE", 2)
+
+    async def list_payments(self, max_payments: int = 10_000) -> list[ln.Payment]:
+        self._call("ListPayments")
+        return list(self.payments[-max_payments:])
+
+    def _channel(self) -> ln.Channel:
+        return ln.Channel(active=True, remote_pubkey="03" + "11" * 32, capacity=2 * self.local_sat,
+                          local_balance=self.local_sat, remote_balance=self.local_sat)
+
+    async def list_channels(self, active_only: bool = False, peer: str | None = None) -> list[ln.Channel]:
+        self._call("ListChannels")
+        chans = [self._channel()] + [
+            ln.Channel(active=True, remote_pubkey=p, capacity=s, local_balance=s - push)
+            for p, s, push in self.channels_opened
+        ]
+        return [c for c in chans if peer is None or c.remote_pubkey == peer]
+
+    async def pending_channels(self) -> ln.PendingChannelsResponse:
+        self._call("PendingChannels")
+        return ln.PendingChannelsResponse()
+
+    async def channel_balance(self) -> ln.ChannelBalanceResponse:
+        self._call("ChannelBalance")
+        return ln.ChannelBalanceResponse(local_balance=ln.Amount(sat=self.local_sat, msat=self.local_sat * 1000),
+                                         remote_balance=ln.Amount(sat=self.local_sat, msat=self.local_sat * 1000))
+
+    async def wallet_balance(self) -> ln.WalletBalanceResponse:
+        self._call("WalletBalance")
+        return ln.WalletBalanceResponse(confirmed_balance=10_000_000, total_balance=10_000_000)
+
+    async def connect(self, pubkey: str, host: str) -> None:
+        self._call("ConnectPeer")
+
+    async def open_channel(self, pubkey: str, local_sat: int, push_sat: int = 0, private: bool = False,
+                           sat_per_vbyte: int = 2) -> str:
+        self._call("OpenChannelSync")
+        self.channels_opened.append((pubkey, local_sat, push_sat))
+        return f"{secrets.token_hex(32)}:0"
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,107 @@
+"""gRPC ``MeterService``: the household app's views and settlement's requests.
+
+Settlement's requests are checked by the meter (:mod:`.billing`, :mod:`.contracts`);
+a refusal becomes the status its :class:`~services.meter.checks.Refusal` names, with a
+message that starts with the request field it is about.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
+
+import grpc
+import structlog
+
+from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2
+from services.meter import metrics
+from services.meter.checks import Refusal
+from services.meter.contracts import record_of
+from services.meter.meter import Meter
+from services.meter.store import SUCCEEDED
+
+log = structlog.get_logger("meter.grpc")
+
+T = TypeVar("T")
+
+
+class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
+    def __init__(self, meter: Meter) -> None:
+        self.m = meter
+
+    async def _checked(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except Refusal as r:
+            metrics.REFUSED.labels(rpc, r.field).inc()
+            log.warning("request refused", rpc=rpc, code=r.code.value, field=r.field, message=r.message)
+            await context.abort(grpc.StatusCode[r.code.value], f"{r.field}: {r.message}")
+            raise  # unreachable: abort raises
+
+    # -- the household app ----------------------------------------------------------------------
+
+    async def GetStatus(self, request: meter_pb2.GetStatusRequest, context: grpc.aio.ServicerContext) -> \
+            meter_pb2.MeterStatus:
+        return self.m.status()
+
+    async def WatchStatus(self, request: meter_pb2.GetStatusRequest, context: grpc.aio.ServicerContext) -> \
+            AsyncIterator[meter_pb2.MeterStatus]:
+        last = None
+        while True:
+            st = self.m.status()
+            if st != last:
+                yield st
+                last = st
+            await self.m.wait_changed(1.0)
+
+    async def ListContracts(self, request: meter_pb2.MeterContractsRequest, context: grpc.aio.ServicerContext) -> \
+            meter_pb2.MeterContractsResponse:
+        views = [v for v in self.m.book.all() if v.active or not request.active_only]
+        return meter_pb2.MeterContractsResponse(contracts=[record_of(v) for v in reversed(views)])
+
+    async def ListPayments(self, request: meter_pb2.MeterPaymentsRequest, context: grpc.aio.ServicerContext) -> \
+            meter_pb2.MeterPaymentsResponse:
+        limit = request.limit or 100
+        out: list[tuple[int, meter_pb2.MeterPayment]] = []
+        for p in await self.m.store.payments():
+            if p.status == SUCCEEDED:
+                mp = meter_pb2.MeterPayment(contract_id=p.contract_id, increment=p.increment,
+                                            amount_msat=p.amount_msat, payment_hash=p.payment_hash,
+                                            incoming=False, fee_msat=p.fee_msat)
+                mp.time.FromMilliseconds(p.created_ms)
+                out.append((p.created_ms, mp))
+        for i in await self.m.store.invoices():
+            if i.settled:
+                mp = meter_pb2.MeterPayment(contract_id=i.contract_id, increment=i.increment,
+                                            amount_msat=i.amount_msat, payment_hash=i.payment_hash, incoming=True)
+                t = i.settled_ms or i.created_ms
+                mp.time.FromMilliseconds(t)
+                out.append((t, mp))
+        out.sort(key=lambda x: x[0], reverse=True)
+        return meter_pb2.MeterPaymentsResponse(payments=[mp for _, mp in out[:limit]])
+
+    # -- settlement's requests ------------------------------------------------------------------------
+
+    async def SignContract(self, request: meter_pb2.SignContractRequest, context: grpc.aio.ServicerContext) -> \
+            meter_pb2.SignContractResponse:
+        async def call() -> meter_pb2.SignContractResponse:
+            sig, node = await self.m.contracts.sign(request.terms_json)
+            return meter_pb2.SignContractResponse(signature=sig, node_pubkey=node)
+
+        return await self._checked("SignContract", context, call)
+
+    async def CreateInvoice(self, request: meter_pb2.CreateInvoiceRequest, context: grpc.aio.ServicerContext) -> \
+            meter_pb2.CreateInvoiceResponse:
+        return await self._checked("CreateInvoice", context, lambda: self.m.billing.create_invoice(request))
+
+    async def PayInvoice(self, request: meter_pb2.PayInvoiceRequest, context: grpc.aio.ServicerContext) -> \
+            meter_pb2.PayInvoiceResponse:
+        return await self._checked("PayInvoice", context, lambda: self.m.billing.pay_invoice(request))
+
+    async def UpdateContract(self, request: settlement_pb2.ContractRecord, context: grpc.aio.ServicerContext) -> \
+            meter_pb2.UpdateContractResponse:
+        async def call() -> meter_pb2.UpdateContractResponse:
+            await self.m.contracts.update(request)
+            return meter_pb2.UpdateContractResponse()
+
+        return await self._checked("UpdateContract", context, call)
+

@@ -1,0 +1,261 @@
+"""The meter's SQLite database: registers, reading outbox, contracts, invoices,
+payments and orders.
+
+Each tick's reading is written with the register snapshot and the contracts'
+attribution in one transaction, *before* it is sent: a seq is never reused and a
+reading is never lost, whatever happens to the process or the link.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import aiosqlite
+
+from p2pep.canonical import canonical_json
+from p2pep.metering.readings import Reading, SignedReading
+from p2pep.metering.registers import RegisterSnapshot
+from p2pep.settling.contracts import ContractState, ContractTerms
+from services.meter.book import ContractView, Party
+from services.meter.ordering import PlacedOrder
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+  seq INTEGER PRIMARY KEY, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL,
+  timestamp_ms INTEGER NOT NULL, signature BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contracts (
+  contract_id TEXT PRIMARY KEY, party TEXT NOT NULL, terms_json TEXT NOT NULL, signature BLOB NOT NULL,
+  signed_ms INTEGER NOT NULL, state TEXT NOT NULL, delivered_wh INTEGER NOT NULL, reported_paid_wh INTEGER NOT NULL,
+  reported_paid_msat INTEGER NOT NULL, reported_increments INTEGER NOT NULL, end_reason TEXT NOT NULL,
+  supplier_node TEXT NOT NULL, consumer_node TEXT NOT NULL, matcher_tier INTEGER NOT NULL,
+  attributed_wh INTEGER NOT NULL, paid_wh INTEGER NOT NULL, paid_msat INTEGER NOT NULL,
+  increments INTEGER NOT NULL, written_off INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS invoices (
+  contract_id TEXT NOT NULL, increment INTEGER NOT NULL, from_wh INTEGER NOT NULL, to_wh INTEGER NOT NULL,
+  amount_msat INTEGER NOT NULL, payment_request TEXT NOT NULL, payment_hash TEXT NOT NULL,
+  settled INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL, settled_ms INTEGER,
+  PRIMARY KEY (contract_id, increment)
+);
+CREATE TABLE IF NOT EXISTS payments (
+  contract_id TEXT NOT NULL, increment INTEGER NOT NULL, from_wh INTEGER NOT NULL, to_wh INTEGER NOT NULL,
+  amount_msat INTEGER NOT NULL, payment_request TEXT NOT NULL, payment_hash TEXT NOT NULL,
+  preimage TEXT NOT NULL DEFAULT '', fee_msat INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL,
+  detail TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL, PRIMARY KEY (contract_id, increment)
+);
+CREATE TABLE IF NOT EXISTS orders (
+  order_id TEXT PRIMARY KEY, side TEXT NOT NULL, energy_wh INTEGER NOT NULL,
+  placed_ms INTEGER NOT NULL, expiry_ms INTEGER NOT NULL
+);
+"""
+
+_VIEW_COLUMNS = [f.name for f in fields(ContractView) if f.name not in ("terms", "party", "state")]
+
+
+@dataclass(frozen=True)
+class InvoiceRow:
+    contract_id: str
+    increment: int
+    from_wh: int
+    to_wh: int
+    amount_msat: int
+    payment_request: str
+    payment_hash: str
+    settled: bool
+    created_ms: int
+    settled_ms: int | None = None
+
+
+PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+
+
+@dataclass(frozen=True)
+class PaymentRow:
+    contract_id: str
+    increment: int
+    from_wh: int
+    to_wh: int
+    amount_msat: int
+    payment_request: str
+    payment_hash: str
+    preimage: str
+    fee_msat: int
+    status: str
+    detail: str
+    created_ms: int
+
+
+class MeterStore:
+    def __init__(self, db: aiosqlite.Connection, meter_id: str) -> None:
+        self.db = db
+        self.meter_id = meter_id
+
+    @classmethod
+    async def open(cls, path: str, meter_id: str) -> "MeterStore":
+        db = await aiosqlite.connect(path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.executescript(SCHEMA)
+        await db.commit()
+        return cls(db, meter_id)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # -- key/value -----------------------------------------------------------------------
+
+    async def get(self, key: str) -> Any | None:
+        async with self.db.execute("SELECT v FROM kv WHERE k=?", (key,)) as cur:
+            row = await cur.fetchone()
+        return json.loads(row[0]) if row else None
+
+    async def put(self, key: str, value: Any, commit: bool = True) -> None:
+        await self.db.execute(
+            "INSERT INTO kv VALUES (?,?) ON CONFLICT(k) DO UPDATE SET v=excluded.v", (key, json.dumps(value))
+        )
+        if commit:
+            await self.db.commit()
+
+    # -- registers and outbox ----------------------------------------------------------------
+
+    async def registers(self) -> RegisterSnapshot | None:
+        doc = await self.get("registers")
+        return RegisterSnapshot(**doc) if doc else None
+
+    async def save_registers(self, snap: RegisterSnapshot) -> None:
+        await self.put("registers", asdict(snap))
+
+    async def save_tick(
+        self, snap: RegisterSnapshot, signed: SignedReading | None, attributed: Mapping[str, int]
+    ) -> None:
+        """One transaction: the register snapshot, the reading into the outbox, and the
+        contracts' attributed Wh (cumulative values)."""
+        await self.put("registers", asdict(snap), commit=False)
+        if signed is not None:
+            r = signed.reading
+            await self.db.execute(
+                "INSERT INTO outbox VALUES (?,?,?,?,?)",
+                (r.seq, r.import_wh, r.export_wh, r.timestamp_ms, signed.signature),
+            )
+        for cid, wh in attributed.items():
+            await self.db.execute("UPDATE contracts SET attributed_wh=? WHERE contract_id=?", (wh, cid))
+        await self.db.commit()
+
+    async def outbox(self, after_seq: int = 0, limit: int = 500) -> list[SignedReading]:
+        async with self.db.execute(
+            "SELECT seq, import_wh, export_wh, timestamp_ms, signature FROM outbox WHERE seq>? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [SignedReading(Reading(self.meter_id, s, i, e, t), bytes(sig)) for s, i, e, t, sig in rows]
+
+    async def outbox_delete(self, seq: int) -> None:
+        await self.db.execute("DELETE FROM outbox WHERE seq=?", (seq,))
+        await self.db.commit()
+
+    async def outbox_size(self) -> int:
+        async with self.db.execute("SELECT COUNT(*) FROM outbox") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- contracts -------------------------------------------------------------------------------
+
+    async def save_contract(self, v: ContractView) -> None:
+        values = [getattr(v, c) for c in _VIEW_COLUMNS]
+        cols = ["contract_id", "party", "terms_json", "state", *_VIEW_COLUMNS]
+        row = [v.contract_id, v.party.value, canonical_json(v.terms.canonical()).decode(), v.state.value, *values]
+        row = [int(x) if isinstance(x, bool) else x for x in row]
+        updates = ",".join(f"{c}=excluded.{c}" for c in cols[1:])
+        await self.db.execute(
+            f"INSERT INTO contracts ({','.join(cols)}) VALUES ({','.join('?' * len(cols))}) "
+            f"ON CONFLICT(contract_id) DO UPDATE SET {updates}",
+            row,
+        )
+        await self.db.commit()
+
+    async def contracts(self) -> list[ContractView]:
+        cols = ["party", "terms_json", "state", *_VIEW_COLUMNS]
+        async with self.db.execute(f"SELECT {','.join(cols)} FROM contracts ORDER BY signed_ms") as cur:
+            rows = await cur.fetchall()
+        out = []
+        for party, terms_json, state, *rest in rows:
+            kw = dict(zip(_VIEW_COLUMNS, rest))
+            kw["signature"] = bytes(kw["signature"])
+            kw["written_off"] = bool(kw["written_off"])
+            terms = ContractTerms.from_canonical(json.loads(terms_json))
+            out.append(ContractView(terms=terms, party=Party(party), state=ContractState(state), **kw))
+        return out
+
+    # -- invoices (as supplier) -------------------------------------------------------------------
+
+    async def invoices(self, contract_id: str | None = None, unsettled_only: bool = False) -> list[InvoiceRow]:
+        where, args = [], []
+        if contract_id:
+            where.append("contract_id=?")
+            args.append(contract_id)
+        if unsettled_only:
+            where.append("settled=0")
+        sql = "SELECT * FROM invoices" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_ms"
+        async with self.db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [InvoiceRow(*r[:7], bool(r[7]), r[8], r[9]) for r in rows]
+
+    async def put_invoice(self, inv: InvoiceRow) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO invoices VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (inv.contract_id, inv.increment, inv.from_wh, inv.to_wh, inv.amount_msat, inv.payment_request,
+             inv.payment_hash, int(inv.settled), inv.created_ms, inv.settled_ms),
+        )
+        await self.db.commit()
+
+    async def invoice_settled(self, contract_id: str, increment: int, settled_ms: int) -> None:
+        await self.db.execute(
+            "UPDATE invoices SET settled=1, settled_ms=? WHERE contract_id=? AND increment=?",
+            (settled_ms, contract_id, increment),
+        )
+        await self.db.commit()
+
+    # -- payments (as consumer) -------------------------------------------------------------------
+
+    async def payments(self, contract_id: str | None = None) -> list[PaymentRow]:
+        sql = "SELECT * FROM payments" + (" WHERE contract_id=?" if contract_id else "") + " ORDER BY created_ms"
+        async with self.db.execute(sql, (contract_id,) if contract_id else ()) as cur:
+            rows = await cur.fetchall()
+        return [PaymentRow(*r) for r in rows]
+
+    async def put_payment(self, p: PaymentRow) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO payments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (p.contract_id, p.increment, p.from_wh, p.to_wh, p.amount_msat, p.payment_request, p.payment_hash,
+             p.preimage, p.fee_msat, p.status, p.detail, p.created_ms),
+        )
+        await self.db.commit()
+
+    # -- orders ----------------------------------------------------------------------------------
+
+    async def put_order(self, o: PlacedOrder) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO orders VALUES (?,?,?,?,?)",
+            (o.order_id, o.side, o.energy_wh, o.placed_ms, o.expiry_ms),
+        )
+        await self.db.commit()
+
+    async def delete_order(self, order_id: str) -> None:
+        await self.db.execute("DELETE FROM orders WHERE order_id=?", (order_id,))
+        await self.db.commit()
+
+    async def orders(self, since_ms: int = 0) -> list[PlacedOrder]:
+        async with self.db.execute(
+            "SELECT order_id, side, energy_wh, placed_ms, expiry_ms FROM orders WHERE placed_ms>=? ORDER BY placed_ms",
+            (since_ms,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [PlacedOrder(*r) for r in rows]
+
+    async def prune_orders(self, before_ms: int) -> None:
+        await self.db.execute("DELETE FROM orders WHERE placed_ms<?", (before_ms,))
+        await self.db.commit()

@@ -1,0 +1,202 @@
+"""The meter's orders at the matcher, and the match events it is told about.
+
+At each window boundary: cancel what still rests from the last window, then offer
+the expected export (producers) and request the expected import (consumers) over
+the next window, minus what open contracts already cover. A consumer with an
+active contract asks its supplier first (``ExtendContract``, tier 1); otherwise,
+or if that is refused, it submits a demand naming its partners. Every order is
+recorded *before* it is sent, so a contract formed from it at once can be checked
+against it when settlement asks this meter to sign.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+import structlog
+
+from p2pep.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc
+from services.meter import metrics
+from services.meter.book import ContractBook, Party
+from services.meter.ordering import PlacedOrder, demand_wh, order_id, supply_wh
+from services.meter.settings import MeterSettings
+from services.meter.store import MeterStore
+
+log = structlog.get_logger("meter.trader")
+
+RESTING = {
+    matcher_pb2.ORDER_STATUS_RESTING,
+    matcher_pb2.ORDER_STATUS_PARTIALLY_FILLED,
+    matcher_pb2.ORDER_STATUS_UNCOVERED,
+}
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+Kind = matcher_pb2.MatchEvent.Kind
+
+
+def real_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    window: int
+    supply_wh: int
+    demand_wh: int
+
+
+class Trader:
+    def __init__(
+        self,
+        settings: MeterSettings,
+        store: MeterStore,
+        book: ContractBook,
+        matcher: matcher_pb2_grpc.MatcherServiceStub,
+        expected_wms: Callable[[int, int], tuple[int, int]],
+    ) -> None:
+        self.s = settings
+        self.store = store
+        self.book = book
+        self.matcher = matcher
+        self.expected_wms = expected_wms
+        self.resting: set[str] = set()
+        self.last_event_seq = 0
+        self.uncovered = 0
+
+    # -- orders ------------------------------------------------------------------------------
+
+    def plan(self, window: int, t0_sim_ms: int, t1_sim_ms: int) -> WindowPlan:
+        imp, exp = self.expected_wms(t0_sim_ms, t1_sim_ms)
+        sup = dem = 0
+        if self.s.role in ("producer", "prosumer"):
+            sup = supply_wh(exp, self.book.energy_left_wh(Party.SUPPLIER))
+        if self.s.role in ("consumer", "prosumer"):
+            dem = demand_wh(imp, self.book.energy_left_wh(Party.CONSUMER))
+        return WindowPlan(window, sup, dem)
+
+    async def place_window(self, window: int, t0_sim_ms: int, t1_sim_ms: int) -> WindowPlan:
+        """Replace last window's resting orders by this window's."""
+        await self.cancel_resting()
+        plan = self.plan(window, t0_sim_ms, t1_sim_ms)
+        expiry_ms = real_ms() + self.s.window_s * 1000 // self.s.accel
+        log.info("window orders", window=window, supply_wh=plan.supply_wh, demand_wh=plan.demand_wh)
+        if plan.supply_wh > 0:
+            await self._submit("supply", window, plan.supply_wh, expiry_ms)
+        if plan.demand_wh > 0:
+            active = self.book.latest_active(Party.CONSUMER)
+            if active is None or not await self._extend(active.contract_id, window, plan.demand_wh, expiry_ms):
+                await self._submit("demand", window, plan.demand_wh, expiry_ms)
+        return plan
+
+    def _order(self, side: str, oid: str, energy_wh: int, expiry_ms: int) -> common_pb2.Order:
+        o = common_pb2.Order(
+            order_id=oid, meter_id=self.s.meter_id,
+            side=common_pb2.SIDE_SUPPLY if side == "supply" else common_pb2.SIDE_DEMAND,
+            energy_wh=energy_wh, price_msat_per_kwh=self.s.price_msat_per_kwh,
+            partners=[p for p in self.s.partners if p != self.s.meter_id],
+        )
+        o.expiry.FromMilliseconds(expiry_ms)
+        return o
+
+    async def _submit(self, side: str, window: int, energy_wh: int, expiry_ms: int) -> bool:
+        oid = order_id(self.s.meter_id, window, side)
+        await self.store.put_order(PlacedOrder(oid, side, energy_wh, real_ms(), expiry_ms))
+        req = matcher_pb2.SubmitOrderRequest(order=self._order(side, oid, energy_wh, expiry_ms))
+        rpc = self.matcher.SubmitSupply if side == "supply" else self.matcher.SubmitDemand
+        resp = await self._call(rpc, req, oid, side)
+        if resp is None:
+            return False
+        self._accepted(oid, side, resp)
+        return True
+
+    async def _extend(self, contract_id: str, window: int, energy_wh: int, expiry_ms: int) -> bool:
+        oid = order_id(self.s.meter_id, window, "extend")
+        await self.store.put_order(PlacedOrder(oid, "demand", energy_wh, real_ms(), expiry_ms))
+        req = matcher_pb2.ExtendContractRequest(
+            contract_id=contract_id, order_id=oid, energy_wh=energy_wh, price_msat_per_kwh=self.s.price_msat_per_kwh,
+        )
+        req.expiry.FromMilliseconds(expiry_ms)
+        resp = await self._call(self.matcher.ExtendContract, req, oid, "extend")
+        if resp is None:
+            return False
+        self._accepted(oid, "extend", resp)
+        return True
+
+    async def _call(self, rpc, req, oid: str, side: str) -> matcher_pb2.SubmitOrderResponse | None:  # type: ignore[no-untyped-def]
+        """Send an order, retrying with the same id while the matcher is unreachable."""
+        for attempt in range(3):
+            try:
+                return await rpc(req, timeout=10)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.ALREADY_EXISTS and attempt > 0:
+                    # an earlier attempt arrived after all
+                    return matcher_pb2.SubmitOrderResponse(status=matcher_pb2.ORDER_STATUS_RESTING)
+                if e.code() in RETRYABLE and attempt < 2:
+                    await asyncio.sleep(0.5 * (attempt + 1))
+                    continue
+                metrics.ORDERS.labels(side, "refused").inc()
+                log.warning("order refused", order_id=oid, side=side, code=e.code().name, detail=e.details())
+                if e.code() not in RETRYABLE:  # certainly not in the book
+                    await self.store.delete_order(oid)
+                return None
+        return None
+
+    def _accepted(self, oid: str, side: str, resp: matcher_pb2.SubmitOrderResponse) -> None:
+        metrics.ORDERS.labels(side, "accepted").inc()
+        if resp.status in RESTING:
+            self.resting.add(oid)
+        matched = sum(c.energy_wh for c in resp.contracts)
+        log.info("order placed", order_id=oid, side=side, status=matcher_pb2.OrderStatus.Name(resp.status),
+                 matched_wh=matched, remaining_wh=resp.order.remaining_wh)
+        if resp.status == matcher_pb2.ORDER_STATUS_UNCOVERED:
+            self._uncovered(oid, resp.order.remaining_wh)
+
+    def _uncovered(self, oid: str, remaining_wh: int) -> None:
+        self.uncovered += 1
+        metrics.UNCOVERED.inc()
+        log.warning("uncovered: relay stays blocked", order_id=oid, remaining_wh=remaining_wh)
+
+    async def cancel_resting(self) -> None:
+        for oid in sorted(self.resting):
+            try:
+                await self.matcher.Cancel(matcher_pb2.CancelRequest(order_id=oid, meter_id=self.s.meter_id), timeout=5)
+                log.info("order cancelled", order_id=oid)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    log.info("order not cancelled", order_id=oid, code=e.code().name, detail=e.details())
+            self.resting.discard(oid)
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def follow_events(self) -> None:
+        """Log this meter's match events until cancelled; reconnects, replaying from the last seq."""
+        backoff = 0.2
+        while True:
+            try:
+                req = matcher_pb2.StreamEventsRequest(
+                    meter_ids=[self.s.meter_id], from_seq=self.last_event_seq + 1 if self.last_event_seq else 0
+                )
+                async for ev in self.matcher.StreamEvents(req):
+                    backoff = 0.2
+                    self.on_event(ev)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                log.debug("match events stream broken", code=e.code().name)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def on_event(self, ev: matcher_pb2.MatchEvent) -> None:
+        self.last_event_seq = max(self.last_event_seq, ev.seq)
+        kind = Kind.Name(ev.kind)
+        if ev.kind in (Kind.KIND_MATCHED, Kind.KIND_EXPIRED, Kind.KIND_CANCELLED):
+            self.resting.discard(ev.order_id)
+        if ev.kind == Kind.KIND_UNCOVERED:
+            self._uncovered(ev.order_id, ev.remaining_wh)
+            return
+        log.info("match event", kind=kind, order_id=ev.order_id, remaining_wh=ev.remaining_wh,
+                 contract_id=ev.contract.contract_id or None, energy_wh=ev.contract.energy_wh or None,
+                 price=ev.contract.price_msat_per_kwh or None)

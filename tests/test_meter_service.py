@@ -1,0 +1,484 @@
+"""The meter service in process, against a fake settlement (a small grpc.aio
+SettlementService) and fake LND nodes: settlement's requests checked by the meter,
+refusals with status and field, idempotency, the relay, the reading outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+import grpc
+import pytest
+
+from p2pep.canonical import canonical_json
+from p2pep.metering.readings import Reading, SignedReading
+from p2pep.metering.signing import verify_reading
+from p2pep.regtest import wait_for
+from p2pep.settling.contracts import ContractTerms, verify_contract_signature
+from p2pep.settling.increments import amount_msat
+from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2 as S, settlement_pb2_grpc
+from services.meter.app import MeterApp, start_meter
+from services.meter.fakes import FakeLightning, FakeLnd
+from services.meter.settings import MeterSettings
+
+PRICE = 123_457  # msat/kWh: amounts do not divide evenly
+Ack = S.ReadingAck
+
+
+# -- a fake settlement ------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
+    meters: dict[str, S.RegisterMeterRequest] = field(default_factory=dict)
+    readings: dict[str, dict[int, Reading]] = field(default_factory=dict)
+    contracts: dict[str, S.ContractRecord] = field(default_factory=dict)
+    ended: list[tuple[str, str, str]] = field(default_factory=list)
+    duplicates: int = 0
+    drop_acks_every: int = 0
+    """If set: every Nth reading is stored but the stream breaks before its ack."""
+    _received: int = 0
+
+    async def RegisterMeter(self, request, context):  # type: ignore[no-untyped-def]
+        self.meters[request.meter_id] = request
+        return S.RegisterMeterResponse(last_seq=max(self.readings.get(request.meter_id, {0: None}), default=0))
+
+    async def StreamReadings(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        async for r in request_iterator:
+            reading = Reading(r.meter_id, r.seq, r.import_wh, r.export_wh,
+                              r.timestamp.seconds * 1000 + r.timestamp.nanos // 1_000_000)
+            reg = self.meters.get(r.meter_id)
+            if reg is None or not verify_reading(SignedReading(reading, r.signature), reg.pubkey):
+                yield Ack(seq=r.seq, status=Ack.STATUS_REJECTED, reason="FORGED_SIGNATURE")
+                continue
+            stored = self.readings.setdefault(r.meter_id, {})
+            if r.seq in stored:
+                assert stored[r.seq] == reading, "a seq was reused with other content"
+                self.duplicates += 1
+                yield Ack(seq=r.seq, status=Ack.STATUS_DUPLICATE)
+                continue
+            stored[r.seq] = reading
+            self._received += 1
+            if self.drop_acks_every and self._received % self.drop_acks_every == 0:
+                return  # the stream ends before this reading's ack: the meter must resend it
+            yield Ack(seq=r.seq, status=Ack.STATUS_ACCEPTED)
+
+    async def ListMeters(self, request, context):  # type: ignore[no-untyped-def]
+        out = []
+        for mid, m in self.meters.items():
+            last = max(self.readings.get(mid, {}), default=0)
+            r = self.readings.get(mid, {}).get(last)
+            out.append(S.MeterInfo(meter_id=mid, pubkey=m.pubkey, node_pubkey=m.node_pubkey, address=m.address,
+                                   role=m.role, last_seq=last, import_wh=r.import_wh if r else 0,
+                                   export_wh=r.export_wh if r else 0, node_address=m.node_address))
+        return S.ListMetersResponse(meters=out)
+
+    async def GetContract(self, request, context):  # type: ignore[no-untyped-def]
+        if request.contract_id not in self.contracts:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {request.contract_id!r}")
+        return self.contracts[request.contract_id]
+
+    async def ListContracts(self, request, context):  # type: ignore[no-untyped-def]
+        return S.ListSettlementContractsResponse(contracts=[
+            c for c in self.contracts.values() if request.meter_id in (c.contract.consumer, c.contract.supplier)])
+
+    async def EndContract(self, request, context):  # type: ignore[no-untyped-def]
+        self.ended.append((request.contract_id, request.meter_id, request.reason))
+        rec = self.contracts[request.contract_id]
+        rec.state = S.CONTRACT_STATE_ENDED_EARLY
+        rec.end_reason = "ENDED_BY_CONSUMER"
+        return rec
+
+
+class SettlementServer:
+    """The fake settlement on a fixed port, stoppable and restartable (link down / up)."""
+
+    def __init__(self, servicer: FakeSettlement) -> None:
+        self.servicer = servicer
+        self.port = 0
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = grpc.aio.server()
+        settlement_pb2_grpc.add_SettlementServiceServicer_to_server(self.servicer, self.server)
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await self.server.start()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        await self.server.stop(0)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    settlement: FakeSettlement
+    server: SettlementServer
+    net: FakeLightning
+    tmp: Path
+    apps: dict[str, MeterApp] = field(default_factory=dict)
+    lnds: dict[str, FakeLnd] = field(default_factory=dict)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    async def meter(self, meter_id: str, role: str, **kw: object) -> MeterApp:
+        base: dict[str, object] = dict(
+            meter_id=meter_id, role=role, key_path=self.tmp / f"{meter_id}.key",
+            db_path=str(self.tmp / f"{meter_id}.sqlite"), settlement_target=self.server.target,
+            price_msat_per_kwh=150_000 if role == "consumer" else 100_000, source="constant", constant_w=2000,
+            accel=60, tick_s=0.05, hub="", contract_poll_s=0.2, balance_refresh_s=0.2, flush_timeout_s=2,
+            leave_timeout_s=1, log_json=False,
+        )
+        base.update(kw)
+        lnd = self.lnds.get(meter_id) or self.net.node(meter_id)
+        self.lnds[meter_id] = lnd
+        app = await start_meter(MeterSettings(**base), lnd)  # type: ignore[arg-type]
+        await asyncio.wait_for(app.meter.ready.wait(), 10)
+        self.apps[meter_id] = app
+        return app
+
+    def stub(self, meter_id: str) -> meter_pb2_grpc.MeterServiceStub:
+        ch = grpc.aio.insecure_channel(self.apps[meter_id].host.grpc_target)
+        self.channels.append(ch)
+        return meter_pb2_grpc.MeterServiceStub(ch)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    fake = FakeSettlement()
+    server = SettlementServer(fake)
+    await server.start()
+    r = Rig(fake, server, FakeLightning(), tmp_path)
+    yield r
+    for ch in r.channels:
+        await ch.close()
+    for app in r.apps.values():
+        await app.stop()
+    await server.stop()
+
+
+async def pair(rig: Rig) -> tuple[meter_pb2_grpc.MeterServiceStub, meter_pb2_grpc.MeterServiceStub]:
+    await rig.meter("home", "consumer")
+    await rig.meter("solar", "producer")
+    return rig.stub("home"), rig.stub("solar")
+
+
+def make_terms(rig: Rig, cid: str = "k-1", **kw: object) -> ContractTerms:
+    now = time.time_ns() // 1_000_000
+    base: dict[str, object] = dict(
+        contract_id=cid, consumer="home", supplier="solar",
+        consumer_pubkey=rig.apps["home"].meter.key.pubkey_hex, supplier_pubkey=rig.apps["solar"].meter.key.pubkey_hex,
+        energy_wh=500, price_msat_per_kwh=PRICE, start_ms=now, end_ms=now + 60_000, tier=1, increment_wh=10,
+    )
+    base.update(kw)
+    return ContractTerms(**base)  # type: ignore[arg-type]
+
+
+def tj(t: ContractTerms) -> str:
+    return canonical_json(t.canonical()).decode()
+
+
+def record(rig: Rig, t: ContractTerms, state: int = S.CONTRACT_STATE_ACTIVE) -> S.ContractRecord:
+    rec = S.ContractRecord(
+        contract=common_pb2.Contract(contract_id=t.contract_id, consumer=t.consumer, supplier=t.supplier,
+                                     energy_wh=t.energy_wh, price_msat_per_kwh=t.price_msat_per_kwh),
+        state=state, terms_json=tj(t), increment_wh=t.increment_wh,
+        consumer_node=rig.lnds["home"].pubkey, supplier_node=rig.lnds["solar"].pubkey,
+    )
+    rig.settlement.contracts[t.contract_id] = rec
+    return rec
+
+
+async def refused(call, code: grpc.StatusCode, field: str) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == code, info.value.details()
+    assert info.value.details().startswith(field + ":"), info.value.details()
+    return str(info.value.details())
+
+
+async def signed_and_active(rig: Rig, home, solar, t: ContractTerms,  # type: ignore[no-untyped-def]
+                            state: int = S.CONTRACT_STATE_ACTIVE) -> None:
+    for stub in (home, solar):
+        await stub.SignContract(meter_pb2.SignContractRequest(terms_json=tj(t)))
+    rec = record(rig, t, state)
+    for stub in (home, solar):
+        await stub.UpdateContract(rec)
+
+
+def invoice_req(t: ContractTerms, k: int, frm: int, to: int, amount: int | None = None) -> meter_pb2.CreateInvoiceRequest:
+    return meter_pb2.CreateInvoiceRequest(contract_id=t.contract_id, increment=k, from_wh=frm, to_wh=to,
+                                          amount_msat=amount_msat(frm, to, t.price_msat_per_kwh) if amount is None
+                                          else amount)
+
+
+def pay_req(t: ContractTerms, k: int, frm: int, to: int, pr: str) -> meter_pb2.PayInvoiceRequest:
+    return meter_pb2.PayInvoiceRequest(contract_id=t.contract_id, increment=k, from_wh=frm, to_wh=to,
+                                       payment_request=pr)
+
+
+# -- tests ----------------------------------------------------------------------------------------------------
+
+
+async def test_registers_and_streams_signed_readings(rig: Rig) -> None:
+    app = await rig.meter("home", "consumer")
+    reg = rig.settlement.meters["home"]
+    assert (reg.pubkey, reg.node_pubkey, reg.role) == (app.meter.key.pubkey_hex, rig.lnds["home"].pubkey, "consumer")
+    assert reg.address == app.host.grpc_target
+    await wait_for(lambda: len(rig.settlement.readings.get("home", {})) >= 5, 10, what="readings")
+    seqs = sorted(rig.settlement.readings["home"])
+    assert seqs == list(range(1, len(seqs) + 1))
+    st = await rig.stub("home").GetStatus(meter_pb2.GetStatusRequest())
+    assert st.meter_id == "home" and st.seq >= 5 and not st.relay_energized and st.relay_reason == "NO_CONTRACT"
+    assert st.import_wh == 0 and st.unmet_wh >= 0 and st.power_w == 2000  # blocked: nothing imported
+
+
+async def test_sign_contract_checks_terms_against_its_own_state(rig: Rig) -> None:
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    sign = meter_pb2.SignContractRequest
+    await refused(home.SignContract(sign(terms_json="{nope")), grpc.StatusCode.INVALID_ARGUMENT, "terms_json")
+    doc = t.canonical()
+    del doc["energy_wh"]
+    await refused(home.SignContract(sign(terms_json=canonical_json(doc).decode())),
+                  grpc.StatusCode.INVALID_ARGUMENT, "terms_json.energy_wh")
+    await refused(home.SignContract(sign(terms_json=tj(make_terms(rig, consumer="elsewhere")))),
+                  grpc.StatusCode.FAILED_PRECONDITION, "terms_json.consumer")
+    swapped = make_terms(rig, consumer_pubkey=t.supplier_pubkey, supplier_pubkey=t.consumer_pubkey)
+    await refused(home.SignContract(sign(terms_json=tj(swapped))), grpc.StatusCode.FAILED_PRECONDITION,
+                  "terms_json.consumer_pubkey")
+    dear = make_terms(rig, price_msat_per_kwh=150_001)
+    msg = await refused(home.SignContract(sign(terms_json=tj(dear))), grpc.StatusCode.FAILED_PRECONDITION,
+                        "terms_json.price_msat_per_kwh")
+    assert "limit" in msg
+    cheap = make_terms(rig, price_msat_per_kwh=99_999)
+    await refused(solar.SignContract(sign(terms_json=tj(cheap))), grpc.StatusCode.FAILED_PRECONDITION,
+                  "terms_json.price_msat_per_kwh")
+    past = make_terms(rig, start_ms=t.start_ms - 120_000, end_ms=t.start_ms - 60_000)
+    await refused(home.SignContract(sign(terms_json=tj(past))), grpc.StatusCode.FAILED_PRECONDITION,
+                  "terms_json.end_ms")
+
+    resp = await home.SignContract(sign(terms_json=tj(t)))
+    assert verify_contract_signature(t, resp.signature, t.consumer_pubkey)
+    assert resp.node_pubkey == rig.lnds["home"].pubkey
+    again = await home.SignContract(sign(terms_json=tj(t)))
+    assert again.signature == resp.signature
+    await refused(home.SignContract(sign(terms_json=tj(make_terms(rig, energy_wh=600)))),
+                  grpc.StatusCode.FAILED_PRECONDITION, "terms_json.contract_id")
+    sup = await solar.SignContract(sign(terms_json=tj(t)))
+    assert verify_contract_signature(t, sup.signature, t.supplier_pubkey)
+    listed = await home.ListContracts(meter_pb2.MeterContractsRequest())
+    assert [c.contract.contract_id for c in listed.contracts] == ["k-1"]
+    assert listed.contracts[0].state == S.CONTRACT_STATE_PROPOSED
+
+
+async def test_update_contract_is_checked(rig: Rig) -> None:
+    home, _ = await pair(rig)
+    t = make_terms(rig)
+    await refused(home.UpdateContract(record(rig, t)), grpc.StatusCode.FAILED_PRECONDITION, "contract.contract_id")
+    await home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(t)))
+    forged = record(rig, t)
+    forged.terms_json = tj(make_terms(rig, price_msat_per_kwh=1))
+    await refused(home.UpdateContract(forged), grpc.StatusCode.INVALID_ARGUMENT, "terms_json")
+
+
+async def test_relay_follows_cover_and_payments_one_increment_at_a_time(rig: Rig) -> None:
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    await signed_and_active(rig, home, solar, t)
+    await wait_for(lambda: rig.apps["home"].meter.relay.energized, 5, what="relay energized")
+    # nobody pays: the meter's own check blocks before two increments are unpaid
+    m = rig.apps["home"].meter
+    await wait_for(lambda: m.relay.reason.value == "NOT_PAID_UP", 10, what="blocked for payment")
+    assert m.book.unpaid_wh() < 2 * t.increment_wh and not m.relay.energized
+    imported = m.sim_registers().import_wh
+    assert 10 <= imported < 20
+
+    # settlement's round: supplier invoices, consumer pays, preimage matches
+    inv = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    paid = await home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request))
+    assert hashlib.sha256(bytes.fromhex(paid.preimage)).hexdigest() == inv.payment_hash == paid.payment_hash
+    await wait_for(lambda: m.relay.energized, 5, what="energized again after paying")
+    st = await home.GetStatus(meter_pb2.GetStatusRequest())
+    assert st.paid_msat == amount_msat(0, 10, PRICE) and st.relay_changes >= 3 and st.active_contracts == 1
+    supplier = rig.apps["solar"].meter
+    await wait_for(lambda: supplier.status().earned_msat == amount_msat(0, 10, PRICE), 5,
+                   what="supplier sees its invoice settled")
+    pays = await home.ListPayments(meter_pb2.MeterPaymentsRequest())
+    assert [(p.increment, p.incoming) for p in pays.payments] == [(1, False)]
+    incoming = await solar.ListPayments(meter_pb2.MeterPaymentsRequest())
+    assert [(p.increment, p.incoming, p.amount_msat) for p in incoming.payments] == [(1, True, 1234)]
+
+
+async def test_create_invoice_checks_and_idempotency(rig: Rig) -> None:
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    await refused(solar.CreateInvoice(invoice_req(t, 1, 0, 10)), grpc.StatusCode.FAILED_PRECONDITION, "contract_id")
+    await signed_and_active(rig, home, solar, t)
+    await refused(home.CreateInvoice(invoice_req(t, 1, 0, 10)), grpc.StatusCode.FAILED_PRECONDITION, "contract_id")
+    await refused(solar.CreateInvoice(invoice_req(t, 1, 0, 10, amount=1235)), grpc.StatusCode.INVALID_ARGUMENT,
+                  "amount_msat")
+    await refused(solar.CreateInvoice(invoice_req(t, 2, 10, 20)), grpc.StatusCode.FAILED_PRECONDITION, "increment")
+    await refused(solar.CreateInvoice(invoice_req(t, 1, 0, 5)), grpc.StatusCode.FAILED_PRECONDITION, "to_wh")
+    first = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    again = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    assert (again.payment_request, again.payment_hash) == (first.payment_request, first.payment_hash)
+    assert rig.lnds["solar"].calls["AddInvoice"] == 1
+    inv = rig.lnds["solar"].invoices[first.payment_hash]
+    assert inv.memo == "p2pep k-1 #1" and inv.value_msat == 1234 and inv.expiry == 600
+    # the next increment only once the previous one is paid on its own node
+    await refused(solar.CreateInvoice(invoice_req(t, 2, 10, 20)), grpc.StatusCode.FAILED_PRECONDITION, "increment")
+    await rig.lnds["home"].pay(first.payment_request)
+    second = await solar.CreateInvoice(invoice_req(t, 2, 10, 20))
+    assert second.payment_hash != first.payment_hash
+    # the contract ends: a shorter final increment is accepted (settlement says it ended)
+    rig.settlement.contracts[t.contract_id].state = S.CONTRACT_STATE_ENDED_EARLY
+    await rig.lnds["home"].pay(second.payment_request)
+    final = await solar.CreateInvoice(invoice_req(t, 3, 20, 24))
+    assert rig.lnds["solar"].invoices[final.payment_hash].value_msat == amount_msat(20, 24, PRICE)
+
+
+async def test_pay_invoice_checks_and_idempotency(rig: Rig) -> None:
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    await signed_and_active(rig, home, solar, t)
+    m = rig.apps["home"].meter
+    await wait_for(lambda: m.sim_registers().import_wh >= 10, 10, what="an increment imported")
+    # an invoice for another amount, and one from a node that is not the supplier's
+    wrong_amount = await rig.lnds["solar"].add_invoice(value_msat=5000)
+    await refused(home.PayInvoice(pay_req(t, 1, 0, 10, wrong_amount.payment_request)),
+                  grpc.StatusCode.INVALID_ARGUMENT, "payment_request")
+    stranger = rig.net.node("mallory")
+    wrong_payee = await stranger.add_invoice(value_msat=amount_msat(0, 10, PRICE))
+    msg = await refused(home.PayInvoice(pay_req(t, 1, 0, 10, wrong_payee.payment_request)),
+                        grpc.StatusCode.FAILED_PRECONDITION, "payment_request")
+    assert "supplier" in msg
+    await refused(home.PayInvoice(pay_req(t, 1, 0, 10, "lnbogus")), grpc.StatusCode.INVALID_ARGUMENT,
+                  "payment_request")
+    inv = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    await refused(home.PayInvoice(pay_req(t, 2, 10, 20, inv.payment_request)), grpc.StatusCode.FAILED_PRECONDITION,
+                  "increment")
+    await refused(solar.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request)), grpc.StatusCode.FAILED_PRECONDITION,
+                  "contract_id")
+    assert rig.lnds["home"].calls.get("SendPaymentV2", 0) == 0  # nothing refused was paid
+
+    first = await home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request))
+    again = await home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request))
+    assert again.preimage == first.preimage and rig.lnds["home"].calls["SendPaymentV2"] == 1
+    assert m.book.paid_wh_total() == 10
+
+    # paid out of band (e.g. before a restart): lnd says "already paid", the meter finds the preimage
+    inv2 = await solar.CreateInvoice(invoice_req(t, 2, 10, 20))
+    await wait_for(lambda: m.sim_registers().import_wh >= 10, 5)
+    out_of_band = await rig.lnds["home"].pay(inv2.payment_request)
+    got = await home.PayInvoice(pay_req(t, 2, 10, 20, inv2.payment_request))
+    assert got.preimage == out_of_band.preimage
+
+
+async def test_never_pays_for_energy_it_did_not_import(rig: Rig) -> None:
+    home, solar = await pair(rig)
+    t = make_terms(rig, energy_wh=100)
+    # the contract ended before this meter imported anything under it
+    await signed_and_active(rig, home, solar, t, state=S.CONTRACT_STATE_ENDED_EARLY)
+    assert rig.apps["home"].meter.import_since_first_contract_wh == 0
+    inv1 = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    await home.PayInvoice(pay_req(t, 1, 0, 10, inv1.payment_request))  # one increment ahead is allowed
+    inv2 = await solar.CreateInvoice(invoice_req(t, 2, 10, 20))
+    msg = await refused(home.PayInvoice(pay_req(t, 2, 10, 20, inv2.payment_request)),
+                        grpc.StatusCode.FAILED_PRECONDITION, "to_wh")
+    assert "imported" in msg
+    assert rig.lnds["home"].calls["SendPaymentV2"] == 1
+
+
+async def test_failed_payment_blocks_relay_until_a_new_contract(rig: Rig) -> None:
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    await signed_and_active(rig, home, solar, t)
+    m = rig.apps["home"].meter
+    await wait_for(lambda: m.sim_registers().import_wh >= 10, 10, what="an increment imported")
+    inv = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    rig.lnds["home"].fail_pay = "FAILURE_REASON_INSUFFICIENT_BALANCE"
+    msg = await refused(home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request)),
+                        grpc.StatusCode.FAILED_PRECONDITION, "payment_request")
+    assert "INSUFFICIENT_BALANCE" in msg
+    st = await home.GetStatus(meter_pb2.GetStatusRequest())
+    assert not st.relay_energized and st.relay_reason == "PAYMENT_FAILED"
+    # settlement defaults the contract; the relay stays blocked ...
+    rig.settlement.contracts[t.contract_id].state = S.CONTRACT_STATE_DEFAULTED
+    await home.UpdateContract(rig.settlement.contracts[t.contract_id])
+    await asyncio.sleep(0.2)  # a few ticks: nothing may energize it
+    assert not m.relay.energized and m.relay.reason.value == "PAYMENT_FAILED"
+    # ... until a new contract is signed and active
+    rig.lnds["home"].fail_pay = None
+    t2 = make_terms(rig, "k-2")
+    await signed_and_active(rig, home, solar, t2)
+    await wait_for(lambda: m.relay.energized, 5, what="energized under the new contract")
+
+
+async def test_outbox_survives_settlement_outage_and_broken_streams(rig: Rig) -> None:
+    home = await rig.meter("home", "consumer")
+    m = home.meter
+    fake = rig.settlement
+    await wait_for(lambda: len(fake.readings.get("home", {})) >= 3, 10, what="first readings")
+    await rig.server.stop()
+    await wait_for(lambda: m.sender.size >= 10, 10, what="readings buffered while settlement is down")
+    st = m.status()
+    assert st.unacked_readings >= 10
+    # back, but the link drops before some acks: those readings are resent and acked DUPLICATE
+    fake.drop_acks_every = 4
+    await rig.server.start()
+    await wait_for(lambda: fake.duplicates >= 2, 15, what="resent readings")
+    fake.drop_acks_every = 0
+    await wait_for(lambda: m.sender.size <= 2, 15, what="outbox drained")
+    seqs = sorted(fake.readings["home"])
+    assert seqs == list(range(1, seqs[-1] + 1)), "a reading was lost"
+
+
+async def test_restart_resumes_sequence_and_leaving_ends_contracts(rig: Rig) -> None:
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    await signed_and_active(rig, home, solar, t)
+    await wait_for(lambda: rig.apps["home"].meter.relay.energized, 5)
+    app = rig.apps.pop("home")
+    await app.stop()  # SIGTERM path: ends its contract, final reading, flush
+    assert ("k-1", "home", "meter leaving") in rig.settlement.ended
+    last = max(rig.settlement.readings["home"])
+    assert rig.settlement.readings["home"][last].import_wh == app.meter.sim_registers().import_wh
+    again = await rig.meter("home", "consumer")
+    await wait_for(lambda: max(rig.settlement.readings["home"]) > last + 2, 10, what="readings after restart")
+    seqs = sorted(rig.settlement.readings["home"])
+    assert seqs == list(range(1, seqs[-1] + 1))
+    assert again.meter.book.get("k-1") is not None  # its contracts survive the restart
+
+
+async def test_hub_channel_opened_at_startup_when_missing(rig: Rig) -> None:
+    hub = "02" + "33" * 32
+    app = await rig.meter("home", "consumer", hub=f"{hub}@127.0.0.1:9736", channel_sat=1_000_000)
+    lnd = rig.lnds["home"]
+    await wait_for(lambda: lnd.channels_opened, 5, what="hub channel")
+    assert lnd.channels_opened == [(hub, 1_000_000, 500_000)] and lnd.calls["ConnectPeer"] == 1
+    assert app.meter.ready.is_set()
+
+
+async def test_adhoc_consumer_opens_a_channel_to_its_supplier_before_signing(rig: Rig) -> None:
+    await rig.meter("home", "consumer", network_mode="adhoc", channel_sat=100_000)
+    await rig.meter("solar", "producer", network_mode="adhoc", lnd_p2p="127.0.0.1:9737")
+    assert rig.settlement.meters["solar"].node_address == "127.0.0.1:9737"
+    t = make_terms(rig, energy_wh=2_000_000, price_msat_per_kwh=150_000, increment_wh=100)  # 300,000 sat
+    await rig.stub("home").SignContract(meter_pb2.SignContractRequest(terms_json=tj(t)))
+    need = amount_msat(0, 2_000_000, 150_000) // 1000
+    ((peer, sat, push),) = rig.lnds["home"].channels_opened
+    assert peer == rig.lnds["solar"].pubkey and sat >= need and push == 0
+    # enough capacity now: the next contract with that supplier opens nothing
+    await rig.stub("home").SignContract(meter_pb2.SignContractRequest(terms_json=tj(make_terms(rig, "k-2"))))
+    assert len(rig.lnds["home"].channels_opened) == 1
+    assert not rig.lnds["solar"].channels_opened
