@@ -28,6 +28,7 @@ from services.meter.checks import (
     check_terms,
     fee_limit_msat,
     own_check_allows,
+    own_check_blocks,
     parse_terms,
 )
 from services.meter.ordering import (
@@ -218,6 +219,16 @@ def test_own_check_never_lets_two_increments_go_unpaid() -> None:
     assert own_check_allows(11, 8, 10)
     assert not own_check_allows(12, 8, 10)
     assert fee_limit_msat(100_000) == 2000
+
+
+def test_own_check_is_per_contract_so_a_split_demand_does_not_deadlock() -> None:
+    # two suppliers, each with 9 Wh unpaid: nothing is due at settlement, 18 Wh in total
+    assert own_check_blocks([("a", 9, 10), ("b", 9, 10)], 4) is None
+    why = own_check_blocks([("a", 9, 10), ("b", 17, 10)], 4)
+    assert why is not None and "contract b" in why
+    book = ContractBook([view(contract_id="a", energy_wh=30), view(contract_id="b", energy_wh=30)])
+    book.attribute_import(40)  # a is full: it gets no more energy, so it does not count
+    assert [c for c, _, _ in book.exposure()] == ["b"]
 
 
 @given(st.lists(st.integers(0, 9), min_size=1, max_size=200))

@@ -6,9 +6,9 @@ it attributes its own import to its active contracts exactly as settlement does
 (:func:`p2pep.settling.allocation.allocate`: by tier, weighted by contracted power,
 capped by energy left) and counts its own payments. From that it knows
 
-- ``unpaid_wh``: energy imported under contracts that it has not paid for yet
-  (the relay's own check: one full increment may be unpaid while it is being
-  paid, never two);
+- per contract, energy imported under it that it has not paid for yet (the
+  relay's own check: one full increment may be unpaid while it is being paid,
+  never two);
 - the cover its contracts give the relay (active, energy left, paid up);
 - the energy left in its contracts (order sizing).
 
@@ -191,6 +191,12 @@ class ContractBook:
     def unpaid_wh(self) -> int:
         """Energy imported under contracts not yet paid (contracts not written off)."""
         return sum(v.unpaid_wh for v in self._views.values() if v.party is Party.CONSUMER and not v.written_off)
+
+    def exposure(self) -> list[tuple[str, int, int]]:
+        """``(contract_id, unpaid_wh, increment_wh)`` of the active consumer contracts that
+        can still take energy (the ones the next step may be attributed to)."""
+        return [(v.contract_id, v.unpaid_wh, v.terms.increment_wh)
+                for v in self.of(Party.CONSUMER, (ContractState.ACTIVE,)) if v.attributed_wh < v.terms.energy_wh]
 
     def paid_wh_total(self) -> int:
         return sum(v.paid_wh for v in self._views.values() if v.party is Party.CONSUMER)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Iterable
 
 from p2pep.settling.contracts import ContractError, ContractState, ContractTerms
 from p2pep.settling.increments import IncrementClaimError, check_increment_claim
@@ -207,6 +208,22 @@ def fee_limit_msat(amount_msat: int) -> int:
 
 
 def own_check_allows(unpaid_wh: int, next_step_wh: int, increment_wh: int) -> bool:
-    """The meter's own check before it lets the next step flow: after it, less than two
-    increments may be unpaid (one full increment while it is being paid, never two)."""
+    """The meter's own check of one contract before it lets the next step flow: after
+    it, less than two increments of the contract may be unpaid (one full increment
+    while it is being paid, never two)."""
     return unpaid_wh + next_step_wh < 2 * increment_wh
+
+
+def own_check_blocks(contracts: Iterable[tuple[str, int, int]], next_step_wh: int) -> str | None:
+    """The first ``(contract_id, unpaid_wh, increment_wh)`` the next step could push to two
+    unpaid increments (its share of the step is at most the whole step), as a reason;
+    None if the step may flow.
+
+    Per contract, not in total: with a demand split over several suppliers each
+    contract may hold almost one increment unpaid that is not due yet, so a total of
+    two increments unpaid is normal there, and blocking on it would wait for payments
+    that settlement has no reason to make."""
+    for cid, unpaid, inc in contracts:
+        if not own_check_allows(unpaid, next_step_wh, inc):
+            return f"own check: contract {cid} has {unpaid} Wh unpaid + {next_step_wh} Wh next step >= 2 x {inc} Wh"
+    return None

@@ -14,8 +14,10 @@ and place orders when a window begins.
 
 The relay is energized only while active, paid-up contracts with energy left cover
 the next step *and* the meter's own check holds: after the next step, less than two
-increments imported under contracts may be unpaid. A failed payment blocks it at
-once until a contract signed after the failure becomes active.
+increments of any contract may be unpaid by its own count (one full increment while
+it is being paid, never two; per contract, see :func:`.checks.own_check_blocks`). A
+failed payment blocks it at once until a contract signed after the failure becomes
+active.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from p2pep.metering.sources import FlowTimeline
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import metrics
 from services.meter.book import ContractBook, Party
-from services.meter.checks import own_check_allows
+from services.meter.checks import own_check_blocks
 from services.meter.lightning import BalanceCache, LightningNode, Stopping, ensure_channel, wait_node_ready
 from services.meter.ordering import window_index
 from services.meter.sender import ReadingSender
@@ -325,13 +327,9 @@ class Meter:
             return self._applied(self.relay.block(now, RelayReason.PAYMENT_FAILED, self.payment_failed_detail))
         demand = self.sim.demand(self.s.tick_sim_ms)
         covers = self.book.covers()
-        increments = [v.terms.increment_wh for v in self.book.of(Party.CONSUMER) if v.active]
-        if covers and increments:
-            unpaid = self.book.unpaid_wh()
-            if not own_check_allows(unpaid, demand.energy_wh, min(increments)):
-                return self._applied(self.relay.block(
-                    now, RelayReason.NOT_PAID_UP,
-                    f"own check: {unpaid} Wh unpaid + {demand.energy_wh} Wh next step >= 2 increments"))
+        why = own_check_blocks(self.book.exposure(), demand.energy_wh)
+        if why is not None:
+            return self._applied(self.relay.block(now, RelayReason.NOT_PAID_UP, why))
         # Contracts run on settlement's real clock, demand power on the simulated one:
         # cover is judged by energy (the next step must fit in paid-up contracts).
         return self._applied(self.relay.evaluate(now, Demand(0, demand.energy_wh), covers))
