@@ -19,7 +19,9 @@ def book_invariants(m: Market, crossed_ok: bool = False) -> None:
         live = [o for o in side.orders.values()]
         assert all(o.live and o.remaining > 0 and o.side is side.side for o in live)
         assert side.volume_wh == sum(o.remaining for o in live)
-        assert sum(len(v) for v in side.by_meter.values()) == len(live)
+        indexed = [o.id for v in side.by_meter.values() for o in v if o.live]
+        assert sorted(indexed) == sorted(side.orders)
+        assert side.meters() == {o.meter for o in live}
         in_levels = {o.id for level in side.levels.values() for o in level if o.live}
         assert in_levels == set(side.orders)
         assert sorted(side.heap) == sorted(side.levels)

@@ -192,3 +192,17 @@ def test_restore_keeps_seq_and_time_priority() -> None:
     assert m.knows("gone") and m.next_seq == 12
     r = m.submit(dem("d", "C", 15, 100), 0)
     assert [t.sell_order for t in r.trades] == ["a", "b"] and r.order.seq == 12
+
+
+def test_meter_index_is_compacted_and_tiers_still_work() -> None:
+    m = Market()
+    m.open_contract("c1", consumer="C", supplier="A")
+    for i in range(3000):
+        m.submit(sup(f"s{i}", "A" if i % 2 else "B", 1, 100), 0)
+    for i in range(2990):
+        m.submit(dem(f"d{i}", "X", 1, 100), 0)
+    assert m.book.supply.dead_in_index <= len(m.book.supply.orders) + 1024
+    assert sum(len(v) for v in m.book.supply.by_meter.values()) < 1100
+    r = m.submit(dem("mine", "C", 3, 100), 0)
+    assert [(t.seller, t.tier) for t in r.trades] == [("A", Tier.CONTINUING)] * len(r.trades)
+    book_invariants(m)

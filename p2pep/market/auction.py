@@ -18,9 +18,13 @@
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import repeat
 from operator import attrgetter
+from typing import Iterator
 
 import numpy as np
 
@@ -30,6 +34,23 @@ from p2pep.market.model import Order, Side, Tier, Trade
 _I64 = np.int64
 _price = attrgetter("price")
 _remaining = attrgetter("remaining")
+_id = attrgetter("id")
+_meter = attrgetter("meter")
+_filled_before = attrgetter("filled_before")
+_new_trade = partial(tuple.__new__, Trade)  # C-level: no Python frame per trade
+_TIER_BY_CODE = [None, Tier.CONTINUING, Tier.SPLIT, Tier.NOMINATED, Tier.PRICE_TIME]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Bulk steps allocate many acyclic objects; rescanning them would dominate."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @dataclass(slots=True)
@@ -42,7 +63,7 @@ class Clearing:
     eligible_demand: int = 0
     eligible_supply: int = 0
     _pref: list[Trade] = field(default_factory=list)
-    _cols: tuple[list[Order], list[Order], list[int], list[int], list[int], list[bool]] | None = None
+    _cols: tuple[list[Order], list[Order], list[int], list[int], list[int], list[int]] | None = None
     _trades: list[Trade] | None = None
 
     @property
@@ -50,20 +71,14 @@ class Clearing:
         if self._trades is None:
             out = list(self._pref)
             if self._cols is not None:
-                D, S, dl, sl, el, split = self._cols
-                buys = [D[a] for a in dl]
-                sells = [S[b] for b in sl]
-                tiers = [Tier.SPLIT if split[a] else Tier.PRICE_TIME for a in dl]
-                out.extend(
-                    map(
-                        Trade._make,
-                        zip(
-                            [o.id for o in buys], [o.id for o in sells],
-                            [o.meter for o in buys], [o.meter for o in sells],
-                            el, repeat(self.price), tiers, repeat(None),
-                        ),
-                    )
-                )
+                D, S, dl, sl, el, codes = self._cols
+                with _gc_paused():
+                    buys = list(map(D.__getitem__, dl))
+                    sells = list(map(S.__getitem__, sl))
+                    out.extend(map(_new_trade, zip(
+                        map(_id, buys), map(_id, sells), map(_meter, buys), map(_meter, sells),
+                        el, repeat(self.price), map(_TIER_BY_CODE.__getitem__, codes), repeat(None),
+                    )))
             self._trades = out
         return self._trades
 
@@ -122,13 +137,13 @@ def _pref_pairs(
     active = market.active
     pref: dict[str, Order] = {}
     for consumer in active.by_consumer:
-        pref.update(book.demand.by_meter.get(consumer, {}))
+        pref.update((o.id, o) for o in book.demand.orders_of(consumer))
     for nominee, orders in book.nominated.items():
         for o in orders.values():
             if o.side is Side.DEMAND:
                 pref[o.id] = o
             else:
-                pref.update(book.demand.by_meter.get(nominee, {}))
+                pref.update((x.id, x) for x in book.demand.orders_of(nominee))
     pref_d = sorted((o for o in pref.values() if o.price >= price), key=lambda o: (-o.price, o.seq))
     if not pref_d:
         return []
@@ -142,7 +157,7 @@ def _pref_pairs(
         cands = [
             (t, s.price, s.seq, s)
             for m, t in tiers.items()
-            for s in book.supply.by_meter.get(m, {}).values()
+            for s in book.supply.orders_of(m)
             if s.price <= price
         ]
         cands += [
@@ -215,6 +230,11 @@ def clear(market: Market, now_ms: int) -> Clearing:
     Relies on each side's order dict being in arrival (seq) order, which the book keeps
     (orders are inserted with increasing seq; see :meth:`Market.restore`).
     """
+    with _gc_paused():
+        return _clear(market, now_ms)
+
+
+def _clear(market: Market, now_ms: int) -> Clearing:
     expired = market.expire(now_ms)
     book = market.book
     D = list(book.demand.orders.values())
@@ -242,8 +262,14 @@ def clear(market: Market, now_ms: int) -> Clearing:
     cs = np.cumsum(rem_s[s_order], dtype=_I64)
     total = min(int(cd[-1]) if len(cd) else 0, int(cs[-1]) if len(cs) else 0)
     if total > 0:
-        bps = np.union1d(cd[cd <= total], cs[cs <= total])
-        bps = bps[bps > 0]
+        # breakpoints: the union of both cumulative curves up to the volume (both are
+        # sorted, so a stable sort is a linear merge)
+        bps = np.concatenate((cd[cd <= total], cs[cs <= total]))
+        bps.sort(kind="stable")
+        keep = np.empty(len(bps), bool)
+        keep[0] = True
+        np.not_equal(bps[1:], bps[:-1], out=keep[1:])
+        bps = bps[keep & (bps > 0)]
         starts = np.concatenate((np.zeros(1, _I64), bps[:-1]))
         di = d_order[np.searchsorted(cd, starts, "right")]
         si = s_order[np.searchsorted(cs, starts, "right")]
@@ -281,21 +307,19 @@ def clear(market: Market, now_ms: int) -> Clearing:
         fill_s[j] += q
         ntr[i] += 1
     # tier 2: a demand served by several suppliers (in this clearing or before)
-    touched = np.flatnonzero(ntr).tolist()
-    for i in touched:
-        if D[i].filled_before:
-            prior[i] = True
-    split = ((ntr >= 2) | prior).tolist()
+    touched = np.flatnonzero(ntr)
+    prior[touched] = np.fromiter(map(_filled_before, map(D.__getitem__, touched.tolist())), bool, len(touched))
+    codes = np.where((ntr >= 2) | prior, int(Tier.SPLIT), int(Tier.PRICE_TIME))
 
     # book update
     for side, orders, fill, before in ((book.demand, D, fill_d, dq), (book.supply, S, fill_s, sq)):
         full = np.flatnonzero((fill == before) & (fill > 0)).tolist()
-        book.remove_filled(side, [orders[i] for i in full])
+        book.remove_filled(side, list(map(orders.__getitem__, full)))
         part = np.flatnonzero((fill > 0) & (fill < before)).tolist()
         for i in part:
             book.reduce(orders[i], int(fill[i]))
 
-    cols = (D, S, di.tolist(), si.tolist(), e.tolist(), split)
+    cols = (D, S, di.tolist(), si.tolist(), e.tolist(), codes[di].tolist())
     return Clearing(
         price, int(fill_d.sum()), expired, len(d_order), len(s_order), pref_trades, cols
     )

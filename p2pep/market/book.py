@@ -7,8 +7,10 @@ Layout, chosen for speed in pure Python:
   price, so ``heap[0]`` is always the best level and a counter-order crosses a level
   iff ``key <= limit_key``. A key is in the heap iff it is in ``levels``.
 * removal is lazy: a filled, cancelled or expired order is marked ``live = False``
-  and unlinked from the id and meter indexes in O(1); its level entry is dropped when
-  it reaches the front of the FIFO. A level is deleted when it is found empty at the top.
+  and unlinked from the id index in O(1); its level entry is dropped when it reaches
+  the front of the FIFO, and a level is deleted when it is found empty at the top.
+  The per-meter index (for the tiers) is append-only too: lookups skip dead orders,
+  and it is compacted in one pass once it holds more dead entries than live orders.
 
 The book only stores; matching lives in :mod:`p2pep.market.engine`.
 """
@@ -24,7 +26,7 @@ from p2pep.market.model import Order, Side
 
 
 class BookSide:
-    __slots__ = ("side", "sign", "levels", "heap", "orders", "by_meter", "volume_wh")
+    __slots__ = ("side", "sign", "levels", "heap", "orders", "by_meter", "volume_wh", "dead_in_index")
 
     def __init__(self, side: Side) -> None:
         self.side = side
@@ -32,8 +34,9 @@ class BookSide:
         self.levels: dict[int, deque[Order]] = {}
         self.heap: list[int] = []
         self.orders: dict[str, Order] = {}
-        self.by_meter: dict[str, dict[str, Order]] = {}
+        self.by_meter: dict[str, list[Order]] = {}  # may hold dead orders; see orders_of()
         self.volume_wh = 0
+        self.dead_in_index = 0
 
     def key(self, price: int) -> int:
         return price * self.sign
@@ -48,21 +51,38 @@ class BookSide:
         self.orders[o.id] = o
         m = self.by_meter.get(o.meter)
         if m is None:
-            self.by_meter[o.meter] = {o.id: o}
+            self.by_meter[o.meter] = [o]
         else:
-            m[o.id] = o
+            m.append(o)
         self.volume_wh += o.remaining
         o.live = True
 
     def unlink(self, o: Order) -> None:
-        """Take ``o`` out of the indexes (its level entry goes lazily)."""
+        """Take ``o`` out of the id index (its level and meter entries go lazily)."""
         o.live = False
         del self.orders[o.id]
-        m = self.by_meter[o.meter]
-        del m[o.id]
-        if not m:
-            del self.by_meter[o.meter]
         self.volume_wh -= o.remaining
+        self.dead_in_index += 1
+        if self.dead_in_index > 1024 and self.dead_in_index > len(self.orders):
+            self.compact_meter_index()
+
+    def orders_of(self, meter: str) -> list[Order]:
+        """Live orders of ``meter`` on this side, oldest first."""
+        return [o for o in self.by_meter.get(meter, ()) if o.live]
+
+    def meters(self) -> set[str]:
+        """Meters with live orders on this side."""
+        return {m for m, lst in self.by_meter.items() if any(o.live for o in lst)}
+
+    def compact_meter_index(self) -> None:
+        index = self.by_meter
+        for meter, lst in list(index.items()):
+            live = [o for o in lst if o.live]
+            if live:
+                lst[:] = live
+            else:
+                del index[meter]
+        self.dead_in_index = 0
 
     def levels_best_first(self) -> Iterator[tuple[int, int, int]]:
         """``(price, energy_wh, orders)`` of non-empty levels, best first (O(L log L))."""
@@ -131,25 +151,27 @@ class OrderBook:
     def remove_filled(self, side: BookSide, filled: list[Order]) -> None:
         """Bulk :meth:`reduce` to zero of many orders of one side (auction clearing)."""
         orders = side.orders
-        by_meter = side.by_meter
         total = 0
+        bulk = len(filled) * 4 > len(orders)  # cheaper to rebuild the id index than delete
         for o in filled:
             total += o.remaining
             o.remaining = 0
             o.live = False
             o.filled_before = True
-            del orders[o.id]
-            m = by_meter[o.meter]
-            del m[o.id]
-            if not m:
-                del by_meter[o.meter]
+            if not bulk:
+                del orders[o.id]
             if o.partners:
                 for p in o.partners:
                     d = self.nominated[p]
                     del d[o.id]
                     if not d:
                         del self.nominated[p]
+        if bulk:  # keeps arrival order
+            side.orders = orders = {k: o for k, o in orders.items() if o.live}
         side.volume_wh -= total
+        side.dead_in_index += len(filled)
+        if side.dead_in_index > 1024 and side.dead_in_index > len(orders):
+            side.compact_meter_index()
 
     def remove(self, order_id: str) -> Order:
         o = self.get(order_id)

@@ -92,9 +92,15 @@ class Market:
         self.book.insert(o)
 
     def restore(self, o: Order) -> None:
-        """Put back an order persisted earlier, keeping its ``seq`` (restart)."""
+        """Put back an order persisted earlier, keeping its ``seq`` (restart).
+
+        Orders must be restored in ``seq`` order: each side's dict then stays in arrival
+        order, which :func:`p2pep.market.auction.clear` relies on for time priority.
+        """
         if o.id in self.book:
             raise DuplicateOrder("order_id", f"order {o.id!r} already restored")
+        if o.seq < self._next_seq:
+            raise ValueError(f"restore in seq order: {o.id!r} has seq {o.seq} < {self._next_seq}")
         self._ids.add(o.id)
         self._next_seq = max(self._next_seq, o.seq + 1)
         self.book.insert(o)
@@ -123,7 +129,7 @@ class Market:
     # -------------------------------------------------------------- matching
     def submit(self, o: Order, now_ms: int) -> MatchResult:
         """Accept ``o``, match it at once, rest what is left."""
-        # _accept, inlined: this is the hot path of continuous mode
+        # _accept and the book insert are inlined: this is the hot path of continuous mode
         if o.id in self._ids or o.renews is not None:
             self.check(o)
         self._ids.add(o.id)
@@ -134,17 +140,23 @@ class Market:
         expired: list[Order] = []
         book = self.book
         if o.side is _DEMAND:
-            opp = book.supply
+            opp, own = book.supply, book.demand
             pref = o.meter in self.active.by_consumer
+            limit_key = o.price
         else:
-            opp = book.demand
+            opp, own = book.demand, book.supply
             pref = o.meter in self.active.by_supplier
+            limit_key = -o.price
         if pref or o.partners or o.meter in book.nominated:
             self._match_preferred(o, opp, trades, makers, expired, now_ms)
-        if o.remaining and opp.heap and opp.heap[0] <= (o.price if o.side is _DEMAND else -o.price):
+        heap = opp.heap
+        if o.remaining and heap and heap[0] <= limit_key:
             self._walk(o, opp, trades, makers, expired, now_ms)
         if o.remaining:
-            book.insert(o)
+            if o.expiry_ms is None and not o.partners:
+                own.insert(o)
+            else:
+                book.insert(o)
         return MatchResult(o, trades, makers, expired)
 
     def _trade(self, taker: Order, maker: Order, qty: int, tier: Tier, renews: str | None) -> Trade:
@@ -166,8 +178,8 @@ class Market:
         limit_key = o.price if demand else -o.price
         cands: list[tuple[int, int, int, Order]] = []
         for m, t in tiers.items():
-            for r in opp.by_meter.get(m, {}).values():
-                if r.price * sign <= limit_key:
+            for r in opp.by_meter.get(m, ()):
+                if r.live and r.price * sign <= limit_key:
                     cands.append((t, r.price * sign, r.seq, r))
         for r in self.book.nominated.get(o.meter, {}).values():
             if r.side is opp.side and r.meter not in tiers and r.meter != o.meter and r.price * sign <= limit_key:
@@ -214,7 +226,8 @@ class Market:
         first_trade = len(trades)
         stash: list[int] = []
         book = self.book
-        reduce = book.reduce
+        unlink = opp.unlink
+        volume = 0
         while rem and heap:
             key = heap[0]
             if key > limit_key:
@@ -242,7 +255,14 @@ class Market:
                     trades.append(Trade(r.id, o.id, r.meter, meter, q, price, tier, None))
                 makers.append(r)
                 rem -= q
-                reduce(r, q)
+                volume += q
+                r.filled_before = True
+                r.remaining -= q
+                if not r.remaining:
+                    if r.partners:
+                        book.unlink(r)
+                    else:
+                        unlink(r)
                 if not rem:
                     break
             while level and not level[0].live:
@@ -254,6 +274,7 @@ class Market:
                 stash.append(heapq.heappop(heap))
         for key in stash:
             heapq.heappush(heap, key)
+        opp.volume_wh -= volume
         o.remaining = rem
         if demand and len(trades) > 1:
             # the demand took from several suppliers: tier 2 for the price-time part

@@ -24,7 +24,6 @@ from p2pep.market import (
     Market,
     MarketError,
     Side,
-    Tier,
     Trade,
     UnknownContract,
     clear,
@@ -485,7 +484,7 @@ class Matcher:
                     out.add(price_msat_per_kwh=price, energy_wh=energy, orders=count)
             for m in dict.fromkeys(meters):
                 for side in (b.supply, b.demand):
-                    for o in side.by_meter.get(m, {}).values():
+                    for o in side.orders_of(m):
                         resp.orders.append(order_msg(o))  # type: ignore[arg-type]
             if self.periodic and self.next_clearing_ms:
                 resp.next_clearing.CopyFrom(ms_ts(self.next_clearing_ms))
@@ -523,4 +522,4 @@ class Matcher:
                 log.error("housekeeping not stored; will retry")
 
 
-__all__ = ["Matcher", "ContractRec", "SubmitResult", "StorageFailed", "Tier"]
+__all__ = ["ContractRec", "Matcher", "StorageFailed", "SubmitResult"]
