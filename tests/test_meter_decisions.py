@@ -226,8 +226,9 @@ def test_own_check_is_per_contract_so_a_split_demand_does_not_deadlock() -> None
     assert own_check_blocks([("a", 9, 10), ("b", 9, 10)], 4) is None
     why = own_check_blocks([("a", 9, 10), ("b", 17, 10)], 4)
     assert why is not None and "contract b" in why
-    book = ContractBook([view(contract_id="a", energy_wh=10), view(contract_id="b", energy_wh=100)])
-    book.attribute_import(40)  # a is full: it gets no more energy, so it does not count
+    a, b = view(contract_id="a", energy_wh=10), view(contract_id="b", energy_wh=100)
+    a.attributed_wh, b.attributed_wh = 10, 30
+    book = ContractBook([a, b])  # a is used up: it gets no more energy, so the step cannot push it
     assert [c for c, _, _ in book.exposure()] == ["b"]
 
 
