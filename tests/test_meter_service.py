@@ -482,3 +482,24 @@ async def test_adhoc_consumer_opens_a_channel_to_its_supplier_before_signing(rig
     await rig.stub("home").SignContract(meter_pb2.SignContractRequest(terms_json=tj(make_terms(rig, "k-2"))))
     assert len(rig.lnds["home"].channels_opened) == 1
     assert not rig.lnds["solar"].channels_opened
+
+
+async def test_consumer_refuses_contracts_its_channels_cannot_pay(rig: Rig) -> None:
+    hub = "03" + "11" * 32  # the fake node's channel peer: 1,000,000 sat spendable
+    await rig.meter("home", "consumer", hub=f"{hub}@127.0.0.1:9736", channel_sat=100_000)
+    await rig.meter("solar", "producer")
+    home, lnd = rig.stub("home"), rig.lnds["home"]
+    assert not lnd.channels_opened  # it has a hub channel already
+    small = make_terms(rig, "k-1", energy_wh=1000, price_msat_per_kwh=150_000)  # 150 sat
+    await home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(small)))
+    assert not lnd.channels_opened
+    big = make_terms(rig, "k-2", energy_wh=8_000_000, increment_wh=100, price_msat_per_kwh=150_000)  # 1.2M sat
+    await home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(big)))
+    ((peer, sat, push),) = lnd.channels_opened  # another hub channel for the capacity
+    assert peer == hub and push == 0 and sat >= 1_200_000
+    lnd.fail_open = "not enough witness outputs to create funding transaction"
+    lnd.channels_opened.clear()
+    huge = make_terms(rig, "k-3", energy_wh=9_000_000, increment_wh=100, price_msat_per_kwh=150_000)
+    msg = await refused(home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(huge))),
+                        grpc.StatusCode.FAILED_PRECONDITION, "terms_json.energy_wh")
+    assert "witness outputs" in msg

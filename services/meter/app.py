@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 import structlog
+from pydantic import ValidationError
 
 from p2pep.lnd.client import LndClient, LndConnection
 from p2pep.servicekit import ServiceHost, configure_logging
@@ -50,8 +51,21 @@ def lnd_client(s: MeterSettings) -> LndClient:
     return LndClient(LndConnection(s.meter_id, s.lnd_rpcserver, s.lnd_tls_cert, s.lnd_macaroon))
 
 
+def load_settings() -> MeterSettings:
+    """Settings from the environment; a bad or missing variable exits with a one-line
+    message naming it."""
+    try:
+        return MeterSettings()  # type: ignore[call-arg]  # required fields come from the environment
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"P2PEP_METER_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "") + e["msg"]
+            for e in exc.errors()
+        )
+        raise SystemExit(f"meter: bad configuration: {problems}") from None
+
+
 async def main(stop: asyncio.Event) -> None:
-    settings = MeterSettings()  # type: ignore[call-arg]  # from the environment
+    settings = load_settings()
     configure_logging(settings.log_level, json=settings.log_json, service=f"meter:{settings.meter_id}")
     app = await start_meter(settings, lnd_client(settings))
     failed = asyncio.create_task(app.meter.failed.wait())

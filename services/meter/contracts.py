@@ -86,8 +86,8 @@ class ContractDesk:
                 return existing.signature, m.node_pubkey
             now = real_ms()
             party = check_terms(terms, self.policy(), now_ms=now, **await self._order_bounds(terms, now))
-        if party is Party.CONSUMER and m.s.network_mode == "adhoc":
-            await self._ensure_adhoc_channel(terms)
+        if party is Party.CONSUMER:
+            await self._ensure_capacity(terms)
         async with self._sign_lock:
             if terms.contract_id in m.book:  # signed meanwhile by a concurrent call
                 return m.book.get(terms.contract_id).signature, m.node_pubkey  # type: ignore[union-attr]
@@ -115,24 +115,41 @@ class ContractDesk:
         committed = sum(v.terms.energy_wh for v in self.m.book.of(party) if v.signed_ms >= since)
         return {"ordered_wh": ordered, "committed_wh": committed}
 
-    async def _ensure_adhoc_channel(self, terms: ContractTerms) -> None:
-        """Ad hoc microgrid: pay the supplier straight, over a channel of our own that can
-        carry the whole contract."""
+    async def _ensure_capacity(self, terms: ContractTerms) -> None:
+        """Never agree to a contract it cannot pay: its channels must be able to send what
+        is left to pay of its open contracts plus this one (with fee margins). In an ad
+        hoc microgrid it pays the supplier straight, over a channel of its own to the
+        supplier's node; through a hub, over its hub channels. If they cannot, it opens
+        another channel (and waits until it is active, someone mines blocks); if that
+        fails (e.g. the wallet is empty), it refuses."""
         m = self.m
-        node, address = await self.peer_node(terms.supplier)
-        if not node:
-            raise Refusal(Code.FAILED_PRECONDITION, "terms_json.supplier",
-                          f"the LND node of supplier {terms.supplier} is unknown")
-        need_msat = amount_msat(0, terms.energy_wh, terms.price_msat_per_kwh)
-        need_sat = -(-(need_msat + fee_limit_msat(need_msat)) // 1000)
+        adhoc = m.s.network_mode == "adhoc"
+        if adhoc:
+            node, host = await self.peer_node(terms.supplier)
+            if not node:
+                raise Refusal(Code.FAILED_PRECONDITION, "terms_json.supplier",
+                              f"the LND node of supplier {terms.supplier} is unknown")
+        elif m.s.hub:
+            parsed = parse_node_address(m.s.hub)
+            assert parsed is not None
+            node, host = parsed
+        else:
+            return
+        field = "terms_json.supplier" if adhoc else "terms_json.energy_wh"
         lock = self._peer_locks.setdefault(node, asyncio.Lock())
         async with lock:
+            open_ = [v for v in m.book.of(Party.CONSUMER) if not adhoc or v.terms.supplier == terms.supplier]
+            left = [amount_msat(0, terms.energy_wh, terms.price_msat_per_kwh)]
+            left += [amount_msat(min(v.paid_wh, v.terms.energy_wh), v.terms.energy_wh, v.terms.price_msat_per_kwh)
+                     for v in open_]
+            need_sat = -(-sum(a + fee_limit_msat(a) for a in left if a) // 1000)
             try:
-                await ensure_channel(m.lnd, node, address, need_sat=need_sat,
+                await ensure_channel(m.lnd, node, host, need_sat=need_sat,
                                      open_sat=max(m.s.channel_sat, 2 * need_sat), wait_s=m.s.channel_wait_s)
             except Exception as e:
-                raise Refusal(Code.FAILED_PRECONDITION, "terms_json.supplier",
-                              f"no channel to supplier {terms.supplier} can carry {need_sat} sat: {e}") from e
+                raise Refusal(Code.FAILED_PRECONDITION, field,
+                              f"its channels to {node[:16]}... cannot send the {need_sat} sat its contracts "
+                              f"need: {e}") from e
 
     async def peer_node(self, meter_id: str) -> tuple[str, str]:
         """``(node pubkey, p2p host:port)`` of another meter, as it registered with

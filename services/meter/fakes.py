@@ -42,6 +42,8 @@ class FakeLnd:
         self.fee_msat = 0
         self.local_sat = 1_000_000
         self.channels_opened: list[tuple[str, int, int]] = []
+        self.fail_open: str | None = None
+        """Set to a reason: opening channels fails with it (e.g. an empty wallet)."""
 
     def _call(self, method: str) -> None:
         self.calls[method] = self.calls.get(method, 0) + 1
@@ -143,6 +145,8 @@ class FakeLnd:
     async def open_channel(self, pubkey: str, local_sat: int, push_sat: int = 0, private: bool = False,
                            sat_per_vbyte: int = 2) -> str:
         self._call("OpenChannelSync")
+        if self.fail_open is not None:
+            raise LndError(self.name, "OpenChannelSync", f"UNKNOWN: {self.fail_open}")
         self.channels_opened.append((pubkey, local_sat, push_sat))
         return f"{secrets.token_hex(32)}:0"
 
