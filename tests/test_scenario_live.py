@@ -43,7 +43,7 @@ def test_render_shows_meters_contracts_payments() -> None:
 
 def test_summary_lists_failed_checks() -> None:
     report = {
-        "scenario": {"name": "x"}, "run": {"real_seconds": 90.0},
+        "scenario": {"name": "x"}, "run": {"real_seconds": 90.0, "interrupted": False},
         "totals": {"contracts": 1, "payments": 2, "delivered_wh": 20, "paid_msat": 5000, "fees_msat": 2000,
                    "contracts_by_state": {"CONTRACT_STATE_ACTIVE": 1}},
         "meters": {"meter-1": {"role": "producer", "export_wh": 20, "paid_msat_by_payments": 0,

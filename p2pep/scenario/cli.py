@@ -73,7 +73,10 @@ def _summary(report: dict[str, Any]) -> str:
                      + ("" if c.get("ok") else f"  {json.dumps(c.get('detail'))[:400]}"))
     for e in report["errors"]:
         lines.append(f"  error: {e}")
-    lines.append("OK" if report["ok"] else "NOT OK")
+    if report["run"].get("interrupted"):
+        lines.append("INTERRUPTED (the checks above cover the part that ran)")
+    else:
+        lines.append("OK" if report["ok"] else "NOT OK")
     return "\n".join(lines)
 
 

@@ -127,7 +127,7 @@ def render(v: View) -> RenderableType:
     for r in shown:
         c = r.contract
         win = f"{_clock(ts_ms(c.start) or 0, v.tz)}–{_clock(ts_ms(c.end) or 0, v.tz)}" if ts_ms(c.start) else ""
-        ct.add_row(c.contract_id[:12], f"{c.consumer} → {c.supplier}", win,
+        ct.add_row(c.contract_id, f"{c.consumer} → {c.supplier}", win,
                    f"{kwh(r.delivered_wh)} / {kwh(c.energy_wh)}", f"{c.price_msat_per_kwh // 1000:,}",
                    sats(r.paid_msat), _state(r.state))
     if len(v.contracts) > len(shown):
@@ -138,8 +138,8 @@ def render(v: View) -> RenderableType:
                       ("fee sat", "right"), ("payer → payee", "left"), ("hash", "left")]:
         pt.add_column(col, justify=just)  # type: ignore[arg-type]
     for p in sorted(v.payments, key=lambda p: ts_ms(p.settled) or 0)[-6:][::-1]:
-        pt.add_row(p.contract_id[:12], str(p.increment), f"{p.from_wh}–{p.to_wh}", sats(p.amount_msat),
-                   sats(p.fee_msat), f"{p.payer} → {p.payee}", p.payment_hash[:16])
+        pt.add_row(p.contract_id, str(p.increment), f"{p.from_wh}–{p.to_wh}", sats(p.amount_msat),
+                   sats(p.fee_msat), f"{p.payer} → {p.payee}", p.payment_hash[:12])
 
     log = Text("\n".join(f"[{t:5.0f}s] {m}" for t, m in v.messages), style="dim")
     return Group(Panel(Group(head, bar)), mt, ct, pt, Panel(log, title="runner", title_align="left"))
