@@ -76,6 +76,8 @@ class ContractDesk:
         m = self.m
         if not m.ready.is_set():
             raise Refusal(Code.UNAVAILABLE, "meter", "the meter is starting")
+        if m.leaving:
+            raise Refusal(Code.FAILED_PRECONDITION, "meter", "the meter is leaving: it signs no new contract")
         terms = parse_terms(terms_json)
         async with self._sign_lock:
             existing = m.book.get(terms.contract_id)

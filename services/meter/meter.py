@@ -246,6 +246,10 @@ class Meter:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
+    @property
+    def leaving(self) -> bool:
+        return self._stop.is_set()
+
     # -- the simulation -------------------------------------------------------------------------------
 
     def sim_registers(self) -> Registers:
@@ -435,9 +439,9 @@ class Meter:
     # -- shutdown --------------------------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
-        """Leave gracefully: final reading, flush, end contracts (settlement pays what was
-        delivered, which needs this meter's gRPC server: it is stopped after this),
-        cancel resting orders."""
+        """Leave gracefully: final reading, no new contracts (resting orders cancelled,
+        SignContract refused), flush the outbox, end its contracts (settlement pays what
+        was delivered, which needs this meter's gRPC server: it is stopped after this)."""
         self._stop.set()
         for name in ("startup", "orders", "match-events", "ticks"):
             task = self._tasks.get(name)
@@ -450,15 +454,16 @@ class Meter:
             except Exception:
                 log.exception("final reading failed")
         self._stopping = True
-        flushed = await self.sender.flush(self.s.flush_timeout_s)
-        log.info("outbox flushed" if flushed else "outbox not flushed", unacked=self.sender.size)
-        if self.ready.is_set():
-            await self.contracts.leave(self.s.leave_timeout_s)
+        if not self.ready.is_set():
+            return  # never registered: nothing was sent, signed or ordered
         if self.trader is not None:
             try:
                 await asyncio.wait_for(self.trader.cancel_resting(), 5)
             except (asyncio.TimeoutError, grpc.aio.AioRpcError):
                 log.info("resting orders not cancelled")
+        flushed = await self.sender.flush(self.s.flush_timeout_s)
+        log.info("outbox flushed" if flushed else "outbox not flushed", unacked=self.sender.size)
+        await self.contracts.leave(self.s.leave_timeout_s)
         await self.sender.flush(min(1.0, self.s.flush_timeout_s))
 
     async def close(self) -> None:
