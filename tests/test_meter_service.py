@@ -503,3 +503,15 @@ async def test_consumer_refuses_contracts_its_channels_cannot_pay(rig: Rig) -> N
     msg = await refused(home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(huge))),
                         grpc.StatusCode.FAILED_PRECONDITION, "terms_json.energy_wh")
     assert "witness outputs" in msg
+
+
+async def test_signed_contract_settlement_never_activates_is_dropped(rig: Rig) -> None:
+    home, _ = await pair(rig)
+    t = make_terms(rig)
+    await home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(t)))
+    m = rig.apps["home"].meter
+    assert m.book.energy_left_wh(m.book.get("k-1").party) == 500  # type: ignore[union-attr]
+    await m.contracts._forget_unknown({"other"}, grace_ms=0)
+    view = m.book.get("k-1")
+    assert view is not None and view.final and view.end_reason == "UNKNOWN_TO_SETTLEMENT"
+    assert m.book.energy_left_wh(view.party) == 0

@@ -246,6 +246,18 @@ class ContractDesk:
                 except Refusal as r:
                     log.error("settlement lists a contract unlike the one signed",
                               contract_id=rec.contract.contract_id, error=str(r))
+            await self._forget_unknown({rec.contract.contract_id for rec in resp.contracts})
+
+    async def _forget_unknown(self, known: set[str], grace_ms: int = 120_000) -> None:
+        """A contract it signed that settlement no longer lists (e.g. it restarted before
+        activating it) will never be activated: stop counting on its energy."""
+        for v in self.m.book.of(Party.CONSUMER) + self.m.book.of(Party.SUPPLIER):
+            if v.state is ContractState.PROPOSED and v.contract_id not in known \
+                    and real_ms() - v.signed_ms > grace_ms:
+                self.m.book.apply_report(v.contract_id, state=ContractState.REJECTED, delivered_wh=0, paid_wh=0,
+                                         paid_msat=0, increments_paid=0, end_reason="UNKNOWN_TO_SETTLEMENT")
+                await self.m.store.save_contract(v)
+                log.warning("signed contract unknown to settlement: dropped", contract_id=v.contract_id)
 
     # -- leaving ---------------------------------------------------------------------------------------
 
