@@ -201,7 +201,7 @@ def test_meter_index_is_compacted_and_tiers_still_work() -> None:
         m.submit(sup(f"s{i}", "A" if i % 2 else "B", 1, 100), 0)
     for i in range(2990):
         m.submit(dem(f"d{i}", "X", 1, 100), 0)
-    assert m.book.supply.dead_in_index <= len(m.book.supply.orders) + 1024
+    assert m.book.supply.dead_in_index <= 4 * len(m.book.supply.orders) + 1025
     assert sum(len(v) for v in m.book.supply.by_meter.values()) < 1100
     r = m.submit(dem("mine", "C", 3, 100), 0)
     assert [(t.seller, t.tier) for t in r.trades] == [("A", Tier.CONTINUING)] * len(r.trades)

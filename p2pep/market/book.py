@@ -10,7 +10,8 @@ Layout, chosen for speed in pure Python:
   and unlinked from the id index in O(1); its level entry is dropped when it reaches
   the front of the FIFO, and a level is deleted when it is found empty at the top.
   The per-meter index (for the tiers) is append-only too: lookups skip dead orders,
-  and it is compacted in one pass once it holds more dead entries than live orders.
+  and it is compacted in one pass once it holds four times more dead entries than live
+  orders (amortised O(1) per removal).
 
 The book only stores; matching lives in :mod:`p2pep.market.engine`.
 """
@@ -63,7 +64,7 @@ class BookSide:
         del self.orders[o.id]
         self.volume_wh -= o.remaining
         self.dead_in_index += 1
-        if self.dead_in_index > 1024 and self.dead_in_index > len(self.orders):
+        if self.dead_in_index > 1024 and self.dead_in_index > 4 * len(self.orders):
             self.compact_meter_index()
 
     def orders_of(self, meter: str) -> list[Order]:
@@ -170,7 +171,7 @@ class OrderBook:
             side.orders = orders = {k: o for k, o in orders.items() if o.live}
         side.volume_wh -= total
         side.dead_in_index += len(filled)
-        if side.dead_in_index > 1024 and side.dead_in_index > len(orders):
+        if side.dead_in_index > 1024 and side.dead_in_index > 4 * len(orders):
             side.compact_meter_index()
 
     def remove(self, order_id: str) -> Order:
