@@ -82,6 +82,7 @@ def test_parse_defaults() -> None:
         ("timing.tick_s", 0, "timing.tick_s"),
         ("network.push_sat", 20_000_000, "network.push_sat"),
         ("network.hub", "yes", "network.hub"),
+        ("network.utxos", 0, "network.utxos"),
         ("settlement.increment_wh", 0, "settlement.increment_wh"),
         ("matcher.mode", "auction", "matcher.mode"),
         ("expect", ["everything_fine"], "expect[0]"),
@@ -141,7 +142,8 @@ def test_shipped_scenarios_load() -> None:
     supplier_w = {m.name: m.constant_w or m.pv_wp for m in h.suppliers}
     assert all(w < consumer.constant_w for w in supplier_w.values())
     assert "consumer_split_across_suppliers" in h.expect
-    assert not load_scenario("hackathon-adhoc").network.hub
+    adhoc = load_scenario("hackathon-adhoc")
+    assert not adhoc.network.hub and adhoc.network.utxos == 3
     (leave,) = load_scenario("producer-leaves").events
     assert (leave.action, leave.target, leave.signal) == ("stop", "meter-2", "SIGTERM")
     (drain,) = load_scenario("consumer-cannot-pay").events

@@ -84,6 +84,7 @@ class NetworkShape:
     fund_sat: int = 50_000_000
     channel_sat: int = 10_000_000
     push_sat: int = 5_000_000
+    utxos: int = 1  # funding outputs per node wallet (a meter opening several channels needs several)
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,8 @@ class Scenario:
             "name": self.name,
             "description": self.description,
             "network": {"hub": self.network.hub, "fund_sat": self.network.fund_sat,
-                        "channel_sat": self.network.channel_sat, "push_sat": self.network.push_sat},
+                        "channel_sat": self.network.channel_sat, "push_sat": self.network.push_sat,
+                        "utxos": self.network.utxos},
             "timing": {"sim_start": self.timing.sim_start.isoformat(), "duration_s": self.timing.duration_s,
                        "accel": self.timing.accel, "tick_s": self.timing.tick_s, "window_s": self.timing.window_s,
                        "real_duration_s": self.timing.real_duration_s},
@@ -246,13 +248,16 @@ def _check_keys(m: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _parse_network(m: Mapping[str, Any]) -> NetworkShape:
-    _check_keys(m, {"hub", "fund_sat", "channel_sat", "push_sat"}, "network")
+    _check_keys(m, {"hub", "fund_sat", "channel_sat", "push_sat", "utxos"}, "network")
     net = NetworkShape(
         hub=_get(m, "hub", bool, "network", True),
         fund_sat=_positive(_get(m, "fund_sat", int, "network", 50_000_000), "network.fund_sat"),
         channel_sat=_positive(_get(m, "channel_sat", int, "network", 10_000_000), "network.channel_sat"),
         push_sat=_get(m, "push_sat", int, "network", 5_000_000),
+        utxos=_get(m, "utxos", int, "network", 1),
     )
+    if not 1 <= net.utxos <= 10:
+        raise ScenarioError("network.utxos", "must be between 1 and 10")
     if not 0 <= net.push_sat < net.channel_sat:
         raise ScenarioError("network.push_sat", "must be >= 0 and below channel_sat")
     if net.channel_sat >= net.fund_sat:

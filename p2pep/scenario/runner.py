@@ -187,6 +187,10 @@ class ScenarioRunner:
                         channel_sat=s.network.channel_sat, push_sat=s.network.push_sat),
             self.run_dir,
         )
+        if s.network.utxos > 1:  # more funding outputs, so a meter can open channels back to back
+            meters = [self.net.nodes[m] for m in s.meter_names]
+            for _ in range(s.network.utxos - 1):
+                await self.net.fund(meters, s.network.fund_sat)
         self.say(f"network up in {time.monotonic() - t:.0f}s")
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self._set_phase("services")
