@@ -62,7 +62,7 @@ from p2pep.v1 import settlement_pb2
 T = TypeVar("T")
 
 
-class ScenarioError(RegtestError):
+class ScenarioRunError(RegtestError):
     """The scenario could not be run (a service did not start, a stale run is in the way...)."""
 
 
@@ -175,7 +175,7 @@ class ScenarioRunner:
         s = self.scenario
         stale = scenario_state.live_services(scenario_state.load(self.run_dir))
         if stale:
-            raise ScenarioError(
+            raise ScenarioRunError(
                 f"services of an earlier scenario still run in {self.run_dir} "
                 f"({', '.join(f'{n} pid {p}' for n, p in stale.items())}): `p2pep scenario down` first")
         self._set_phase("network")
