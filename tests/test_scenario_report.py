@@ -194,3 +194,27 @@ def test_reconciliation_ignores_unsettled_and_foreign_invoices() -> None:
 def test_relay_transitions_compress_samples() -> None:
     samples = [RelaySample(float(i), SIM0 + i, e, "R", 1, 0) for i, e in enumerate([False, False, True, True, False])]
     assert [t["energized"] for t in relay_transitions(samples)] == [False, True, False]
+
+
+def test_supplier_debt_is_counted_over_all_contracts() -> None:
+    # each contract owes less than one increment, but together meter-1 is owed three
+    debts = [contract(f"d-{i}", "meter-1", 250_000, delivered=9, paid_wh=0, state=DEFAULTED) for i in range(3)]
+    r = build_report(facts(contracts=debts, payments=[], invoices={}))
+    assert r["checks"]["defaulted_owe_at_most_one_increment"]["ok"]
+    owed = r["checks"]["suppliers_owed_at_most_one_increment"]
+    assert not owed["ok"]
+    assert owed["detail"]["meter-1"] == {"unpaid_msat": 3 * 2_250, "one_increment_msat": 2_501, "ok": False,
+                                         "contracts_with_debt": 3}
+    assert owed["detail"]["meter-2"]["ok"]
+
+
+def test_supplier_total_must_be_within_one_increment() -> None:
+    # two contracts, each 6 Wh unpaid (within one increment apiece), 12 Wh in total: not within
+    a = contract("a", "meter-1", 250_000, delivered=26, paid_wh=20)
+    b = contract("b", "meter-1", 250_000, delivered=16, paid_wh=10)
+    pays = payments_for(a) + payments_for(b)
+    r = build_report(facts(contracts=[a, b], payments=pays, invoices={"meter-1": invoices_for(pays)}))
+    sup = r["suppliers"]["meter-1"]
+    assert sup["every_contract_within_one_increment"] and not sup["within_one_increment"]
+    assert sup["difference_msat"] == -3_000 and sup["one_increment_msat"] == 2_501
+    assert not r["checks"]["suppliers_paid_as_delivered"]["ok"]

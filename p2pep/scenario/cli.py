@@ -64,7 +64,7 @@ def _summary(report: dict[str, Any]) -> str:
     for name, sup in report["suppliers"].items():
         lines.append(f"  {name} received {sup['received_msat']} msat on its own invoices for "
                      f"{sup['delivered_wh']} Wh delivered (worth {sup['expected_msat']} msat)"
-                     f"{'' if sup['within_one_increment'] else '  NOT within one increment'}")
+                     f"{'' if sup['within_one_increment'] else '  NOT within one increment of it'}")
     for e in report["events"]:
         lines.append(f"  event {e['description']}: {'ok' if e['ok'] else 'FAILED ' + e['error']}")
     for name in report["expected_checks"]:

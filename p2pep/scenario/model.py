@@ -41,6 +41,7 @@ OPTIONAL_CHECKS: tuple[str, ...] = (
     "supplier_left_and_contracts_ended",
     "consumer_rematched_or_blocked",
     "payments_made",
+    "suppliers_owed_at_most_one_increment",
 )
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
