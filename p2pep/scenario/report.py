@@ -90,7 +90,7 @@ def ts_ms(t: Timestamp) -> int | None:
 
 
 def iso_ms(ms: int | None) -> str | None:
-    if ms is None:
+    if ms is None or ms <= 0:  # unset
         return None
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
