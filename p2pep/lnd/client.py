@@ -197,6 +197,24 @@ class LndClient:
     async def channel_balance(self) -> ln.ChannelBalanceResponse:
         return await self._call("ChannelBalance", self.ln.ChannelBalance, ln.ChannelBalanceRequest())
 
+    async def can_send(self, dest_pubkey: str, amount_msat: int, fee_limit_msat: int = 0) -> bool:
+        """Whether lnd finds a route paying ``amount_msat`` to ``dest_pubkey`` now.
+
+        lnd's pathfinding takes its own channels at their real bandwidth (the balance
+        above the channel reserve, less the commitment fee buffer a channel's initiator
+        must keep), which a channel's ``local_balance`` does not show; so this, not the
+        balance, says whether a payment of that size can leave this node."""
+        req = ln.QueryRoutesRequest(pub_key=dest_pubkey, amt_msat=amount_msat)
+        if fee_limit_msat:
+            req.fee_limit.fixed_msat = fee_limit_msat
+        try:
+            resp = await self._call("QueryRoutes", self.ln.QueryRoutes, req, 15)
+        except LndError as e:
+            if "unable to find a path" in e.detail or "insufficient" in e.detail:
+                return False
+            raise
+        return len(resp.routes) > 0
+
     async def close_channel(self, channel_point: str, force: bool = False, sat_per_vbyte: int = 2) -> str:
         """Start a close; returns the closing txid once it is broadcast."""
         txid, idx = channel_point.split(":")

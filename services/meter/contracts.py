@@ -144,9 +144,10 @@ class ContractDesk:
             left = [amount_msat(0, terms.energy_wh, terms.price_msat_per_kwh)]
             left += [amount_msat(min(v.paid_wh, v.terms.energy_wh), v.terms.energy_wh, v.terms.price_msat_per_kwh)
                      for v in open_]
-            need_sat = -(-sum(a + fee_limit_msat(a) for a in left if a) // 1000)
+            need_msat = sum(a + fee_limit_msat(a) for a in left if a)
+            need_sat = -(-need_msat // 1000)
             try:
-                await ensure_channel(m.lnd, node, host, need_sat=need_sat,
+                await ensure_channel(m.lnd, node, host, need_sat=need_sat, route_msat=need_msat,
                                      open_sat=max(m.s.channel_sat, 2 * need_sat), wait_s=m.s.channel_wait_s)
             except Exception as e:
                 raise Refusal(Code.FAILED_PRECONDITION, field,

@@ -44,6 +44,8 @@ class FakeLnd:
         self.channels_opened: list[tuple[str, int, int]] = []
         self.fail_open: str | None = None
         """Set to a reason: opening channels fails with it (e.g. an empty wallet)."""
+        self.unroutable_sat = 0
+        """Held back from every channel when routing, as lnd's reserve and fee buffer are."""
 
     def _call(self, method: str) -> None:
         self.calls[method] = self.calls.get(method, 0) + 1
@@ -149,6 +151,13 @@ class FakeLnd:
             raise LndError(self.name, "OpenChannelSync", f"UNKNOWN: {self.fail_open}")
         self.channels_opened.append((pubkey, local_sat, push_sat))
         return f"{secrets.token_hex(32)}:0"
+
+    async def can_send(self, dest_pubkey: str, amount_msat: int, fee_limit_msat: int = 0) -> bool:
+        """A route exists if one channel to the peer has the amount above ``unroutable_sat``
+        (what lnd's fee buffer and reserve would hold back)."""
+        self._call("QueryRoutes")
+        chans = await self.list_channels(peer=dest_pubkey)
+        return any(c.local_balance - self.unroutable_sat >= -(-amount_msat // 1000) for c in chans)
 
     async def close(self) -> None:
         pass

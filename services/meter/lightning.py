@@ -35,13 +35,22 @@ class LightningNode(Protocol):
     async def connect(self, pubkey: str, host: str) -> None: ...
     async def open_channel(self, pubkey: str, local_sat: int, push_sat: int = 0, private: bool = False,
                            sat_per_vbyte: int = 2) -> str: ...
+    async def can_send(self, dest_pubkey: str, amount_msat: int, fee_limit_msat: int = 0) -> bool: ...
     async def close(self) -> None: ...
 
 
+HTLC_WEIGHT = 172  # weight of one more HTLC output on a commitment (lnd's input.HTLCWeight)
+
+
 def spendable_sat(ch: ln.Channel) -> int:
-    """What a channel can send now: local balance above its reserve."""
+    """What a channel can send now, conservatively: local balance above its reserve,
+    and, on a channel this node opened (it pays the commitment fee), less the fee
+    buffer lnd keeps before it adds an HTLC: twice the fee of the commitment with one
+    more HTLC at the channel's fee rate. lnd's own figure (``AvailableBalance``) is not
+    exposed; :meth:`LndClient.can_send` asks its pathfinding, which uses it."""
     reserve = ch.local_constraints.chan_reserve_sat if ch.HasField("local_constraints") else ch.local_chan_reserve_sat
-    return max(0, ch.local_balance - reserve)
+    buffer = -(-2 * ch.fee_per_kw * (ch.commit_weight + HTLC_WEIGHT) // 1000) if ch.initiator else 0
+    return max(0, ch.local_balance - reserve - buffer)
 
 
 class Stopping(Exception):
@@ -72,6 +81,8 @@ async def wait_node_ready(node: LightningNode, stop: asyncio.Event, name: str) -
 @dataclass(frozen=True)
 class PeerChannels:
     spendable_sat: int
+    largest_sat: int
+    """Spendable on the best single channel: what one payment can carry."""
     active: int
     """Active channels with the peer."""
     exists: bool
@@ -83,7 +94,8 @@ async def peer_channels(node: LightningNode, peer: str) -> PeerChannels:
     active = [c for c in channels if c.active]
     pending = await node.pending_channels()
     opening = any(p.channel.remote_node_pub == peer for p in pending.pending_open_channels)
-    return PeerChannels(sum(spendable_sat(c) for c in active), len(active), bool(channels) or opening)
+    each = [spendable_sat(c) for c in active]
+    return PeerChannels(sum(each), max(each, default=0), len(active), bool(channels) or opening)
 
 
 async def ensure_channel(
@@ -96,18 +108,25 @@ async def ensure_channel(
     push_sat: int = 0,
     wait_s: float = 60.0,
     open_if_any: bool = True,
+    route_msat: int = 0,
 ) -> int:
     """Make sure active channels to ``peer`` can send ``need_sat`` (0: one active channel
     is enough). If not, connect, and unless a channel is still opening (or, with
     ``open_if_any=False``, any channel exists) open one of ``open_sat`` pushing
     ``push_sat``; then wait up to ``wait_s`` (someone mines blocks) until it is active.
+    With ``route_msat``, lnd must also find a route to ``peer`` for that much (or, if
+    no single channel can carry it, for what the best one should): the truth check of
+    the estimate against the channels' real bandwidth (:meth:`LndClient.can_send`).
     Returns the spendable sat. Raises TimeoutError or LndError."""
 
-    def ok(pc: PeerChannels) -> bool:
-        return pc.active > 0 and pc.spendable_sat >= need_sat
+    async def ok(pc: PeerChannels) -> bool:
+        if not (pc.active > 0 and pc.spendable_sat >= need_sat):
+            return False
+        probe = min(route_msat, pc.largest_sat * 1000)
+        return not probe or await node.can_send(peer, probe)
 
     pc = await peer_channels(node, peer)
-    if ok(pc):
+    if await ok(pc):
         return pc.spendable_sat
     if host:
         await node.connect(peer, host)
@@ -120,7 +139,7 @@ async def ensure_channel(
     delay = 0.2
     while True:
         pc = await peer_channels(node, peer)
-        if ok(pc):
+        if await ok(pc):
             log.info("channel active", peer=peer, spendable_sat=pc.spendable_sat, channels=pc.active)
             return pc.spendable_sat
         if time.monotonic() >= deadline:
