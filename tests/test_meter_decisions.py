@@ -250,15 +250,23 @@ def test_unpaid_stays_below_two_increments_when_paying_each_completed_one(steps:
 
 def test_attribution_mirrors_settlement_allocation() -> None:
     a = view(contract_id="a", energy_wh=30)
-    b = view(contract_id="b", energy_wh=90, end_ms=NOW + 15_000)
+    b = view(contract_id="b", energy_wh=90, end_ms=NOW + 15_000, supplier="wind")
     book = ContractBook([a, b])
-    expected = allocate(40, [AllocationTarget("a", 30, a.terms.average_power_w(), 1),
-                             AllocationTarget("b", 90, b.terms.average_power_w(), 1)]).shares
+    expected = allocate(40, [AllocationTarget("a", 30, a.terms.average_power_w(), 1, group="solar"),
+                             AllocationTarget("b", 90, b.terms.average_power_w(), 1, group="wind")]).shares
     assert book.attribute_import(40) == {k: v for k, v in expected.items() if v}
+    assert 0 < expected["a"] < 30 and 0 < expected["b"] < 90  # two suppliers: in parallel
     assert a.attributed_wh + b.attributed_wh == 40
     book.attribute_import(1000)  # more than the contracts' room: the rest is nobody's
     assert (a.attributed_wh, b.attributed_wh) == (30, 90)
     assert book.energy_left_wh(Party.CONSUMER) == 0
+
+
+def test_attribution_fills_contracts_with_one_supplier_one_at_a_time() -> None:
+    a, b = view(contract_id="a", energy_wh=30), view(contract_id="b", energy_wh=90)
+    book = ContractBook([b, a])
+    assert book.attribute_import(25) == {"a": 25}
+    assert book.attribute_import(25) == {"a": 5, "b": 20}
 
 
 def test_unpaid_counts_open_contracts_and_writes_off_ended_ones() -> None:

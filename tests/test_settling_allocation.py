@@ -22,6 +22,7 @@ targets_st = st.lists(
         cap_wh=st.integers(0, 500),
         weight=st.integers(0, 5000),
         tier=st.integers(1, 3),
+        group=st.sampled_from(["", "", "solar", "wind"]),
     ),
     max_size=6,
     unique_by=lambda t: t.contract_id,
@@ -83,3 +84,29 @@ def test_bad_input_is_refused() -> None:
         allocate(1, [AllocationTarget("a", 1), AllocationTarget("a", 2)])
     with pytest.raises(AllocationError):
         allocate(1, [AllocationTarget("a", -1)])
+
+
+@given(total=st.integers(0, 3000), targets=targets_st)
+def test_one_part_filled_contract_per_counterparty(total: int, targets: list[AllocationTarget]) -> None:
+    """Within a tier and a group, contracts fill in contract id order: before one gets
+    anything, every smaller one of its group is full."""
+    result = allocate(total, targets)
+    for t in targets:
+        if t.group and result.shares[t.contract_id] > 0:
+            for o in targets:
+                if o.group == t.group and o.tier == t.tier and o.contract_id < t.contract_id:
+                    assert result.shares[o.contract_id] == o.cap_wh, (o, t, result)
+
+
+def test_group_stands_in_with_its_total_weight() -> None:
+    # solar holds two contracts (1000 W + 1000 W), wind one (2000 W): half each, solar's to its first
+    r = allocate(100, [AllocationTarget("s2", 500, 1000, group="solar"), AllocationTarget("s1", 500, 1000, group="solar"),
+                       AllocationTarget("w1", 500, 2000, group="wind")])
+    assert r.shares == {"s1": 50, "s2": 0, "w1": 50}
+    # s1 full after 20 Wh: the rest is re-split as a capped contract's always is (s2 1000 : w1 2000),
+    # exactly as without groups
+    grouped = [AllocationTarget("s1", 20, 1000, group="solar"), AllocationTarget("s2", 500, 1000, group="solar"),
+               AllocationTarget("w1", 500, 2000, group="wind")]
+    r = allocate(100, grouped)
+    assert r.shares == {"s1": 20, "s2": 27, "w1": 53} and r.unallocated_wh == 0
+    assert r == allocate(100, [AllocationTarget(t.contract_id, t.cap_wh, t.weight) for t in grouped])

@@ -16,7 +16,13 @@ conserving energy exactly (``sum(shares) + unallocated == total``):
    :attr:`~p2pep.settling.increments.DeliveryLedger.consumer_room_wh`); what a
    capped contract cannot take is re-split among the others of its tier, then
    passed to the next tier.
-4. Whatever no contract can take is ``unallocated_wh`` (energy outside any
+4. **One contract per counterparty at a time.** Targets that share a ``group`` (the
+   counterparty: a consumer's contracts with the same supplier) are filled one after
+   the other, smallest contract id first, the first standing for the whole group
+   (its weight is the group's total). So a supplier is owed at most the open increment
+   of one contract by a consumer, however many contracts the matcher made between them:
+   energy shared out in parallel would leave a part-filled increment unpaid on each.
+5. Whatever no contract can take is ``unallocated_wh`` (energy outside any
    contract: from or to the main grid).
 
 If all weights in a tier are zero the tier is split evenly.
@@ -38,6 +44,8 @@ class AllocationTarget:
     cap_wh: int
     weight: int = 1
     tier: int = 1
+    group: str = ""
+    """Counterparty: targets of one non-empty group are filled one at a time."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +88,12 @@ def allocate(total_wh: int, targets: Sequence[AllocationTarget]) -> Allocation:
     shares = {t.contract_id: 0 for t in targets}
     remaining = total_wh
     for tier in sorted({t.tier for t in targets}):
-        group = {t.contract_id: t for t in targets if t.tier == tier and t.cap_wh > 0}
-        while remaining > 0 and group:
-            room = {cid: t.cap_wh - shares[cid] for cid, t in group.items()}
+        pending = {t.contract_id: t for t in targets if t.tier == tier and t.cap_wh > 0}
+        while remaining > 0 and pending:
+            group = _group_heads(pending)
+            room = {cid: pending[cid].cap_wh - shares[cid] for cid in group}
             amount = min(remaining, sum(room.values()))
-            desired = split_proportionally(amount, [(cid, t.weight) for cid, t in group.items()])
+            desired = split_proportionally(amount, list(group.items()))
             capped = [cid for cid in group if desired[cid] >= room[cid]]
             if not capped:
                 for cid, wh in desired.items():
@@ -94,5 +103,22 @@ def allocate(total_wh: int, targets: Sequence[AllocationTarget]) -> Allocation:
             for cid in capped:
                 shares[cid] += room[cid]
                 remaining -= room[cid]
-                del group[cid]
+                del pending[cid]
     return Allocation(shares, remaining)
+
+
+def _group_heads(pending: dict[str, AllocationTarget]) -> dict[str, int]:
+    """The targets that take energy now, with their weights: every ungrouped one, and
+    per group the smallest contract id, weighted with the group's total."""
+    heads: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for cid in sorted(pending):
+        t = pending[cid]
+        if not t.group:
+            heads[cid] = t.weight
+        elif t.group not in first:
+            first[t.group] = cid
+            heads[cid] = t.weight
+        else:
+            heads[first[t.group]] += t.weight
+    return heads

@@ -172,7 +172,8 @@ class ContractBook:
         if delta_wh <= 0:
             return {}
         targets = [
-            AllocationTarget(v.contract_id, v.terms.energy_wh - v.attributed_wh, v.terms.average_power_w(), v.terms.tier)
+            AllocationTarget(v.contract_id, v.terms.energy_wh - v.attributed_wh, v.terms.average_power_w(), v.terms.tier,
+                             group=v.terms.supplier)
             for v in self.of(Party.CONSUMER, (ContractState.ACTIVE,))
         ]
         if not targets:

@@ -267,7 +267,8 @@ class Engine:
                 if lc.contract.state is not ContractState.ACTIVE or getattr(t, side) != r.meter_id:
                     continue
                 room = lc.ledger.consumer_room_wh if side == "consumer" else lc.ledger.supplier_room_wh
-                targets.append(AllocationTarget(lc.cid, room, t.average_power_w(), t.tier))
+                other = t.supplier if side == "consumer" else t.consumer
+                targets.append(AllocationTarget(lc.cid, room, t.average_power_w(), t.tier, group=other))
             if targets:
                 alloc = allocate(delta, targets)
                 out += [(cid, side, wh) for cid, wh in alloc.shares.items() if wh > 0]
@@ -413,7 +414,10 @@ class Engine:
         await self.store.payment_settled(lc.cid, due.number, paid.preimage, paid.fee_msat, now_ms())
         metrics.PAYMENTS.labels("settled").inc()
         metrics.PAID_MSAT.inc(due.amount_msat)
-        metrics.PAYMENT_SECONDS.observe(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        metrics.PAYMENT_SECONDS.observe(seconds)
+        log.info("increment paid", contract_id=lc.cid, increment=due.number, amount_msat=due.amount_msat,
+                 fee_msat=paid.fee_msat, seconds=round(seconds, 4))
         self._spawn(self._notify(lc))
         return True
 
