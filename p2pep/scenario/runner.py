@@ -35,10 +35,12 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
+from p2pep.anchor.document import DocumentError, parse_document
 from p2pep.regtest.btcd import RPC_PASS, RPC_USER
 from p2pep.regtest.errors import RegtestError
 from p2pep.regtest.network import NetworkSpec, RegtestNetwork
 from p2pep.regtest.ports import free_port
+from p2pep.regtest.waiting import timeout_scale
 from p2pep.scenario import state as scenario_state
 from p2pep.scenario.clock import ScenarioClock
 from p2pep.scenario.drain import keep_msat
@@ -62,6 +64,17 @@ from p2pep.v1 import settlement_pb2
 T = TypeVar("T")
 
 
+def _unanchored(doc: Any) -> list[str]:
+    """Leaves of a document (JSON) still without a proof; a document that is missing or
+    cannot be parsed is not waited for."""
+    if not isinstance(doc, dict) or "error" in doc:
+        return []
+    try:
+        return list(parse_document(doc).unanchored())
+    except DocumentError:
+        return []
+
+
 class ScenarioRunError(RegtestError):
     """The scenario could not be run (a service did not start, a stale run is in the way...)."""
 
@@ -80,6 +93,7 @@ class RunOptions:
     books_interval_s: float | None = None  # poll settlement's books (the live view does)
     status_interval_s: float = 0.5
     startup_timeout_s: float = 90.0
+    anchor_wait_s: float = 90.0  # for the last settlement summaries to be anchored
     say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -204,6 +218,7 @@ class ScenarioRunner:
         await self._start_and_wait(meters)
         for m in meters:
             self.watcher.add_meter(m, self.procs[m].launch.target)
+            self.say(f"household app of {m}: http://127.0.0.1:{self.procs[m].launch.metrics_port}/")
         self.watcher.start()
 
     def endpoints(self) -> dict[str, NodeEndpoint]:
@@ -382,17 +397,7 @@ class ScenarioRunner:
             f.registry = list((await stub.ListMeters(settlement_pb2.ListMetersRequest(), timeout=15)).meters)
         except grpc.aio.AioRpcError as e:
             f.errors.append(f"settlement: {e.code().name}: {e.details()}")
-        for r in f.contracts:
-            cid = r.contract.contract_id
-            try:
-                doc = await stub.ExportContract(settlement_pb2.GetContractRequest(contract_id=cid), timeout=15)
-                f.documents[cid] = json.loads(doc.json) if doc.json else None
-            except grpc.aio.AioRpcError as e:
-                f.documents[cid] = {"error": f"{e.code().name}: {e.details()}"}
-                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    break
-            except json.JSONDecodeError as e:
-                f.documents[cid] = {"error": f"not JSON: {e}"}
+        f.documents = await self._documents([r.contract.contract_id for r in f.contracts], f.errors)
         for m in s.suppliers:
             try:
                 f.invoices[m.name] = await self.net.nodes[m.name].client.list_invoices()
@@ -403,6 +408,35 @@ class ScenarioRunner:
                           "starts": p.starts, "exit_code": p.returncode}
                       for n, p in self.procs.items()}
         return f
+
+    async def _documents(self, contract_ids: list[str], errors: list[str]) -> dict[str, Any]:
+        """Each contract's document. With the anchor service, the settlement summaries of
+        contracts that just ended join a batch a block or two later: wait (bounded, the
+        miner still runs) until every hash a document holds has its proof."""
+        stub = self.watcher.settlement
+        deadline = time.monotonic() + self.opts.anchor_wait_s * timeout_scale()
+        docs: dict[str, Any] = {}
+        while True:
+            for cid in contract_ids:
+                try:
+                    doc = await stub.ExportContract(settlement_pb2.GetContractRequest(contract_id=cid), timeout=15)
+                    docs[cid] = json.loads(doc.json) if doc.json else None
+                except grpc.aio.AioRpcError as e:
+                    docs[cid] = {"error": f"{e.code().name}: {e.details()}"}
+                    if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        return docs
+                except json.JSONDecodeError as e:
+                    docs[cid] = {"error": f"not JSON: {e}"}
+            if not self.scenario.anchor:
+                return docs
+            waiting = {cid: missing for cid, d in docs.items() if (missing := _unanchored(d))}
+            if not waiting:
+                return docs
+            if time.monotonic() > deadline:
+                errors.append(f"documents not anchored {self.opts.anchor_wait_s:.0f}s after the meters left: "
+                              + ", ".join(f"{cid} ({'/'.join(m)})" for cid, m in sorted(waiting.items())))
+                return docs
+            await asyncio.sleep(1.0)
 
     async def _contracts(self, errors: list[str], when: str) -> list[settlement_pb2.ContractRecord]:
         try:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from p2pep.lnd.client import LndClient, LndConnection
 from p2pep.servicekit import ServiceHost, configure_logging
 from p2pep.v1 import meter_pb2_grpc
+from services.meter.household import add_household_routes
 from services.meter.lightning import LightningNode
 from services.meter.meter import Meter
 from services.meter.servicer import MeterServicer
@@ -42,6 +43,7 @@ async def start_meter(settings: MeterSettings, lnd: LightningNode) -> MeterApp:
     meter = await Meter.open(settings, lnd)
     host = ServiceHost(settings, name=f"meter {settings.meter_id}")
     meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(meter), host.grpc_server)
+    add_household_routes(host.http_app, meter)
     await host.start(serving=[SERVICE])
     meter.start(settings.advertise_address or host.grpc_target)
     return MeterApp(meter, host)

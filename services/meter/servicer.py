@@ -24,6 +24,33 @@ log = structlog.get_logger("meter.grpc")
 T = TypeVar("T")
 
 
+def contract_records(m: Meter, active_only: bool = False) -> list[settlement_pb2.ContractRecord]:
+    """The meter's contracts as it sees them, newest first."""
+    views = [v for v in m.book.all() if v.active or not active_only]
+    return [record_of(v) for v in reversed(views)]
+
+
+async def recent_payments(m: Meter, limit: int = 100) -> list[meter_pb2.MeterPayment]:
+    """Payments made (succeeded) and received (settled invoices), newest first."""
+    out: list[tuple[int, meter_pb2.MeterPayment]] = []
+    for p in await m.store.payments():
+        if p.status == SUCCEEDED:
+            mp = meter_pb2.MeterPayment(contract_id=p.contract_id, increment=p.increment,
+                                        amount_msat=p.amount_msat, payment_hash=p.payment_hash,
+                                        incoming=False, fee_msat=p.fee_msat)
+            mp.time.FromMilliseconds(p.created_ms)
+            out.append((p.created_ms, mp))
+    for i in await m.store.invoices():
+        if i.settled:
+            mp = meter_pb2.MeterPayment(contract_id=i.contract_id, increment=i.increment,
+                                        amount_msat=i.amount_msat, payment_hash=i.payment_hash, incoming=True)
+            t = i.settled_ms or i.created_ms
+            mp.time.FromMilliseconds(t)
+            out.append((t, mp))
+    out.sort(key=lambda x: x[0], reverse=True)
+    return [mp for _, mp in out[:limit]]
+
+
 class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
     def __init__(self, meter: Meter) -> None:
         self.m = meter
@@ -55,29 +82,11 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
 
     async def ListContracts(self, request: meter_pb2.MeterContractsRequest, context: grpc.aio.ServicerContext) -> \
             meter_pb2.MeterContractsResponse:
-        views = [v for v in self.m.book.all() if v.active or not request.active_only]
-        return meter_pb2.MeterContractsResponse(contracts=[record_of(v) for v in reversed(views)])
+        return meter_pb2.MeterContractsResponse(contracts=contract_records(self.m, request.active_only))
 
     async def ListPayments(self, request: meter_pb2.MeterPaymentsRequest, context: grpc.aio.ServicerContext) -> \
             meter_pb2.MeterPaymentsResponse:
-        limit = request.limit or 100
-        out: list[tuple[int, meter_pb2.MeterPayment]] = []
-        for p in await self.m.store.payments():
-            if p.status == SUCCEEDED:
-                mp = meter_pb2.MeterPayment(contract_id=p.contract_id, increment=p.increment,
-                                            amount_msat=p.amount_msat, payment_hash=p.payment_hash,
-                                            incoming=False, fee_msat=p.fee_msat)
-                mp.time.FromMilliseconds(p.created_ms)
-                out.append((p.created_ms, mp))
-        for i in await self.m.store.invoices():
-            if i.settled:
-                mp = meter_pb2.MeterPayment(contract_id=i.contract_id, increment=i.increment,
-                                            amount_msat=i.amount_msat, payment_hash=i.payment_hash, incoming=True)
-                t = i.settled_ms or i.created_ms
-                mp.time.FromMilliseconds(t)
-                out.append((t, mp))
-        out.sort(key=lambda x: x[0], reverse=True)
-        return meter_pb2.MeterPaymentsResponse(payments=[mp for _, mp in out[:limit]])
+        return meter_pb2.MeterPaymentsResponse(payments=await recent_payments(self.m, request.limit or 100))
 
     # -- settlement's requests ------------------------------------------------------------------------
 
