@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
+import aiohttp
 import grpc
 import pytest
 
@@ -515,3 +516,44 @@ async def test_signed_contract_settlement_never_activates_is_dropped(rig: Rig) -
     view = m.book.get("k-1")
     assert view is not None and view.final and view.end_reason == "UNKNOWN_TO_SETTLEMENT"
     assert m.book.energy_left_wh(view.party) == 0
+
+
+async def test_household_web_app_shows_status_and_refuses_bad_queries(rig: Rig) -> None:
+    app = await rig.meter("home", "consumer")
+    await wait_for(lambda: app.meter.status().seq >= 2, 10, what="readings")
+    async with aiohttp.ClientSession(app.host.http_url) as http:
+        async with http.get("/") as resp:
+            assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
+            assert "api/status" in await resp.text()
+        async with http.get("/api/status") as resp:
+            body = await resp.json()
+        assert body["status"]["meter_id"] == "home" and body["status"]["relay_energized"] is False
+        assert body["status"]["relay_reason"] == "NO_CONTRACT" and body["contracts"] == [] and body["payments"] == []
+        for path, param in (("/api/payments?limit=0", "limit"), ("/api/payments?limit=x", "limit"),
+                            ("/api/status?payments=501", "payments"), ("/api/contracts?active_only=maybe",
+                                                                       "active_only")):
+            async with http.get(path) as resp:
+                assert resp.status == 400, path
+                err = await resp.json()
+                assert err["param"] == param and err["error"].startswith(param + ":"), err
+        async with http.get("/api/contracts?active_only=true") as resp:
+            assert resp.status == 200 and (await resp.json()) == {"contracts": []}
+
+
+async def test_consumer_refuses_what_its_channel_balance_shows_but_lnd_cannot_route(rig: Rig) -> None:
+    """A drained channel: local balance above the reserve still looks like enough, but
+    lnd finds no route for it (its fee buffer holds it back) and the wallet cannot open
+    another channel: the contract is refused, not signed and then defaulted on."""
+    hub = "03" + "11" * 32
+    await rig.meter("home", "consumer", hub=f"{hub}@127.0.0.1:9736", channel_sat=100_000)
+    await rig.meter("solar", "producer")
+    home, lnd = rig.stub("home"), rig.lnds["home"]
+    lnd.local_sat = 100  # 100 sat in the hub channel ...
+    lnd.unroutable_sat = 95  # ... of which lnd can send 5
+    lnd.fail_open = "insufficient funds available to construct transaction"
+    t = make_terms(rig, "k-1", energy_wh=200, price_msat_per_kwh=150_000)  # 30 sat + fees
+    msg = await refused(home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(t))),
+                        grpc.StatusCode.FAILED_PRECONDITION, "terms_json.energy_wh")
+    assert "insufficient funds" in msg and "k-1" not in {v.terms.contract_id for v in rig.apps["home"].meter.book.all()}
+    lnd.unroutable_sat = 0  # the same balance, all of it routable: signed
+    await home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(t)))

@@ -196,6 +196,12 @@ class ContractDocument:
             "proofs": [p.to_json() for p in self.proofs],
         }
 
+    def unanchored(self) -> list[LeafKind]:
+        """The leaves this document has a hash for but no proof of yet."""
+        has = {p.leaf for p in self.proofs}
+        want: list[LeafKind] = ["contract"] + (["settlement"] if self.settlement_hash is not None else [])
+        return [k for k in want if k not in has]
+
 
 def build_document(
     terms: Mapping[str, Any],

@@ -1,0 +1,269 @@
+"""The shipped scenarios end to end on a real regtest network: btcd, real lnd nodes, and
+the matcher, settlement, anchor and meter services as their own processes.
+
+Each test runs one scenario as ``p2pep scenario run`` does (its own network in a tmp
+dir) and asserts on the report: the checks every scenario must pass (suppliers' own
+invoices against delivered Wh x price within one increment, relay never energized
+without cover, no increment paid twice, nothing paid beyond what was delivered, ...)
+plus the scenario's own, and then on the services' own state where the report cannot
+see it (settlement's database, its metrics, the chain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from p2pep.metering.readings import Reading, SignedReading
+from p2pep.metering.signing import MeterKey
+from p2pep.regtest import RegtestNetwork, wait_for
+from p2pep.scenario.catalog import load_scenario
+from p2pep.scenario.runner import RunOptions, ScenarioRunner
+from p2pep.v1 import settlement_pb2 as pb
+from p2pep.v1 import settlement_pb2_grpc
+from services.meter.sender import reading_pb
+
+pytestmark = pytest.mark.regtest
+
+Ack = pb.ReadingAck
+During = Callable[[ScenarioRunner], Awaitable[None]]
+
+
+async def run_scenario(name: str, tmp_path: Path, during: During | None = None,
+                       keep_network: bool = False) -> tuple[dict[str, Any], ScenarioRunner]:
+    """Run a shipped scenario to its end; ``during`` runs once the services are up."""
+    said: list[str] = []
+    runner = ScenarioRunner(load_scenario(name), RunOptions(
+        run_dir=tmp_path / "run", report_path=tmp_path / "report.json", keep_network=keep_network,
+        say=lambda m: said.append(f"{time.monotonic() - runner.t0:7.1f}s {m}")))
+    task = asyncio.create_task(runner.run(asyncio.Event()))
+    try:
+        if during is not None:
+            await wait_for(lambda: runner.phase == "running" or task.done(), timeout=600,
+                           what=f"{name}: services up")
+            if not task.done():
+                await during(runner)
+        report = await task
+    except BaseException:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    assert report is not None, "\n".join(said)
+    failed = {n: report["checks"][n] for n in report["failed_checks"]}
+    assert report["ok"], json.dumps({"failed": failed, "errors": report["errors"], "said": said[-30:]},
+                                     indent=1, default=str)[:6000]
+    return report, runner
+
+
+def contracts_of(report: dict[str, Any], consumer: str) -> list[dict[str, Any]]:
+    return [c for c in report["contracts"] if c["consumer"] == consumer]
+
+
+def settlement_db(runner: ScenarioRunner) -> sqlite3.Connection:
+    path = runner.layout.data_dir("settlement") / "settlement.db"
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def meter_registers(runner: ScenarioRunner, meter: str) -> dict[str, Any]:
+    path = runner.layout.data_dir(meter) / "meter.db"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        (doc,) = db.execute("SELECT v FROM kv WHERE k='registers'").fetchone()
+        (outbox,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+    return {**json.loads(doc), "outbox": outbox}
+
+
+def assert_no_reading_lost(runner: ScenarioRunner) -> None:
+    """Every reading a meter signed reached settlement's database, in order, none twice:
+    settlement holds seq 1..N for each meter, N is the meter's own last seq, and the
+    meter's outbox is empty (everything it sent was acknowledged)."""
+    with settlement_db(runner) as db:
+        for m in runner.scenario.meter_names:
+            count, lo, hi = db.execute(
+                "SELECT COUNT(*), MIN(seq), MAX(seq) FROM readings WHERE meter_id=?", (m,)).fetchone()
+            own = meter_registers(runner, m)
+            assert count > 0, m
+            assert (lo, hi, count) == (1, own["seq"], own["seq"]), (m, lo, hi, count, own)
+            assert own["outbox"] == 0, (m, own)
+
+
+async def settlement_metrics(runner: ScenarioRunner) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://127.0.0.1:{runner.procs['settlement'].launch.metrics_port}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        text = await resp.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+async def attack_settlement(runner: ScenarioRunner, found: dict[str, Any]) -> None:
+    """While the scenario runs: a forged signature, a replayed sequence number, a register
+    running backwards and an unknown meter, sent to the real settlement process."""
+    target = runner.procs["settlement"].launch.target
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = settlement_pb2_grpc.SettlementServiceStub(ch)
+
+        async def consumer_delivered() -> bool:
+            resp = await stub.ListContracts(pb.ListSettlementContractsRequest(meter_id="meter-3"), timeout=10)
+            return any(r.delivered_wh > 0 for r in resp.contracts)
+
+        await wait_for(consumer_delivered, timeout=240, what="meter-3 delivered energy under a contract")
+        real = MeterKey.load(runner.layout.data_dir("meter-3") / "meter.key")  # a stolen key: replays sign
+        thief = MeterKey.generate()
+        far = 10_000_000  # far above any seq the real meter reaches in this run
+        now_ms = int(time.time() * 1000)
+        attempts = {
+            "FORGED_SIGNATURE": (thief, Reading("meter-3", far, 10**9, 0, now_ms)),
+            "REPLAYED_SEQUENCE": (real, Reading("meter-3", 1, 999_999, 0, now_ms)),
+            "REGISTER_BACKWARDS": (real, Reading("meter-3", far + 1, 0, 0, now_ms)),
+            "UNKNOWN_METER": (thief, Reading("meter-99", 1, 1, 0, now_ms)),
+        }
+        before = await settlement_metrics(runner)
+        msgs = [reading_pb(key.sign_reading(r), b"") for key, r in attempts.values()]
+
+        async def send() -> Any:
+            for m in msgs:
+                yield m
+
+        acks = [a async for a in stub.StreamReadings(send(), timeout=30)]
+        after = await settlement_metrics(runner)
+    found["acks"] = {reason: (ack.status, ack.reason, ack.message) for reason, ack in zip(attempts, acks)}
+    found["metric_delta"] = {
+        reason: after.get(("p2pep_settlement_readings_rejected_total", (("reason", reason),)), 0)
+        - before.get(("p2pep_settlement_readings_rejected_total", (("reason", reason),)), 0)
+        for reason in attempts}
+    found["attempts"] = {reason: r for reason, (_, r) in attempts.items()}
+
+
+async def household_view(runner: ScenarioRunner, meter: str) -> dict[str, Any]:
+    """What the household's phone shows (the meter's own web app), once it has paid."""
+    base = f"http://127.0.0.1:{runner.procs[meter].launch.metrics_port}"
+    async with aiohttp.ClientSession(base) as http:
+        async with http.get("/") as resp:
+            assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
+
+        async def paid() -> dict[str, Any] | None:
+            async with http.get("/api/status") as resp:
+                assert resp.status == 200
+                body = dict(await resp.json())
+            return body if body["payments"] else None
+
+        return await wait_for(paid, timeout=120, what=f"{meter}'s app shows a payment")
+
+
+def verify_cli(doc_path: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "p2pep.cli", "verify", str(doc_path), "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused(tmp_path: Path) -> None:
+    found: dict[str, Any] = {}
+
+    async def during(r: ScenarioRunner) -> None:
+        await attack_settlement(r, found)
+        found["app"] = await household_view(r, "meter-3")
+
+    report, runner = await run_scenario("hackathon", tmp_path, during, keep_network=True)
+    net = RegtestNetwork.attach(runner.run_dir)
+    try:
+        # the consumer's 2 kW is split across both producers, each paid by its own invoices
+        suppliers = {c["supplier"] for c in contracts_of(report, "meter-3") if c["delivered_wh"] > 0}
+        assert suppliers == {"meter-1", "meter-2"}
+        for name, rec in report["suppliers"].items():
+            assert rec["received_msat"] > 0, name
+            assert abs(rec["difference_msat"]) <= rec["one_increment_msat"], (name, rec)
+        assert report["relay"]["meter-3"]["samples"] > 50
+        assert report["relay"]["meter-3"]["uncovered_samples"] == 0
+
+        # the household app shows the consumer's contracts and payments while it runs
+        app = found["app"]
+        assert app["status"]["meter_id"] == "meter-3" and app["status"]["role"] == "consumer"
+        assert any(c["contract"]["supplier"] in ("meter-1", "meter-2") and int(c["delivered_wh"]) > 0
+                   for c in app["contracts"]), app["contracts"]
+        assert app["payments"] and all(not p["incoming"] for p in app["payments"]), app["payments"]
+
+        # forgeries: refused with a clear status, counted, stored nowhere
+        for reason, (status, got, message) in found["acks"].items():
+            assert status == Ack.STATUS_REJECTED and got == reason and message, (reason, status, got, message)
+            assert found["metric_delta"][reason] == 1, (reason, found["metric_delta"])
+        with settlement_db(runner) as db:
+            for reason, r in found["attempts"].items():
+                rows = db.execute("SELECT import_wh FROM readings WHERE meter_id=? AND seq=?",
+                                  (r.meter_id, r.seq)).fetchall()
+                assert rows != [(r.import_wh,)], (reason, rows)
+                assert all(row[0] != r.import_wh for row in rows), (reason, rows)
+        assert_no_reading_lost(runner)  # and the real stream went on undisturbed
+
+        # contract hashes anchored on-chain; each document's proofs verify against btcd alone
+        await net.mine(2)
+        docs = report["documents"]
+        assert docs and len(docs) == len(report["contracts"])
+        for cid, doc in docs.items():  # the terms and the settlement summary, each with its proof
+            assert doc["settlement"] is not None, cid
+            assert sorted(p["leaf"] for p in doc["proofs"]) == ["contract", "settlement"], (cid, doc["proofs"])
+        for cid, doc in docs.items():
+            path = tmp_path / f"{cid}.json"
+            path.write_text(json.dumps(doc))
+            res = verify_cli(path, runner.run_dir)
+            assert res.returncode == 0, (cid, res.stdout, res.stderr)
+        cid, doc = next(iter(docs.items()))
+        doc["terms"]["energy_wh"] += 1  # one field changed: the hash check says so
+        bad = tmp_path / "tampered.json"
+        bad.write_text(json.dumps(doc))
+        res = verify_cli(bad, runner.run_dir)
+        assert res.returncode != 0 and "hash" in (res.stdout + res.stderr).lower(), (res.stdout, res.stderr)
+    finally:
+        await net.down()
+
+
+async def test_hackathon_adhoc_meters_open_their_own_channels(tmp_path: Path) -> None:
+    report, _ = await run_scenario("hackathon-adhoc", tmp_path)
+    assert "hub" not in report["nodes"]
+    suppliers = {c["supplier"] for c in contracts_of(report, "meter-3") if c["delivered_wh"] > 0}
+    assert suppliers == {"meter-1", "meter-2"}
+    assert all(p["fee_msat"] == 0 for p in report["payments"])  # direct channels: no routing fee
+
+
+async def test_producer_leaves_consumer_rematched_or_blocked(tmp_path: Path) -> None:
+    report, _ = await run_scenario("producer-leaves", tmp_path)
+    left = [c for c in report["contracts"] if c["supplier"] == "meter-2"]
+    assert left and all(c["state"] != "CONTRACT_STATE_ACTIVE" for c in left)
+    for c in report["contracts"]:  # nothing paid for energy not delivered
+        assert c["paid_wh"] <= c["delivered_wh"], c
+
+
+async def test_consumer_cannot_pay_defaults_within_one_increment(tmp_path: Path) -> None:
+    report, _ = await run_scenario("consumer-cannot-pay", tmp_path)
+    defaulted = [c for c in report["contracts"] if c["state"] == "CONTRACT_STATE_DEFAULTED"]
+    assert defaulted
+    for name, owed in report["checks"]["suppliers_owed_at_most_one_increment"]["detail"].items():
+        assert owed["unpaid_msat"] <= owed["one_increment_msat"], (name, owed)
+    transitions = report["relay"]["meter-3"]["transitions"]
+    assert transitions and not transitions[-1]["energized"], transitions  # blocked once it could not pay
+
+
+async def test_settlement_killed_and_restarted_loses_nothing_pays_nothing_twice(tmp_path: Path) -> None:
+    report, runner = await run_scenario("settlement-restart", tmp_path)
+    kill, start = report["events"]
+    assert kill["ok"] and kill["detail"]["signal"] == "SIGKILL" and start["ok"], report["events"]
+    assert runner.procs["settlement"].starts == 2
+    assert_no_reading_lost(runner)
+    # the contracts went on: a contract paid before the kill was paid again after the restart
+    t0 = datetime.fromisoformat(report["run"]["started_at"])
+    killed_at = t0 + timedelta(seconds=kill["applied_real_s"])
+    back_at = t0 + timedelta(seconds=start["applied_real_s"])
+    settled = [(p["contract_id"], datetime.fromisoformat(p["settled"])) for p in report["payments"] if p["settled"]]
+    before = {cid for cid, t in settled if t < killed_at}
+    after = {cid for cid, t in settled if t > back_at}
+    assert before & after, (sorted(before), sorted(after))
