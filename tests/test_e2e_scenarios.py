@@ -162,6 +162,21 @@ async def household_view(runner: ScenarioRunner, meter: str) -> dict[str, Any]:
         return await wait_for(paid, timeout=120, what=f"{meter}'s app shows a payment")
 
 
+async def console_view(runner: ScenarioRunner) -> dict[str, Any]:
+    """What the operator's console shows of the running microgrid."""
+    base = f"http://127.0.0.1:{runner.procs['console'].launch.metrics_port}"
+    start = runner.scenario.timing.sim_start
+    async with aiohttp.ClientSession(base) as http:
+        async with http.get("/api/overview") as resp:
+            overview = await resp.json()
+        async with http.get("/api/energy", params={"meter_id": "meter-3", "from": start.isoformat(),
+                                                    "to": (start + timedelta(hours=2)).isoformat()}) as resp:
+            energy = await resp.json()
+        async with http.get("/api/energy", params={"meter_id": "meter-3", "from": "noon"}) as resp:
+            bad = (resp.status, await resp.json())
+    return {"overview": overview, "energy": energy, "bad": bad}
+
+
 def verify_cli(doc_path: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "p2pep.cli", "verify", str(doc_path), "--run-dir", str(run_dir)],
                           capture_output=True, text=True, timeout=120)
@@ -173,6 +188,7 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
     async def during(r: ScenarioRunner) -> None:
         await attack_settlement(r, found)
         found["app"] = await household_view(r, "meter-3")
+        found["console"] = await console_view(r)
 
     report, runner = await run_scenario("hackathon", tmp_path, during, keep_network=True)
     net = RegtestNetwork.attach(runner.run_dir)
@@ -192,6 +208,13 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         assert any(c["contract"]["supplier"] in ("meter-1", "meter-2") and int(c["delivered_wh"]) > 0
                    for c in app["contracts"]), app["contracts"]
         assert app["payments"] and all(not p["incoming"] for p in app["payments"]), app["payments"]
+
+        # the operator's console sees the meters, the contracts and the consumer's usage
+        con = found["console"]
+        assert {m["meter_id"] for m in con["overview"]["meters"]} == {"meter-1", "meter-2", "meter-3"}
+        assert con["overview"]["delivered_wh"] > 0 and con["overview"]["book"] is not None
+        assert con["energy"]["usage_wh"] > 0 and con["energy"]["production_wh"] == 0, con["energy"]
+        assert con["bad"][0] == 400 and con["bad"][1]["param"] == "from", con["bad"]
 
         # forgeries: refused with a clear status, counted, stored nowhere
         for reason, (status, got, message) in found["acks"].items():

@@ -134,6 +134,18 @@ def settlement_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port:
                          layout.data_dir("settlement"), env)
 
 
+def console_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
+                   matcher_target: str, log_level: str = "INFO") -> ServiceLaunch:
+    """The operator's console: its web page is on ``metrics_port`` (``/``)."""
+    p = "P2PEP_CONSOLE_"
+    env = _common(p, grpc_port, metrics_port, log_level)
+    env[f"{p}SETTLEMENT_TARGET"] = settlement_target
+    env[f"{p}MATCHER_TARGET"] = matcher_target
+    env.update(s.services_env.get("console", {}))
+    return ServiceLaunch("console", "services.console", grpc_port, metrics_port, layout.log("console"),
+                         layout.data_dir("console"), env)
+
+
 def meter_source_env(m: MeterSpec) -> dict[str, str]:
     p = "P2PEP_METER_"
     env = {f"{p}SOURCE": m.source, f"{p}LAT": repr(m.lat), f"{p}LON": repr(m.lon), f"{p}TZ": m.tz}

@@ -48,6 +48,7 @@ class View:
     payments: list[settlement_pb2.Payment] = field(default_factory=list)
     messages: list[tuple[float, str]] = field(default_factory=list)
     blocks_mined: int = 0
+    urls: dict[str, str] = field(default_factory=dict)
 
 
 def snapshot(r: "ScenarioRunner") -> View:
@@ -63,6 +64,7 @@ def snapshot(r: "ScenarioRunner") -> View:
         sim_end_ms=s.timing.sim_end_ms, tz=s.meters[0].tz if s.meters else "UTC", meters=meters,
         contracts=list(r.watcher.books.contracts), payments=list(r.watcher.books.payments),
         messages=list(r.messages)[-6:], blocks_mined=int(r.miner_stats.get("blocks", 0)),
+        urls=r.web_urls() if running else {},
     )
 
 
@@ -142,7 +144,11 @@ def render(v: View) -> RenderableType:
                    sats(p.fee_msat), f"{p.payer} → {p.payee}", p.payment_hash[:12])
 
     log = Text("\n".join(f"[{t:5.0f}s] {m}" for t, m in v.messages), style="dim")
-    return Group(Panel(Group(head, bar)), mt, ct, pt, Panel(log, title="runner", title_align="left"))
+    parts: list[RenderableType] = [head, bar]
+    if v.urls:
+        parts.append(Text("  ".join(f"{'console' if n == 'console' else n + ' app'} {u}" for n, u in v.urls.items()),
+                          style="cyan"))
+    return Group(Panel(Group(*parts)), mt, ct, pt, Panel(log, title="runner", title_align="left"))
 
 
 async def run_live(runner: "ScenarioRunner", stop: asyncio.Event, console: Console | None = None) -> None:

@@ -24,7 +24,7 @@ ROLES: tuple[str, ...] = ("producer", "consumer", "prosumer")
 SOURCES: tuple[str, ...] = ("h0", "pv", "constant", "csv")
 ACTIONS: tuple[str, ...] = ("stop", "start", "drain_channel")
 SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGKILL", "SIGINT")
-CORE_SERVICES: tuple[str, ...] = ("matcher", "settlement", "anchor")
+CORE_SERVICES: tuple[str, ...] = ("matcher", "settlement", "anchor", "console")
 # Checks every scenario must pass (names as in p2pep.scenario.report.CHECKS).
 DEFAULT_EXPECT: tuple[str, ...] = (
     "suppliers_paid_as_delivered",

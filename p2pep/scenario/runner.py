@@ -51,6 +51,7 @@ from p2pep.scenario.launch import (
     NodeEndpoint,
     ServiceLaunch,
     anchor_launch,
+    console_launch,
     matcher_launch,
     meter_launch,
     settlement_launch,
@@ -211,15 +212,22 @@ class ScenarioRunner:
         self._plan_services()
         self._save_state()
         await self._start_and_wait(["matcher", "anchor"] if s.anchor else ["matcher"])
-        await self._start_and_wait(["settlement"])
+        await self._start_and_wait(["settlement", "console"])
+        self.say(f"operator console: {self.web_urls()['console']}")
         self.watcher.set_settlement(self.procs["settlement"].launch.target)
         meters = s.meter_names
         self.clock.launched(time.monotonic())
         await self._start_and_wait(meters)
         for m in meters:
             self.watcher.add_meter(m, self.procs[m].launch.target)
-            self.say(f"household app of {m}: http://127.0.0.1:{self.procs[m].launch.metrics_port}/")
+            self.say(f"household app of {m}: {self.web_urls()[m]}")
         self.watcher.start()
+
+    def web_urls(self) -> dict[str, str]:
+        """The web pages people look at: the operator's console and each household's app
+        (served on the services' HTTP ports, beside /metrics)."""
+        return {n: f"http://127.0.0.1:{p.launch.metrics_port}/" for n, p in self.procs.items()
+                if n == "console" or n in self.scenario.meter_names}
 
     def endpoints(self) -> dict[str, NodeEndpoint]:
         assert self.net is not None
@@ -244,6 +252,7 @@ class ScenarioRunner:
             anchor_target = anchor.target
         settlement = settlement_launch(s, lay, free_port(), free_port(), matcher.target, lvl, anchor_target)
         launches.append(settlement)
+        launches.append(console_launch(s, lay, free_port(), free_port(), settlement.target, matcher.target, lvl))
         meter_nodes = [eps[m.name] for m in s.meters]
         for m in s.meters:
             launches.append(meter_launch(s, m, lay, free_port(), free_port(), eps[m.name], matcher.target,

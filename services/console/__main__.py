@@ -1,0 +1,47 @@
+"""`python -m services.console`: the operator's console (HTTP), over settlement and the matcher."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from pydantic import ValidationError
+
+from p2pep.servicekit import ServiceHost, configure_logging, run_service
+from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
+from services.console.settings import ConsoleSettings
+from services.console.web import Console, add_console_routes
+
+
+def load_settings() -> ConsoleSettings:
+    try:
+        return ConsoleSettings()  # type: ignore[call-arg]  # required fields come from the environment
+    except ValidationError as exc:
+        problems = "; ".join(f"P2PEP_CONSOLE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        raise SystemExit(f"console: bad configuration: {problems}") from None
+
+
+async def main(stop: asyncio.Event) -> None:
+    s = load_settings()
+    configure_logging(s.log_level, json=s.log_json, service="console")
+    channels = [grpc.aio.insecure_channel(s.settlement_target)]
+    matcher = None
+    if s.matcher_target:
+        channels.append(grpc.aio.insecure_channel(s.matcher_target))
+        matcher = matcher_pb2_grpc.MatcherServiceStub(channels[-1])
+    console = Console(settlement_pb2_grpc.SettlementServiceStub(channels[0]), matcher, s.rpc_timeout_s)
+    host = ServiceHost(s, name="console")
+    add_console_routes(host.http_app, console)
+
+    async def close() -> None:
+        for ch in channels:
+            await ch.close()
+
+    host.add_shutdown_hook(close)
+    await host.start(serving=["p2pep.v1.Console"])
+    await host.wait_and_stop(stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_service(main))

@@ -1,0 +1,154 @@
+"""The console's HTTP side: the page at ``/`` and the JSON it reads, each answer built
+from settlement's and the matcher's gRPC APIs (the console stores nothing).
+
+* ``GET /api/overview``: meters (registry, last registers), contract counts by state,
+  delivered Wh and paid msat in total, and the matcher's book (if configured).
+* ``GET /api/contracts?meter_id=&state=ACTIVE,DEFAULTED``
+* ``GET /api/energy?meter_id=M&from=ISO&to=ISO``: usage and production of one meter
+  between two times (reading timestamps, the meters' simulated clock).
+* ``GET /api/payments?contract_id=&meter_id=``
+* ``GET /api/contracts/{id}/document``: the self-contained contract document
+  (terms, hashes, settlement summary, anchoring proofs) that ``p2pep verify`` checks.
+
+Bad parameters answer 400, unknown meters or contracts 404, a backend that is down 503,
+always with ``{"error": ...}`` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter as Tally
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import grpc
+from aiohttp import web
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2 as pb, settlement_pb2_grpc
+from services.console import metrics
+
+PAGE = Path(__file__).with_name("static") / "console.html"
+HTTP_OF = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+           grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
+STATES = {n.removeprefix("CONTRACT_STATE_"): v for n, v in pb.ContractState.items() if v}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadParam(ValueError):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+def _pb(msg: Any) -> dict[str, Any]:
+    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def parse_time(req: web.Request, name: str) -> Timestamp:
+    raw = req.query.get(name, "")
+    if not raw:
+        raise BadParam(name, "required: an ISO 8601 time with a UTC offset, e.g. 2026-06-21T12:00:00+02:00")
+    try:
+        t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadParam(name, f"not an ISO 8601 time: {raw!r}") from None
+    if t.tzinfo is None:
+        raise BadParam(name, f"needs a UTC offset: {raw!r}")
+    ts = Timestamp()
+    ts.FromDatetime(t)
+    return ts
+
+
+def parse_states(req: web.Request) -> list[int]:
+    out = []
+    for s in filter(None, req.query.get("state", "").upper().split(",")):
+        if s not in STATES:
+            raise BadParam("state", f"unknown state {s!r} (known: {', '.join(STATES)})")
+        out.append(STATES[s])
+    return out
+
+
+class Console:
+    def __init__(self, settlement: settlement_pb2_grpc.SettlementServiceStub,
+                 matcher: matcher_pb2_grpc.MatcherServiceStub | None, timeout: float = 10.0) -> None:
+        self.settlement, self.matcher, self.timeout = settlement, matcher, timeout
+
+    async def overview(self, req: web.Request) -> web.Response:
+        meters = await self.settlement.ListMeters(pb.ListMetersRequest(), timeout=self.timeout)
+        contracts = (await self.settlement.ListContracts(pb.ListSettlementContractsRequest(),
+                                                         timeout=self.timeout)).contracts
+        out: dict[str, Any] = {
+            "meters": [_pb(m) for m in meters.meters],
+            "contracts_by_state": dict(Tally(pb.ContractState.Name(c.state).removeprefix("CONTRACT_STATE_")
+                                             for c in contracts)),
+            "delivered_wh": sum(c.delivered_wh for c in contracts),
+            "paid_msat": sum(c.paid_msat for c in contracts),
+            "book": None,
+        }
+        if self.matcher is not None:
+            try:
+                out["book"] = _pb(await self.matcher.GetBook(matcher_pb2.GetBookRequest(depth=10), timeout=self.timeout))
+            except grpc.aio.AioRpcError as e:  # the rest of the page still works
+                out["book"] = {"error": f"matcher: {e.code().name}: {e.details()}"}
+        return web.json_response(out)
+
+    async def contracts(self, req: web.Request) -> web.Response:
+        resp = await self.settlement.ListContracts(pb.ListSettlementContractsRequest(
+            meter_id=req.query.get("meter_id", ""), states=parse_states(req)), timeout=self.timeout)
+        return web.json_response({"contracts": [_pb(c) for c in resp.contracts]})
+
+    async def energy(self, req: web.Request) -> web.Response:
+        meter = req.query.get("meter_id", "")
+        if not meter:
+            raise BadParam("meter_id", "required")
+        t0, t1 = parse_time(req, "from"), parse_time(req, "to")
+        if t1.ToNanoseconds() < t0.ToNanoseconds():
+            raise BadParam("to", "must not be before from")
+        q = pb.EnergyQuery(meter_id=meter, to=t1)
+        getattr(q, "from").CopyFrom(t0)
+        usage = await self.settlement.GetUsage(q, timeout=self.timeout)
+        production = await self.settlement.GetProduction(q, timeout=self.timeout)
+        return web.json_response({"meter_id": meter, "from": req.query["from"], "to": req.query["to"],
+                                  "usage_wh": usage.energy_wh, "production_wh": production.energy_wh,
+                                  "readings": usage.readings})
+
+    async def payments(self, req: web.Request) -> web.Response:
+        resp = await self.settlement.ListPayments(pb.ListPaymentsRequest(
+            contract_id=req.query.get("contract_id", ""), meter_id=req.query.get("meter_id", "")),
+            timeout=self.timeout)
+        return web.json_response({"payments": [_pb(p) for p in resp.payments]})
+
+    async def document(self, req: web.Request) -> web.Response:
+        cid = req.match_info["contract_id"]
+        doc = await self.settlement.ExportContract(pb.GetContractRequest(contract_id=cid), timeout=self.timeout)
+        return web.json_response(json.loads(doc.json), headers={
+            "Content-Disposition": f'attachment; filename="{cid}.json"'})
+
+
+def _route(name: str, handler: Handler) -> Handler:
+    async def wrapped(req: web.Request) -> web.StreamResponse:
+        try:
+            resp = await handler(req)
+        except BadParam as e:
+            resp = web.json_response({"error": str(e), "param": e.param}, status=400)
+        except grpc.aio.AioRpcError as e:
+            resp = web.json_response({"error": e.details() or e.code().name, "code": e.code().name},
+                                     status=HTTP_OF.get(e.code(), 502))
+        metrics.REQUESTS.labels(name, str(resp.status)).inc()
+        return resp
+    return wrapped
+
+
+def add_console_routes(app: web.Application, console: Console) -> None:
+    async def page(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(PAGE, headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/", page)
+    app.router.add_get("/api/overview", _route("overview", console.overview))
+    app.router.add_get("/api/contracts", _route("contracts", console.contracts))
+    app.router.add_get("/api/energy", _route("energy", console.energy))
+    app.router.add_get("/api/payments", _route("payments", console.payments))
+    app.router.add_get("/api/contracts/{contract_id}/document", _route("document", console.document))

@@ -1,0 +1,126 @@
+"""The operator console against a fake settlement (in-process gRPC): what it shows, and
+its answers to bad input and to a backend that is down. The real run is in
+tests/test_e2e_scenarios.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+
+from p2pep.regtest.ports import free_port
+from p2pep.v1 import common_pb2, settlement_pb2 as pb, settlement_pb2_grpc
+from services.console.web import Console, add_console_routes
+
+
+class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
+    def __init__(self) -> None:
+        self.asked: list[Any] = []
+
+    async def ListMeters(self, req: pb.ListMetersRequest, ctx: Any) -> pb.ListMetersResponse:
+        return pb.ListMetersResponse(meters=[pb.MeterInfo(meter_id="meter-1", role="producer", export_wh=5000),
+                                             pb.MeterInfo(meter_id="meter-3", role="consumer", import_wh=4000)])
+
+    async def ListContracts(self, req: pb.ListSettlementContractsRequest, ctx: Any) -> pb.ListSettlementContractsResponse:
+        self.asked.append(req)
+        c = pb.ContractRecord(contract=common_pb2.Contract(contract_id="c-1", consumer="meter-3", supplier="meter-1",
+                                                           energy_wh=500, price_msat_per_kwh=250_000),
+                              state=pb.CONTRACT_STATE_ACTIVE, delivered_wh=120, paid_msat=30_000)
+        return pb.ListSettlementContractsResponse(contracts=[c])
+
+    async def GetUsage(self, req: pb.EnergyQuery, ctx: Any) -> pb.EnergyTotal:
+        if req.meter_id != "meter-3":
+            await ctx.abort(grpc.StatusCode.NOT_FOUND, f"meter_id: no meter {req.meter_id!r}")
+        self.asked.append(req)
+        return pb.EnergyTotal(meter_id=req.meter_id, energy_wh=700, readings=12)
+
+    async def GetProduction(self, req: pb.EnergyQuery, ctx: Any) -> pb.EnergyTotal:
+        return pb.EnergyTotal(meter_id=req.meter_id, energy_wh=0, readings=12)
+
+    async def ListPayments(self, req: pb.ListPaymentsRequest, ctx: Any) -> pb.ListPaymentsResponse:
+        return pb.ListPaymentsResponse(payments=[pb.Payment(contract_id=req.contract_id, increment=1, amount_msat=2500)])
+
+    async def ExportContract(self, req: pb.GetContractRequest, ctx: Any) -> pb.ContractDocument:
+        if req.contract_id != "c-1":
+            await ctx.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {req.contract_id!r}")
+        return pb.ContractDocument(json=json.dumps({"version": 1, "terms": {"contract_id": "c-1"}}))
+
+
+@pytest.fixture
+async def console() -> AsyncIterator[tuple[str, FakeSettlement, grpc.aio.Server]]:
+    fake = FakeSettlement()
+    server = grpc.aio.server()
+    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    app = web.Application()
+    add_console_routes(app, Console(settlement_pb2_grpc.SettlementServiceStub(channel), None, timeout=3))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    http_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", http_port).start()
+    yield f"http://127.0.0.1:{http_port}", fake, server
+    await runner.cleanup()
+    await channel.close()
+    await server.stop(None)
+
+
+async def test_console_shows_meters_contracts_energy_and_documents(console: Any) -> None:
+    base, fake, _ = console
+    async with aiohttp.ClientSession(base) as http:
+        async with http.get("/") as r:
+            assert r.status == 200 and "api/overview" in await r.text()
+        async with http.get("/api/overview") as r:
+            o = await r.json()
+        assert [m["meter_id"] for m in o["meters"]] == ["meter-1", "meter-3"]
+        assert o["contracts_by_state"] == {"ACTIVE": 1} and o["delivered_wh"] == 120 and o["paid_msat"] == 30_000
+        assert o["book"] is None  # no matcher configured
+        async with http.get("/api/contracts?meter_id=meter-3&state=active,defaulted") as r:
+            assert (await r.json())["contracts"][0]["contract"]["contract_id"] == "c-1"
+        assert list(fake.asked[-1].states) == [pb.CONTRACT_STATE_ACTIVE, pb.CONTRACT_STATE_DEFAULTED]
+        async with http.get("/api/energy", params={"meter_id": "meter-3", "from": "2026-06-21T11:00:00+02:00",
+                                                    "to": "2026-06-21T12:00:00Z"}) as r:
+            e = await r.json()
+        assert (e["usage_wh"], e["production_wh"], e["readings"]) == (700, 0, 12)
+        q = fake.asked[-1]
+        assert getattr(q, "from").seconds == 1782032400 and q.to.seconds == 1782043200
+        async with http.get("/api/contracts/c-1/document") as r:
+            assert r.status == 200 and "c-1.json" in r.headers["Content-Disposition"]
+            assert (await r.json())["terms"]["contract_id"] == "c-1"
+        async with http.get("/api/payments?contract_id=c-1") as r:
+            assert (await r.json())["payments"][0]["increment"] == 1
+
+
+@pytest.mark.parametrize("path,status,param", [
+    ("/api/energy?from=2026-06-21T11:00:00Z&to=2026-06-21T12:00:00Z", 400, "meter_id"),
+    ("/api/energy?meter_id=meter-3&to=2026-06-21T12:00:00Z", 400, "from"),
+    ("/api/energy?meter_id=meter-3&from=yesterday&to=2026-06-21T12:00:00Z", 400, "from"),
+    ("/api/energy?meter_id=meter-3&from=2026-06-21T11:00:00&to=2026-06-21T12:00:00Z", 400, "from"),
+    ("/api/energy?meter_id=meter-3&from=2026-06-21T12:00:00Z&to=2026-06-21T11:00:00Z", 400, "to"),
+    ("/api/contracts?state=BURNING", 400, "state"),
+    ("/api/energy?meter_id=meter-9&from=2026-06-21T11:00:00Z&to=2026-06-21T12:00:00Z", 404, None),
+    ("/api/contracts/c-404/document", 404, None),
+])
+async def test_bad_requests_get_a_status_and_a_json_error(console: Any, path: str, status: int,
+                                                           param: str | None) -> None:
+    base, _, _ = console
+    async with aiohttp.ClientSession(base) as http, http.get(path) as r:
+        body = await r.json()
+    assert r.status == status, body
+    assert body["error"]
+    if param:
+        assert body["param"] == param and body["error"].startswith(param + ":")
+    else:
+        assert "no " in body["error"]
+
+
+async def test_settlement_down_is_a_503(console: Any) -> None:
+    base, _, server = console
+    await server.stop(None)
+    async with aiohttp.ClientSession(base) as http, http.get("/api/overview") as r:
+        assert r.status == 503 and "error" in await r.json()
