@@ -145,3 +145,20 @@ async def test_run_service_subprocess_sigterm_exits_zero() -> None:
     assert proc.returncode == 0, err
     assert "clean" in out
     assert '"event": "service stopped"' in err
+
+
+def test_bad_settings_exit_with_one_line_naming_each_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.console.settings import ConsoleSettings
+
+    from p2pep.servicekit import load_settings
+
+    monkeypatch.delenv("P2PEP_CONSOLE_SETTLEMENT_TARGET", raising=False)
+    monkeypatch.setenv("P2PEP_CONSOLE_RPC_TIMEOUT_S", "-1")
+    with pytest.raises(SystemExit) as info:
+        load_settings(ConsoleSettings, "console")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("console: bad configuration: ")
+    assert "P2PEP_CONSOLE_SETTLEMENT_TARGET: Field required" in msg and "P2PEP_CONSOLE_RPC_TIMEOUT_S: " in msg
+    monkeypatch.setenv("P2PEP_CONSOLE_SETTLEMENT_TARGET", "127.0.0.1:1")
+    monkeypatch.setenv("P2PEP_CONSOLE_RPC_TIMEOUT_S", "2.5")
+    assert load_settings(ConsoleSettings, "console").rpc_timeout_s == 2.5

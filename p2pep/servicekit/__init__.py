@@ -22,12 +22,13 @@ A typical ``services/<name>/__main__.py``::
 from p2pep.servicekit.host import ServiceHost
 from p2pep.servicekit.logs import configure_logging
 from p2pep.servicekit.runtime import install_signal_handlers, run_service
-from p2pep.servicekit.settings import BaseServiceSettings
+from p2pep.servicekit.settings import BaseServiceSettings, load_settings
 
 __all__ = [
     "BaseServiceSettings",
     "ServiceHost",
     "configure_logging",
+    "load_settings",
     "install_signal_handlers",
     "run_service",
 ]

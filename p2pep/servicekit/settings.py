@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -28,3 +28,20 @@ class BaseServiceSettings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_json: bool = True
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], service: str) -> S:
+    """``cls()`` from the environment; a bad or missing variable exits the process with a
+    one-line message naming each variable (``P2PEP_X_FIELD: what is wrong``)."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        problems = "; ".join(
+            (f"{prefix}{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "") + e["msg"]
+            for e in exc.errors()
+        )
+        raise SystemExit(f"{service}: bad configuration: {problems}") from None

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from pydantic import ValidationError
 
 from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.chain.btcd_rpc import BtcdRpc, BtcdRpcConfig
+from p2pep import servicekit
 from p2pep.servicekit import ServiceHost, configure_logging, run_service
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 from services.anchor.servicer import AnchorServicer
@@ -30,12 +30,7 @@ log = structlog.get_logger(__name__)
 
 def load_settings() -> AnchorSettings:
     """Settings from the environment; a bad or missing variable exits with a one-line message naming it."""
-    try:
-        return AnchorSettings()  # type: ignore[call-arg]  # required fields come from the environment
-    except ValidationError as exc:
-        problems = "; ".join(f"P2PEP_ANCHOR_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        raise SystemExit(f"anchor: bad configuration: {problems}") from None
+    return servicekit.load_settings(AnchorSettings, "anchor")
 
 
 async def main(stop: asyncio.Event) -> None:

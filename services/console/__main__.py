@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from pydantic import ValidationError
 
+from p2pep import servicekit
 from p2pep.servicekit import ServiceHost, configure_logging, run_service
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.console.settings import ConsoleSettings
@@ -14,12 +14,8 @@ from services.console.web import Console, add_console_routes
 
 
 def load_settings() -> ConsoleSettings:
-    try:
-        return ConsoleSettings()  # type: ignore[call-arg]  # required fields come from the environment
-    except ValidationError as exc:
-        problems = "; ".join(f"P2PEP_CONSOLE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        raise SystemExit(f"console: bad configuration: {problems}") from None
+    """Settings from the environment; a bad or missing variable exits with a one-line message naming it."""
+    return servicekit.load_settings(ConsoleSettings, "console")
 
 
 async def main(stop: asyncio.Event) -> None:

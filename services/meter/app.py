@@ -7,9 +7,9 @@ import asyncio
 from dataclasses import dataclass
 
 import structlog
-from pydantic import ValidationError
 
 from p2pep.lnd.client import LndClient, LndConnection
+from p2pep import servicekit
 from p2pep.servicekit import ServiceHost, configure_logging
 from p2pep.v1 import meter_pb2_grpc
 from services.meter.household import add_household_routes
@@ -54,16 +54,8 @@ def lnd_client(s: MeterSettings) -> LndClient:
 
 
 def load_settings() -> MeterSettings:
-    """Settings from the environment; a bad or missing variable exits with a one-line
-    message naming it."""
-    try:
-        return MeterSettings()  # type: ignore[call-arg]  # required fields come from the environment
-    except ValidationError as exc:
-        problems = "; ".join(
-            (f"P2PEP_METER_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "") + e["msg"]
-            for e in exc.errors()
-        )
-        raise SystemExit(f"meter: bad configuration: {problems}") from None
+    """Settings from the environment; a bad or missing variable exits with a one-line message naming it."""
+    return servicekit.load_settings(MeterSettings, "meter")
 
 
 async def main(stop: asyncio.Event) -> None:
