@@ -61,10 +61,15 @@ async def run_scenario(name: str, tmp_path: Path, during: During | None = None,
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         raise
-    assert report is not None, "\n".join(said)
-    failed = {n: report["checks"][n] for n in report["failed_checks"]}
-    assert report["ok"], json.dumps({"failed": failed, "errors": report["errors"], "said": said[-30:]},
-                                     indent=1, default=str)[:6000]
+    try:
+        assert report is not None, "\n".join(said)
+        failed = {n: report["checks"][n] for n in report["failed_checks"]}
+        assert report["ok"], json.dumps({"failed": failed, "errors": report["errors"], "said": said[-30:]},
+                                         indent=1, default=str)[:6000]
+    except AssertionError:
+        if keep_network:  # the caller never gets to take it down
+            await RegtestNetwork.attach(runner.run_dir).down()
+        raise
     return report, runner
 
 
@@ -199,6 +204,8 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         for name, rec in report["suppliers"].items():
             assert rec["received_msat"] > 0, name
             assert abs(rec["difference_msat"]) <= rec["one_increment_msat"], (name, rec)
+        # everybody can pay: no contract defaults (a last partial increment below 1 sat is paid too)
+        assert not [c for c in report["contracts"] if c["state"] == "CONTRACT_STATE_DEFAULTED"], report["contracts"]
         assert report["relay"]["meter-3"]["samples"] > 50
         assert report["relay"]["meter-3"]["uncovered_samples"] == 0
 
@@ -230,8 +237,9 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
 
         # contract hashes anchored on-chain; each document's proofs verify against btcd alone
         await net.mine(2)
-        docs = report["documents"]
-        assert docs and len(docs) == len(report["contracts"])
+        signed = {c["contract_id"] for c in report["contracts"] if c["state"] != "CONTRACT_STATE_REJECTED"}
+        docs = {cid: d for cid, d in report["documents"].items() if cid in signed}
+        assert docs and len(docs) == len(signed)
         for cid, doc in docs.items():  # the terms and the settlement summary, each with its proof
             assert doc["settlement"] is not None, cid
             assert sorted(p["leaf"] for p in doc["proofs"]) == ["contract", "settlement"], (cid, doc["proofs"])

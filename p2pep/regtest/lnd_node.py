@@ -78,6 +78,11 @@ class LndNode:
                 "--maxpendingchannels=20",
                 "--db.batch-commit-interval=10ms",
                 "--bitcoin.defaultchanconfs=1",
+                # A contract's last, partial increment can be worth less than 1 sat (3 Wh at
+                # 250 sat/kWh is 750 msat): channels must carry HTLCs down to 1 msat, where
+                # lnd's default for the HTLCs a node sends and forwards is 1,000 msat.
+                "--bitcoin.minhtlc=1",
+                "--bitcoin.minhtlcout=1",
                 "--protocol.wumbo-channels",
                 "--prometheus.enable",
                 f"--prometheus.listen=127.0.0.1:{info.metrics_port}",

@@ -406,7 +406,7 @@ class ScenarioRunner:
             f.registry = list((await stub.ListMeters(settlement_pb2.ListMetersRequest(), timeout=15)).meters)
         except grpc.aio.AioRpcError as e:
             f.errors.append(f"settlement: {e.code().name}: {e.details()}")
-        f.documents = await self._documents([r.contract.contract_id for r in f.contracts], f.errors)
+        f.documents = await self._documents(f.contracts, f.errors)
         for m in s.suppliers:
             try:
                 f.invoices[m.name] = await self.net.nodes[m.name].client.list_invoices()
@@ -418,11 +418,14 @@ class ScenarioRunner:
                       for n, p in self.procs.items()}
         return f
 
-    async def _documents(self, contract_ids: list[str], errors: list[str]) -> dict[str, Any]:
+    async def _documents(self, contracts: list[settlement_pb2.ContractRecord], errors: list[str]) -> dict[str, Any]:
         """Each contract's document. With the anchor service, the settlement summaries of
         contracts that just ended join a batch a block or two later: wait (bounded, the
-        miner still runs) until every hash a document holds has its proof."""
+        miner still runs) until every hash a document holds has its proof. A contract the
+        meters never both signed (rejected) is anchored by nobody, and not waited for."""
         stub = self.watcher.settlement
+        contract_ids = [r.contract.contract_id for r in contracts]
+        never_signed = {r.contract.contract_id for r in contracts if r.state == settlement_pb2.CONTRACT_STATE_REJECTED}
         deadline = time.monotonic() + self.opts.anchor_wait_s * timeout_scale()
         docs: dict[str, Any] = {}
         while True:
@@ -438,7 +441,7 @@ class ScenarioRunner:
                     docs[cid] = {"error": f"not JSON: {e}"}
             if not self.scenario.anchor:
                 return docs
-            waiting = {cid: missing for cid, d in docs.items() if (missing := _unanchored(d))}
+            waiting = {cid: missing for cid, d in docs.items() if cid not in never_signed and (missing := _unanchored(d))}
             if not waiting:
                 return docs
             if time.monotonic() > deadline:
