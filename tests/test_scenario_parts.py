@@ -79,10 +79,10 @@ def test_kwp_is_exact(wp: int, text: str) -> None:
 
 
 def test_keep_and_drain_amounts() -> None:
-    # 10 Wh at 350 000 msat/kWh = 3 500 msat, plus the hub's 1 000 msat + 1 ppm
-    assert increment_cost_msat(10, 350_000) == 3_500 + 1_001
+    # 10 Wh at 350 000 msat/kWh = 3 500 msat, plus the hub's 0 msat + 1000 ppm (3.5 msat, rounded up)
+    assert increment_cost_msat(10, 350_000) == 3_500 + 4
     assert increment_cost_msat(10, 350_000, routed=False) == 3_500
-    assert keep_msat(5, 10, 350_000) == 5 * 4_501
+    assert keep_msat(5, 10, 350_000) == 5 * (3_500 + 4)  # 0.1% forwarding fee, rounded up
     assert drain_amount_msat(1_000_000, 22_505) == 977_495
     assert drain_amount_msat(10_000, 22_505) == 0
 

@@ -14,6 +14,11 @@ from p2pep.regtest.process import Proc
 from p2pep.regtest.waiting import timeout_scale
 
 
+# Forwarding policy of every node (only the hub forwards): see p2pep.scenario.drain.
+FORWARD_BASE_FEE_MSAT = 0
+FORWARD_FEE_PPM = 1000
+
+
 @dataclass
 class LndInfo:
     name: str
@@ -83,6 +88,10 @@ class LndNode:
                 # lnd's default for the HTLCs a node sends and forwards is 1,000 msat.
                 "--bitcoin.minhtlc=1",
                 "--bitcoin.minhtlcout=1",
+                # The hub's forwarding fee: lnd's default 1 sat base fee would be a third of a
+                # 3-sat increment; an operator charges in proportion (0.1%), nothing per payment.
+                f"--bitcoin.basefee={FORWARD_BASE_FEE_MSAT}",
+                f"--bitcoin.feerate={FORWARD_FEE_PPM}",
                 "--protocol.wumbo-channels",
                 "--prometheus.enable",
                 f"--prometheus.listen=127.0.0.1:{info.metrics_port}",

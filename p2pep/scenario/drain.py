@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
+from p2pep.regtest.lnd_node import FORWARD_BASE_FEE_MSAT, FORWARD_FEE_PPM
+
 # Each drain payment stays below 2^32 msat so nothing needs wumbo payments or MPP.
 MAX_CHUNK_MSAT = 4_000_000_000
 
-# A hub forwards for its base fee plus a proportional part (lnd's defaults: 1 sat + 1 ppm).
-HUB_BASE_FEE_MSAT = 1_000
-HUB_FEE_PPM = 1
+# A hub forwards for its base fee plus a proportional part, as the regtest nodes are set up.
+HUB_BASE_FEE_MSAT = FORWARD_BASE_FEE_MSAT
+HUB_FEE_PPM = FORWARD_FEE_PPM
 
 
 def increment_cost_msat(increment_wh: int, price_msat_per_kwh: int, routed: bool = True) -> int:

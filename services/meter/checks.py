@@ -200,7 +200,8 @@ def check_not_paying_ahead(
 
 
 def fee_limit_msat(amount_msat: int) -> int:
-    """Routing fee cap for one increment: 1 % plus 1000 msat (regtest hubs charge ~1 sat)."""
+    """Routing fee cap for one increment: 1 % plus 1000 msat (room for a hub on lnd's default 1 sat base
+    fee; the regtest hub charges 0.1 %)."""
     return amount_msat // 100 + 1000
 
 
