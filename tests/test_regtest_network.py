@@ -21,6 +21,32 @@ async def test_network_is_up(regtest: RegtestNetwork) -> None:
     assert os.path.exists(st["binaries"]["lncli"]) and os.path.exists(st["binaries"]["btcctl"])
 
 
+async def test_sub_satoshi_increment_pays_through_hub_for_a_proportional_fee(regtest: RegtestNetwork) -> None:
+    """A contract's last partial increment can be worth less than 1 sat (750 msat here)."""
+    m1, m2 = regtest.nodes["meter-1"].client, regtest.nodes["meter-2"].client
+    inv = await m2.add_invoice(750, memo="acceptance: 3 Wh at 250 sat/kWh")
+    res = await m1.pay(inv.payment_request)
+    assert res.status == "SUCCEEDED" and res.hops == 2 and res.value_msat == 750
+    assert res.fee_msat == 0  # 0.1 % of 750 msat, which lnd rounds down; no base fee
+    big = await m2.add_invoice(10_000_000, memo="acceptance: 10,000 sat")
+    assert (await m1.pay(big.payment_request)).fee_msat == 10_000
+
+
+async def test_can_send_sees_what_the_channel_balance_does_not(regtest: RegtestNetwork) -> None:
+    """lnd's pathfinding knows the real bandwidth: the balance above the reserve is not all
+    sendable (the opener keeps a commitment fee buffer); the meter's conservative estimate is."""
+    from services.meter.lightning import spendable_sat
+
+    m1, hub = regtest.nodes["meter-1"], regtest.nodes["hub"]
+    (ch,) = [c for c in await m1.client.list_channels(active_only=True) if c.remote_pubkey == hub.info.pubkey]
+    above_reserve = ch.local_balance - ch.local_constraints.chan_reserve_sat
+    estimate = spendable_sat(ch)
+    assert ch.initiator and 0 < estimate < above_reserve
+    assert await m1.client.can_send(hub.info.pubkey, estimate * 1000)
+    assert not await m1.client.can_send(hub.info.pubkey, above_reserve * 1000)
+    assert await m1.client.can_send(regtest.nodes["meter-2"].info.pubkey, 10_000)
+
+
 async def test_pay_invoice_through_hub(regtest: RegtestNetwork) -> None:
     m1, m2, hub = regtest.nodes["meter-1"].client, regtest.nodes["meter-2"].client, regtest.nodes["hub"].client
     amount = 12_345

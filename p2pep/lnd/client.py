@@ -197,7 +197,7 @@ class LndClient:
     async def channel_balance(self) -> ln.ChannelBalanceResponse:
         return await self._call("ChannelBalance", self.ln.ChannelBalance, ln.ChannelBalanceRequest())
 
-    async def can_send(self, dest_pubkey: str, amount_msat: int, fee_limit_msat: int = 0) -> bool:
+    async def can_send(self, dest_pubkey: str, amount_msat: int) -> bool:
         """Whether lnd finds a route paying ``amount_msat`` to ``dest_pubkey`` now.
 
         lnd's pathfinding takes its own channels at their real bandwidth (the balance
@@ -205,8 +205,6 @@ class LndClient:
         must keep), which a channel's ``local_balance`` does not show; so this, not the
         balance, says whether a payment of that size can leave this node."""
         req = ln.QueryRoutesRequest(pub_key=dest_pubkey, amt_msat=amount_msat)
-        if fee_limit_msat:
-            req.fee_limit.fixed_msat = fee_limit_msat
         try:
             resp = await self._call("QueryRoutes", self.ln.QueryRoutes, req, 15)
         except LndError as e:

@@ -152,7 +152,7 @@ class FakeLnd:
         self.channels_opened.append((pubkey, local_sat, push_sat))
         return f"{secrets.token_hex(32)}:0"
 
-    async def can_send(self, dest_pubkey: str, amount_msat: int, fee_limit_msat: int = 0) -> bool:
+    async def can_send(self, dest_pubkey: str, amount_msat: int) -> bool:
         """A route exists if one channel to the peer has the amount above ``unroutable_sat``
         (what lnd's fee buffer and reserve would hold back)."""
         self._call("QueryRoutes")
