@@ -29,7 +29,7 @@ async def test_sub_satoshi_increment_pays_through_hub_for_a_proportional_fee(reg
     assert res.status == "SUCCEEDED" and res.hops == 2 and res.value_msat == 750
     assert res.fee_msat == 0  # 0.1 % of 750 msat, which lnd rounds down; no base fee
     big = await m2.add_invoice(10_000_000, memo="acceptance: 10,000 sat")
-    assert (await m1.pay(big.payment_request)).fee_msat == 10_000
+    assert (await m1.pay(big.payment_request, fee_limit_msat=100_000)).fee_msat == 10_000
 
 
 async def test_can_send_sees_what_the_channel_balance_does_not(regtest: RegtestNetwork) -> None:
@@ -52,7 +52,7 @@ async def test_pay_invoice_through_hub(regtest: RegtestNetwork) -> None:
     amount = 12_345
     b1, b2, bh = [(await c.channel_balance()).local_balance.sat for c in (m1, m2, hub)]
     inv = await m2.add_invoice(amount * 1000, memo="acceptance: pay through hub")
-    res = await m1.pay(inv.payment_request)
+    res = await m1.pay(inv.payment_request, fee_limit_msat=amount * 10)  # 1 %; the hub takes 0.1 %
     assert res.status == "SUCCEEDED" and res.hops == 2 and res.value_msat == amount * 1000
 
     async def settled() -> bool:
