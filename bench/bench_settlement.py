@@ -4,8 +4,9 @@ Runs the `hackathon` system (hub, two producers, one 2 kW consumer; matcher, set
 and three meter services as processes) through :class:`ScenarioRunner` and reads the
 services' structured logs afterwards:
 
-* **demand to energized relay**: from the consumer's first ``order placed`` (its demand
-  request) to its first ``relay energized`` (matched, contract signed by both meters,
+* **demand to energized relay**: from the consumer's first demand request (its ``window
+  orders`` log line, just before SubmitDemand) to its first ``relay energized`` (matched,
+  contract signed by both meters,
   active), and on to the first increment paid (settlement's ``increment paid``,
   increment 1). Median over ``--runs`` short runs, each on a fresh network.
 * **increments settled per second** through the hub, with p50/p99 of settlement's own
@@ -80,7 +81,8 @@ def first(events: list[dict[str, Any]], event: str, after: float = 0.0, **match:
 def demand_to_energized(runner: ScenarioRunner) -> dict[str, float | None]:
     meter = log_events(runner.layout.log("meter-3"))
     settle = log_events(runner.layout.log("settlement"))
-    t_demand = next((e["t"] for e in meter if e["event"] == "order placed" and "demand" in str(e.get("side"))), None)
+    # logged just before the meter sends its first demand request to the matcher
+    t_demand = next((e["t"] for e in meter if e["event"] == "window orders" and int(e.get("demand_wh", 0)) > 0), None)
     if t_demand is None:
         return {"energized_s": None, "first_paid_s": None}
     t_on = first(meter, "relay energized", t_demand)

@@ -238,6 +238,8 @@ async def test_registers_and_streams_signed_readings(rig: Rig) -> None:
     await wait_for(lambda: len(rig.settlement.readings.get("home", {})) >= 5, 10, what="readings")
     seqs = sorted(rig.settlement.readings["home"])
     assert seqs == list(range(1, len(seqs) + 1))
+    first = rig.settlement.readings["home"][1]  # the baseline, read before the meter could trade
+    assert (first.import_wh, first.export_wh) == (0, 0)
     st = await rig.stub("home").GetStatus(meter_pb2.GetStatusRequest())
     assert st.meter_id == "home" and st.seq >= 5 and not st.relay_energized and st.relay_reason == "NO_CONTRACT"
     assert st.import_wh == 0 and st.unmet_wh >= 0 and st.power_w == 2000  # blocked: nothing imported

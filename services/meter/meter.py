@@ -164,6 +164,10 @@ class Meter:
         self.node_pubkey = await wait_node_ready(self.lnd, self._stop, s.meter_id)
         last_seq = await self._register()
         await self._resume(last_seq)
+        # A baseline reading before anything can be contracted: settlement measures energy
+        # as the change between two readings, so whatever the first reading it sees holds
+        # is nobody's; taken now (relay blocked, no contract yet) that is nothing.
+        await self.tick()
         self._spawn("sender", self.sender.run())
         self._spawn("ticks", self._tick_forever())
         self._spawn("contract-poll", self.contracts.poll_forever())
