@@ -428,8 +428,9 @@ class ScenarioRunner:
         never_signed = {r.contract.contract_id for r in contracts if r.state == settlement_pb2.CONTRACT_STATE_REJECTED}
         deadline = time.monotonic() + self.opts.anchor_wait_s * timeout_scale()
         docs: dict[str, Any] = {}
+        todo = contract_ids
         while True:
-            for cid in contract_ids:
+            for cid in todo:
                 try:
                     doc = await stub.ExportContract(settlement_pb2.GetContractRequest(contract_id=cid), timeout=15)
                     docs[cid] = json.loads(doc.json) if doc.json else None
@@ -448,6 +449,7 @@ class ScenarioRunner:
                 errors.append(f"documents not anchored {self.opts.anchor_wait_s:.0f}s after the meters left: "
                               + ", ".join(f"{cid} ({'/'.join(m)})" for cid, m in sorted(waiting.items())))
                 return docs
+            todo = list(waiting)  # the others are complete
             await asyncio.sleep(1.0)
 
     async def _contracts(self, errors: list[str], when: str) -> list[settlement_pb2.ContractRecord]:
