@@ -30,6 +30,16 @@ async def test_sub_satoshi_increment_pays_through_hub_for_a_proportional_fee(reg
     assert res.fee_msat == 0  # 0.1 % of 750 msat, which lnd rounds down; no base fee
     big = await m2.add_invoice(10_000_000, memo="acceptance: 10,000 sat")
     assert (await m1.pay(big.payment_request, fee_limit_msat=100_000)).fee_msat == 10_000
+    nodes = [regtest.nodes[n].client for n in ("meter-1", "hub", "meter-2")]
+
+    async def settled() -> bool:  # leave no HTLC in flight for the tests that follow
+        for c in nodes:
+            if any(ch.pending_htlcs for ch in await c.list_channels()):
+                return False
+        states = [(await m2.lookup_invoice(i.r_hash)).state for i in (inv, big)]
+        return states == [1, 1]  # SETTLED
+
+    await wait_for(settled, 30, what="both invoices settled, no HTLC in flight")
 
 
 async def test_can_send_sees_what_the_channel_balance_does_not(regtest: RegtestNetwork) -> None:

@@ -402,7 +402,7 @@ def evaluate_checks(f: RunFacts, suppliers: dict[str, dict[str, Any]]) -> dict[s
         theirs = [r for r in at_end if r.contract.supplier == e.target]
         still = [r.contract.contract_id for r in theirs
                  if _enum(settlement_pb2.ContractState, r.state) in ACTIVE_STATES]
-        left_ok = left_ok and not still
+        left_ok = left_ok and bool(theirs) and not still  # it served someone, and stopped serving
         left_detail.append({"supplier": e.target, "contracts": len(theirs), "still_active_at_sim_end": still})
         before: dict[str, int] = e.detail.get("delivered_wh_before", {})
         for m in s.consumers:
