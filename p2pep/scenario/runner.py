@@ -393,12 +393,14 @@ class ScenarioRunner:
         stub = self.watcher.settlement
         f.contracts_at_sim_end = await self._contracts(f.errors, "at the end of the simulated period")
         # The meters leave (SIGTERM): they end their contracts, settlement pays the last
-        # partial increments; then the books are final.
+        # partial increments; then the books are final. Pure consumers go first: a last
+        # increment is paid to a supplier that is still there to invoice it.
         self._set_phase("settling")
         self.say("stopping the meters; settlement closes their contracts")
-        meters = [self.procs[m] for m in s.meter_names]
         self.expected_down.update(s.meter_names)
-        await asyncio.gather(*(p.stop() for p in meters))
+        first = [m.name for m in s.meters if m.role == "consumer"]
+        for group in (first, [m for m in s.meter_names if m not in first]):
+            await asyncio.gather(*(self.procs[m].stop() for m in group))
         await self._wait_settled(f.errors)
         f.contracts = await self._contracts(f.errors, "final")
         try:
