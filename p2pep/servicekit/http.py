@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 
@@ -29,3 +31,31 @@ def build_http_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+# -- shared by the services' web pages and the JSON they read --------------------------------
+
+
+class BadParam(ValueError):
+    """A query parameter that cannot be used: answered 400 with a JSON body naming it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": str(self), "param": self.param}, status=400)
+
+
+def pb_json(msg: Any) -> dict[str, Any]:
+    """A protobuf message as JSON (protobuf's mapping: int64 as strings, field names as in the .proto)."""
+    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def static_page(path: Path) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
+    """A handler serving one file, never cached (the pages poll their API)."""
+
+    async def page(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return page

@@ -24,9 +24,9 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 from aiohttp import web
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from p2pep.servicekit.http import BadParam, pb_json, static_page
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2 as pb, settlement_pb2_grpc
 from services.console import metrics
 
@@ -35,16 +35,6 @@ HTTP_OF = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404
            grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 STATES = {n.removeprefix("CONTRACT_STATE_"): v for n, v in pb.ContractState.items() if v}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class BadParam(ValueError):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
-
-
-def _pb(msg: Any) -> dict[str, Any]:
-    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 def parse_time(req: web.Request, name: str) -> Timestamp:
@@ -81,7 +71,7 @@ class Console:
         contracts = (await self.settlement.ListContracts(pb.ListSettlementContractsRequest(),
                                                          timeout=self.timeout)).contracts
         out: dict[str, Any] = {
-            "meters": [_pb(m) for m in meters.meters],
+            "meters": [pb_json(m) for m in meters.meters],
             "contracts_by_state": dict(Tally(pb.ContractState.Name(c.state).removeprefix("CONTRACT_STATE_")
                                              for c in contracts)),
             "delivered_wh": sum(c.delivered_wh for c in contracts),
@@ -90,7 +80,7 @@ class Console:
         }
         if self.matcher is not None:
             try:
-                out["book"] = _pb(await self.matcher.GetBook(matcher_pb2.GetBookRequest(depth=10), timeout=self.timeout))
+                out["book"] = pb_json(await self.matcher.GetBook(matcher_pb2.GetBookRequest(depth=10), timeout=self.timeout))
             except grpc.aio.AioRpcError as e:  # the rest of the page still works
                 out["book"] = {"error": f"matcher: {e.code().name}: {e.details()}"}
         return web.json_response(out)
@@ -98,7 +88,7 @@ class Console:
     async def contracts(self, req: web.Request) -> web.Response:
         resp = await self.settlement.ListContracts(pb.ListSettlementContractsRequest(
             meter_id=req.query.get("meter_id", ""), states=parse_states(req)), timeout=self.timeout)
-        return web.json_response({"contracts": [_pb(c) for c in resp.contracts]})
+        return web.json_response({"contracts": [pb_json(c) for c in resp.contracts]})
 
     async def energy(self, req: web.Request) -> web.Response:
         meter = req.query.get("meter_id", "")
@@ -119,7 +109,7 @@ class Console:
         resp = await self.settlement.ListPayments(pb.ListPaymentsRequest(
             contract_id=req.query.get("contract_id", ""), meter_id=req.query.get("meter_id", "")),
             timeout=self.timeout)
-        return web.json_response({"payments": [_pb(p) for p in resp.payments]})
+        return web.json_response({"payments": [pb_json(p) for p in resp.payments]})
 
     async def document(self, req: web.Request) -> web.Response:
         cid = req.match_info["contract_id"]
@@ -133,7 +123,7 @@ def _route(name: str, handler: Handler) -> Handler:
         try:
             resp = await handler(req)
         except BadParam as e:
-            resp = web.json_response({"error": str(e), "param": e.param}, status=400)
+            resp = e.response()
         except grpc.aio.AioRpcError as e:
             resp = web.json_response({"error": e.details() or e.code().name, "code": e.code().name},
                                      status=HTTP_OF.get(e.code(), 502))
@@ -143,10 +133,7 @@ def _route(name: str, handler: Handler) -> Handler:
 
 
 def add_console_routes(app: web.Application, console: Console) -> None:
-    async def page(_: web.Request) -> web.FileResponse:
-        return web.FileResponse(PAGE, headers={"Cache-Control": "no-cache"})
-
-    app.router.add_get("/", page)
+    app.router.add_get("/", static_page(PAGE))
     app.router.add_get("/api/overview", _route("overview", console.overview))
     app.router.add_get("/api/contracts", _route("contracts", console.contracts))
     app.router.add_get("/api/energy", _route("energy", console.energy))

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from google.protobuf.json_format import MessageToDict
 
+from p2pep.servicekit.http import BadParam, pb_json, static_page
 from services.meter.meter import Meter
 from services.meter.servicer import contract_records, recent_payments
 
@@ -26,62 +26,49 @@ PAGE = Path(__file__).with_name("static") / "household.html"
 MAX_LIMIT = 500
 
 
-class BadQuery(ValueError):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
-
-
 def _int_param(req: web.Request, name: str, default: int) -> int:
     raw = req.query.get(name)
     if raw is None:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadQuery(name, f"must be an integer from 1 to {MAX_LIMIT}, got {raw!r}")
+        raise BadParam(name, f"must be an integer from 1 to {MAX_LIMIT}, got {raw!r}")
     return int(raw)
 
 
 def _bool_param(req: web.Request, name: str) -> bool:
     raw = req.query.get(name, "false").lower()
     if raw not in ("true", "false", "1", "0"):
-        raise BadQuery(name, f"must be true or false, got {raw!r}")
+        raise BadParam(name, f"must be true or false, got {raw!r}")
     return raw in ("true", "1")
-
-
-def _pb(msg: Any) -> dict[str, Any]:
-    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 @web.middleware
 async def _errors(req: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(req)
-    except BadQuery as e:
-        return web.json_response({"error": str(e), "param": e.param}, status=400)
+    except BadParam as e:
+        return e.response()
 
 
 def add_household_routes(app: web.Application, meter: Meter) -> None:
     """Mount the page and its API on the meter's HTTP app (before the host starts)."""
 
-    async def page(_: web.Request) -> web.FileResponse:
-        return web.FileResponse(PAGE, headers={"Cache-Control": "no-cache"})
-
     async def status(req: web.Request) -> web.Response:
         n = _int_param(req, "payments", 20)
         return web.json_response({
-            "status": _pb(meter.status()),
-            "contracts": [_pb(r) for r in contract_records(meter)],
-            "payments": [_pb(p) for p in await recent_payments(meter, n)],
+            "status": pb_json(meter.status()),
+            "contracts": [pb_json(r) for r in contract_records(meter)],
+            "payments": [pb_json(p) for p in await recent_payments(meter, n)],
         })
 
     async def contracts(req: web.Request) -> web.Response:
-        return web.json_response({"contracts": [_pb(r) for r in contract_records(meter, _bool_param(req, "active_only"))]})
+        return web.json_response({"contracts": [pb_json(r) for r in contract_records(meter, _bool_param(req, "active_only"))]})
 
     async def payments(req: web.Request) -> web.Response:
-        return web.json_response({"payments": [_pb(p) for p in await recent_payments(meter, _int_param(req, "limit", 100))]})
+        return web.json_response({"payments": [pb_json(p) for p in await recent_payments(meter, _int_param(req, "limit", 100))]})
 
     app.middlewares.append(_errors)
-    app.router.add_get("/", page)
+    app.router.add_get("/", static_page(PAGE))
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/contracts", contracts)
     app.router.add_get("/api/payments", payments)
