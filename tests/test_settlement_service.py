@@ -76,9 +76,10 @@ class Harness:
         self.hosts.append(host)
         return host.grpc_target
 
-    async def start_settlement(self) -> tuple[Engine, settlement_pb2_grpc.SettlementServiceStub, ServiceHost]:
+    async def start_settlement(self, **settings: Any) -> tuple[Engine, settlement_pb2_grpc.SettlementServiceStub,
+                                                               ServiceHost]:
         s = SettlementSettings(db_path=str(self.tmp / "s.sqlite"), increment_wh=10, sweep_interval_s=0.05,
-                               party_silence_s=30)
+                               party_silence_s=30, **settings)
         store = await Store.open(s.db_path)
         engine = Engine(s, store)
         await engine.load()
@@ -245,3 +246,80 @@ async def test_contract_ends_at_its_end_time_paying_what_was_delivered(world: An
     rec = await stub.GetContract(pb.GetContractRequest(contract_id="c3"))
     assert rec.state == pb.CONTRACT_STATE_COMPLETED and rec.end_reason == "END_TIME"
     assert (rec.delivered_wh, rec.paid_wh, rec.paid_msat) == (13, 13, 13 * 1_500_000 // 1000)
+
+
+def metric(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_worker_failure_is_shown_counted_and_retried_without_paying_twice(world: Any) -> None:
+    """The store fails between the consumer's payment and its record (as the shared-connection
+    race did): the worker is not lost; it retries, the consumer's idempotent PayInvoice answers
+    the same preimage, and every increment is paid exactly once."""
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement(worker_backoff_initial_s=0.3, worker_backoff_max_s=0.3)
+    await register(stub, cons, sup)
+    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
+    real = engine.store.payment_settled
+    failures = {"left": 3}
+
+    async def flaky(*args: Any) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ValueError("dictionary update sequence element #0 has length 19; 2 is required")
+        await real(*args)
+
+    engine.store.payment_settled = flaky  # type: ignore[method-assign]
+    before = metric("p2pep_settlement_task_failures_total", {"task": "contract_worker"})
+    await engine.propose(match("c9", energy_wh=40, price=1_000_000))
+    await send(stub, reading(cons, 2, 25, 0), reading(sup, 2, 0, 25))
+    # the fault is on the contract at once, for the live view and the console
+    rec = await wait_for_record(stub, "c9", lambda r: r.fault != "")
+    assert "ValueError" in rec.fault and rec.state == pb.CONTRACT_STATE_ACTIVE
+    assert metric("p2pep_settlement_contracts_faulted") == 1
+    await wait_for(lambda: engine.contracts["c9"].ledger.increments_paid == 2, 10, what="paid after the retries")
+    rec = await stub.GetContract(pb.GetContractRequest(contract_id="c9"))
+    assert rec.fault == "" and metric("p2pep_settlement_contracts_faulted") == 0
+    assert metric("p2pep_settlement_task_failures_total", {"task": "contract_worker"}) == before + 3
+    # the retried increment asked the consumer again for the *same* invoice (one lnd pays an invoice
+    # once; the real meter answers a repeated PayInvoice with the stored preimage): no new invoice
+    assert sorted(set(cons.paid)) == [("c9", 1), ("c9", 2)] and len(cons.paid) == 2 + 3
+    assert len(sup.preimages) == 2
+    pays = (await stub.ListPayments(pb.ListPaymentsRequest(contract_id="c9"))).payments
+    assert [p.increment for p in pays] == [1, 2] and all(p.preimage for p in pays)
+
+
+async def test_worker_that_cannot_go_on_ends_its_contract_cleanly(world: Any) -> None:
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement(worker_attempts=3, worker_backoff_initial_s=0.05,
+                                               worker_backoff_max_s=0.05)
+    await register(stub, cons, sup)
+    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
+    await engine.propose(match("c10", energy_wh=100, price=1_000_000))
+    await send(stub, reading(cons, 2, 10, 0), reading(sup, 2, 0, 10))
+    await wait_for(lambda: engine.contracts["c10"].ledger.increments_paid == 1, 10, what="first increment paid")
+
+    async def broken(*args: Any) -> None:
+        raise OSError("disk I/O error")
+
+    engine.store.payment_intent = broken  # type: ignore[method-assign]
+    abandoned = metric("p2pep_settlement_contracts_abandoned_total")
+    await send(stub, reading(cons, 3, 25, 0), reading(sup, 3, 0, 25))
+    await wait_for(lambda: engine.contracts["c10"].finished, 10, what="contract ended after 3 failures")
+    rec = await stub.GetContract(pb.GetContractRequest(contract_id="c10"))
+    assert rec.state == pb.CONTRACT_STATE_ENDED_EARLY and rec.end_reason == "SETTLEMENT_FAULT"
+    assert (rec.paid_wh, rec.increments_paid) == (10, 1)  # closed at what was paid: nothing more is due
+    assert rec.delivered_wh - rec.paid_wh <= 2 * rec.increment_wh  # at most the increment in flight, and its next
+    assert metric("p2pep_settlement_contracts_abandoned_total") == abandoned + 1
+    await wait_for(lambda: any(u.state == pb.CONTRACT_STATE_ENDED_EARLY for u in cons.updates), 10,
+                   what="the consumer told, so its relay blocks")
+    assert cons.paid == [("c10", 1)]
+
+
+async def wait_for_record(stub: settlement_pb2_grpc.SettlementServiceStub, cid: str,
+                          ok: Any) -> pb.ContractRecord:
+    async def check() -> pb.ContractRecord | None:
+        rec = await stub.GetContract(pb.GetContractRequest(contract_id=cid))
+        return rec if ok(rec) else None
+
+    return await wait_for(check, 10, what=f"contract {cid} record")

@@ -15,6 +15,11 @@ Crash safety: leaves and batch membership are committed before anything is sent;
 between the wallet publishing and us recording the txid only causes a duplicate anchor of
 the same root (harmless), never a lost leaf.
 
+Concurrency: the store is a :class:`~p2pep.sqlitedb.Database` (every read serialised, every
+write one transaction: a batch's proofs are replaced, a batch closed or re-anchored, all at once,
+never seen half-done by ``proofs_for``); ``_lock`` also keeps one logical operation (adding leaves,
+a new block) at a time, since those await the wallet and the chain between transactions.
+
 Privacy: only ``opreturn.encode_payload(root)`` (tag, version, 32-byte root) ever reaches
 the wallet; contract ids and leaf kinds stay in the local store.
 """
@@ -26,7 +31,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import aiosqlite
 import structlog
 from prometheus_client import Counter, Gauge
 
@@ -35,6 +39,7 @@ from p2pep.anchor.batching import BatchPolicy, PendingLeaf, close_batches
 from p2pep.anchor.chain import AnchorWallet, ChainError, ChainNotFound, ChainView
 from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
 from p2pep.anchor.merkle import MerkleTree
+from p2pep.sqlitedb import Database
 
 log = structlog.get_logger(__name__)
 
@@ -138,16 +143,12 @@ class Anchorer:
         self.chain = chain
         self.config = config
         self.height = 0  # best height as last seen
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._db: Database | None = None
+        self._lock = asyncio.Lock()  # one logical operation (add leaves, a new block) at a time
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self) -> "Anchorer":
-        self._db = await aiosqlite.connect(self.db_path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.executescript(SCHEMA)
-        await self._db.commit()
+        self._db = await Database.open(self.db_path, SCHEMA, foreign_keys=True)
         try:
             self.height = await self.chain.get_best_height()
         except ChainError as exc:
@@ -168,18 +169,16 @@ class Anchorer:
         await self.close()
 
     @property
-    def db(self) -> aiosqlite.Connection:
+    def db(self) -> Database:
         if self._db is None:
             raise RuntimeError("Anchorer is not open")
         return self._db
 
     async def _one(self, sql: str, *args: Any) -> Any:
-        async with self.db.execute(sql, args) as cur:
-            return await cur.fetchone()
+        return await self.db.fetchone(sql, args)
 
     async def _all(self, sql: str, *args: Any) -> list[Any]:
-        async with self.db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return await self.db.fetchall(sql, args)
 
     # -- public API -----------------------------------------------------------------------
     async def add_leaf(self, kind: LeafKind, contract_id: str, leaf_hash: bytes) -> bool:
@@ -202,15 +201,15 @@ class Anchorer:
             rows.append((kind, contract_id, leaf_hash))
         async with self._lock:
             added = []
-            for kind, contract_id, leaf_hash in rows:
-                cur = await self.db.execute(
-                    "INSERT OR IGNORE INTO anchor_leaves (kind, contract_id, leaf_hash, added_height) "
-                    "VALUES (?, ?, ?, ?)", (kind, contract_id, leaf_hash, self.height))
-                added.append(cur.rowcount == 1)
-            await self.db.commit()
-            row = await self._one("SELECT count(*) FROM anchor_leaves WHERE batch_id IS NULL")
-            LEAVES_PENDING.set(row[0])
-            if row[0] >= self.config.policy.max_leaves:
+            async with self.db.transaction() as tx:
+                for kind, contract_id, leaf_hash in rows:
+                    done = await tx.execute(
+                        "INSERT OR IGNORE INTO anchor_leaves (kind, contract_id, leaf_hash, added_height) "
+                        "VALUES (?, ?, ?, ?)", (kind, contract_id, leaf_hash, self.height))
+                    added.append(done.rowcount == 1)
+                pending = (await tx.fetchall("SELECT count(*) FROM anchor_leaves WHERE batch_id IS NULL"))[0][0]
+            LEAVES_PENDING.set(pending)
+            if pending >= self.config.policy.max_leaves:
                 await self._close_batches(self.height)
                 await self._send_closed()
             return added
@@ -247,23 +246,23 @@ class Anchorer:
 
     # -- internals ------------------------------------------------------------------------
     async def _close_batches(self, height: int) -> None:
-        rows = await self._all(
-            "SELECT id, leaf_hash, added_height FROM anchor_leaves WHERE batch_id IS NULL ORDER BY id")
-        pending = [PendingLeaf(r[0], r[2]) for r in rows]
-        hashes = {r[0]: r[1] for r in rows}
-        closed = close_batches(pending, height, self.config.policy)
-        for batch in closed:
-            tree = MerkleTree([hashes[k] for k in batch.keys])
-            cur = await self.db.execute(
-                "INSERT INTO anchor_batches (root, size, closed_height, state) VALUES (?, ?, ?, 'closed')",
-                (tree.root, tree.size, height))
-            batch_id = cur.lastrowid
-            await self.db.executemany(
-                "UPDATE anchor_leaves SET batch_id = ?, leaf_index = ? WHERE id = ?",
-                [(batch_id, i, k) for i, k in enumerate(batch.keys)])
-            log.info("anchor.batch_closed", batch=batch_id, size=tree.size, reason=batch.reason,
-                     root=tree.root.hex(), height=height)
-        await self.db.commit()
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT id, leaf_hash, added_height FROM anchor_leaves WHERE batch_id IS NULL ORDER BY id")
+            pending = [PendingLeaf(r[0], r[2]) for r in rows]
+            hashes = {r[0]: r[1] for r in rows}
+            closed = close_batches(pending, height, self.config.policy)
+            for batch in closed:
+                tree = MerkleTree([hashes[k] for k in batch.keys])
+                done = await tx.execute(
+                    "INSERT INTO anchor_batches (root, size, closed_height, state) VALUES (?, ?, ?, 'closed')",
+                    (tree.root, tree.size, height))
+                batch_id = done.lastrowid
+                await tx.executemany(
+                    "UPDATE anchor_leaves SET batch_id = ?, leaf_index = ? WHERE id = ?",
+                    [(batch_id, i, k) for i, k in enumerate(batch.keys)])
+                log.info("anchor.batch_closed", batch=batch_id, size=tree.size, reason=batch.reason,
+                         root=tree.root.hex(), height=height)
         LEAVES_PENDING.set(len(pending) - sum(len(b.keys) for b in closed))
 
     async def _send_closed(self) -> None:
@@ -274,15 +273,15 @@ class Anchorer:
             except Exception as exc:  # the wallet is an edge we don't control; retry next block
                 log.error("anchor.send_failed", batch=b.id, error=repr(exc))
                 return
-            await self.db.execute(
-                "UPDATE anchor_batches SET state = 'broadcast', txid = ?, sent_height = ? WHERE id = ?",
-                (txid, self.height, b.id))
-            await self.db.execute(
-                "INSERT OR REPLACE INTO anchor_txs (batch_id, txid, sent_height, status) "
-                "VALUES (?, ?, ?, 'sent')", (b.id, txid, self.height))
-            await self.db.commit()
-            reanchor = await self._one("SELECT reanchors FROM anchor_batches WHERE id = ?", b.id)
-            ANCHOR_TXS.labels(reason="reanchor" if reanchor[0] else "new").inc()
+            async with self.db.transaction() as tx:
+                await tx.execute(
+                    "UPDATE anchor_batches SET state = 'broadcast', txid = ?, sent_height = ? WHERE id = ?",
+                    (txid, self.height, b.id))
+                await tx.execute(
+                    "INSERT OR REPLACE INTO anchor_txs (batch_id, txid, sent_height, status) "
+                    "VALUES (?, ?, ?, 'sent')", (b.id, txid, self.height))
+                reanchor = await tx.fetchone("SELECT reanchors FROM anchor_batches WHERE id = ?", (b.id,))
+            ANCHOR_TXS.labels(reason="reanchor" if reanchor and reanchor[0] else "new").inc()
             log.info("anchor.sent", batch=b.id, txid=txid, root=b.root.hex(), size=b.size)
 
     async def _load(self, where: str, *args: Any) -> list[_Batch]:
@@ -328,7 +327,6 @@ class Anchorer:
             state = "confirmed" if confirmed else "mined"
             if state != b.state:
                 await self.db.execute("UPDATE anchor_batches SET state = ? WHERE id = ?", (state, b.id))
-                await self.db.commit()
                 if confirmed:
                     log.info("anchor.confirmed", batch=b.id, txid=b.txid, height=height)
             return
@@ -360,25 +358,25 @@ class Anchorer:
             proof = AnchorProof(kind, leaf_hash, i, tree.size, tuple(tree.proof(i)), tree.root,
                                 b.txid, block_hash, height, int(vout))
             proofs.append((leaf_id, contract_id, b.id, json.dumps(proof.to_json(), sort_keys=True)))
-        await self.db.execute("DELETE FROM anchor_proofs WHERE batch_id = ?", (b.id,))
-        await self.db.executemany(
-            "INSERT INTO anchor_proofs (leaf_id, contract_id, batch_id, proof_json) VALUES (?, ?, ?, ?)",
-            proofs)
-        await self.db.execute(
-            "UPDATE anchor_batches SET block_hash = ?, height = ?, vout = ? WHERE id = ?",
-            (block_hash, height, vout, b.id))
-        await self.db.execute("UPDATE anchor_txs SET status = 'mined' WHERE batch_id = ? AND txid = ?",
-                              (b.id, b.txid))
-        await self.db.commit()
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM anchor_proofs WHERE batch_id = ?", (b.id,))
+            await tx.executemany(
+                "INSERT INTO anchor_proofs (leaf_id, contract_id, batch_id, proof_json) VALUES (?, ?, ?, ?)",
+                proofs)
+            await tx.execute(
+                "UPDATE anchor_batches SET block_hash = ?, height = ?, vout = ? WHERE id = ?",
+                (block_hash, height, vout, b.id))
+            await tx.execute("UPDATE anchor_txs SET status = 'mined' WHERE batch_id = ? AND txid = ?",
+                             (b.id, b.txid))
         b.block_hash, b.height = block_hash, height
         log.info("anchor.mined", batch=b.id, txid=b.txid, block=block_hash, height=height, proofs=len(proofs))
         return True
 
     async def _reanchor(self, b: _Batch, why: str) -> None:
-        await self.db.execute("UPDATE anchor_txs SET status = ? WHERE batch_id = ? AND txid = ?",
-                              (why, b.id, b.txid))
-        await self.db.execute("DELETE FROM anchor_proofs WHERE batch_id = ?", (b.id,))
-        await self.db.execute(
-            "UPDATE anchor_batches SET state = 'closed', txid = NULL, sent_height = NULL, vout = NULL, "
-            "block_hash = NULL, height = NULL, reanchors = reanchors + 1 WHERE id = ?", (b.id,))
-        await self.db.commit()
+        async with self.db.transaction() as tx:
+            await tx.execute("UPDATE anchor_txs SET status = ? WHERE batch_id = ? AND txid = ?",
+                             (why, b.id, b.txid))
+            await tx.execute("DELETE FROM anchor_proofs WHERE batch_id = ?", (b.id,))
+            await tx.execute(
+                "UPDATE anchor_batches SET state = 'closed', txid = NULL, sent_height = NULL, vout = NULL, "
+                "block_hash = NULL, height = NULL, reanchors = reanchors + 1 WHERE id = ?", (b.id,))

@@ -129,9 +129,12 @@ def render(v: View) -> RenderableType:
     for r in shown:
         c = r.contract
         win = f"{_clock(ts_ms(c.start) or 0, v.tz)}–{_clock(ts_ms(c.end) or 0, v.tz)}" if ts_ms(c.start) else ""
+        state = _state(r.state)
+        if r.fault:
+            state.append(" ⚠ retrying", style="bold red")
         ct.add_row(c.contract_id, f"{c.consumer} → {c.supplier}", win,
                    f"{kwh(r.delivered_wh)} / {kwh(c.energy_wh)}", f"{c.price_msat_per_kwh // 1000:,}",
-                   sats(r.paid_msat), _state(r.state))
+                   sats(r.paid_msat), state)
     if len(v.contracts) > len(shown):
         ct.caption = f"{len(v.contracts) - len(shown)} more"
 
@@ -145,6 +148,10 @@ def render(v: View) -> RenderableType:
 
     log = Text("\n".join(f"[{t:5.0f}s] {m}" for t, m in v.messages), style="dim")
     parts: list[RenderableType] = [head, bar]
+    for r in v.contracts:
+        if r.fault:  # an operator must see this at once, whatever else the tables show
+            parts.append(Text(f"⚠ settlement is failing to pay contract {r.contract.contract_id} and retries: "
+                              f"{r.fault}", style="bold red"))
     if v.urls:
         parts.append(Text("  ".join(f"{'console' if n == 'console' else n + ' app'} {u}" for n, u in v.urls.items()),
                           style="cyan"))

@@ -23,12 +23,16 @@ from p2pep.servicekit.host import ServiceHost
 from p2pep.servicekit.logs import configure_logging
 from p2pep.servicekit.runtime import install_signal_handlers, run_service
 from p2pep.servicekit.settings import BaseServiceSettings, load_settings
+from p2pep.servicekit.supervise import Backoff, GaveUp, supervised
 
 __all__ = [
+    "Backoff",
     "BaseServiceSettings",
+    "GaveUp",
     "ServiceHost",
     "configure_logging",
     "load_settings",
     "install_signal_handlers",
     "run_service",
+    "supervised",
 ]

@@ -183,6 +183,9 @@ class EndReason(StrEnum):
     """A party refused (or failed in time) to sign a proposed contract."""
     PAYMENT_FAILED = "PAYMENT_FAILED"
     PAYMENT_TIMEOUT = "PAYMENT_TIMEOUT"
+    SETTLEMENT_FAULT = "SETTLEMENT_FAULT"
+    """Settlement could not go on paying it (its worker failed again and again): ended early
+    at what was paid, so neither party is bound to energy nobody settles."""
 
     @property
     def final_state(self) -> ContractState:

@@ -76,6 +76,8 @@ class Console:
                                              for c in contracts)),
             "delivered_wh": sum(c.delivered_wh for c in contracts),
             "paid_msat": sum(c.paid_msat for c in contracts),
+            "faults": [{"contract_id": c.contract.contract_id, "consumer": c.contract.consumer,
+                        "supplier": c.contract.supplier, "fault": c.fault} for c in contracts if c.fault],
             "book": None,
         }
         if self.matcher is not None:

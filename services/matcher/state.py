@@ -139,7 +139,7 @@ class Matcher:
 
     # ------------------------------------------------------------------ loading
     async def load(self) -> None:
-        snap = await self.store.call(self.store.load)
+        snap = await self.store.load()
         now = self.clock()
         market = Market()
         windows: dict[str, int] = {}
@@ -172,7 +172,7 @@ class Matcher:
             self._db_id = snap.meta["db_id"]
         else:
             self._db_id = secrets.token_hex(3)
-            await self.store.call(self.store.apply, Changes(meta={"db_id": self._db_id}))
+            await self.store.apply(Changes(meta={"db_id": self._db_id}))
         self._gauges()
         log.info("book loaded", orders=len(market.book), contracts=len(contracts), mode=self.settings.mode,
                  last_event_seq=self._event_seq)
@@ -259,7 +259,7 @@ class Matcher:
             M.MATCHED_WH.inc(rec.energy_wh)
         if ch:
             try:
-                await self.store.call(self.store.apply, ch)
+                await self.store.apply(ch)
             except Exception as exc:
                 log.exception("write failed; reloading the book from the database")
                 await self.load()
@@ -362,7 +362,7 @@ class Matcher:
         async with self.lock:
             rec = self._contracts.get(contract_id)
             if rec is None:
-                row = await self.store.call(self.store.contract, contract_id)
+                row = await self.store.contract(contract_id)
                 if row is None:
                     raise UnknownContract("contract_id", f"no contract {contract_id!r}")
                 return True, None
@@ -386,7 +386,7 @@ class Matcher:
     async def _release(self, tx: Tx, rec: ContractRec, outcome: int, energy: int) -> SubmitResult | None:
         """Put the undelivered energy of a defaulted contract back in the book."""
         consumer_defaulted = outcome == matcher_pb2.CONTRACT_OUTCOME_CONSUMER_DEFAULTED
-        row = await self.store.call(self.store.order, rec.sell_order if consumer_defaulted else rec.buy_order)
+        row = await self.store.order(rec.sell_order if consumer_defaulted else rec.buy_order)
         if row is None or (row["expiry_ms"] is not None and row["expiry_ms"] <= tx.now_ms):
             return None
         oid = f"rel-{rec.contract_id}"
@@ -491,11 +491,11 @@ class Matcher:
             return resp
 
     async def contracts(self, meter: str, active_only: bool, limit: int) -> list[ContractRec]:
-        rows = await self.store.call(self.store.contracts, meter, active_only, self.clock(), limit)
+        rows = await self.store.contracts(meter, active_only, self.clock(), limit)
         return [ContractRec.from_row(r) for r in rows]
 
     async def events_since(self, from_seq: int, meters: frozenset[str]) -> list[tuple[int, bytes]]:
-        return await self.store.call(self.store.events_since, from_seq, sorted(meters))
+        return await self.store.events_since(from_seq, sorted(meters))
 
     @property
     def last_event_seq(self) -> int:

@@ -4,22 +4,16 @@ Write-ahead: every call that changes the book writes all its effects in one tran
 (WAL journal, ``synchronous=FULL`` by default) *before* it is acknowledged and before its
 events are published. A restarted matcher rebuilds the same book from the ``open``
 orders (in arrival order) and the same continuing contracts.
-
-sqlite3 is blocking, so every statement runs on one dedicated worker thread
-(:meth:`Store.call`); the connection never leaves it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Iterable
 
-T = TypeVar("T")
+from p2pep.sqlitedb import Database, in_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -106,96 +100,41 @@ class Snapshot:
 
 
 class Store:
-    def __init__(self, path: str, synchronous: str = "FULL") -> None:
-        self.path = path
-        self._synchronous = synchronous
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matcher-sqlite")
-        self._db: sqlite3.Connection | None = None
+    """The matcher's tables over one :class:`~p2pep.sqlitedb.Database`.
+
+    Concurrency rule (that of :mod:`p2pep.sqlitedb`): each method runs whole on the
+    connection's thread, alone (:meth:`Database.run`); :meth:`apply` is one ``BEGIN IMMEDIATE``
+    transaction holding every effect of one call, so a restarted matcher never sees half of it
+    and a concurrent reader never sees it half-written.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     @classmethod
     async def open(cls, path: str, synchronous: str = "FULL") -> "Store":
-        store = cls(path, synchronous)
-        await store.call(store._open)
-        return store
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return cls(await Database.open(path, SCHEMA, synchronous=synchronous))
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self.call(self._close)
-        self._pool.shutdown(wait=True)
+        await self.db.close()
 
-    # --- below: run on the store thread only -------------------------------------
-    def _open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.executescript(SCHEMA)
-        self._db = db
+    async def load(self) -> Snapshot:
+        return await self.db.run(_load)
 
-    def _close(self) -> None:
-        assert self._db is not None
-        self._db.close()
-        self._db = None
+    async def apply(self, ch: Changes) -> None:
+        await self.db.run(in_transaction, lambda conn: _apply(conn, ch))
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "store is closed"
-        return self._db
+    async def order(self, order_id: str) -> sqlite3.Row | None:
+        return await self.db.fetchone(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?", (order_id,))
 
-    def load(self) -> Snapshot:
-        db = self.db
-        open_orders = db.execute(f"SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'open' ORDER BY seq").fetchall()
-        closed = [r[0] for r in db.execute("SELECT id FROM orders WHERE status != 'open'")]
-        next_seq = (db.execute("SELECT MAX(seq) FROM orders").fetchone()[0] or 0) + 1
-        contracts = db.execute(f"SELECT {CONTRACT_COLUMNS} FROM contracts WHERE ended = 0 ORDER BY rowid").fetchall()
-        last_event = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
-        meta = {r[0]: r[1] for r in db.execute("SELECT key, value FROM meta")}
-        return Snapshot(open_orders, closed, next_seq, contracts, last_event, meta)
-
-    def apply(self, ch: Changes) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if ch.new_orders:
-                db.executemany(f"INSERT INTO orders ({ORDER_COLUMNS}) VALUES ({','.join('?' * 14)})", ch.new_orders)
-            if ch.order_updates:
-                db.executemany("UPDATE orders SET remaining = ?, status = ?, uncovered = ? WHERE id = ?", ch.order_updates)
-            if ch.new_contracts:
-                db.executemany(
-                    f"INSERT INTO contracts ({CONTRACT_COLUMNS}) VALUES ({','.join('?' * 15)})", ch.new_contracts
-                )
-            if ch.contract_ends:
-                db.executemany(
-                    "UPDATE contracts SET ended = 1, outcome = ?, delivered_wh = ? WHERE contract_id = ?",
-                    ch.contract_ends,
-                )
-            if ch.events:
-                db.executemany("INSERT INTO events (seq, meter, payload) VALUES (?, ?, ?)", ch.events)
-            if ch.meta:
-                db.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    list(ch.meta.items()),
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    def order(self, order_id: str) -> sqlite3.Row | None:
-        return self.db.execute(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?", (order_id,)).fetchone()
-
-    def contract(self, contract_id: str) -> sqlite3.Row | None:
-        return self.db.execute(
+    async def contract(self, contract_id: str) -> sqlite3.Row | None:
+        return await self.db.fetchone(
             f"SELECT {CONTRACT_COLUMNS} FROM contracts WHERE contract_id = ?", (contract_id,)
-        ).fetchone()
+        )
 
-    def contracts(self, meter: str, active_only: bool, now_ms: int, limit: int) -> list[sqlite3.Row]:
-        where, args = [], []  # type: ignore[var-annotated]
+    async def contracts(self, meter: str, active_only: bool, now_ms: int, limit: int) -> list[sqlite3.Row]:
+        where: list[str] = []
+        args: list[Any] = []
         if meter:
             where.append("(consumer = ? OR supplier = ?)")
             args += [meter, meter]
@@ -206,19 +145,51 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY rowid DESC LIMIT ?"
-        return self.db.execute(sql, (*args, limit)).fetchall()
+        return await self.db.fetchall(sql, (*args, limit))
 
-    def events_since(self, from_seq: int, meters: Iterable[str], limit: int = 1000) -> list[tuple[int, bytes]]:
+    async def events_since(self, from_seq: int, meters: Iterable[str], limit: int = 1000) -> list[tuple[int, bytes]]:
         meters = list(meters)
         if meters:
             marks = ",".join("?" * len(meters))
-            rows = self.db.execute(
+            rows = await self.db.fetchall(
                 f"SELECT seq, payload FROM events WHERE seq >= ? AND meter IN ({marks}) ORDER BY seq LIMIT ?",
                 (from_seq, *meters, limit),
             )
         else:
-            rows = self.db.execute("SELECT seq, payload FROM events WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, limit))
+            rows = await self.db.fetchall(
+                "SELECT seq, payload FROM events WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, limit)
+            )
         return [(r[0], r[1]) for r in rows]
+
+
+def _load(db: sqlite3.Connection) -> Snapshot:
+    open_orders = db.execute(f"SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'open' ORDER BY seq").fetchall()
+    closed = [r[0] for r in db.execute("SELECT id FROM orders WHERE status != 'open'")]
+    next_seq = (db.execute("SELECT MAX(seq) FROM orders").fetchone()[0] or 0) + 1
+    contracts = db.execute(f"SELECT {CONTRACT_COLUMNS} FROM contracts WHERE ended = 0 ORDER BY rowid").fetchall()
+    last_event = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+    meta = {r[0]: r[1] for r in db.execute("SELECT key, value FROM meta")}
+    return Snapshot(open_orders, closed, next_seq, contracts, last_event, meta)
+
+
+def _apply(db: sqlite3.Connection, ch: Changes) -> None:
+    if ch.new_orders:
+        db.executemany(f"INSERT INTO orders ({ORDER_COLUMNS}) VALUES ({','.join('?' * 14)})", ch.new_orders)
+    if ch.order_updates:
+        db.executemany("UPDATE orders SET remaining = ?, status = ?, uncovered = ? WHERE id = ?", ch.order_updates)
+    if ch.new_contracts:
+        db.executemany(f"INSERT INTO contracts ({CONTRACT_COLUMNS}) VALUES ({','.join('?' * 15)})", ch.new_contracts)
+    if ch.contract_ends:
+        db.executemany(
+            "UPDATE contracts SET ended = 1, outcome = ?, delivered_wh = ? WHERE contract_id = ?", ch.contract_ends
+        )
+    if ch.events:
+        db.executemany("INSERT INTO events (seq, meter, payload) VALUES (?, ?, ?)", ch.events)
+    if ch.meta:
+        db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            list(ch.meta.items()),
+        )
 
 
 def partners_json(partners: Iterable[str]) -> str:

@@ -12,12 +12,11 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-import aiosqlite
-
 from p2pep.canonical import canonical_json
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.registers import RegisterSnapshot
 from p2pep.settling.contracts import ContractState, ContractTerms
+from p2pep.sqlitedb import Database
 from services.meter.book import ContractView, Party
 from services.meter.ordering import PlacedOrder
 
@@ -53,6 +52,7 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 """
 
+_PUT_KV = "INSERT INTO kv VALUES (?,?) ON CONFLICT(k) DO UPDATE SET v=excluded.v"
 _VIEW_COLUMNS = [f.name for f in fields(ContractView) if f.name not in ("terms", "party", "state")]
 
 
@@ -90,18 +90,21 @@ class PaymentRow:
 
 
 class MeterStore:
-    def __init__(self, db: aiosqlite.Connection, meter_id: str) -> None:
+    """The meter's tables over one :class:`~p2pep.sqlitedb.Database`.
+
+    Concurrency rule (that of :mod:`p2pep.sqlitedb`): the tick loop, the reading sender,
+    the contract desk, billing and the household app call this store concurrently; every
+    method is one serialised read or one transaction (a tick's registers, outbox reading and
+    attribution together), and no caller sees another's half-written state.
+    """
+
+    def __init__(self, db: Database, meter_id: str) -> None:
         self.db = db
         self.meter_id = meter_id
 
     @classmethod
     async def open(cls, path: str, meter_id: str) -> "MeterStore":
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.executescript(SCHEMA)
-        await db.commit()
-        return cls(db, meter_id)
+        return cls(await Database.open(path, SCHEMA), meter_id)
 
     async def close(self) -> None:
         await self.db.close()
@@ -109,16 +112,11 @@ class MeterStore:
     # -- key/value -----------------------------------------------------------------------
 
     async def get(self, key: str) -> Any | None:
-        async with self.db.execute("SELECT v FROM kv WHERE k=?", (key,)) as cur:
-            row = await cur.fetchone()
-        return json.loads(row[0]) if row else None
+        v = await self.db.scalar("SELECT v FROM kv WHERE k=?", (key,))
+        return json.loads(v) if v is not None else None
 
-    async def put(self, key: str, value: Any, commit: bool = True) -> None:
-        await self.db.execute(
-            "INSERT INTO kv VALUES (?,?) ON CONFLICT(k) DO UPDATE SET v=excluded.v", (key, json.dumps(value))
-        )
-        if commit:
-            await self.db.commit()
+    async def put(self, key: str, value: Any) -> None:
+        await self.db.execute(_PUT_KV, (key, json.dumps(value)))
 
     # -- registers and outbox ----------------------------------------------------------------
 
@@ -134,33 +132,32 @@ class MeterStore:
     ) -> None:
         """One transaction: the register snapshot, the reading into the outbox, and the
         contracts' attributed Wh (cumulative values)."""
-        await self.put("registers", asdict(snap), commit=False)
-        if signed is not None:
-            r = signed.reading
-            await self.db.execute(
-                "INSERT INTO outbox VALUES (?,?,?,?,?)",
-                (r.seq, r.import_wh, r.export_wh, r.timestamp_ms, signed.signature),
-            )
-        for cid, wh in attributed.items():
-            await self.db.execute("UPDATE contracts SET attributed_wh=? WHERE contract_id=?", (wh, cid))
-        await self.db.commit()
+        async with self.db.transaction() as tx:
+            await tx.execute(_PUT_KV, ("registers", json.dumps(asdict(snap))))
+            if signed is not None:
+                r = signed.reading
+                await tx.execute(
+                    "INSERT INTO outbox VALUES (?,?,?,?,?)",
+                    (r.seq, r.import_wh, r.export_wh, r.timestamp_ms, signed.signature),
+                )
+            if attributed:
+                await tx.executemany(
+                    "UPDATE contracts SET attributed_wh=? WHERE contract_id=?",
+                    [(wh, cid) for cid, wh in attributed.items()],
+                )
 
     async def outbox(self, after_seq: int = 0, limit: int = 500) -> list[SignedReading]:
-        async with self.db.execute(
+        rows = await self.db.fetchall(
             "SELECT seq, import_wh, export_wh, timestamp_ms, signature FROM outbox WHERE seq>? ORDER BY seq LIMIT ?",
             (after_seq, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [SignedReading(Reading(self.meter_id, s, i, e, t), bytes(sig)) for s, i, e, t, sig in rows]
 
     async def outbox_delete(self, seq: int) -> None:
         await self.db.execute("DELETE FROM outbox WHERE seq=?", (seq,))
-        await self.db.commit()
 
     async def outbox_size(self) -> int:
-        async with self.db.execute("SELECT COUNT(*) FROM outbox") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return int(await self.db.scalar("SELECT COUNT(*) FROM outbox", default=0))
 
     # -- contracts -------------------------------------------------------------------------------
 
@@ -175,12 +172,10 @@ class MeterStore:
             f"ON CONFLICT(contract_id) DO UPDATE SET {updates}",
             row,
         )
-        await self.db.commit()
 
     async def contracts(self) -> list[ContractView]:
         cols = ["party", "terms_json", "state", *_VIEW_COLUMNS]
-        async with self.db.execute(f"SELECT {','.join(cols)} FROM contracts ORDER BY signed_ms") as cur:
-            rows = await cur.fetchall()
+        rows = await self.db.fetchall(f"SELECT {','.join(cols)} FROM contracts ORDER BY signed_ms")
         out = []
         for party, terms_json, state, *rest in rows:
             kw = dict(zip(_VIEW_COLUMNS, rest))
@@ -200,8 +195,7 @@ class MeterStore:
         if unsettled_only:
             where.append("settled=0")
         sql = "SELECT * FROM invoices" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_ms"
-        async with self.db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = await self.db.fetchall(sql, args)
         return [InvoiceRow(*r[:7], bool(r[7]), r[8], r[9]) for r in rows]
 
     async def put_invoice(self, inv: InvoiceRow) -> None:
@@ -210,21 +204,18 @@ class MeterStore:
             (inv.contract_id, inv.increment, inv.from_wh, inv.to_wh, inv.amount_msat, inv.payment_request,
              inv.payment_hash, int(inv.settled), inv.created_ms, inv.settled_ms),
         )
-        await self.db.commit()
 
     async def invoice_settled(self, contract_id: str, increment: int, settled_ms: int) -> None:
         await self.db.execute(
             "UPDATE invoices SET settled=1, settled_ms=? WHERE contract_id=? AND increment=?",
             (settled_ms, contract_id, increment),
         )
-        await self.db.commit()
 
     # -- payments (as consumer) -------------------------------------------------------------------
 
     async def payments(self, contract_id: str | None = None) -> list[PaymentRow]:
         sql = "SELECT * FROM payments" + (" WHERE contract_id=?" if contract_id else "") + " ORDER BY created_ms"
-        async with self.db.execute(sql, (contract_id,) if contract_id else ()) as cur:
-            rows = await cur.fetchall()
+        rows = await self.db.fetchall(sql, (contract_id,) if contract_id else ())
         return [PaymentRow(*r) for r in rows]
 
     async def put_payment(self, p: PaymentRow) -> None:
@@ -233,7 +224,6 @@ class MeterStore:
             (p.contract_id, p.increment, p.from_wh, p.to_wh, p.amount_msat, p.payment_request, p.payment_hash,
              p.preimage, p.fee_msat, p.status, p.detail, p.created_ms),
         )
-        await self.db.commit()
 
     # -- orders ----------------------------------------------------------------------------------
 
@@ -242,20 +232,16 @@ class MeterStore:
             "INSERT OR REPLACE INTO orders VALUES (?,?,?,?,?)",
             (o.order_id, o.side, o.energy_wh, o.placed_ms, o.expiry_ms),
         )
-        await self.db.commit()
 
     async def delete_order(self, order_id: str) -> None:
         await self.db.execute("DELETE FROM orders WHERE order_id=?", (order_id,))
-        await self.db.commit()
 
     async def orders(self, since_ms: int = 0) -> list[PlacedOrder]:
-        async with self.db.execute(
+        rows = await self.db.fetchall(
             "SELECT order_id, side, energy_wh, placed_ms, expiry_ms FROM orders WHERE placed_ms>=? ORDER BY placed_ms",
             (since_ms,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [PlacedOrder(*r) for r in rows]
 
     async def prune_orders(self, before_ms: int) -> None:
         await self.db.execute("DELETE FROM orders WHERE placed_ms<?", (before_ms,))
-        await self.db.commit()

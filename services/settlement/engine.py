@@ -5,6 +5,12 @@ the supplier's meter invoices, the consumer's meter pays, settlement checks the
 preimage. Each step is written to SQLite before the next, and both meters answer
 idempotently per (contract, increment), so a settlement killed at any point
 resumes without paying anything twice.
+
+The worker is supervised step by step (:func:`p2pep.servicekit.supervised`): an unexpected
+error is logged with its contract, counted, shown on the contract (``ContractRecord.fault``,
+which the live view and the console display) and the step is retried with backoff, which the
+same idempotence makes safe. After ``worker_attempts`` failures in a row the contract is ended
+cleanly (``SETTLEMENT_FAULT``) at what was paid, so its meters stop relying on it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import grpc
 import structlog
 
 from p2pep.canonical import canonical_json
+from p2pep.servicekit import Backoff, GaveUp, supervised
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.settling.allocation import AllocationTarget, allocate
 from p2pep.settling.contracts import (
@@ -101,6 +108,7 @@ class LiveContract:
     task: asyncio.Task[None] | None = None
     finished: bool = False
     summary: dict[str, Any] | None = None
+    fault: str = ""  # the worker's last unexpected error while it retries; "" when healthy
 
     @property
     def terms(self) -> ContractTerms:
@@ -122,6 +130,7 @@ class Engine:
         self.contracts: dict[str, LiveContract] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._backoff = Backoff(settings.worker_backoff_initial_s, settings.worker_backoff_max_s)
 
     # --- start / stop ---------------------------------------------------------------
     async def load(self) -> None:
@@ -161,8 +170,18 @@ class Engine:
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         t = asyncio.create_task(coro)
         self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        t.add_done_callback(self._task_done)
         return t
+
+    def _task_done(self, t: asyncio.Task[Any]) -> None:
+        """No task dies unseen: one that ended by an error is logged and counted."""
+        self._tasks.discard(t)
+        if t.cancelled() or t.exception() is None:
+            return
+        exc = t.exception()
+        metrics.TASK_FAILURES.labels("other").inc()
+        log.error("settlement task failed", task=t.get_coro().__qualname__ if t.get_coro() else "?",
+                  exc_info=(type(exc), exc, exc.__traceback__) if exc else None)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -354,28 +373,64 @@ class Engine:
         return lc
 
     async def _worker(self, lc: LiveContract) -> None:
+        def failed(n: int, exc: Exception) -> None:
+            lc.fault = f"{type(exc).__name__}: {exc}"[:300]
+            metrics.TASK_FAILURES.labels("contract_worker").inc()
+            self._faulted_gauge()
+            log.exception("contract worker failed", contract_id=lc.cid, failures_in_a_row=n,
+                          attempts=self.s.worker_attempts)
+
         try:
-            while True:
-                due = lc.ledger.next_due()
-                if due is not None and lc.contract.state is not ContractState.DEFAULTED:
-                    if not await self._pay(lc, due):
-                        continue  # defaulted or ended: loop to finish
-                    continue
-                if lc.contract.state.final:
-                    break
-                lc.wake.clear()
-                await lc.wake.wait()
+            done = False
+            while not done:
+                done = await supervised(lambda: self._step(lc), on_failure=failed, backoff=self._backoff,
+                                        attempts=self.s.worker_attempts)
+                if lc.fault:
+                    log.info("contract worker recovered", contract_id=lc.cid, after=lc.fault)
+                    lc.fault = ""
+                    self._faulted_gauge()
+        except GaveUp as exc:
+            await self._abandon(lc, exc)
+
+    async def _step(self, lc: LiveContract) -> bool:
+        """One step of a contract's worker: pay the next increment due, wait for energy, or
+        finish. True once the contract is settled. Safe to repeat after a failure."""
+        due = lc.ledger.next_due()
+        if due is not None and lc.contract.state is not ContractState.DEFAULTED:
+            await self._pay(lc, due)  # False (defaulted or ended) loops on to finish
+            return False
+        if lc.contract.state.final:
             await self._finish(lc)
-        except asyncio.CancelledError:
-            raise
+            return True
+        lc.wake.clear()
+        await lc.wake.wait()
+        return False
+
+    async def _abandon(self, lc: LiveContract, exc: GaveUp) -> None:
+        """The worker cannot go on: end the contract at what was paid (the supplier is owed at
+        most the one increment in flight) and tell both meters, so the consumer's relay blocks."""
+        metrics.CONTRACTS_ABANDONED.inc()
+        log.error("contract worker gave up; ending the contract", contract_id=lc.cid, error=str(exc))
+        if not lc.contract.state.final:
+            lc.contract = lc.contract.end(EndReason.SETTLEMENT_FAULT, now_ms())
+        lc.ledger = self._frozen(lc)
+        try:
+            await self._finish(lc)
         except Exception:
-            log.exception("contract worker failed", contract_id=lc.cid)
+            log.exception("contract ended in memory only; it is finished again after a restart",
+                          contract_id=lc.cid)
+            lc.finished = True
+            await self._notify(lc)
+        self._faulted_gauge()
+
+    def _faulted_gauge(self) -> None:
+        metrics.CONTRACTS_FAULTED.set(sum(1 for lc in self.contracts.values() if lc.fault and not lc.finished))
 
     async def _pay(self, lc: LiveContract, due: IncrementDue) -> bool:
         t = lc.terms
         cons, sup = self.meters[t.consumer], self.meters[t.supplier]
         await self.store.payment_intent(lc.cid, due.number, due.from_wh, due.to_wh, due.amount_msat)
-        row = next((p for p in await self.store.payments(lc.cid) if p["increment"] == due.number), None)
+        row = await self.store.payment(lc.cid, due.number)
         t0 = time.perf_counter()
         try:
             if row and row["payment_request"]:
@@ -410,8 +465,8 @@ class Engine:
             log.error("preimage does not match the invoice", contract_id=lc.cid, increment=due.number)
             await self._default(lc, EndReason.PAYMENT_FAILED)
             return False
-        lc.ledger.record_payment(due.number, due.amount_msat, phash)
         await self.store.payment_settled(lc.cid, due.number, paid.preimage, paid.fee_msat, now_ms())
+        lc.ledger.record_payment(due.number, due.amount_msat, phash)
         metrics.PAYMENTS.labels("settled").inc()
         metrics.PAID_MSAT.inc(due.amount_msat)
         seconds = time.perf_counter() - t0
@@ -517,23 +572,30 @@ class Engine:
 
     async def sweep_forever(self) -> None:
         """End contracts at their end time, when fully delivered, or when a party went silent."""
+        def failed(n: int, exc: Exception) -> None:
+            metrics.TASK_FAILURES.labels("sweeper").inc()
+            log.exception("contract sweep failed", failures_in_a_row=n)
+
         while not self._stopping:
             await asyncio.sleep(self.s.sweep_interval_s)
-            t, mono = now_ms(), time.monotonic()
-            for lc in list(self.contracts.values()):
-                if lc.contract.state is not ContractState.ACTIVE:
-                    continue
-                reason: EndReason | None = None
-                if lc.ledger.delivered_wh >= lc.terms.energy_wh:
-                    reason = EndReason.ENERGY_DELIVERED
-                elif t >= lc.terms.end_ms:
-                    reason = EndReason.END_TIME
-                elif mono - self.meters[lc.terms.supplier].last_seen > self.s.party_silence_s:
-                    reason = EndReason.SUPPLIER_GONE
-                elif mono - self.meters[lc.terms.consumer].last_seen > self.s.party_silence_s:
-                    reason = EndReason.CONSUMER_GONE
-                if reason is not None:
-                    await self.end_contract(lc.cid, reason)
+            await supervised(self._sweep, on_failure=failed, backoff=self._backoff)
+
+    async def _sweep(self) -> None:
+        t, mono = now_ms(), time.monotonic()
+        for lc in list(self.contracts.values()):
+            if lc.contract.state is not ContractState.ACTIVE:
+                continue
+            reason: EndReason | None = None
+            if lc.ledger.delivered_wh >= lc.terms.energy_wh:
+                reason = EndReason.ENERGY_DELIVERED
+            elif t >= lc.terms.end_ms:
+                reason = EndReason.END_TIME
+            elif mono - self.meters[lc.terms.supplier].last_seen > self.s.party_silence_s:
+                reason = EndReason.SUPPLIER_GONE
+            elif mono - self.meters[lc.terms.consumer].last_seen > self.s.party_silence_s:
+                reason = EndReason.CONSUMER_GONE
+            if reason is not None:
+                await self.end_contract(lc.cid, reason)
 
     # --- views ----------------------------------------------------------------------
     def record(self, lc: LiveContract) -> settlement_pb2.ContractRecord:
@@ -548,7 +610,7 @@ class Engine:
             contract=pb, state=STATE_PB[c.state], terms_json=canonical_json(t.canonical()).decode(),
             delivered_wh=led.delivered_wh, paid_wh=led.paid_wh, paid_msat=led.paid_msat,
             increments_paid=led.increments_paid, increment_wh=t.increment_wh,
-            end_reason=c.end_reason.value if c.end_reason else "",
+            end_reason=c.end_reason.value if c.end_reason else "", fault=lc.fault,
             consumer_node=self.meters[t.consumer].row.node_pubkey if t.consumer in self.meters else "",
             supplier_node=self.meters[t.supplier].row.node_pubkey if t.supplier in self.meters else "",
         )

@@ -6,12 +6,12 @@ resumes the stream where it left off and misses no match.
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import structlog
 
+from p2pep.servicekit import Backoff, supervised
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc
+from services.settlement import metrics
 from services.settlement.engine import Engine
 
 log = structlog.get_logger("settlement")
@@ -19,20 +19,26 @@ CONTRACT_KINDS = (matcher_pb2.MatchEvent.KIND_MATCHED, matcher_pb2.MatchEvent.KI
 
 
 async def follow_matcher(engine: Engine, stub: matcher_pb2_grpc.MatcherServiceStub) -> None:
-    backoff = 0.2
-    while True:
-        last = int(await engine.store.get("matcher_seq", "0"))
-        try:
-            stream = stub.StreamEvents(matcher_pb2.StreamEventsRequest(from_seq=last + 1))
-            log.info("following matcher events", from_seq=last + 1)
-            async for ev in stream:
-                backoff = 0.2
-                if ev.kind in CONTRACT_KINDS and ev.HasField("contract"):
-                    engine._spawn(engine.propose(ev.contract))
-                await engine.store.put("matcher_seq", str(ev.seq))
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError as err:
-            log.warning("matcher stream broken", code=err.code().name, detail=err.details())
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 5.0)
+    """Follow forever: a broken stream (or any other failure) is retried with backoff."""
+    def failed(n: int, exc: Exception) -> None:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            log.warning("matcher stream broken", code=exc.code().name, detail=exc.details(), failures_in_a_row=n)
+        elif isinstance(exc, ConnectionError):
+            log.warning("matcher stream ended", detail=str(exc), failures_in_a_row=n)
+        else:
+            metrics.TASK_FAILURES.labels("matcher_feed").inc()
+            log.exception("matcher feed failed", failures_in_a_row=n)
+
+    await supervised(lambda: _follow(engine, stub), on_failure=failed, backoff=Backoff(0.2, 5.0),
+                     healthy_after_s=5.0)
+
+
+async def _follow(engine: Engine, stub: matcher_pb2_grpc.MatcherServiceStub) -> None:
+    last = int(await engine.store.get("matcher_seq", "0"))
+    stream = stub.StreamEvents(matcher_pb2.StreamEventsRequest(from_seq=last + 1))
+    log.info("following matcher events", from_seq=last + 1)
+    async for ev in stream:
+        if ev.kind in CONTRACT_KINDS and ev.HasField("contract"):
+            engine._spawn(engine.propose(ev.contract))
+        await engine.store.put("matcher_seq", str(ev.seq))
+    raise ConnectionError("the matcher ended its event stream")

@@ -12,3 +12,14 @@ PAYMENT_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20),
 )
 CONTRACTS = Gauge("p2pep_settlement_contracts", "Contracts by state", ["state"])
+TASK_FAILURES = Counter(
+    "p2pep_settlement_task_failures_total",
+    "Unexpected errors in supervised background tasks (each retried with backoff)", ["task"],
+)
+CONTRACTS_FAULTED = Gauge(
+    "p2pep_settlement_contracts_faulted", "Unfinished contracts whose payment worker is failing and retrying"
+)
+CONTRACTS_ABANDONED = Counter(
+    "p2pep_settlement_contracts_abandoned_total",
+    "Contracts ended SETTLEMENT_FAULT because their worker failed worker_attempts times in a row",
+)

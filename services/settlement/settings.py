@@ -19,3 +19,8 @@ class SettlementSettings(BaseServiceSettings):
     contract_period_s: int = Field(default=900, gt=0, description="used when a match carries no end time")
     party_silence_s: float = Field(default=15.0, gt=0, description="a party whose readings stop this long has left")
     sweep_interval_s: float = Field(default=0.5, gt=0)
+    worker_attempts: int = Field(
+        default=8, gt=0, description="failures in a row of a contract's payment worker before the contract is ended"
+    )
+    worker_backoff_initial_s: float = Field(default=0.2, gt=0, description="first retry delay of a failed worker step")
+    worker_backoff_max_s: float = Field(default=10.0, gt=0, description="longest retry delay of a failed worker step")

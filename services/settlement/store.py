@@ -1,4 +1,4 @@
-"""Settlement's SQLite store. Every acknowledgement follows a commit (WAL, synchronous=FULL)."""
+"""Settlement's SQLite store: meters, signed readings, contracts, payments, a little key/value state."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import aiosqlite
-
 from p2pep.metering.readings import Reading
+from p2pep.sqlitedb import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meters (
@@ -46,17 +45,21 @@ class MeterRow:
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    """Settlement's tables over one :class:`~p2pep.sqlitedb.Database`.
+
+    Concurrency rule (that of :mod:`p2pep.sqlitedb`): contract workers, reading streams and
+    the gRPC handlers call this store concurrently; every method is one serialised read or one
+    transaction, so a reading and the energy it adds to contracts are stored together or not at
+    all, and no caller ever sees another's half-written state. Acknowledgements follow commits
+    (WAL, ``synchronous=FULL``).
+    """
+
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     @classmethod
     async def open(cls, path: str) -> "Store":
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.executescript(SCHEMA)
-        await db.commit()
-        return cls(db)
+        return cls(await Database.open(path, SCHEMA))
 
     async def close(self) -> None:
         await self.db.close()
@@ -69,59 +72,52 @@ class Store:
             "node_address=excluded.node_address",
             (m.meter_id, m.pubkey, m.node_pubkey, m.address, m.role, m.node_address),
         )
-        await self.db.commit()
 
     async def meters(self) -> list[MeterRow]:
-        async with self.db.execute("SELECT * FROM meters") as cur:
-            return [MeterRow(*r) async for r in cur]
+        return [MeterRow(*r) for r in await self.db.fetchall("SELECT * FROM meters")]
 
     # --- readings -------------------------------------------------------------------
     async def last_reading(self, meter_id: str) -> Reading | None:
-        async with self.db.execute(
+        row = await self.db.fetchone(
             "SELECT meter_id, seq, import_wh, export_wh, timestamp_ms FROM readings "
             "WHERE meter_id=? ORDER BY seq DESC LIMIT 1", (meter_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return Reading(*row) if row else None
 
     async def reading(self, meter_id: str, seq: int) -> Reading | None:
-        async with self.db.execute(
+        row = await self.db.fetchone(
             "SELECT meter_id, seq, import_wh, export_wh, timestamp_ms FROM readings WHERE meter_id=? AND seq=?",
             (meter_id, seq),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return Reading(*row) if row else None
 
     async def accept_reading(
         self, r: Reading, signature: bytes, attributions: Iterable[tuple[str, str, int]]
     ) -> None:
         """Store a reading and the energy it adds to contracts, in one transaction."""
-        await self.db.execute(
-            "INSERT INTO readings VALUES (?,?,?,?,?,?)",
-            (r.meter_id, r.seq, r.import_wh, r.export_wh, r.timestamp_ms, signature),
-        )
-        for contract_id, side, wh in attributions:
-            col = "consumer_wh" if side == "consumer" else "supplier_wh"
-            await self.db.execute(f"UPDATE contracts SET {col}={col}+? WHERE contract_id=?", (wh, contract_id))
-        await self.db.commit()
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO readings VALUES (?,?,?,?,?,?)",
+                (r.meter_id, r.seq, r.import_wh, r.export_wh, r.timestamp_ms, signature),
+            )
+            for contract_id, side, wh in attributions:
+                col = "consumer_wh" if side == "consumer" else "supplier_wh"
+                await tx.execute(f"UPDATE contracts SET {col}={col}+? WHERE contract_id=?", (wh, contract_id))
 
     async def register_at(self, meter_id: str, column: str, t_ms: int) -> int:
         """The ``import_wh``/``export_wh`` register as of time ``t_ms`` (0 before any reading)."""
-        assert column in ("import_wh", "export_wh")
-        async with self.db.execute(
+        if column not in ("import_wh", "export_wh"):
+            raise ValueError(f"column: expected import_wh or export_wh, got {column!r}")
+        return int(await self.db.scalar(
             f"SELECT {column} FROM readings WHERE meter_id=? AND timestamp_ms<=? ORDER BY seq DESC LIMIT 1",
-            (meter_id, t_ms),
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+            (meter_id, t_ms), default=0,
+        ))
 
     async def reading_count(self, meter_id: str, t0: int, t1: int) -> int:
-        async with self.db.execute(
+        return int(await self.db.scalar(
             "SELECT COUNT(*) FROM readings WHERE meter_id=? AND timestamp_ms>? AND timestamp_ms<=?",
-            (meter_id, t0, t1),
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+            (meter_id, t0, t1), default=0,
+        ))
 
     # --- contracts ------------------------------------------------------------------
     async def save_contract(self, row: dict[str, Any]) -> None:
@@ -132,15 +128,9 @@ class Store:
             f"INSERT INTO contracts ({cols}) VALUES ({marks}) ON CONFLICT(contract_id) DO UPDATE SET {updates}",
             tuple(row.values()),
         )
-        await self.db.commit()
 
     async def contracts(self) -> list[dict[str, Any]]:
-        self.db.row_factory = aiosqlite.Row
-        try:
-            async with self.db.execute("SELECT * FROM contracts ORDER BY rowid") as cur:
-                return [dict(r) async for r in cur]
-        finally:
-            self.db.row_factory = None
+        return [dict(r) for r in await self.db.fetchall("SELECT * FROM contracts ORDER BY rowid")]
 
     # --- payments -------------------------------------------------------------------
     async def payment_intent(self, contract_id: str, inc: int, from_wh: int, to_wh: int, amount: int) -> None:
@@ -148,27 +138,27 @@ class Store:
             "INSERT OR IGNORE INTO payments (contract_id, increment, from_wh, to_wh, amount_msat) VALUES (?,?,?,?,?)",
             (contract_id, inc, from_wh, to_wh, amount),
         )
-        await self.db.commit()
 
     async def payment_invoice(self, contract_id: str, inc: int, payment_hash: str, payment_request: str) -> None:
         await self.db.execute(
             "UPDATE payments SET payment_hash=?, payment_request=? WHERE contract_id=? AND increment=?",
             (payment_hash, payment_request, contract_id, inc),
         )
-        await self.db.commit()
 
     async def payment_settled(self, contract_id: str, inc: int, preimage: str, fee_msat: int, t_ms: int) -> None:
         await self.db.execute(
             "UPDATE payments SET preimage=?, fee_msat=?, settled_ms=? WHERE contract_id=? AND increment=?",
             (preimage, fee_msat, t_ms, contract_id, inc),
         )
-        await self.db.commit()
 
     async def drop_unsettled(self, contract_id: str, inc: int) -> None:
         await self.db.execute(
             "DELETE FROM payments WHERE contract_id=? AND increment=? AND preimage IS NULL", (contract_id, inc)
         )
-        await self.db.commit()
+
+    async def payment(self, contract_id: str, inc: int) -> dict[str, Any] | None:
+        row = await self.db.fetchone("SELECT * FROM payments WHERE contract_id=? AND increment=?", (contract_id, inc))
+        return dict(row) if row else None
 
     async def payments(self, contract_id: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT * FROM payments"
@@ -177,22 +167,14 @@ class Store:
             q += " WHERE contract_id=?"
             args = (contract_id,)
         q += " ORDER BY settled_ms IS NULL, settled_ms, contract_id, increment"
-        self.db.row_factory = aiosqlite.Row
-        try:
-            async with self.db.execute(q, args) as cur:
-                return [dict(r) async for r in cur]
-        finally:
-            self.db.row_factory = None
+        return [dict(r) for r in await self.db.fetchall(q, args)]
 
     # --- kv -------------------------------------------------------------------------
     async def get(self, k: str, default: str = "") -> str:
-        async with self.db.execute("SELECT v FROM kv WHERE k=?", (k,)) as cur:
-            row = await cur.fetchone()
-        return str(row[0]) if row else default
+        return str(await self.db.scalar("SELECT v FROM kv WHERE k=?", (k,), default=default))
 
     async def put(self, k: str, v: str) -> None:
         await self.db.execute("INSERT INTO kv VALUES (?,?) ON CONFLICT(k) DO UPDATE SET v=excluded.v", (k, v))
-        await self.db.commit()
 
 
 def dumps(obj: Any) -> str:

@@ -1,0 +1,81 @@
+"""Supervised background work: an unexpected error is reported and retried, never lost.
+
+A bare ``asyncio.create_task`` whose coroutine raises dies silently (at best a warning at
+garbage collection): a settlement contract worker that did so left its contract unpaid and
+the consumer's relay blocked for the rest of a run, with nothing on screen. Every long-lived
+task of a service runs under :func:`supervised` instead: each failure is handed to
+``on_failure`` (log it with its subject, count it in a metric, show it), then retried after a
+capped exponential :class:`Backoff`; after ``attempts`` failures in a row it raises
+:class:`GaveUp` so the caller can end its work cleanly. Cancellation is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays ``initial_s``, ``initial_s * factor``, ... capped at ``max_s``."""
+
+    initial_s: float = 0.2
+    max_s: float = 10.0
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.initial_s <= 0 or self.max_s < self.initial_s or self.factor < 1:
+            raise ValueError("backoff: need 0 < initial_s <= max_s and factor >= 1")
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_s
+        while True:
+            yield delay
+            delay = min(self.max_s, delay * self.factor)
+
+
+class GaveUp(Exception):
+    """The work failed ``attempts`` times in a row; ``last`` is the last error."""
+
+    def __init__(self, attempts: int, last: Exception) -> None:
+        super().__init__(f"gave up after {attempts} failures: {type(last).__name__}: {last}")
+        self.attempts = attempts
+        self.last = last
+
+
+async def supervised(
+    work: Callable[[], Awaitable[T]],
+    *,
+    on_failure: Callable[[int, Exception], None],
+    backoff: Backoff = Backoff(),
+    attempts: int | None = None,
+    healthy_after_s: float | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Run ``work()`` until it returns; retry it on any ``Exception`` (``attempts=None``: forever).
+
+    ``on_failure(n, exc)`` is called for the n-th failure in a row, inside the ``except`` block
+    (so ``log.exception`` there carries the traceback). A run that lasted ``healthy_after_s``
+    or longer before it failed (a stream that worked for a while) starts the count and the
+    backoff afresh.
+    """
+    delays = backoff.delays()
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            return await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if healthy_after_s is not None and time.monotonic() - started >= healthy_after_s:
+                failures, delays = 0, backoff.delays()
+            failures += 1
+            on_failure(failures, exc)
+            if attempts is not None and failures >= attempts:
+                raise GaveUp(failures, exc) from exc
+        await sleep(next(delays))
