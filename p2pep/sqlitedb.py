@@ -74,21 +74,23 @@ class Database:
 
     @classmethod
     async def open(cls, path: str, schema: str, *, synchronous: str = "FULL",
-                   foreign_keys: bool = False) -> "Database":
+                   foreign_keys: bool = False, busy_timeout_ms: int = 5000) -> "Database":
+        """``busy_timeout_ms``: how long a statement waits for another process's lock on the
+        file before it fails with ``database is locked``."""
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous: expected OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
         db = cls(path)
-        await db._on_thread(db._connect, schema, synchronous, foreign_keys)
+        await db._on_thread(db._connect, schema, synchronous, foreign_keys, busy_timeout_ms)
         return db
 
-    def _connect(self, schema: str, synchronous: str, foreign_keys: bool) -> None:
+    def _connect(self, schema: str, synchronous: str, foreign_keys: bool, busy_timeout_ms: int) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         if foreign_keys:
             conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(schema)

@@ -12,25 +12,30 @@ see it (settlement's database, its metrics, the chain).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import secrets
 import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.signing import MeterKey
 from p2pep.regtest import RegtestNetwork, wait_for
+from p2pep.regtest.errors import RegtestError
 from p2pep.scenario.catalog import load_scenario
+from p2pep.scenario.live import render, snapshot
 from p2pep.scenario.runner import RunOptions, ScenarioRunner
 from p2pep.v1 import settlement_pb2 as pb
 from p2pep.v1 import settlement_pb2_grpc
@@ -42,12 +47,19 @@ Ack = pb.ReadingAck
 During = Callable[[ScenarioRunner], Awaitable[None]]
 
 
-async def run_scenario(name: str, tmp_path: Path, during: During | None = None,
-                       keep_network: bool = False) -> tuple[dict[str, Any], ScenarioRunner]:
-    """Run a shipped scenario to its end; ``during`` runs once the services are up."""
+async def run_scenario(name: str, tmp_path: Path, during: During | None = None, keep_network: bool = False,
+                       run_dir: Path | None = None, reuse_network: bool = False,
+                       services_env: dict[str, dict[str, str]] | None = None,
+                       books_interval_s: float | None = None) -> tuple[dict[str, Any], ScenarioRunner]:
+    """Run a shipped scenario to its end; ``during`` runs once the services are up.
+    ``reuse_network``: on the network a kept earlier run left in ``run_dir``."""
     said: list[str] = []
-    runner = ScenarioRunner(load_scenario(name), RunOptions(
-        run_dir=tmp_path / "run", report_path=tmp_path / "report.json", keep_network=keep_network,
+    scenario = load_scenario(name)
+    if services_env:
+        scenario = replace(scenario, services_env={**scenario.services_env, **services_env})
+    runner = ScenarioRunner(scenario, RunOptions(
+        run_dir=run_dir or tmp_path / "run", report_path=tmp_path / "report.json", keep_network=keep_network,
+        reuse_network=reuse_network, books_interval_s=books_interval_s,
         say=lambda m: said.append(f"{time.monotonic() - runner.t0:7.1f}s {m}")))
     task = asyncio.create_task(runner.run(asyncio.Event()))
     try:
@@ -187,7 +199,35 @@ def verify_cli(doc_path: Path, run_dir: Path) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=120)
 
 
-async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+async def hackathon_run_dir(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Path]:
+    """One regtest network for every hackathon run of this module (each run has its own services)."""
+    run_dir = tmp_path_factory.mktemp("hackathon-net")
+    yield run_dir
+    try:
+        net = RegtestNetwork.attach(run_dir)
+    except RegtestError:
+        return  # no run got as far as a network
+    await net.down()
+
+
+def assert_suppliers_paid_as_delivered(report: dict[str, Any]) -> None:
+    """The consumer's demand split over both producers; each producer's own lnd invoices
+    sum to its delivered Wh x price within one increment; nothing defaulted; the relay never
+    ran uncovered."""
+    suppliers = {c["supplier"] for c in contracts_of(report, "meter-3") if c["delivered_wh"] > 0}
+    assert suppliers == {"meter-1", "meter-2"}
+    for name, rec in report["suppliers"].items():
+        assert rec["received_msat"] > 0, name
+        assert abs(rec["difference_msat"]) <= rec["one_increment_msat"], (name, rec)
+    # everybody can pay: no contract defaults (a last partial increment below 1 sat is paid too)
+    assert not [c for c in report["contracts"] if c["state"] == "CONTRACT_STATE_DEFAULTED"], report["contracts"]
+    assert report["relay"]["meter-3"]["samples"] > 50
+    assert report["relay"]["meter-3"]["uncovered_samples"] == 0
+
+
+async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused(
+        tmp_path: Path, hackathon_run_dir: Path) -> None:
     found: dict[str, Any] = {}
 
     async def during(r: ScenarioRunner) -> None:
@@ -195,19 +235,12 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         found["app"] = await household_view(r, "meter-3")
         found["console"] = await console_view(r)
 
-    report, runner = await run_scenario("hackathon", tmp_path, during, keep_network=True)
+    report, runner = await run_scenario("hackathon", tmp_path, during, keep_network=True,
+                                        run_dir=hackathon_run_dir, reuse_network=True)
     net = RegtestNetwork.attach(runner.run_dir)
     try:
         # the consumer's 2 kW is split across both producers, each paid by its own invoices
-        suppliers = {c["supplier"] for c in contracts_of(report, "meter-3") if c["delivered_wh"] > 0}
-        assert suppliers == {"meter-1", "meter-2"}
-        for name, rec in report["suppliers"].items():
-            assert rec["received_msat"] > 0, name
-            assert abs(rec["difference_msat"]) <= rec["one_increment_msat"], (name, rec)
-        # everybody can pay: no contract defaults (a last partial increment below 1 sat is paid too)
-        assert not [c for c in report["contracts"] if c["state"] == "CONTRACT_STATE_DEFAULTED"], report["contracts"]
-        assert report["relay"]["meter-3"]["samples"] > 50
-        assert report["relay"]["meter-3"]["uncovered_samples"] == 0
+        assert_suppliers_paid_as_delivered(report)
 
         # the household app shows the consumer's contracts and payments while it runs
         app = found["app"]
@@ -255,7 +288,84 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         res = verify_cli(bad, runner.run_dir)
         assert res.returncode != 0 and "hash" in (res.stdout + res.stderr).lower(), (res.stdout, res.stderr)
     finally:
-        await net.down()
+        await net.close()  # the next hackathon runs go on on this network; the fixture takes it down
+
+
+async def lock_settlement_db(r: ScenarioRunner, found: dict[str, Any]) -> None:
+    """Another process locks settlement's database while an increment is being paid, so the
+    contract worker's next write fails (``database is locked``) until it lets go: the failure
+    must show at once (metric, console, live view), be retried, and change nothing in the end."""
+    target = r.procs["settlement"].launch.target
+    failures = ("p2pep_settlement_task_failures_total", (("task", "contract_worker"),))
+    db = sqlite3.connect(r.layout.data_dir("settlement") / "settlement.db", isolation_level=None, timeout=30,
+                         check_same_thread=False)
+    console = f"http://127.0.0.1:{r.procs['console'].launch.metrics_port}/api/overview"
+    async with grpc.aio.insecure_channel(target) as ch, aiohttp.ClientSession() as http:
+        stub = settlement_pb2_grpc.SettlementServiceStub(ch)
+
+        async def in_flight() -> bool:  # an increment is due: its worker is paying it right now
+            resp = await stub.ListContracts(pb.ListSettlementContractsRequest(meter_id="meter-3"), timeout=10)
+            return any(c.increments_paid >= 1 and c.delivered_wh - c.paid_wh >= c.increment_wh
+                       for c in resp.contracts if c.state == pb.CONTRACT_STATE_ACTIVE)
+
+        async def console_faults() -> list[dict[str, str]]:
+            async with http.get(console) as resp:
+                return list((await resp.json())["faults"])
+
+        before = (await settlement_metrics(r)).get(failures, 0)
+        for attempt in range(30):  # the lock can miss the payment's writes; then try the next one
+            await wait_for(in_flight, timeout=120, interval=0.02, what="an increment being paid")
+            await asyncio.to_thread(db.execute, "BEGIN IMMEDIATE")
+            try:
+                async def worker_failed() -> bool:
+                    return (await settlement_metrics(r)).get(failures, 0) > before
+
+                try:
+                    await wait_for(worker_failed, timeout=3, what="the contract worker meets the lock")
+                except TimeoutError:
+                    continue
+                found["attempts"] = attempt + 1
+                found["console_faults"] = await wait_for(console_faults, timeout=30, what="the console shows it")
+                await wait_for(lambda: any(c.fault for c in r.watcher.books.contracts), timeout=30,
+                               what="the live view's books show it")
+                screen = Console(record=True, width=200, file=io.StringIO())
+                screen.print(render(snapshot(r)))
+                found["live_view"] = screen.export_text()
+                break
+            finally:
+                await asyncio.to_thread(db.execute, "ROLLBACK")
+        db.close()
+
+        async def recovered() -> bool:
+            return not await console_faults()
+
+        await wait_for(recovered, timeout=90, what="every contract worker recovered")
+        after = await settlement_metrics(r)
+    found["worker_failures"] = after.get(failures, 0) - before
+    found["abandoned"] = after.get(("p2pep_settlement_contracts_abandoned_total", ()), 0)
+
+
+async def test_hackathon_again_on_the_same_network_even_with_settlements_database_locked(
+        tmp_path: Path, hackathon_run_dir: Path) -> None:
+    """`make up` must never fail: the hackathon twice more, on the network the first run kept,
+    with fresh services each time. In the first, settlement's database is locked by another
+    process for a while (its writes fail as the shared-connection race once made them fail)."""
+    found: dict[str, Any] = {}
+
+    async def during(r: ScenarioRunner) -> None:
+        await lock_settlement_db(r, found)
+
+    short_lock_wait = {"settlement": {"P2PEP_SETTLEMENT_SQLITE_BUSY_TIMEOUT_MS": "200"}}
+    for i, fault in enumerate((during, None)):
+        report, runner = await run_scenario("hackathon", tmp_path / f"run-{i}", fault, keep_network=True,
+                                            run_dir=hackathon_run_dir, reuse_network=True,
+                                            services_env=short_lock_wait, books_interval_s=0.5)
+        assert_suppliers_paid_as_delivered(report)
+        assert_no_reading_lost(runner)
+        assert not [c for c in report["contracts"] if c["end_reason"] == "SETTLEMENT_FAULT"], report["contracts"]
+    assert found["worker_failures"] >= 1 and found["abandoned"] == 0, found
+    assert found["console_faults"] and all("locked" in f["fault"] for f in found["console_faults"]), found
+    assert "settlement is failing to pay contract" in found["live_view"], found["live_view"]
 
 
 async def test_hackathon_adhoc_meters_open_their_own_channels(tmp_path: Path) -> None:

@@ -93,6 +93,7 @@ async def _run(args: argparse.Namespace, name: str, live: bool) -> int:
     _install_stop(stop, _stderr if not quiet else (lambda m: None))
     ensure_built(_stderr)
     opts = RunOptions(run_dir=run_dir, report_path=report_path, keep_network=args.keep_network,
+                      reuse_network=args.reuse_network,
                       log_level=args.log_level, say=say, books_interval_s=1.0 if quiet else None)
     runner = ScenarioRunner(scenario, opts)
     if quiet:
@@ -221,6 +222,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", help="where to write the JSON report (default <run dir>/scenario/report.json)")
     p.add_argument("--keep-network", action="store_true",
                    help="leave the regtest network running afterwards (until `p2pep regtest down`)")
+    p.add_argument("--reuse-network", action="store_true",
+                   help="run on the network an earlier --keep-network run left in the run dir (fresh services)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="the services' log level (logs go to <run dir>/scenario/logs/)")
 

@@ -40,6 +40,7 @@ from p2pep.regtest.btcd import RPC_PASS, RPC_USER
 from p2pep.regtest.errors import RegtestError
 from p2pep.regtest.network import NetworkSpec, RegtestNetwork
 from p2pep.regtest.ports import free_port
+from p2pep.regtest.state import load_state as load_network_state
 from p2pep.regtest.waiting import timeout_scale
 from p2pep.scenario import state as scenario_state
 from p2pep.scenario.clock import ScenarioClock
@@ -89,6 +90,7 @@ class RunOptions:
     run_dir: Path
     report_path: Path | None = None
     keep_network: bool = False
+    reuse_network: bool = False  # run on the network running in run_dir (kept by an earlier run), if any
     log_level: str = "INFO"
     mine_interval_s: float = 2.0
     books_interval_s: float | None = None  # poll settlement's books (the live view does)
@@ -195,18 +197,25 @@ class ScenarioRunner:
                 f"({', '.join(f'{n} pid {p}' for n, p in stale.items())}): `p2pep scenario down` first")
         self._set_phase("network")
         kind = "with hub" if s.network.hub else "ad hoc (no hub)"
-        self.say(f"starting regtest network in {self.run_dir}: btcd, {len(s.meters)} meter nodes, {kind}")
         t = time.monotonic()
-        self.net = await RegtestNetwork.up(
-            NetworkSpec(meters=len(s.meters), hub=s.network.hub, fund_sat=s.network.fund_sat,
-                        channel_sat=s.network.channel_sat, push_sat=s.network.push_sat),
-            self.run_dir,
-        )
-        if s.network.utxos > 1:  # more funding outputs, so a meter can open channels back to back
-            meters = [self.net.nodes[m] for m in s.meter_names]
-            for _ in range(s.network.utxos - 1):
-                await self.net.fund(meters, s.network.fund_sat)
-        self.say(f"network up in {time.monotonic() - t:.0f}s")
+        if (self.opts.reuse_network and load_network_state(self.run_dir) is not None
+                and RegtestNetwork.attach(self.run_dir).is_running()):
+            self.net = self._reused_network()
+            self.say(f"running on the regtest network already up in {self.run_dir} ({kind})")
+        else:
+            self.say(f"starting regtest network in {self.run_dir}: btcd, {len(s.meters)} meter nodes, {kind}")
+            self.net = await RegtestNetwork.up(
+                NetworkSpec(meters=len(s.meters), hub=s.network.hub, fund_sat=s.network.fund_sat,
+                            channel_sat=s.network.channel_sat, push_sat=s.network.push_sat),
+                self.run_dir,
+            )
+            if s.network.utxos > 1:  # more funding outputs, so a meter can open channels back to back
+                meters = [self.net.nodes[m] for m in s.meter_names]
+                for _ in range(s.network.utxos - 1):
+                    await self.net.fund(meters, s.network.fund_sat)
+            self.say(f"network up in {time.monotonic() - t:.0f}s")
+        if self.layout.root.exists():  # an earlier run's services: keep their logs, start afresh
+            self.layout.root.rename(self.layout.root.with_name(f"{self.layout.root.name}.{int(time.time() * 1000)}"))
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self._set_phase("services")
         self._plan_services()
@@ -222,6 +231,17 @@ class ScenarioRunner:
             self.watcher.add_meter(m, self.procs[m].launch.target)
             self.say(f"household app of {m}: {self.web_urls()[m]}")
         self.watcher.start()
+
+    def _reused_network(self) -> RegtestNetwork:
+        """The network an earlier run kept running, if it has this scenario's nodes."""
+        s = self.scenario
+        net = RegtestNetwork.attach(self.run_dir)
+        want = set(s.meter_names) | ({"hub"} if s.network.hub else set())
+        if not want <= set(net.nodes):
+            raise ScenarioRunError(
+                f"--reuse-network: the network in {self.run_dir} lacks nodes of {sorted(want)} "
+                f"(it has {sorted(net.nodes)}); start one with `scenario run ... --keep-network`")
+        return net
 
     def web_urls(self) -> dict[str, str]:
         """The web pages people look at: the operator's console and each household's app

@@ -18,7 +18,7 @@ from services.settlement.store import Store
 async def main(stop: asyncio.Event) -> None:
     s = SettlementSettings()
     configure_logging(s.log_level, json=s.log_json)
-    store = await Store.open(s.db_path)
+    store = await Store.open(s.db_path, s.sqlite_busy_timeout_ms)
     matcher = None
     channels: list[grpc.aio.Channel] = []
     if s.matcher_target:

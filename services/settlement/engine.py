@@ -319,19 +319,44 @@ class Engine:
             return
         lc = LiveContract(Contract(terms), self._ledger(terms), int(mc.tier))
         self.contracts[terms.contract_id] = lc
+
+        def failed(n: int, exc: Exception) -> None:
+            lc.fault = f"{type(exc).__name__}: {exc}"[:300]
+            metrics.TASK_FAILURES.labels("proposal").inc()
+            log.exception("contract proposal failed", contract_id=lc.cid, failures_in_a_row=n,
+                          attempts=self.s.worker_attempts)
+
+        try:
+            await supervised(lambda: self._sign_and_activate(lc), on_failure=failed, backoff=self._backoff,
+                             attempts=self.s.worker_attempts)
+            lc.fault = ""
+        except GaveUp as exc:
+            lc.contract = Contract(lc.terms)
+            try:
+                await self._reject(lc, f"settlement fault: {exc}")
+            except Exception:
+                log.exception("contract rejected in memory only", contract_id=lc.cid)
+                lc.finished = True
+
+    async def _sign_and_activate(self, lc: LiveContract) -> None:
+        """Both meters sign (idempotent per contract), then the contract is active and its
+        worker starts. Safe to repeat from the top after a failure."""
+        cons, sup = self.meters[lc.terms.consumer], self.meters[lc.terms.supplier]
+        lc.contract = Contract(lc.terms)
         await self._save(lc)
-        terms_json = canonical_json(terms.canonical()).decode()
+        terms_json = canonical_json(lc.terms.canonical()).decode()
         results = await asyncio.gather(
             cons.stub.SignContract(meter_pb2.SignContractRequest(terms_json=terms_json), timeout=90),
             sup.stub.SignContract(meter_pb2.SignContractRequest(terms_json=terms_json), timeout=90),
             return_exceptions=True,
         )
         for party, res in zip(("consumer", "supplier"), results):
-            if isinstance(res, BaseException):
-                detail = res.details() if isinstance(res, grpc.aio.AioRpcError) else repr(res)
-                log.warning("contract refused", contract_id=lc.cid, party=party, detail=detail)
-                await self._reject(lc, f"{party} refused: {detail}", consumer_side=party == "consumer")
+            if isinstance(res, grpc.aio.AioRpcError):
+                log.warning("contract refused", contract_id=lc.cid, party=party, detail=res.details())
+                await self._reject(lc, f"{party} refused: {res.details()}", consumer_side=party == "consumer")
                 return
+            if isinstance(res, BaseException):
+                raise res
             try:
                 lc.contract = lc.contract.with_signature(party, bytes(res.signature))
             except ContractError as exc:
@@ -339,10 +364,11 @@ class Engine:
                 return
         lc.contract = lc.contract.activate(now_ms())
         await self._save(lc)
-        log.info("contract active", contract_id=lc.cid, consumer=terms.consumer, supplier=terms.supplier,
-                 energy_wh=terms.energy_wh, price=terms.price_msat_per_kwh, tier=lc.matcher_tier)
+        t = lc.terms
+        log.info("contract active", contract_id=lc.cid, consumer=t.consumer, supplier=t.supplier,
+                 energy_wh=t.energy_wh, price=t.price_msat_per_kwh, tier=lc.matcher_tier)
         if self.anchor is not None:
-            self._spawn(self.anchor.add_leaf("contract", lc.cid, terms.hash()))
+            self._spawn(self.anchor.add_leaf("contract", lc.cid, t.hash()))
         self._start_worker(lc)
         await self._notify(lc)
 
@@ -354,7 +380,8 @@ class Engine:
         log.info("contract rejected", contract_id=lc.cid, why=why)
 
     def _start_worker(self, lc: LiveContract) -> None:
-        lc.task = self._spawn(self._worker(lc))
+        if lc.task is None or lc.task.done():  # one worker per contract, however often this is asked
+            lc.task = self._spawn(self._worker(lc))
 
     async def end_contract(self, contract_id: str, reason: EndReason) -> LiveContract:
         lc = self.contracts.get(contract_id)

@@ -24,3 +24,6 @@ class SettlementSettings(BaseServiceSettings):
     )
     worker_backoff_initial_s: float = Field(default=0.2, gt=0, description="first retry delay of a failed worker step")
     worker_backoff_max_s: float = Field(default=10.0, gt=0, description="longest retry delay of a failed worker step")
+    sqlite_busy_timeout_ms: int = Field(
+        default=5000, ge=0, description="a write waits this long for another process's lock on the database, then fails"
+    )

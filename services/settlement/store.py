@@ -58,8 +58,8 @@ class Store:
         self.db = db
 
     @classmethod
-    async def open(cls, path: str) -> "Store":
-        return cls(await Database.open(path, SCHEMA))
+    async def open(cls, path: str, busy_timeout_ms: int = 5000) -> "Store":
+        return cls(await Database.open(path, SCHEMA, busy_timeout_ms=busy_timeout_ms))
 
     async def close(self) -> None:
         await self.db.close()
