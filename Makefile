@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup proto binaries test test-unit test-regtest up bench clean
+.PHONY: setup proto binaries lint test test-unit test-regtest up bench clean
 
 setup: $(STAMP) binaries proto
 
@@ -24,7 +24,12 @@ binaries:
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
-test: setup
+# the type and lint gate: mypy strict over p2pep/ and services/ (with the typed gRPC stubs), ruff over all code
+lint: setup
+	$(BIN)/ruff check p2pep services tests bench scripts
+	$(BIN)/python -m mypy
+
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: setup

@@ -19,7 +19,6 @@ anchors two leaves; the "with settlement" column counts both.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import statistics
@@ -31,11 +30,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from p2pep.anchor import opreturn  # noqa: E402
-from p2pep.anchor.document import AnchorProof, build_document  # noqa: E402
-from p2pep.anchor.merkle import MerkleTree, verify_proof  # noqa: E402
-from p2pep.anchor.verify import verify_offline  # noqa: E402
-from p2pep.canonical import contract_hash  # noqa: E402
+from p2pep.anchor import opreturn
+from p2pep.anchor.document import AnchorProof, build_document
+from p2pep.anchor.merkle import MerkleTree, verify_proof
+from p2pep.anchor.verify import verify_offline
+from p2pep.canonical import contract_hash
 
 SIZES = (1, 100, 1_000, 100_000)
 
@@ -102,10 +101,10 @@ def bench_size(n: int, samples: int) -> dict[str, Any]:
         json_sizes.append(len(json.dumps(pj, separators=(",", ":"))))
         path_sizes.append(32 * len(paths[i]))
         compact_sizes.append(len(proof.to_bytes()))
-        raw_ns.append(median_ns(lambda: verify_proof(leaves[i], i, n, paths[i], tree.root), 21))
+        raw_ns.append(median_ns(lambda i=i: verify_proof(leaves[i], i, n, paths[i], tree.root), 21))
         doc = build_document(terms[i], None, [proof]).to_json()
         assert verify_offline(doc).ok
-        doc_ns.append(median_ns(lambda: verify_offline(doc), 11))
+        doc_ns.append(median_ns(lambda doc=doc: verify_offline(doc), 11))
     return {
         "contracts_per_batch": n,
         "vbytes_per_contract": {s: vbytes(s) / n for s in SHAPES},

@@ -35,12 +35,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_regtest import payments, pct  # noqa: E402
+from bench_regtest import payments, pct
 
-from p2pep.regtest import NetworkSpec, RegtestNetwork  # noqa: E402
-from p2pep.scenario.catalog import SCENARIO_DIR  # noqa: E402
-from p2pep.scenario.model import Scenario, parse_scenario  # noqa: E402
-from p2pep.scenario.runner import RunOptions, ScenarioRunner  # noqa: E402
+from p2pep.regtest import NetworkSpec, RegtestNetwork
+from p2pep.scenario.catalog import SCENARIO_DIR
+from p2pep.scenario.model import Scenario, parse_scenario
+from p2pep.scenario.runner import RunOptions, ScenarioRunner
 
 
 def hackathon(duration: str, accel: int, tick_s: float) -> Scenario:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 READING_TAG = "P2PEP/reading/v1"
 CONTRACT_TAG = "P2PEP/contract/v1"

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 Params = Sequence[Any]
@@ -47,7 +48,7 @@ class Written:
 class Transaction:
     """The statements of one open transaction; valid only inside ``Database.transaction()``."""
 
-    def __init__(self, db: "Database") -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def execute(self, sql: str, params: Params = ()) -> Written:
@@ -74,7 +75,7 @@ class Database:
 
     @classmethod
     async def open(cls, path: str, schema: str, *, synchronous: str = "FULL",
-                   foreign_keys: bool = False, busy_timeout_ms: int = 5000) -> "Database":
+                   foreign_keys: bool = False, busy_timeout_ms: int = 5000) -> Database:
         """``busy_timeout_ms``: how long a statement waits for another process's lock on the
         file before it fails with ``database is locked``."""
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):

@@ -38,13 +38,18 @@ WELL_KNOWN = str(Path(protoc.__file__).parent / "_proto")
 
 
 def run_protoc(include: Path, files: list[str], out: Path) -> None:
+    """Messages, services, and mypy-protobuf's typed stubs of both (``.pyi``)."""
+    plugins = Path(sys.executable).parent  # mypy-protobuf's protoc plugins, in the venv
     args = [
         "protoc",
         f"-I{include}",
         f"-I{WELL_KNOWN}",
+        f"--plugin=protoc-gen-mypy={plugins / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={plugins / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",
-        f"--pyi_out={out}",
+        f"--mypy_out=quiet:{out}",
         f"--grpc_python_out={out}",
+        f"--mypy_grpc_out=quiet:{out}",
         *files,
     ]
     if protoc.main(args) != 0:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.btcd_chain import BtcdChain
@@ -77,7 +78,7 @@ class AnchorStack:
     rpc: BtcdRpc
 
     @classmethod
-    async def open(cls, net: RegtestNetwork, db: Path, config: AnchorerConfig) -> "AnchorStack":
+    async def open(cls, net: RegtestNetwork, db: Path, config: AnchorerConfig) -> AnchorStack:
         assert net.btcd is not None
         rpc = BtcdRpc(net.btcd.info.rpc_config())
         chain = BtcdChain(rpc)

@@ -9,8 +9,8 @@ shows the tail of every process log in its report.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -29,7 +30,7 @@ class Client:
         self.stub = matcher_pb2_grpc.MatcherServiceStub(channel)
 
     @classmethod
-    async def start(cls, s: MatcherSettings) -> "Client":
+    async def start(cls, s: MatcherSettings) -> Client:
         app = await start_matcher(s)
         return cls(app, grpc.aio.insecure_channel(app.target))
 

@@ -18,16 +18,17 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import grpc
 import pytest
+from anchor_regtest_helpers import AnchorStack, contract_terms, failed, tx_fee_and_vsize
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from anchor_regtest_helpers import AnchorStack, contract_terms, failed, tx_fee_and_vsize
 from p2pep.anchor import opreturn
 from p2pep.anchor.anchorer import AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy

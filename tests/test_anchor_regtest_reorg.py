@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from anchor_regtest_helpers import AnchorStack, contract_terms, failed
+
 from p2pep.anchor.anchorer import AnchorerConfig, BatchInfo
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.document import AnchorProof

@@ -5,7 +5,8 @@ tests/test_e2e_scenarios.py."""
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import grpc
@@ -13,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from p2pep.regtest.ports import free_port
-from p2pep.v1 import common_pb2, settlement_pb2 as pb, settlement_pb2_grpc
+from p2pep.v1 import common_pb2, settlement_pb2_grpc
+from p2pep.v1 import settlement_pb2 as pb
 from services.console.web import Console, add_console_routes
 
 

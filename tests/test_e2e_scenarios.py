@@ -14,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import secrets
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import grpc
@@ -30,7 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from p2pep.metering.readings import Reading, SignedReading
+from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
 from p2pep.regtest import RegtestNetwork, wait_for
 from p2pep.regtest.errors import RegtestError

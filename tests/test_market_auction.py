@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from market_helpers import book_invariants, dem, sup
+
 from p2pep.market import Market, Tier, clear
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from market_helpers import book_invariants, dem, sup
+
 from p2pep.market import DuplicateOrder, Market, Tier, UnknownContract, UnknownOrder
 
 

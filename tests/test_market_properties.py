@@ -14,8 +14,8 @@ from collections import defaultdict
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from market_helpers import book_invariants
+
 from p2pep.market import Market, Order, Side, Tier, clear, uniform_price
 
 METERS = ["A", "B", "C", "D", "E"]
@@ -89,7 +89,7 @@ def test_continuous_invariants(specs: list[dict], pairs: list[tuple[str, str]]) 
             expect = pref.get(maker.id)
             if t.tier in (Tier.CONTINUING, Tier.NOMINATED):
                 assert expect is t.tier
-            ranks.append((0 if t.tier is Tier.CONTINUING else 1 if t.tier is Tier.NOMINATED else 2))
+            ranks.append(0 if t.tier is Tier.CONTINUING else 1 if t.tier is Tier.NOMINATED else 2)
         assert ranks == sorted(ranks), "tiers out of order"
         # price-time priority among the non-preferred trades, and preferred ones exhausted first
         walk = [t for t in res.trades if t.tier in (Tier.SPLIT, Tier.PRICE_TIME)]

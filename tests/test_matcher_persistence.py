@@ -6,8 +6,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from matcher_helpers import Client, demand, settings, subscribed, supply, wait_until
+
 from p2pep.v1 import common_pb2, matcher_pb2
 
 E = matcher_pb2.MatchEvent

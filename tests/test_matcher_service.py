@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import grpc
@@ -11,8 +11,8 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from matcher_helpers import Client, demand, order, settings, subscribed, supply
+
 from p2pep.market import terms_hash
 from p2pep.v1 import common_pb2, matcher_pb2
 

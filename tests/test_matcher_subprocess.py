@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import IO
 
 import grpc
-
 from matcher_helpers import demand, supply
+
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,8 @@ from datetime import date
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from p2pep.canonical import canonical_json
 from p2pep.metering.profiles import WMS_PER_WH

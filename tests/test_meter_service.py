@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import grpc
@@ -21,7 +21,8 @@ from p2pep.metering.signing import verify_reading
 from p2pep.regtest import wait_for
 from p2pep.settling.contracts import ContractTerms, verify_contract_signature
 from p2pep.settling.increments import amount_msat
-from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2 as S, settlement_pb2_grpc
+from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
+from p2pep.v1 import settlement_pb2 as S
 from services.meter.app import MeterApp, start_meter
 from services.meter.fakes import FakeLightning, FakeLnd
 from services.meter.settings import MeterSettings

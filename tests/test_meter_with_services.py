@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
+import grpc
 import pytest
 
 from p2pep.regtest import wait_for
@@ -26,15 +27,13 @@ from services.settlement.server import SettlementServicer
 from services.settlement.settings import SettlementSettings
 from services.settlement.store import Store
 
-import grpc
-
 
 class Settlement:
     def __init__(self, engine: Engine, host: ServiceHost, channel: grpc.aio.Channel, store: Store) -> None:
         self.engine, self.host, self.channel, self.store = engine, host, channel, store
 
     @classmethod
-    async def start(cls, tmp: Path, matcher_target: str) -> "Settlement":
+    async def start(cls, tmp: Path, matcher_target: str) -> Settlement:
         s = SettlementSettings(db_path=str(tmp / "settlement.sqlite"), matcher_target=matcher_target,
                                increment_wh=10, payment_timeout_s=5, sweep_interval_s=0.2, log_json=False)
         store = await Store.open(s.db_path)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pep.metering.profiles import WMS_PER_WH
-from p2pep.metering.registers import Registers, RegisterError, RegisterSnapshot
+from p2pep.metering.registers import RegisterError, Registers, RegisterSnapshot
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import CsvReplaySource, FlowTimeline, day_bounds_ms
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.regtest
 
 def test_missing_binary_is_named(tmp_path: Path) -> None:
     with pytest.raises(BinaryMissing, match=r"lnd binary not found at .*make binaries"):
-        Binaries(tmp_path).lnd
+        _ = Binaries(tmp_path).lnd
 
 
 async def test_port_already_taken(tmp_path: Path) -> None:

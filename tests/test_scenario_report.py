@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from p2pep.lndrpc import lightning_pb2 as ln
 from p2pep.scenario.catalog import load_scenario
@@ -64,7 +64,7 @@ def status(name: str, role: str, energized: bool = True, imp: int = 0, exp: int 
 
 def facts(**kw: object) -> RunFacts:
     s = load_scenario("hackathon")
-    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t = datetime(2026, 1, 1, tzinfo=UTC)
     c1 = contract("c-1", "meter-1", 250_000, 120, 120)
     c2 = contract("c-2", "meter-2", 280_000, 95, 90)
     pays = payments_for(c1) + payments_for(c2)

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.fakes import FakeChain, FakeWallet
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.registers import RegisterSnapshot
-from services.matcher.store import ORDER_COLUMNS, Changes, Store as MatcherStore
-from services.meter.store import InvoiceRow, MeterStore, PaymentRow
+from services.matcher.store import ORDER_COLUMNS, Changes
+from services.matcher.store import Store as MatcherStore
 from services.meter.ordering import PlacedOrder
-from services.settlement.store import MeterRow, Store as SettlementStore
+from services.meter.store import InvoiceRow, MeterStore, PaymentRow
+from services.settlement.store import MeterRow
+from services.settlement.store import Store as SettlementStore
 
 ROUNDS = 300
 
@@ -71,7 +74,7 @@ async def test_settlement_store_overlapping_calls(tmp_path: Path) -> None:
         await store.put("matcher_seq", str(inc))
 
     seq = 0
-    for rnd in range(ROUNDS // 10):
+    for _ in range(ROUNDS // 10):
         calls: list[Callable[[], Awaitable[Any]]] = []
         for _ in range(10):
             seq += 1
@@ -121,7 +124,7 @@ async def test_meter_store_overlapping_calls(tmp_path: Path) -> None:
         for r in sent[:-1]:  # the newest always stays until the end
             await store.outbox_delete(r.reading.seq)
 
-    for rnd in range(ROUNDS // 10):
+    for _ in range(ROUNDS // 10):
         calls: list[Callable[[], Awaitable[Any]]] = []
         for _ in range(10):
             seq += 1

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -147,7 +148,7 @@ class Anchorer:
         self._lock = asyncio.Lock()  # one logical operation (add leaves, a new block) at a time
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def open(self) -> "Anchorer":
+    async def open(self) -> Anchorer:
         self._db = await Database.open(self.db_path, SCHEMA, foreign_keys=True)
         try:
             self.height = await self.chain.get_best_height()
@@ -162,7 +163,7 @@ class Anchorer:
             await self._db.close()
             self._db = None
 
-    async def __aenter__(self) -> "Anchorer":
+    async def __aenter__(self) -> Anchorer:
         return await self.open()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -270,7 +271,7 @@ class Anchorer:
             payload = opreturn.encode_payload(b.root)
             try:
                 txid = await self.wallet.send_op_return(payload, self.config.sat_per_vbyte)
-            except Exception as exc:  # the wallet is an edge we don't control; retry next block
+            except Exception as exc:  # noqa: BLE001 - the wallet is an edge we don't control; retry next block
                 log.error("anchor.send_failed", batch=b.id, error=repr(exc))
                 return
             async with self.db.transaction() as tx:
@@ -338,9 +339,9 @@ class Anchorer:
             log.warning("anchor.tx_dropped", batch=b.id, txid=b.txid)
             await self._reanchor(b, "dropped")
 
-    async def _record_mined(self, b: _Batch, tx: dict[str, Any], block_hash: str, height: int) -> bool:
+    async def _record_mined(self, b: _Batch, raw_tx: dict[str, Any], block_hash: str, height: int) -> bool:
         script = opreturn.encode_script(b.root).hex()
-        vout = next((o.get("n") for o in tx.get("vout", [])
+        vout = next((o.get("n") for o in raw_tx.get("vout", [])
                      if (o.get("scriptPubKey") or {}).get("hex") == script), None)
         if vout is None:
             log.error("anchor.tx_without_anchor_output", batch=b.id, txid=b.txid)

@@ -10,8 +10,9 @@ A batch *opens* at the height its oldest pending leaf joined it.  It closes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, Sequence, TypeVar
+from typing import Generic, Literal, TypeVar
 
 K = TypeVar("K")
 

@@ -14,15 +14,21 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from p2pep.anchor.chain import ChainView
 from p2pep.anchor.document import DocumentError, reject_duplicate_keys
-from p2pep.anchor.verify import DEFAULT_MIN_CONFIRMATIONS, VerifyReport, verify_document, verify_offline
+from p2pep.anchor.verify import (
+    DEFAULT_MIN_CONFIRMATIONS,
+    VerifyReport,
+    verify_document,
+    verify_offline,
+)
 from p2pep.chain.btcd_rpc import BtcdRpcConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHAIN = 0, 1, 2, 3

@@ -59,7 +59,7 @@ class AnchorClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def __aenter__(self) -> "AnchorClient":
+    async def __aenter__(self) -> AnchorClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

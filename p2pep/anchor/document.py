@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence, cast
+from typing import Any, Literal, cast
 
 from p2pep.anchor import opreturn
 from p2pep.anchor.merkle import MAX_TREE_SIZE, MerkleError, path_length
@@ -127,7 +128,7 @@ class AnchorProof:
         return head + b"".join(self.path)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "AnchorProof":
+    def from_bytes(cls, data: bytes) -> AnchorProof:
         if len(data) < _COMPACT_HEAD.size:
             raise DocumentError("proof", f"compact proof is {len(data)} bytes, shorter than its header")
         version, kind, index, size_m1, height, vout, leaf, root, txid, block = _COMPACT_HEAD.unpack_from(data)
@@ -147,7 +148,7 @@ class AnchorProof:
                    root, txid.hex(), block.hex(), height, vout)
 
     @classmethod
-    def from_json(cls, obj: Any, where: str = "proof") -> "AnchorProof":
+    def from_json(cls, obj: Any, where: str = "proof") -> AnchorProof:
         d = _obj(obj, where)
         leaf = d.get("leaf")
         if leaf not in LEAF_KINDS:
@@ -199,7 +200,7 @@ class ContractDocument:
     def unanchored(self) -> list[LeafKind]:
         """The leaves this document has a hash for but no proof of yet."""
         has = {p.leaf for p in self.proofs}
-        want: list[LeafKind] = ["contract"] + (["settlement"] if self.settlement_hash is not None else [])
+        want: list[LeafKind] = ["contract", "settlement"] if self.settlement_hash is not None else ["contract"]
         return [k for k in want if k not in has]
 
 

@@ -21,7 +21,7 @@ class LndAnchorWallet:
         self.client = client
 
     @classmethod
-    def connect(cls, rpcserver: str, tls_cert: str, macaroon: str, name: str = "hub") -> "LndAnchorWallet":
+    def connect(cls, rpcserver: str, tls_cert: str, macaroon: str, name: str = "hub") -> LndAnchorWallet:
         """A wallet over a new gRPC connection (the channel connects lazily)."""
         return cls(LndClient(LndConnection(name, rpcserver, tls_cert, macaroon)))
 

@@ -24,7 +24,7 @@ is derived from ``(index, size)``, so the proof carries no direction bits to tam
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from p2pep.canonical import tagged_hash
 
@@ -39,7 +39,7 @@ class MerkleError(ValueError):
     """A malformed tree input or proof (wrong lengths, index out of range...)."""
 
 
-def _midstate(tag: str) -> "hashlib._Hash":
+def _midstate(tag: str) -> hashlib._Hash:
     # SHA256(SHA256(tag) || SHA256(tag) || msg): the 64-byte prefix is one SHA-256 block, so
     # hashing it once and copying the state gives the same digest as canonical.tagged_hash
     # at a third of the cost (tests assert the equality).

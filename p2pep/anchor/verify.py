@@ -11,12 +11,18 @@ enough, and that its OP_RETURN carries the root the leaf's path leads to.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 from p2pep.anchor import opreturn
 from p2pep.anchor.chain import ChainNotFound, ChainUnavailable, ChainView
-from p2pep.anchor.document import AnchorProof, ContractDocument, DocumentError, parse_document
+from p2pep.anchor.document import (
+    AnchorProof,
+    ContractDocument,
+    DocumentError,
+    parse_document,
+)
 from p2pep.anchor.merkle import MerkleError, root_from_path
 from p2pep.canonical import CanonicalError, contract_hash, settlement_hash
 

@@ -6,17 +6,17 @@ both sides agree on one mapping. Pure: no I/O.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from p2pep.anchor.anchorer import BatchInfo, StoredProof
 from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
 from p2pep.v1 import anchor_pb2 as pb
 
-KIND_TO_PB: dict[LeafKind, int] = {
+KIND_TO_PB: dict[LeafKind, pb.LeafKind.ValueType] = {
     "contract": pb.LEAF_KIND_CONTRACT,
     "settlement": pb.LEAF_KIND_SETTLEMENT,
 }
-PB_TO_KIND: dict[int, LeafKind] = {v: k for k, v in KIND_TO_PB.items()}
+PB_TO_KIND: dict[pb.LeafKind.ValueType, LeafKind] = {v: k for k, v in KIND_TO_PB.items()}
 
 
 class WireError(ValueError):

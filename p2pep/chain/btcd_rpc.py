@@ -75,7 +75,7 @@ class BtcdRpc:
         if self._session is not None:
             await self._session.close()
 
-    async def __aenter__(self) -> "BtcdRpc":
+    async def __aenter__(self) -> BtcdRpc:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

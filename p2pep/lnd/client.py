@@ -11,26 +11,38 @@ import asyncio
 import hashlib
 import os
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import TypeVar
+
+from google.protobuf.message import Message
 
 # lnd's TLS certs are ECDSA; gRPC's default cipher list does not offer them.
 os.environ.setdefault("GRPC_SSL_CIPHER_SUITES", "HIGH+ECDSA")
 
-import grpc  # noqa: E402
+import grpc
 
-from p2pep.lndrpc import (  # noqa: E402
+from p2pep.lndrpc import (
     lightning_pb2 as ln,
+)
+from p2pep.lndrpc import (
     lightning_pb2_grpc as lngrpc,
+)
+from p2pep.lndrpc import (
     stateservice_pb2 as state,
+)
+from p2pep.lndrpc import (
     stateservice_pb2_grpc as stategrpc,
 )
-from p2pep.lndrpc.routerrpc import router_pb2 as router, router_pb2_grpc as routergrpc  # noqa: E402
-from p2pep.lndrpc.signrpc import signer_pb2 as signer  # noqa: E402
-from p2pep.lndrpc.walletrpc import walletkit_pb2 as wallet, walletkit_pb2_grpc as walletgrpc  # noqa: E402
+from p2pep.lndrpc.routerrpc import router_pb2 as router
+from p2pep.lndrpc.routerrpc import router_pb2_grpc as routergrpc
+from p2pep.lndrpc.signrpc import signer_pb2 as signer
+from p2pep.lndrpc.walletrpc import walletkit_pb2 as wallet
+from p2pep.lndrpc.walletrpc import walletkit_pb2_grpc as walletgrpc
 
 KEYSEND_RECORD = 5482373484
+R = TypeVar("R")
 OP_RETURN = 0x6A
 
 
@@ -72,11 +84,18 @@ class PaymentResult:
     hops: int
 
 
-def _macaroon_creds(macaroon_hex: str) -> grpc.CallCredentials:
-    def plugin(_ctx: grpc.AuthMetadataContext, cb: grpc.AuthMetadataPluginCallback) -> None:
-        cb((("macaroon", macaroon_hex),), None)
+class _Macaroon(grpc.AuthMetadataPlugin):
+    """Sends the macaroon with every call, as lnd expects."""
 
-    return grpc.metadata_call_credentials(plugin)
+    def __init__(self, macaroon_hex: str) -> None:
+        self.macaroon_hex = macaroon_hex
+
+    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
+        callback((("macaroon", self.macaroon_hex),), None)
+
+
+def _macaroon_creds(macaroon_hex: str) -> grpc.CallCredentials:
+    return grpc.metadata_call_credentials(_Macaroon(macaroon_hex))
 
 
 def op_return_script(payload: bytes) -> bytes:
@@ -113,13 +132,14 @@ class LndClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def __aenter__(self) -> "LndClient":
+    async def __aenter__(self) -> LndClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: str, rpc: Any, req: Any, timeout: float | None = None) -> Any:
+    async def _call(self, method: str, rpc: Callable[..., Awaitable[R]], req: Message,
+                    timeout: float | None = None) -> R:
         try:
             return await rpc(req, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as err:
@@ -337,7 +357,8 @@ def _txid_of(raw_tx: bytes) -> str:
     """txid of a serialized (possibly segwit) transaction."""
     from bitcoin.core import CTransaction
 
-    return CTransaction.deserialize(raw_tx).GetTxid()[::-1].hex()
+    txid: bytes = CTransaction.deserialize(raw_tx).GetTxid()
+    return txid[::-1].hex()
 
 
 async def wait_rpc_ready(client: LndClient, deadline_s: float) -> None:

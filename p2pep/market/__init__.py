@@ -10,7 +10,13 @@
 from p2pep.market.auction import Clearing, clear, uniform_price
 from p2pep.market.contracts import ActivePairs, contract_terms, terms_hash
 from p2pep.market.engine import Market, MatchResult
-from p2pep.market.errors import DuplicateOrder, InvalidOrder, MarketError, UnknownContract, UnknownOrder
+from p2pep.market.errors import (
+    DuplicateOrder,
+    InvalidOrder,
+    MarketError,
+    UnknownContract,
+    UnknownOrder,
+)
 from p2pep.market.model import Order, Side, Tier, Trade
 from p2pep.market.validation import make_order
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
 
 from p2pep.market.errors import UnknownOrder
 from p2pep.market.model import Order, Side

@@ -142,7 +142,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     market = subparsers.add_parser("market", help="the matching core, offline (what-if studies)")
     sub = market.add_subparsers(dest="market_command", required=True)
     p = sub.add_parser(

@@ -20,8 +20,8 @@ Periodic mode (uniform price) is :func:`p2pep.market.auction.clear`, run on the 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from p2pep.market.book import BookSide, OrderBook
 from p2pep.market.contracts import ActivePairs
@@ -176,7 +176,7 @@ class Market:
             tiers.setdefault(m, _NOMINATED)
         sign = opp.sign
         limit_key = o.price if demand else -o.price
-        cands: list[tuple[int, int, int, Order]] = []
+        cands: list[tuple[Tier, int, int, Order]] = []
         for m, t in tiers.items():
             for r in opp.by_meter.get(m, ()):
                 if r.live and r.price * sign <= limit_key:

@@ -11,7 +11,7 @@ class MarketError(Exception):
         self.field = field
         self.message = message
 
-    def prefixed(self, prefix: str) -> "MarketError":
+    def prefixed(self, prefix: str) -> MarketError:
         """The same error with its field under ``prefix`` (e.g. ``orders[3].``)."""
         return type(self)(prefix + self.field, self.message)
 

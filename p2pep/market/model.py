@@ -13,7 +13,7 @@ class Side(IntEnum):
     DEMAND = 2
 
     @property
-    def opposite(self) -> "Side":
+    def opposite(self) -> Side:
         return Side.DEMAND if self is Side.SUPPLY else Side.SUPPLY
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from p2pep.market.errors import InvalidOrder
 from p2pep.market.model import (
@@ -15,7 +15,7 @@ from p2pep.market.model import (
     Side,
 )
 
-_ID_RE = re.compile(r"[A-Za-z0-9._:@/\-]{1,%d}\Z" % MAX_ID_LEN)
+_ID_RE = re.compile(rf"[A-Za-z0-9._:@/\-]{{1,{MAX_ID_LEN}}}\Z")
 
 
 def check_id(field: str, value: object) -> str:

@@ -15,9 +15,9 @@ conserved to the W·ms, independent of the tick size or time acceleration.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Sequence
 
 WMS_PER_WH = 3_600_000
 """Watt-milliseconds per watt-hour."""

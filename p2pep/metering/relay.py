@@ -16,9 +16,9 @@ contract cover it knows and applies the resulting state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Sequence
 
 
 class RelayState(StrEnum):

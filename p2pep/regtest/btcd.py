@@ -118,7 +118,7 @@ class Btcd:
         status = seg.get("status") or seg.get("bip9", {}).get("status")
         if seg.get("active") is True:
             return True
-        return status == "active"
+        return bool(status == "active")
 
     async def close(self) -> None:
         await self.rpc.close()

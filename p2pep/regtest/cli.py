@@ -19,7 +19,7 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 async def _up(args: argparse.Namespace) -> int:
     direct = [tuple(p.split(":", 1)) for p in args.direct or []]
-    spec = NetworkSpec(meters=args.meters, hub=not args.no_hub, direct_channels=direct)  # type: ignore[arg-type]
+    spec = NetworkSpec(meters=args.meters, hub=not args.no_hub, direct_channels=direct)
     net = await RegtestNetwork.up(spec, _run_dir(args))
     st = await net.status()
     await net.close()
@@ -91,7 +91,7 @@ async def _down(args: argparse.Namespace) -> int:
 def _wrap(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
-            return asyncio.run(fn(args))
+            return int(asyncio.run(fn(args)))
         except RegtestError as exc:
             print(f"error: {exc}")
             return 2

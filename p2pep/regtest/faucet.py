@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import bitcoin
 from bitcoin.core import (
-    COutPoint,
     CMutableTransaction,
     CMutableTxIn,
     CMutableTxOut,
+    COutPoint,
     CTxInWitness,
     CTxWitness,
     Hash160,
@@ -56,7 +56,7 @@ class Faucet:
     _spent: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
-    def from_seed(cls, seed: str) -> "Faucet":
+    def from_seed(cls, seed: str) -> Faucet:
         return cls(hashlib.sha256(b"p2pep-faucet:" + seed.encode()).hexdigest())
 
     @property

@@ -13,7 +13,6 @@ from p2pep.regtest.ports import ensure_free
 from p2pep.regtest.process import Proc
 from p2pep.regtest.waiting import timeout_scale
 
-
 # Forwarding policy of every node (only the hub forwards): see p2pep.scenario.drain.
 FORWARD_BASE_FEE_MSAT = 0
 FORWARD_FEE_PPM = 1000

@@ -59,7 +59,7 @@ class RegtestNetwork:
         )
 
     @classmethod
-    def attach(cls, run_dir: Path | None = None) -> "RegtestNetwork":
+    def attach(cls, run_dir: Path | None = None) -> RegtestNetwork:
         """Attach to a network another process brought up (its processes keep running)."""
         rd = Path(run_dir or default_run_dir())
         st = load_state(rd)
@@ -193,7 +193,7 @@ class RegtestNetwork:
             await wait_for(knows_all, timeout, interval=0.25, what=f"{node.name} to learn {expected} channels")
 
     @classmethod
-    async def up(cls, spec: NetworkSpec | None = None, run_dir: Path | None = None) -> "RegtestNetwork":
+    async def up(cls, spec: NetworkSpec | None = None, run_dir: Path | None = None) -> RegtestNetwork:
         spec = spec or NetworkSpec()
         net = cls(run_dir)
         if load_state(net.run_dir) is not None:

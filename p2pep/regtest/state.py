@@ -25,7 +25,8 @@ def load_state(run_dir: Path | None = None) -> dict[str, Any] | None:
     p = state_path(run_dir)
     if not p.exists():
         return None
-    return json.loads(p.read_text())
+    state: dict[str, Any] = json.loads(p.read_text())
+    return state
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> None:

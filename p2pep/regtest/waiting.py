@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -18,12 +19,18 @@ def timeout_scale() -> float:
         return 1.0
 
 
+@overload
+async def wait_for(predicate: Callable[[], Awaitable[T]], timeout: float = ..., interval: float = ...,
+                   what: str | None = ...) -> T: ...
+@overload
+async def wait_for(predicate: Callable[[], T], timeout: float = ..., interval: float = ...,
+                   what: str | None = ...) -> T: ...
 async def wait_for(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Any],
     timeout: float = 30.0,
     interval: float = 0.1,
     what: str | None = None,
-) -> T:
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns a truthy value.
 
     Exceptions from the predicate count as "not yet" and are reported if the
@@ -38,7 +45,7 @@ async def wait_for(
             if inspect.isawaitable(value):
                 value = await value
             if value:
-                return value  # type: ignore[return-value]
+                return value
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported below

@@ -8,8 +8,9 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from p2pep.regtest.errors import RegtestError
 from p2pep.regtest.state import default_run_dir

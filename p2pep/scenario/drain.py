@@ -12,7 +12,7 @@ searches the largest amount that reaches the peer.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from p2pep.regtest.lnd_node import FORWARD_BASE_FEE_MSAT, FORWARD_FEE_PPM
 

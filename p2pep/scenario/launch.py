@@ -7,10 +7,10 @@ scenario's state file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from p2pep.scenario.model import MeterSpec, Scenario
 

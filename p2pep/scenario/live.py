@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from p2pep.scenario.report import ts_ms
+from p2pep.pbconv import ts_ms_or_none
 from p2pep.v1 import meter_pb2, settlement_pb2
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class View:
     sim_now_ms: int
     sim_end_ms: int
     tz: str
-    meters: list[tuple[str, str, meter_pb2.MeterStatus | None, bool]] = field(default_factory=list)
+    meters: Sequence[tuple[str, str, meter_pb2.MeterStatus | None, bool]] = field(default_factory=list)
     contracts: list[settlement_pb2.ContractRecord] = field(default_factory=list)
     payments: list[settlement_pb2.Payment] = field(default_factory=list)
     messages: list[tuple[float, str]] = field(default_factory=list)
@@ -51,7 +52,7 @@ class View:
     urls: dict[str, str] = field(default_factory=dict)
 
 
-def snapshot(r: "ScenarioRunner") -> View:
+def snapshot(r: ScenarioRunner) -> View:
     now = time.monotonic()
     s = r.scenario
     running = r.phase == "running"
@@ -83,7 +84,7 @@ def sats(msat: int) -> str:
     return f"{msat // 1000:,}.{msat % 1000:03d}"
 
 
-def _state(v: int) -> Text:
+def _state(v: settlement_pb2.ContractState.ValueType) -> Text:
     name = settlement_pb2.ContractState.Name(v).removeprefix("CONTRACT_STATE_") if v else "?"
     return Text(name.lower(), style=STATE_STYLE.get(name, ""))
 
@@ -125,10 +126,10 @@ def render(v: View) -> RenderableType:
                       ("state", "left")]:
         ct.add_column(col, justify=just)  # type: ignore[arg-type]
     order = {settlement_pb2.CONTRACT_STATE_ACTIVE: 0, settlement_pb2.CONTRACT_STATE_PROPOSED: 1}
-    shown = sorted(v.contracts, key=lambda r: (order.get(r.state, 2), -(ts_ms(r.contract.start) or 0)))[:8]
+    shown = sorted(v.contracts, key=lambda r: (order.get(r.state, 2), -(ts_ms_or_none(r.contract.start) or 0)))[:8]
     for r in shown:
         c = r.contract
-        win = f"{_clock(ts_ms(c.start) or 0, v.tz)}–{_clock(ts_ms(c.end) or 0, v.tz)}" if ts_ms(c.start) else ""
+        win = f"{_clock(ts_ms_or_none(c.start) or 0, v.tz)}–{_clock(ts_ms_or_none(c.end) or 0, v.tz)}" if ts_ms_or_none(c.start) else ""
         state = _state(r.state)
         if r.fault:
             state.append(" ⚠ retrying", style="bold red")
@@ -142,7 +143,7 @@ def render(v: View) -> RenderableType:
     for col, just in [("contract", "left"), ("#", "right"), ("Wh", "right"), ("sat", "right"),
                       ("fee sat", "right"), ("payer → payee", "left"), ("hash", "left")]:
         pt.add_column(col, justify=just)  # type: ignore[arg-type]
-    for p in sorted(v.payments, key=lambda p: ts_ms(p.settled) or 0)[-6:][::-1]:
+    for p in sorted(v.payments, key=lambda p: ts_ms_or_none(p.settled) or 0)[-6:][::-1]:
         pt.add_row(p.contract_id, str(p.increment), f"{p.from_wh}–{p.to_wh}", sats(p.amount_msat),
                    sats(p.fee_msat), f"{p.payer} → {p.payee}", p.payment_hash[:12])
 
@@ -158,7 +159,7 @@ def render(v: View) -> RenderableType:
     return Group(Panel(Group(*parts)), mt, ct, pt, Panel(log, title="runner", title_align="left"))
 
 
-async def run_live(runner: "ScenarioRunner", stop: asyncio.Event, console: Console | None = None) -> None:
+async def run_live(runner: ScenarioRunner, stop: asyncio.Event, console: Console | None = None) -> None:
     """Redraw until the runner reaches its end (``runner.phase == "ended"``)."""
     from rich.live import Live
 

@@ -12,9 +12,10 @@ in integer msat/kWh, PV size in integer Wp. Durations are written as
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 Role = Literal["producer", "consumer", "prosumer"]
 SourceKind = Literal["h0", "pv", "constant", "csv"]
@@ -309,8 +310,8 @@ def _parse_meter(m: Mapping[str, Any], i: int, defaults: Mapping[str, Any]) -> M
         raise ScenarioError(f"{where}.source", f"{source!r} is not one of {', '.join(SOURCES)}")
     spec = MeterSpec(
         name=name,
-        role=role,  # type: ignore[arg-type]
-        source=source,  # type: ignore[arg-type]
+        role=role,
+        source=source,
         price_msat_per_kwh=_positive(_get(merged, "price_msat_per_kwh", int, where), f"{where}.price_msat_per_kwh"),
         constant_w=_get(merged, "constant_w", int, where, 0),
         pv_wp=_get(merged, "pv_wp", int, where, 0),
@@ -352,7 +353,7 @@ def _parse_event(m: Mapping[str, Any], i: int, meters: list[str]) -> Event:
         raise ScenarioError(f"{where}.keep_increments", "must be >= 0")
     return Event(
         at_s=parse_duration_s(_get(m, "at", (str, int), where), f"{where}.at"),
-        action=action,  # type: ignore[arg-type]
+        action=action,
         target=target,
         signal=sig,
         keep_increments=keep,

@@ -14,13 +14,15 @@ contract's price.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from p2pep.lndrpc import lightning_pb2 as ln
+from p2pep.pbconv import ts_ms_or_none
 from p2pep.scenario.model import Scenario
 from p2pep.settling.increments import cumulative_msat
 from p2pep.v1 import meter_pb2, settlement_pb2
@@ -83,20 +85,14 @@ class RunFacts:
 # --- conversions ---------------------------------------------------------------------------
 
 
-def ts_ms(t: Timestamp) -> int | None:
-    if t.seconds == 0 and t.nanos == 0:
-        return None
-    return t.seconds * 1000 + t.nanos // 1_000_000
-
-
 def iso_ms(ms: int | None) -> str | None:
     if ms is None or ms <= 0:  # unset
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def _iso(t: Timestamp) -> str | None:
-    return iso_ms(ts_ms(t))
+    return iso_ms(ts_ms_or_none(t))
 
 
 def _enum(enum: Any, value: int) -> str:
@@ -225,7 +221,7 @@ def supplier_reconciliation(
             continue
         received[cid] += inv.amt_paid_msat
         counts[cid] += 1
-    per_contract = []
+    per_contract: list[dict[str, Any]] = []
     ok = True
     for r in mine:
         c = r.contract
@@ -426,8 +422,8 @@ def evaluate_checks(f: RunFacts, suppliers: dict[str, dict[str, Any]]) -> dict[s
 
 def build_report(f: RunFacts) -> dict[str, Any]:
     s = f.scenario
-    contracts = sorted(f.contracts, key=lambda r: (ts_ms(r.contract.start) or 0, r.contract.contract_id))
-    payments = sorted(f.payments, key=lambda p: (ts_ms(p.settled) or 0, p.contract_id, p.increment))
+    contracts = sorted(f.contracts, key=lambda r: (ts_ms_or_none(r.contract.start) or 0, r.contract.contract_id))
+    payments = sorted(f.payments, key=lambda p: (ts_ms_or_none(p.settled) or 0, p.contract_id, p.increment))
     suppliers = {
         m.name: supplier_reconciliation(m.name, contracts, f.invoices.get(m.name, []), s.increment_wh)
         for m in s.suppliers

@@ -28,10 +28,11 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -109,7 +110,7 @@ class ScenarioRunner:
         self.phase = "starting"
         self.messages: deque[tuple[float, str]] = deque(maxlen=50)
         self.t0 = time.monotonic()
-        self.started_at = datetime.now(timezone.utc)
+        self.started_at = datetime.now(UTC)
         self.clock = ScenarioClock(scenario.timing.sim_start_ms, scenario.timing.accel)
         self.watcher = Watcher(self.clock, self.t0, options.status_interval_s, options.books_interval_s)
         self.net: RegtestNetwork | None = None
@@ -210,9 +211,9 @@ class ScenarioRunner:
                 self.run_dir,
             )
             if s.network.utxos > 1:  # more funding outputs, so a meter can open channels back to back
-                meters = [self.net.nodes[m] for m in s.meter_names]
+                meter_nodes = [self.net.nodes[m] for m in s.meter_names]
                 for _ in range(s.network.utxos - 1):
-                    await self.net.fund(meters, s.network.fund_sat)
+                    await self.net.fund(meter_nodes, s.network.fund_sat)
             self.say(f"network up in {time.monotonic() - t:.0f}s")
         if self.layout.root.exists():  # an earlier run's services: keep their logs, start afresh
             self.layout.root.rename(self.layout.root.with_name(f"{self.layout.root.name}.{int(time.time() * 1000)}"))
@@ -399,7 +400,7 @@ class ScenarioRunner:
         now = time.monotonic()
         f = RunFacts(
             scenario=s, run_dir=str(self.run_dir), started_at=self.started_at,
-            ended_at=datetime.now(timezone.utc), real_seconds=now - self.t0,
+            ended_at=datetime.now(UTC), real_seconds=now - self.t0,
             sim_reached_ms=self.clock.sim_ms(now), interrupted=self.interrupted,
             events=self.outcomes, miner=dict(self.miner_stats), errors=list(self.errors),
         )
@@ -429,11 +430,11 @@ class ScenarioRunner:
         except grpc.aio.AioRpcError as e:
             f.errors.append(f"settlement: {e.code().name}: {e.details()}")
         f.documents = await self._documents(f.contracts, f.errors)
-        for m in s.suppliers:
+        for supplier in s.suppliers:
             try:
-                f.invoices[m.name] = await self.net.nodes[m.name].client.list_invoices()
+                f.invoices[supplier.name] = await self.net.nodes[supplier.name].client.list_invoices()
             except Exception as e:  # noqa: BLE001 - the report says so
-                f.errors.append(f"{m.name} invoices: {e}")
+                f.errors.append(f"{supplier.name} invoices: {e}")
         f.services = {n: {"module": p.launch.module, "target": p.launch.target, "log": str(p.launch.log_path),
                           "running_after_sim_end": p.alive() if n not in s.meter_names else None,
                           "starts": p.starts, "exit_code": p.returncode}

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from p2pep.pbconv import ts_ms_or_none
 from p2pep.scenario.clock import ScenarioClock
-from p2pep.scenario.report import RelaySample, ts_ms
+from p2pep.scenario.report import RelaySample
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 
@@ -39,8 +40,8 @@ class Watcher:
         self.status_errors: dict[str, str] = {}
         self.samples: dict[str, list[RelaySample]] = {}
         self.books = Books()
-        self._meters: dict[str, tuple[grpc.aio.Channel, meter_pb2_grpc.MeterServiceStub]] = {}
-        self._settlement: tuple[grpc.aio.Channel, settlement_pb2_grpc.SettlementServiceStub] | None = None
+        self._meters: dict[str, tuple[grpc.aio.Channel, meter_pb2_grpc.MeterServiceAsyncStub]] = {}
+        self._settlement: tuple[grpc.aio.Channel, settlement_pb2_grpc.SettlementServiceAsyncStub] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def add_meter(self, name: str, target: str) -> None:
@@ -52,11 +53,11 @@ class Watcher:
         ch = grpc.aio.insecure_channel(target)
         self._settlement = (ch, settlement_pb2_grpc.SettlementServiceStub(ch))
 
-    def meter_stub(self, name: str) -> meter_pb2_grpc.MeterServiceStub:
+    def meter_stub(self, name: str) -> meter_pb2_grpc.MeterServiceAsyncStub:
         return self._meters[name][1]
 
     @property
-    def settlement(self) -> settlement_pb2_grpc.SettlementServiceStub:
+    def settlement(self) -> settlement_pb2_grpc.SettlementServiceAsyncStub:
         assert self._settlement is not None, "settlement target not set"
         return self._settlement[1]
 
@@ -75,7 +76,7 @@ class Watcher:
         now = time.monotonic()
         self.status_errors.pop(name, None)
         self.statuses[name] = st
-        sim = ts_ms(st.sim_time) or 0
+        sim = ts_ms_or_none(st.sim_time) or 0
         self.clock.observe(now, sim)
         self.samples[name].append(RelaySample(now - self.t0, sim, st.relay_energized, st.relay_reason,
                                               st.active_contracts, st.relay_changes))

@@ -30,8 +30,8 @@ If all weights in a tier are zero the tier is split evenly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 class AllocationError(ValueError):

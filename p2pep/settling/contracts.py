@@ -23,9 +23,10 @@ When it ends, :func:`settlement_summary` states what was delivered and paid; its
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 from p2pep.canonical import contract_hash, settlement_hash
 from p2pep.market.contracts import contract_terms as match_terms
@@ -227,7 +228,9 @@ class Contract:
             raise ContractError(f"party must be consumer or supplier, not {party!r}", "party")
         if not verify_contract_signature(self.terms, signature, pubkey):
             raise ContractError(f"{party} signature does not verify for contract {self.contract_id}", "signature")
-        return replace(self, **{f"{party}_signature": signature})
+        if party == "consumer":
+            return replace(self, consumer_signature=signature)
+        return replace(self, supplier_signature=signature)
 
     @property
     def fully_signed(self) -> bool:

@@ -24,9 +24,9 @@ heads and stored readings in its database and calls :func:`validate_reading`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Mapping
 
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.signing import verify_reading

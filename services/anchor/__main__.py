@@ -12,12 +12,12 @@ import asyncio
 
 import structlog
 
+from p2pep import servicekit
 from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.chain.btcd_rpc import BtcdRpc, BtcdRpcConfig
-from p2pep import servicekit
 from p2pep.servicekit import ServiceHost, configure_logging, run_service
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 from services.anchor.servicer import AnchorServicer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from p2pep.anchor.anchorer import Anchorer
@@ -17,7 +19,7 @@ class AnchorServicer(pb_grpc.AnchorServiceServicer):
         self.anchorer = anchorer
         self.max_request_leaves = max_request_leaves
 
-    async def AddLeaves(self, request: pb.AddLeavesRequest, context: grpc.aio.ServicerContext) -> pb.AddLeavesResponse:
+    async def AddLeaves(self, request: pb.AddLeavesRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.AddLeavesResponse:
         n = len(request.leaves)
         if n == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "leaves: must not be empty")
@@ -31,7 +33,7 @@ class AnchorServicer(pb_grpc.AnchorServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.AddLeavesResponse(added=added, best_height=self.anchorer.height)
 
-    async def GetProofs(self, request: pb.GetProofsRequest, context: grpc.aio.ServicerContext) -> pb.GetProofsResponse:
+    async def GetProofs(self, request: pb.GetProofsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetProofsResponse:
         if not request.contract_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "contract_id: must not be empty")
         proofs = await self.anchorer.proofs_for(request.contract_id)
@@ -40,7 +42,7 @@ class AnchorServicer(pb_grpc.AnchorServiceServicer):
                                     best_height=self.anchorer.height)
 
     async def ListBatches(self, request: pb.ListBatchesRequest,
-                          context: grpc.aio.ServicerContext) -> pb.ListBatchesResponse:
+                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListBatchesResponse:
         limit = request.limit or DEFAULT_BATCH_LIMIT
         batches = (await self.anchorer.batches())[::-1][:limit]
         best = self.anchorer.height

@@ -13,8 +13,9 @@ block intervals.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import structlog
 

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import json
 from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import grpc
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from p2pep.servicekit.http import BadParam, pb_json, static_page
-from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2 as pb, settlement_pb2_grpc
+from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2_grpc
+from p2pep.v1 import settlement_pb2 as pb
 from services.console import metrics
 
 PAGE = Path(__file__).with_name("static") / "console.html"
@@ -52,7 +54,7 @@ def parse_time(req: web.Request, name: str) -> Timestamp:
     return ts
 
 
-def parse_states(req: web.Request) -> list[int]:
+def parse_states(req: web.Request) -> list[pb.ContractState.ValueType]:
     out = []
     for s in filter(None, req.query.get("state", "").upper().split(",")):
         if s not in STATES:
@@ -62,8 +64,8 @@ def parse_states(req: web.Request) -> list[int]:
 
 
 class Console:
-    def __init__(self, settlement: settlement_pb2_grpc.SettlementServiceStub,
-                 matcher: matcher_pb2_grpc.MatcherServiceStub | None, timeout: float = 10.0) -> None:
+    def __init__(self, settlement: settlement_pb2_grpc.SettlementServiceAsyncStub,
+                 matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None, timeout: float = 10.0) -> None:
         self.settlement, self.matcher, self.timeout = settlement, matcher, timeout
 
     async def overview(self, req: web.Request) -> web.Response:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Callable
 from contextlib import suppress
-from typing import Callable
 
+from p2pep.pbconv import now_ms
 from p2pep.servicekit import ServiceHost
 from p2pep.v1 import matcher_pb2_grpc
 from services.matcher.servicer import MatcherServicer
 from services.matcher.settings import MatcherSettings
-from services.matcher.state import Matcher, wall_clock_ms
+from services.matcher.state import Matcher
 from services.matcher.store import Store
 
 SERVICE_NAME = "p2pep.v1.MatcherService"
@@ -34,7 +35,7 @@ class MatcherApp:
         await self.host.stop(grace)
 
 
-async def start_matcher(settings: MatcherSettings, clock: Callable[[], int] = wall_clock_ms) -> MatcherApp:
+async def start_matcher(settings: MatcherSettings, clock: Callable[[], int] = now_ms) -> MatcherApp:
     store = await Store.open(settings.db_path, settings.sqlite_synchronous)
     matcher = Matcher(settings, store, clock)
     try:

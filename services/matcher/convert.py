@@ -6,11 +6,10 @@ of the bad field in the request (``order.energy_wh``, ``orders[3].side``...).
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from p2pep.market import InvalidOrder, Order, Side
 from p2pep.market.model import MAX_ENERGY_WH, MAX_PRICE_MSAT_PER_KWH
 from p2pep.market.validation import check_id, check_partners, check_positive_int
+from p2pep.pbconv import enum_value, ms_ts, ts_ms
 from p2pep.v1 import common_pb2
 
 SIDE_NAMES = {common_pb2.SIDE_SUPPLY: Side.SUPPLY, common_pb2.SIDE_DEMAND: Side.DEMAND}
@@ -25,15 +24,7 @@ class ServiceOrder(Order):
     window_ms: int | None
 
 
-def ts_ms(ts: Timestamp) -> int:
-    return ts.seconds * 1000 + ts.nanos // 1_000_000
-
-
-def ms_ts(ms: int) -> Timestamp:
-    return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
-
-
-def parse_side(value: int, field: str, expected: Side | None) -> Side:
+def parse_side(value: common_pb2.Side.ValueType, field: str, expected: Side | None) -> Side:
     """``expected`` is the side implied by the RPC (SubmitSupply/SubmitDemand), if any."""
     if value == common_pb2.SIDE_UNSPECIFIED and expected is not None:
         return expected
@@ -89,7 +80,7 @@ def order_msg(o: ServiceOrder, remaining: int | None = None) -> common_pb2.Order
     msg = common_pb2.Order(
         order_id=o.id,
         meter_id=o.meter,
-        side=int(o.side),
+        side=enum_value(common_pb2.Side, int(o.side)),
         price_msat_per_kwh=o.price,
         partners=sorted(o.partners),
         renews_contract_id=o.renews or "",

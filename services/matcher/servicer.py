@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import structlog
 
-from p2pep.market import DuplicateOrder, InvalidOrder, MarketError, Side, UnknownContract, UnknownOrder
+from p2pep.market import (
+    DuplicateOrder,
+    InvalidOrder,
+    MarketError,
+    Side,
+    UnknownContract,
+    UnknownOrder,
+)
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc
 from services.matcher import metrics as M
 from services.matcher.convert import order_msg, parse_order
@@ -52,7 +60,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
     def __init__(self, matcher: Matcher) -> None:
         self.m = matcher
 
-    async def _submit(self, request: matcher_pb2.SubmitOrderRequest, context: grpc.aio.ServicerContext,
+    async def _submit(self, request: matcher_pb2.SubmitOrderRequest, context: grpc.aio.ServicerContext[Any, Any],
                       side: Side, method: str) -> matcher_pb2.SubmitOrderResponse:
         try:
             with _errors(method):
@@ -71,7 +79,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
     async def SubmitDemand(self, request, context):  # type: ignore[no-untyped-def]
         return await self._submit(request, context, Side.DEMAND, "SubmitDemand")
 
-    async def SubmitBatch(self, request: matcher_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext
+    async def SubmitBatch(self, request: matcher_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
                           ) -> matcher_pb2.SubmitBatchResponse:
         try:
             with _errors("SubmitBatch"):
@@ -89,7 +97,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
             await context.abort(a.code, a.message)
             raise
 
-    async def Cancel(self, request: matcher_pb2.CancelRequest, context: grpc.aio.ServicerContext
+    async def Cancel(self, request: matcher_pb2.CancelRequest, context: grpc.aio.ServicerContext[Any, Any]
                      ) -> matcher_pb2.CancelResponse:
         try:
             with _errors("Cancel"):
@@ -99,13 +107,13 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
             await context.abort(a.code, a.message)
             raise
 
-    async def GetBook(self, request: matcher_pb2.GetBookRequest, context: grpc.aio.ServicerContext
+    async def GetBook(self, request: matcher_pb2.GetBookRequest, context: grpc.aio.ServicerContext[Any, Any]
                       ) -> matcher_pb2.GetBookResponse:
         with _errors("GetBook"):
             return await self.m.book(request.depth or 50, request.meter_ids)
 
     async def ExtendContract(self, request: matcher_pb2.ExtendContractRequest,
-                             context: grpc.aio.ServicerContext) -> matcher_pb2.SubmitOrderResponse:
+                             context: grpc.aio.ServicerContext[Any, Any]) -> matcher_pb2.SubmitOrderResponse:
         try:
             with _errors("ExtendContract"):
                 return (await self.m.extend(request)).msg()
@@ -114,7 +122,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
             raise
 
     async def ReportContractEnd(self, request: matcher_pb2.ReportContractEndRequest,
-                                context: grpc.aio.ServicerContext) -> matcher_pb2.ReportContractEndResponse:
+                                context: grpc.aio.ServicerContext[Any, Any]) -> matcher_pb2.ReportContractEndResponse:
         try:
             with _errors("ReportContractEnd"):
                 already, released = await self.m.report_end(request.contract_id, request.outcome,
@@ -130,13 +138,13 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
             raise
 
     async def ListContracts(self, request: matcher_pb2.ListContractsRequest,
-                            context: grpc.aio.ServicerContext) -> matcher_pb2.ListContractsResponse:
+                            context: grpc.aio.ServicerContext[Any, Any]) -> matcher_pb2.ListContractsResponse:
         with _errors("ListContracts"):
             recs = await self.m.contracts(request.meter_id, request.active_only, min(request.limit or 100, 10_000))
             return matcher_pb2.ListContractsResponse(contracts=[r.msg() for r in recs])
 
     async def StreamEvents(self, request: matcher_pb2.StreamEventsRequest,
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[matcher_pb2.MatchEvent]:
+                           context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[matcher_pb2.MatchEvent]:
         meters = frozenset(request.meter_ids)
         sub: Subscription = self.m.hub.subscribe(meters)
         M.STREAMS.inc()

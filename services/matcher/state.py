@@ -12,9 +12,10 @@ import asyncio
 import heapq
 import json
 import secrets
+import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import structlog
 
@@ -30,9 +31,10 @@ from p2pep.market import (
     terms_hash,
 )
 from p2pep.market.validation import check_id, make_order
+from p2pep.pbconv import enum_value, ms_ts, now_ms, ts_ms
 from p2pep.v1 import common_pb2, matcher_pb2
 from services.matcher import metrics as M
-from services.matcher.convert import ServiceOrder, ms_ts, order_msg, ts_ms
+from services.matcher.convert import ServiceOrder, order_msg
 from services.matcher.events import EventHub
 from services.matcher.settings import MatcherSettings
 from services.matcher.store import Changes, Store, partners_json
@@ -41,10 +43,6 @@ log = structlog.get_logger("matcher")
 
 Kind = matcher_pb2.MatchEvent
 STATUS = matcher_pb2
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class StorageFailed(Exception):
@@ -77,8 +75,8 @@ class ContractRec:
         )
 
     @classmethod
-    def from_row(cls, r: object) -> "ContractRec":
-        r = tuple(r)  # type: ignore[arg-type]
+    def from_row(cls, row: sqlite3.Row) -> ContractRec:
+        r = tuple(row)
         return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bytes(r[8]), r[9], r[10], r[11],
                    bool(r[12]), r[13] or 0, r[14])
 
@@ -86,7 +84,7 @@ class ContractRec:
         return common_pb2.Contract(
             contract_id=self.contract_id, consumer=self.consumer, supplier=self.supplier,
             energy_wh=self.energy_wh, price_msat_per_kwh=self.price, start=ms_ts(self.start_ms),
-            end=ms_ts(self.end_ms), tier=self.tier, hash=self.hash, buy_order_id=self.buy_order,
+            end=ms_ts(self.end_ms), tier=enum_value(common_pb2.Tier, self.tier), hash=self.hash, buy_order_id=self.buy_order,
             sell_order_id=self.sell_order, renews_contract_id=self.renews or "",
         )
 
@@ -96,7 +94,7 @@ class SubmitResult:
     order: ServiceOrder
     remaining: int
     contracts: list[ContractRec]
-    status: int
+    status: matcher_pb2.OrderStatus.ValueType
 
     def msg(self) -> matcher_pb2.SubmitOrderResponse:
         return matcher_pb2.SubmitOrderResponse(
@@ -120,7 +118,7 @@ class Tx:
 
 
 class Matcher:
-    def __init__(self, settings: MatcherSettings, store: Store, clock: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(self, settings: MatcherSettings, store: Store, clock: Callable[[], int] = now_ms) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -178,11 +176,11 @@ class Matcher:
                  last_event_seq=self._event_seq)
 
     # ------------------------------------------------------------- transactions
-    def _event(self, tx: Tx, kind: int, meter: str, order_id: str = "", side: int = 0, remaining: int = 0,
-               contract: ContractRec | None = None) -> None:
+    def _event(self, tx: Tx, kind: matcher_pb2.MatchEvent.Kind.ValueType, meter: str, order_id: str = "",
+               side: int = 0, remaining: int = 0, contract: ContractRec | None = None) -> None:
         self._event_seq += 1
         ev = matcher_pb2.MatchEvent(
-            seq=self._event_seq, kind=kind, meter_id=meter, order_id=order_id, side=side,
+            seq=self._event_seq, kind=kind, meter_id=meter, order_id=order_id, side=enum_value(common_pb2.Side, side),
             remaining_wh=remaining, time=ms_ts(tx.now_ms),
         )
         if contract is not None:
@@ -251,7 +249,7 @@ class Matcher:
                 self._windows.pop(oid, None)
             elif o.window_ms is not None:
                 self._windows[oid] = o.window_ms
-        for t, rec in tx.trades:
+        for _, rec in tx.trades:
             self._contracts[rec.contract_id] = rec
             self.market.open_contract(rec.contract_id, rec.consumer, rec.supplier)
             heapq.heappush(self._contract_ends, (rec.end_ms, rec.contract_id))
@@ -353,7 +351,7 @@ class Matcher:
         return rec
 
     async def report_end(
-        self, contract_id: str, outcome: int, delivered_wh: int
+        self, contract_id: str, outcome: matcher_pb2.ContractOutcome.ValueType, delivered_wh: int
     ) -> tuple[bool, SubmitResult | None]:
         check_id("contract_id", contract_id)
         if outcome not in (matcher_pb2.CONTRACT_OUTCOME_COMPLETED, matcher_pb2.CONTRACT_OUTCOME_CONSUMER_DEFAULTED,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from p2pep.sqlitedb import Database, in_transaction
 
@@ -112,7 +113,7 @@ class Store:
         self.db = db
 
     @classmethod
-    async def open(cls, path: str, synchronous: str = "FULL") -> "Store":
+    async def open(cls, path: str, synchronous: str = "FULL") -> Store:
         return cls(await Database.open(path, SCHEMA, synchronous=synchronous))
 
     async def close(self) -> None:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from p2pep.lnd.client import LndClient, LndConnection
 from p2pep import servicekit
+from p2pep.lnd.client import LndClient, LndConnection
 from p2pep.servicekit import ServiceHost, configure_logging
 from p2pep.v1 import meter_pb2_grpc
 from services.meter.household import add_household_routes

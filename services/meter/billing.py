@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from p2pep.lnd.client import LndError
 from p2pep.lndrpc import lightning_pb2 as ln
+from p2pep.pbconv import now_ms
 from p2pep.v1 import meter_pb2
 from services.meter import metrics
 from services.meter.book import ContractView, Party
@@ -45,16 +46,12 @@ INVOICE_EXPIRY_S = 600
 IN_FLIGHT = (ln.Payment.IN_FLIGHT, ln.Payment.INITIATED)
 
 
-def real_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def invoice_memo(contract_id: str, increment: int) -> str:
     return f"p2pep {contract_id} #{increment}"
 
 
 class Billing:
-    def __init__(self, meter: "Meter") -> None:
+    def __init__(self, meter: Meter) -> None:
         self.m = meter
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -73,7 +70,7 @@ class Billing:
         """Whether the contract has ended, which allows a shorter, final increment. Only
         asks settlement when the request is such a partial increment and the meter's
         own view still shows the contract running."""
-        if view.final or real_ms() >= view.terms.end_ms:
+        if view.final or now_ms() >= view.terms.end_ms:
             return True
         if to_wh >= min(from_wh + view.terms.increment_wh, view.terms.energy_wh):
             return False
@@ -111,7 +108,7 @@ class Billing:
             except LndError as e:
                 raise Refusal(Code.ABORTED, "increment", f"lnd could not create the invoice: {e.detail}") from e
             row = InvoiceRow(req.contract_id, req.increment, req.from_wh, req.to_wh, amount, inv.payment_request,
-                             inv.r_hash.hex(), False, real_ms())
+                             inv.r_hash.hex(), False, now_ms())
             await m.store.put_invoice(row)
         metrics.INVOICES.inc()
         log.info("invoice created", contract_id=req.contract_id, increment=req.increment, amount_msat=amount,
@@ -131,7 +128,7 @@ class Billing:
 
     async def _record_settled(self, inv: InvoiceRow) -> None:
         m = self.m
-        await m.store.invoice_settled(inv.contract_id, inv.increment, real_ms())
+        await m.store.invoice_settled(inv.contract_id, inv.increment, now_ms())
         if inv.contract_id in m.book:
             m.book.record_payment(inv.contract_id, inv.from_wh, inv.to_wh, inv.amount_msat)
             view = m.book.get(inv.contract_id)
@@ -146,7 +143,7 @@ class Billing:
     async def check_invoices(self) -> None:
         """Notice invoices settled on this meter's node (earned msat)."""
         for inv in await self.m.store.invoices(unsettled_only=True):
-            if real_ms() - inv.created_ms < 2 * INVOICE_EXPIRY_S * 1000:
+            if now_ms() - inv.created_ms < 2 * INVOICE_EXPIRY_S * 1000:
                 async with self._lock(inv.contract_id):
                     current = {i.increment: i for i in await self.m.store.invoices(inv.contract_id)}
                     if not current[inv.increment].settled:
@@ -177,12 +174,12 @@ class Billing:
             amount = check_increment(view, increment=req.increment, from_wh=req.from_wh, to_wh=req.to_wh,
                                      amount_msat=None, last_number=last, last_to_wh=last_to, contract_ended=ended)
             supplier_node = view.supplier_node or (await m.contracts.peer_node(view.terms.supplier))[0]
-            check_invoice_to_pay(decoded, amount_msat=amount, supplier_node=supplier_node, now_ms=real_ms())
+            check_invoice_to_pay(decoded, amount_msat=amount, supplier_node=supplier_node, now_ms=now_ms())
             check_not_paying_ahead(paid_wh_total=m.book.paid_wh_total(), increment_wh_to_pay=req.to_wh - req.from_wh,
                                    import_since_first_contract_wh=m.import_since_first_contract_wh,
                                    increment_wh=view.terms.increment_wh)
             row = PaymentRow(req.contract_id, req.increment, req.from_wh, req.to_wh, amount, req.payment_request,
-                             decoded.payment_hash, "", 0, PENDING, "", real_ms())
+                             decoded.payment_hash, "", 0, PENDING, "", now_ms())
             await m.store.put_payment(row)
             try:
                 res = await m.lnd.pay(req.payment_request, timeout_s=m.s.pay_timeout_s,
@@ -241,7 +238,7 @@ class Billing:
             return None
         found = [p for p in payments if p.payment_hash == payment_hash]
         ok = [p for p in found if p.status == ln.Payment.SUCCEEDED]
-        return (ok or found or [None])[-1]
+        return (ok or found)[-1] if found else None
 
 
 def _already_paid(e: LndError) -> bool:
@@ -249,7 +246,7 @@ def _already_paid(e: LndError) -> bool:
     return "already paid" in d or "already_exists" in d or "already succeeded" in d or "in transition" in d
 
 
-def _with(row: PaymentRow, **changes: object) -> PaymentRow:
+def _with(row: PaymentRow, **changes: Any) -> PaymentRow:
     from dataclasses import replace
 
     return replace(row, **changes)

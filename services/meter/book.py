@@ -19,9 +19,9 @@ pays its final increment before it reports the final state).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Iterable
 
 from p2pep.metering.relay import ContractCover
 from p2pep.settling.allocation import AllocationTarget, allocate

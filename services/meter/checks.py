@@ -8,9 +8,9 @@ field's name ("terms_json.price_msat_per_kwh: ...").
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Iterable
 
 from p2pep.settling.contracts import ContractError, ContractState, ContractTerms
 from p2pep.settling.increments import IncrementClaimError, check_increment_claim

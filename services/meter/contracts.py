@@ -10,11 +10,19 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 
+from p2pep.pbconv import enum_value, now_ms
 from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
 from p2pep.settling.increments import amount_msat
 from p2pep.v1 import common_pb2, settlement_pb2
 from services.meter.book import ContractView, Party
-from services.meter.checks import Code, Refusal, SigningPolicy, check_terms, fee_limit_msat, parse_terms
+from services.meter.checks import (
+    Code,
+    Refusal,
+    SigningPolicy,
+    check_terms,
+    fee_limit_msat,
+    parse_terms,
+)
 from services.meter.lightning import ensure_channel
 from services.meter.ordering import ordered_wh
 from services.meter.settings import parse_node_address
@@ -36,16 +44,12 @@ STATE_FROM_PB = {
 STATE_TO_PB = {v: k for k, v in STATE_FROM_PB.items()}
 
 
-def real_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def record_of(v: ContractView) -> S.ContractRecord:
     """The meter's view of a contract as a ContractRecord (its own accounting for paid Wh)."""
     t = v.terms
     pb = common_pb2.Contract(
         contract_id=t.contract_id, consumer=t.consumer, supplier=t.supplier, energy_wh=t.energy_wh,
-        price_msat_per_kwh=t.price_msat_per_kwh, tier=v.matcher_tier, hash=t.hash(),
+        price_msat_per_kwh=t.price_msat_per_kwh, tier=enum_value(common_pb2.Tier, v.matcher_tier), hash=t.hash(),
     )
     pb.start.FromMilliseconds(t.start_ms)
     pb.end.FromMilliseconds(t.end_ms)
@@ -60,7 +64,7 @@ def record_of(v: ContractView) -> S.ContractRecord:
 
 
 class ContractDesk:
-    def __init__(self, meter: "Meter") -> None:
+    def __init__(self, meter: Meter) -> None:
         self.m = meter
         self._sign_lock = asyncio.Lock()
         self._peer_locks: dict[str, asyncio.Lock] = {}
@@ -86,14 +90,15 @@ class ContractDesk:
                     raise Refusal(Code.FAILED_PRECONDITION, "terms_json.contract_id",
                                   f"{terms.contract_id} was already signed with other terms")
                 return existing.signature, m.node_pubkey
-            now = real_ms()
-            party = check_terms(terms, self.policy(), now_ms=now, **await self._order_bounds(terms, now))
+            now = now_ms()
+            ordered, committed = await self._order_bounds(terms, now)
+            party = check_terms(terms, self.policy(), now_ms=now, ordered_wh=ordered, committed_wh=committed)
         if party is Party.CONSUMER:
             await self._ensure_capacity(terms)
         async with self._sign_lock:
             if terms.contract_id in m.book:  # signed meanwhile by a concurrent call
                 return m.book.get(terms.contract_id).signature, m.node_pubkey  # type: ignore[union-attr]
-            view = ContractView(terms, party, sign_contract(terms, m.key), real_ms())
+            view = ContractView(terms, party, sign_contract(terms, m.key), now_ms())
             m.book.add(view)
             await m.store.save_contract(view)
             if party is Party.CONSUMER:
@@ -102,20 +107,20 @@ class ContractDesk:
                  price=terms.price_msat_per_kwh, counterparty=terms.supplier if party is Party.CONSUMER else terms.consumer)
         return view.signature, m.node_pubkey
 
-    async def _order_bounds(self, terms: ContractTerms, now: int) -> dict[str, int | None]:
+    async def _order_bounds(self, terms: ContractTerms, now: int) -> tuple[int | None, int]:
         """Energy this meter's recent orders on the contract's side asked for, and what
         open contracts signed in the same period already took of it."""
         s = self.m.s
         party = Party(terms.party_of(s.meter_id) or "consumer")
         if not s.check_orders_on_sign or self.m.trader is None:
-            return {"ordered_wh": None, "committed_wh": 0}
+            return None, 0
         # orders of the last few windows: a contract may come from an order the matcher
         # released again after another contract ended early
         since = now - 4 * s.window_s * 1000 // s.accel - 120_000
         side = "demand" if party is Party.CONSUMER else "supply"
         ordered = ordered_wh(await self.m.store.orders(since), side, since)
         committed = sum(v.terms.energy_wh for v in self.m.book.of(party) if v.signed_ms >= since)
-        return {"ordered_wh": ordered, "committed_wh": committed}
+        return ordered, committed
 
     async def _ensure_capacity(self, terms: ContractTerms) -> None:
         """Never agree to a contract it cannot pay: its channels must be able to send what
@@ -254,7 +259,7 @@ class ContractDesk:
         activating it) will never be activated: stop counting on its energy."""
         for v in self.m.book.of(Party.CONSUMER) + self.m.book.of(Party.SUPPLIER):
             if v.state is ContractState.PROPOSED and v.contract_id not in known \
-                    and real_ms() - v.signed_ms > grace_ms:
+                    and now_ms() - v.signed_ms > grace_ms:
                 self.m.book.apply_report(v.contract_id, state=ContractState.REJECTED, delivered_wh=0, paid_wh=0,
                                          paid_msat=0, increments_paid=0, end_reason="UNKNOWN_TO_SETTLEMENT")
                 await self.m.store.save_contract(v)

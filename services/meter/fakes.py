@@ -18,11 +18,11 @@ from p2pep.lndrpc import lightning_pb2 as ln
 
 @dataclass
 class FakeLightning:
-    nodes: dict[str, "FakeLnd"] = field(default_factory=dict)
-    invoices: dict[str, tuple["FakeLnd", ln.Invoice]] = field(default_factory=dict)
+    nodes: dict[str, FakeLnd] = field(default_factory=dict)
+    invoices: dict[str, tuple[FakeLnd, ln.Invoice]] = field(default_factory=dict)
     """payment_request -> (payee, invoice)"""
 
-    def node(self, name: str) -> "FakeLnd":
+    def node(self, name: str) -> FakeLnd:
         n = FakeLnd(name, self)
         self.nodes[name] = n
         return n

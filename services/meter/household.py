@@ -14,9 +14,9 @@ naming the parameter.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from p2pep.servicekit.http import BadParam, pb_json, static_page
 from services.meter.meter import Meter
@@ -43,9 +43,9 @@ def _bool_param(req: web.Request, name: str) -> bool:
 
 
 @web.middleware
-async def _errors(req: web.Request, handler: Any) -> web.StreamResponse:
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(req)
+        return await handler(request)
     except BadParam as e:
         return e.response()
 

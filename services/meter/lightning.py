@@ -72,7 +72,7 @@ async def wait_node_ready(node: LightningNode, stop: asyncio.Event, name: str) -
                 last = str(e)
         try:
             await asyncio.wait_for(stop.wait(), delay)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         delay = min(delay * 2, 3.0)
     raise Stopping("stopped while waiting for lnd")

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import structlog
@@ -37,11 +38,18 @@ from p2pep.metering.relay import Demand, Relay, RelayReason, RelayTransition
 from p2pep.metering.signing import MeterKey
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
+from p2pep.pbconv import now_ms
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import metrics
 from services.meter.book import ContractBook, Party
 from services.meter.checks import own_check_blocks
-from services.meter.lightning import BalanceCache, LightningNode, Stopping, ensure_channel, wait_node_ready
+from services.meter.lightning import (
+    BalanceCache,
+    LightningNode,
+    Stopping,
+    ensure_channel,
+    wait_node_ready,
+)
 from services.meter.ordering import window_index
 from services.meter.sender import ReadingSender
 from services.meter.settings import MeterSettings, parse_node_address
@@ -62,10 +70,6 @@ ESSENTIAL_TASKS = {"startup", "ticks", "sender", "contract-poll"}
 """If one of these fails the meter cannot do its job: the process exits with an error."""
 RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
                grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
-
-
-def real_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Meter:
@@ -123,7 +127,7 @@ class Meter:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, settings: MeterSettings, lnd: LightningNode) -> "Meter":
+    async def open(cls, settings: MeterSettings, lnd: LightningNode) -> Meter:
         key = MeterKey.load_or_create(settings.key_path)
         store = await MeterStore.open(settings.db_path, settings.meter_id)
         book = ContractBook(await store.contracts())
@@ -198,7 +202,7 @@ class Meter:
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
                 raise Stopping("stopped while registering")
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 delay = min(delay * 2, 3.0)
 
     async def _resume(self, settlement_last_seq: int) -> None:
@@ -217,7 +221,7 @@ class Meter:
             log.warning("settlement has a later seq than the database", db_seq=snap.seq, settlement=settlement_last_seq)
             snap = RegisterSnapshot(snap.meter_id, settlement_last_seq, snap.import_wh, snap.export_wh,
                                     snap.import_remainder_wms, snap.export_remainder_wms, snap.last_timestamp_ms)
-        start_ms = int(self.s.sim_start.timestamp() * 1000) if self.s.sim_start else real_ms()
+        start_ms = int(self.s.sim_start.timestamp() * 1000) if self.s.sim_start else now_ms()
         if snap.last_timestamp_ms is not None:
             start_ms = max(start_ms, snap.last_timestamp_ms)
         day = self.timeline.day_of(start_ms)
@@ -245,7 +249,7 @@ class Meter:
                                      push_sat=self.s.channel_sat // 2, wait_s=self.s.channel_wait_s,
                                      open_if_any=False)
                 return
-            except (TimeoutError, Exception) as e:  # lnd errors, wallet not funded yet...
+            except Exception as e:  # noqa: BLE001 - lnd errors, wallet not funded yet...
                 log.warning("hub channel not ready", hub=hub_pubkey, error=str(e))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -267,7 +271,7 @@ class Meter:
     def sim_time_iso(self) -> str:
         if self.sim is None:
             return ""
-        return datetime.fromtimestamp(self.sim.now_ms / 1000, timezone.utc).astimezone(self.timeline.tz).isoformat()
+        return datetime.fromtimestamp(self.sim.now_ms / 1000, UTC).astimezone(self.timeline.tz).isoformat()
 
     def expected_wms(self, t0_ms: int, t1_ms: int) -> tuple[int, int]:
         """(import, export) W·ms the source says flow in ``[t0, t1)`` (relay ignored)."""
@@ -358,7 +362,7 @@ class Meter:
 
     def payment_failed(self, detail: str) -> None:
         """Block at once; stays blocked until a contract signed after now becomes active."""
-        self.payment_failed_ms = real_ms()
+        self.payment_failed_ms = now_ms()
         self.payment_failed_detail = detail
         self.block_relay(RelayReason.PAYMENT_FAILED, detail)
 
@@ -392,7 +396,7 @@ class Meter:
             self._trigger = k
             until = (k + 1) * self.s.window_ms - self._lead_ms()
             await self.trader.place_window(k, now, until)
-            await self.store.prune_orders(real_ms() - 3_600_000)
+            await self.store.prune_orders(now_ms() - 3_600_000)
         except grpc.aio.AioRpcError as e:
             log.warning("orders not placed", code=e.code().name, detail=e.details())
         finally:
@@ -408,7 +412,7 @@ class Meter:
     async def wait_changed(self, timeout_s: float) -> None:
         try:
             await asyncio.wait_for(self._changed.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def status(self) -> meter_pb2.MeterStatus:
@@ -436,7 +440,7 @@ class Meter:
                 await self.balances.refresh()
                 await self.billing.check_invoices()
                 self.changed()
-            except Exception as e:  # lnd down for a moment: keep the last values
+            except Exception as e:  # noqa: BLE001 - lnd down for a moment: keep the last values
                 log.debug("balance refresh failed", error=str(e))
             await asyncio.sleep(self.s.balance_refresh_s)
 
@@ -463,7 +467,7 @@ class Meter:
         if self.trader is not None:
             try:
                 await asyncio.wait_for(self.trader.cancel_resting(), 5)
-            except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+            except (TimeoutError, grpc.aio.AioRpcError):
                 log.info("resting orders not cancelled")
         flushed = await self.sender.flush(self.s.flush_timeout_s)
         log.info("outbox flushed" if flushed else "outbox not flushed", unacked=self.sender.size)

@@ -10,7 +10,7 @@ unacknowledged reading (settlement recognises resends by seq).
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 import structlog
@@ -39,7 +39,7 @@ class ReadingSender:
     def __init__(
         self,
         store: MeterStore,
-        stub: Callable[[], settlement_pb2_grpc.SettlementServiceStub],
+        stub: Callable[[], settlement_pb2_grpc.SettlementServiceAsyncStub],
         pubkey_hex: str,
         *,
         max_backoff_s: float = 2.0,
@@ -78,7 +78,7 @@ class ReadingSender:
         try:
             await asyncio.wait_for(self._drained.wait(), timeout_s)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def run(self) -> None:
@@ -135,10 +135,10 @@ class ReadingSender:
             call.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read_acks(self, call: grpc.aio.StreamStreamCall[common_pb2.Reading, settlement_pb2.ReadingAck]) -> None:
         while True:
             ack = await call.read()
-            if ack is grpc.aio.EOF:
+            if not isinstance(ack, settlement_pb2.ReadingAck):  # grpc.aio.EOF
                 raise ConnectionError("settlement closed the reading stream")
             metrics.ACKS.labels(Ack.Status.Name(ack.status)).inc()
             if ack.status == Ack.STATUS_REJECTED:

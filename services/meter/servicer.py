@@ -7,7 +7,8 @@ message that starts with the request field it is about.
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -55,7 +56,7 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
     def __init__(self, meter: Meter) -> None:
         self.m = meter
 
-    async def _checked(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+    async def _checked(self, rpc: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
         except Refusal as r:
@@ -66,11 +67,11 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
 
     # -- the household app ----------------------------------------------------------------------
 
-    async def GetStatus(self, request: meter_pb2.GetStatusRequest, context: grpc.aio.ServicerContext) -> \
+    async def GetStatus(self, request: meter_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.MeterStatus:
         return self.m.status()
 
-    async def WatchStatus(self, request: meter_pb2.GetStatusRequest, context: grpc.aio.ServicerContext) -> \
+    async def WatchStatus(self, request: meter_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             AsyncIterator[meter_pb2.MeterStatus]:
         last = None
         while True:
@@ -80,17 +81,17 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
                 last = st
             await self.m.wait_changed(1.0)
 
-    async def ListContracts(self, request: meter_pb2.MeterContractsRequest, context: grpc.aio.ServicerContext) -> \
+    async def ListContracts(self, request: meter_pb2.MeterContractsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.MeterContractsResponse:
         return meter_pb2.MeterContractsResponse(contracts=contract_records(self.m, request.active_only))
 
-    async def ListPayments(self, request: meter_pb2.MeterPaymentsRequest, context: grpc.aio.ServicerContext) -> \
+    async def ListPayments(self, request: meter_pb2.MeterPaymentsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.MeterPaymentsResponse:
         return meter_pb2.MeterPaymentsResponse(payments=await recent_payments(self.m, request.limit or 100))
 
     # -- settlement's requests ------------------------------------------------------------------------
 
-    async def SignContract(self, request: meter_pb2.SignContractRequest, context: grpc.aio.ServicerContext) -> \
+    async def SignContract(self, request: meter_pb2.SignContractRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.SignContractResponse:
         async def call() -> meter_pb2.SignContractResponse:
             sig, node = await self.m.contracts.sign(request.terms_json)
@@ -98,15 +99,15 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
 
         return await self._checked("SignContract", context, call)
 
-    async def CreateInvoice(self, request: meter_pb2.CreateInvoiceRequest, context: grpc.aio.ServicerContext) -> \
+    async def CreateInvoice(self, request: meter_pb2.CreateInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.CreateInvoiceResponse:
         return await self._checked("CreateInvoice", context, lambda: self.m.billing.create_invoice(request))
 
-    async def PayInvoice(self, request: meter_pb2.PayInvoiceRequest, context: grpc.aio.ServicerContext) -> \
+    async def PayInvoice(self, request: meter_pb2.PayInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.PayInvoiceResponse:
         return await self._checked("PayInvoice", context, lambda: self.m.billing.pay_invoice(request))
 
-    async def UpdateContract(self, request: settlement_pb2.ContractRecord, context: grpc.aio.ServicerContext) -> \
+    async def UpdateContract(self, request: settlement_pb2.ContractRecord, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.UpdateContractResponse:
         async def call() -> meter_pb2.UpdateContractResponse:
             await self.m.contracts.update(request)

@@ -101,7 +101,7 @@ class MeterSettings(BaseServiceSettings):
         return v
 
     @model_validator(mode="after")
-    def _check_source(self) -> "MeterSettings":
+    def _check_source(self) -> MeterSettings:
         if self.source == "csv" and not self.csv_path:
             raise ValueError("csv_path is required for source=csv")
         if self.source == "pv" and self.peak_watts() <= 0:

@@ -9,8 +9,9 @@ reading is never lost, whatever happens to the process or the link.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from p2pep.canonical import canonical_json
 from p2pep.metering.readings import Reading, SignedReading
@@ -103,7 +104,7 @@ class MeterStore:
         self.meter_id = meter_id
 
     @classmethod
-    async def open(cls, path: str, meter_id: str) -> "MeterStore":
+    async def open(cls, path: str, meter_id: str) -> MeterStore:
         return cls(await Database.open(path, SCHEMA), meter_id)
 
     async def close(self) -> None:
@@ -196,7 +197,9 @@ class MeterStore:
             where.append("settled=0")
         sql = "SELECT * FROM invoices" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_ms"
         rows = await self.db.fetchall(sql, args)
-        return [InvoiceRow(*r[:7], bool(r[7]), r[8], r[9]) for r in rows]
+        return [InvoiceRow(r["contract_id"], r["increment"], r["from_wh"], r["to_wh"], r["amount_msat"],
+                           r["payment_request"], r["payment_hash"], bool(r["settled"]), r["created_ms"],
+                           r["settled_ms"]) for r in rows]
 
     async def put_invoice(self, inv: InvoiceRow) -> None:
         await self.db.execute(

@@ -12,13 +12,14 @@ against it when settlement asks this meter to sign.
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
+from p2pep.pbconv import now_ms
 from p2pep.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc
 from services.meter import metrics
 from services.meter.book import ContractBook, Party
@@ -37,10 +38,6 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 Kind = matcher_pb2.MatchEvent.Kind
 
 
-def real_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(frozen=True)
 class WindowPlan:
     window: int
@@ -54,7 +51,7 @@ class Trader:
         settings: MeterSettings,
         store: MeterStore,
         book: ContractBook,
-        matcher: matcher_pb2_grpc.MatcherServiceStub,
+        matcher: matcher_pb2_grpc.MatcherServiceAsyncStub,
         expected_wms: Callable[[int, int], tuple[int, int]],
     ) -> None:
         self.s = settings
@@ -81,7 +78,7 @@ class Trader:
         """Replace last window's resting orders by this window's."""
         await self.cancel_resting()
         plan = self.plan(window, t0_sim_ms, t1_sim_ms)
-        expiry_ms = real_ms() + self.s.window_s * 1000 // self.s.accel
+        expiry_ms = now_ms() + self.s.window_s * 1000 // self.s.accel
         log.info("window orders", window=window, supply_wh=plan.supply_wh, demand_wh=plan.demand_wh)
         if plan.supply_wh > 0:
             await self._submit("supply", window, plan.supply_wh, expiry_ms)
@@ -103,7 +100,7 @@ class Trader:
 
     async def _submit(self, side: str, window: int, energy_wh: int, expiry_ms: int) -> bool:
         oid = order_id(self.s.meter_id, window, side)
-        await self.store.put_order(PlacedOrder(oid, side, energy_wh, real_ms(), expiry_ms))
+        await self.store.put_order(PlacedOrder(oid, side, energy_wh, now_ms(), expiry_ms))
         req = matcher_pb2.SubmitOrderRequest(order=self._order(side, oid, energy_wh, expiry_ms))
         rpc = self.matcher.SubmitSupply if side == "supply" else self.matcher.SubmitDemand
         resp = await self._call(rpc, req, oid, side)
@@ -114,7 +111,7 @@ class Trader:
 
     async def _extend(self, contract_id: str, window: int, energy_wh: int, expiry_ms: int) -> bool:
         oid = order_id(self.s.meter_id, window, "extend")
-        await self.store.put_order(PlacedOrder(oid, "demand", energy_wh, real_ms(), expiry_ms))
+        await self.store.put_order(PlacedOrder(oid, "demand", energy_wh, now_ms(), expiry_ms))
         req = matcher_pb2.ExtendContractRequest(
             contract_id=contract_id, order_id=oid, energy_wh=energy_wh, price_msat_per_kwh=self.s.price_msat_per_kwh,
         )
@@ -125,7 +122,8 @@ class Trader:
         self._accepted(oid, "extend", resp)
         return True
 
-    async def _call(self, rpc, req, oid: str, side: str) -> matcher_pb2.SubmitOrderResponse | None:  # type: ignore[no-untyped-def]
+    async def _call(self, rpc: Callable[..., Awaitable[matcher_pb2.SubmitOrderResponse]], req: Message, oid: str,
+                    side: str) -> matcher_pb2.SubmitOrderResponse | None:
         """Send an order, retrying with the same id while the matcher is unreachable."""
         for attempt in range(3):
             try:

@@ -19,15 +19,17 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import grpc
 import structlog
 
 from p2pep.canonical import canonical_json
-from p2pep.servicekit import Backoff, GaveUp, supervised
 from p2pep.metering.readings import Reading, SignedReading
+from p2pep.pbconv import enum_value, now_ms, ts_ms
+from p2pep.servicekit import Backoff, GaveUp, supervised
 from p2pep.settling.allocation import AllocationTarget, allocate
 from p2pep.settling.contracts import (
     Contract,
@@ -38,8 +40,22 @@ from p2pep.settling.contracts import (
     settlement_summary,
 )
 from p2pep.settling.increments import DeliveryLedger, IncrementDue
-from p2pep.settling.validation import Accepted, Duplicate, Rejected, StreamHead, needs_stored_lookup, validate_reading
-from p2pep.v1 import common_pb2, matcher_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2
+from p2pep.settling.validation import (
+    Accepted,
+    Duplicate,
+    Rejected,
+    StreamHead,
+    needs_stored_lookup,
+    validate_reading,
+)
+from p2pep.v1 import (
+    common_pb2,
+    matcher_pb2,
+    matcher_pb2_grpc,
+    meter_pb2,
+    meter_pb2_grpc,
+    settlement_pb2,
+)
 from services.settlement import metrics
 from services.settlement.settings import SettlementSettings
 from services.settlement.store import MeterRow, Store, dumps
@@ -58,10 +74,6 @@ CONSUMER_SIDE_REASONS = {EndReason.ENDED_BY_CONSUMER, EndReason.CONSUMER_GONE,
                          EndReason.PAYMENT_FAILED, EndReason.PAYMENT_TIMEOUT}
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class SettlementError(Exception):
     """Refused request: ``code`` is the gRPC status to answer with."""
 
@@ -77,10 +89,10 @@ class MeterLink:
     last_seen: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _channel: grpc.aio.Channel | None = None
-    _stub: meter_pb2_grpc.MeterServiceStub | None = None
+    _stub: meter_pb2_grpc.MeterServiceAsyncStub | None = None
 
     @property
-    def stub(self) -> meter_pb2_grpc.MeterServiceStub:
+    def stub(self) -> meter_pb2_grpc.MeterServiceAsyncStub:
         if self._stub is None:
             self._channel = grpc.aio.insecure_channel(self.row.address)
             self._stub = meter_pb2_grpc.MeterServiceStub(self._channel)
@@ -121,10 +133,10 @@ class LiveContract:
 
 class Engine:
     def __init__(self, settings: SettlementSettings, store: Store,
-                 matcher: Any | None = None, anchor: Any | None = None) -> None:
+                 matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None = None, anchor: Any | None = None) -> None:
         self.s = settings
         self.store = store
-        self.matcher = matcher  # MatcherServiceStub or None
+        self.matcher = matcher
         self.anchor = anchor  # AnchorClient-like: add_leaf(kind, contract_id, leaf_hash), proofs(contract_id)
         self.meters: dict[str, MeterLink] = {}
         self.contracts: dict[str, LiveContract] = {}
@@ -139,25 +151,25 @@ class Engine:
             last = await self.store.last_reading(row.meter_id)
             link.head = StreamHead.of(last) if last else None
             self.meters[row.meter_id] = link
-        paid = {}
+        paid: dict[str, list[dict[str, Any]]] = {}
         for p in await self.store.payments():
             paid.setdefault(p["contract_id"], []).append(p)
-        for row in await self.store.contracts():
-            terms = ContractTerms.from_canonical(json.loads(row["terms_json"]))
+        for crow in await self.store.contracts():
+            terms = ContractTerms.from_canonical(json.loads(crow["terms_json"]))
             c = Contract(
-                terms, ContractState(row["state"]), row["consumer_sig"], row["supplier_sig"],
-                row["activated_ms"], row["ended_ms"], EndReason(row["end_reason"]) if row["end_reason"] else None,
+                terms, ContractState(crow["state"]), crow["consumer_sig"], crow["supplier_sig"],
+                crow["activated_ms"], crow["ended_ms"], EndReason(crow["end_reason"]) if crow["end_reason"] else None,
             )
             ledger = self._ledger(terms)
-            ledger.add_consumer_wh(row["consumer_wh"])
-            ledger.add_supplier_wh(row["supplier_wh"])
+            ledger.add_consumer_wh(crow["consumer_wh"])
+            ledger.add_supplier_wh(crow["supplier_wh"])
             for p in sorted(paid.get(terms.contract_id, []), key=lambda p: p["increment"]):
                 if p["preimage"]:
                     ledger.record_payment(p["increment"], p["amount_msat"], p["payment_hash"])
-            if row["closed_at_wh"] is not None:
+            if crow["closed_at_wh"] is not None:
                 ledger.close()
-            lc = LiveContract(c, ledger, row["matcher_tier"],
-                              summary=json.loads(row["summary_json"]) if row["summary_json"] else None)
+            lc = LiveContract(c, ledger, crow["matcher_tier"],
+                              summary=json.loads(crow["summary_json"]) if crow["summary_json"] else None)
             lc.finished = lc.summary is not None or c.state is ContractState.REJECTED
             self.contracts[terms.contract_id] = lc
             if not lc.finished and c.state is not ContractState.PROPOSED:
@@ -168,7 +180,7 @@ class Engine:
         log.info("settlement loaded", meters=len(self.meters), contracts=len(self.contracts))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        t = asyncio.create_task(coro)
+        t = asyncio.create_task(coro, name=getattr(coro, "__qualname__", None))
         self._tasks.add(t)
         t.add_done_callback(self._task_done)
         return t
@@ -180,7 +192,7 @@ class Engine:
             return
         exc = t.exception()
         metrics.TASK_FAILURES.labels("other").inc()
-        log.error("settlement task failed", task=t.get_coro().__qualname__ if t.get_coro() else "?",
+        log.error("settlement task failed", task=t.get_name(),
                   exc_info=(type(exc), exc, exc.__traceback__) if exc else None)
 
     async def stop(self) -> None:
@@ -236,8 +248,7 @@ class Engine:
     # --- readings -------------------------------------------------------------------
     async def ingest(self, msg: common_pb2.Reading) -> settlement_pb2.ReadingAck:
         Ack = settlement_pb2.ReadingAck
-        r = Reading(msg.meter_id, msg.seq, msg.import_wh, msg.export_wh,
-                    msg.timestamp.seconds * 1000 + msg.timestamp.nanos // 1_000_000)
+        r = Reading(msg.meter_id, msg.seq, msg.import_wh, msg.export_wh, ts_ms(msg.timestamp))
         signed = SignedReading(r, bytes(msg.signature))
         link = self.meters.get(msg.meter_id)
         lock = link.lock if link else asyncio.Lock()
@@ -299,8 +310,8 @@ class Engine:
         if mc.contract_id in self.contracts:
             return
         cons, sup = self.meters.get(mc.consumer), self.meters.get(mc.supplier)
-        start = mc.start.seconds * 1000 + mc.start.nanos // 1_000_000 if mc.HasField("start") else now_ms()
-        end = mc.end.seconds * 1000 + mc.end.nanos // 1_000_000 if mc.HasField("end") else 0
+        start = ts_ms(mc.start) if mc.HasField("start") else now_ms()
+        end = ts_ms(mc.end) if mc.HasField("end") else 0
         if end <= start:
             end = start + self.s.contract_period_s * 1000
         if cons is None or sup is None:
@@ -547,16 +558,15 @@ class Engine:
     async def _report_end(self, cid: str, reason: EndReason, delivered_wh: int, consumer_side: bool | None = None) -> None:
         if self.matcher is None:
             return
-        O = matcher_pb2
         if reason in (EndReason.END_TIME, EndReason.ENERGY_DELIVERED):
-            outcome = O.CONTRACT_OUTCOME_COMPLETED
+            outcome = matcher_pb2.CONTRACT_OUTCOME_COMPLETED
         elif (reason in CONSUMER_SIDE_REASONS) if consumer_side is None else consumer_side:
-            outcome = O.CONTRACT_OUTCOME_CONSUMER_DEFAULTED
+            outcome = matcher_pb2.CONTRACT_OUTCOME_CONSUMER_DEFAULTED
         else:
-            outcome = O.CONTRACT_OUTCOME_SUPPLIER_DEFAULTED
+            outcome = matcher_pb2.CONTRACT_OUTCOME_SUPPLIER_DEFAULTED
         for attempt in range(5):
             try:
-                await self.matcher.ReportContractEnd(O.ReportContractEndRequest(
+                await self.matcher.ReportContractEnd(matcher_pb2.ReportContractEndRequest(
                     contract_id=cid, outcome=outcome, delivered_wh=delivered_wh), timeout=10)
                 return
             except grpc.aio.AioRpcError as err:
@@ -629,7 +639,7 @@ class Engine:
         t, c, led = lc.terms, lc.contract, lc.ledger
         pb = common_pb2.Contract(
             contract_id=t.contract_id, consumer=t.consumer, supplier=t.supplier, energy_wh=t.energy_wh,
-            price_msat_per_kwh=t.price_msat_per_kwh, tier=lc.matcher_tier, hash=t.hash(),
+            price_msat_per_kwh=t.price_msat_per_kwh, tier=enum_value(common_pb2.Tier, lc.matcher_tier), hash=t.hash(),
         )
         pb.start.FromMilliseconds(t.start_ms)
         pb.end.FromMilliseconds(t.end_ms)

@@ -18,7 +18,7 @@ log = structlog.get_logger("settlement")
 CONTRACT_KINDS = (matcher_pb2.MatchEvent.KIND_MATCHED, matcher_pb2.MatchEvent.KIND_PARTIALLY_MATCHED)
 
 
-async def follow_matcher(engine: Engine, stub: matcher_pb2_grpc.MatcherServiceStub) -> None:
+async def follow_matcher(engine: Engine, stub: matcher_pb2_grpc.MatcherServiceAsyncStub) -> None:
     """Follow forever: a broken stream (or any other failure) is retried with backoff."""
     def failed(n: int, exc: Exception) -> None:
         if isinstance(exc, grpc.aio.AioRpcError):
@@ -33,7 +33,7 @@ async def follow_matcher(engine: Engine, stub: matcher_pb2_grpc.MatcherServiceSt
                      healthy_after_s=5.0)
 
 
-async def _follow(engine: Engine, stub: matcher_pb2_grpc.MatcherServiceStub) -> None:
+async def _follow(engine: Engine, stub: matcher_pb2_grpc.MatcherServiceAsyncStub) -> None:
     last = int(await engine.store.get("matcher_seq", "0"))
     stream = stub.StreamEvents(matcher_pb2.StreamEventsRequest(from_seq=last + 1))
     log.info("following matcher events", from_seq=last + 1)

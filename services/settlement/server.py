@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import structlog
 
+from p2pep.pbconv import ts_ms
 from p2pep.settling.contracts import EndReason
-from p2pep.v1 import common_pb2, settlement_pb2 as pb, settlement_pb2_grpc
+from p2pep.v1 import common_pb2, settlement_pb2_grpc
+from p2pep.v1 import settlement_pb2 as pb
 from services.settlement.engine import Engine, SettlementError
 
 log = structlog.get_logger("settlement")
-
-
-def _ms(ts) -> int:  # type: ignore[no-untyped-def]
-    return ts.seconds * 1000 + ts.nanos // 1_000_000
 
 
 class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.e = engine
 
-    async def _fail(self, ctx: grpc.aio.ServicerContext, exc: SettlementError) -> None:
+    async def _fail(self, ctx: grpc.aio.ServicerContext[Any, Any], exc: SettlementError) -> None:
         await ctx.abort(exc.code, str(exc))
 
-    async def RegisterMeter(self, req: pb.RegisterMeterRequest, ctx: grpc.aio.ServicerContext) -> pb.RegisterMeterResponse:
+    async def RegisterMeter(self, req: pb.RegisterMeterRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.RegisterMeterResponse:
         try:
             last = await self.e.register_meter(
                 req.meter_id, req.pubkey, req.node_pubkey, req.address, req.role, req.node_address
@@ -35,12 +34,12 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return pb.RegisterMeterResponse(last_seq=last)
 
     async def StreamReadings(
-        self, requests: AsyncIterator[common_pb2.Reading], ctx: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[common_pb2.Reading], ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ReadingAck]:
         async for reading in requests:
             yield await self.e.ingest(reading)
 
-    async def EndContract(self, req: pb.EndContractRequest, ctx: grpc.aio.ServicerContext) -> pb.ContractRecord:
+    async def EndContract(self, req: pb.EndContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractRecord:
         lc = self.e.contracts.get(req.contract_id)
         if lc is None:
             await ctx.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {req.contract_id!r}")
@@ -59,31 +58,31 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         log.info("contract ended by a party", contract_id=req.contract_id, meter_id=req.meter_id, why=req.reason)
         return self.e.record(lc)
 
-    async def GetContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext) -> pb.ContractRecord:
+    async def GetContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractRecord:
         lc = self.e.contracts.get(req.contract_id)
         if lc is None:
             await ctx.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {req.contract_id!r}")
-        return self.e.record(lc)  # type: ignore[arg-type]
+        return self.e.record(lc)
 
     async def ListContracts(
-        self, req: pb.ListSettlementContractsRequest, ctx: grpc.aio.ServicerContext
+        self, req: pb.ListSettlementContractsRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListSettlementContractsResponse:
         return pb.ListSettlementContractsResponse(contracts=self.e.list_contracts(req.meter_id, req.states))
 
-    async def _energy(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext, column: str) -> pb.EnergyTotal:
+    async def _energy(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext[Any, Any], column: str) -> pb.EnergyTotal:
         try:
-            wh, n = await self.e.energy(req.meter_id, column, _ms(req.__getattribute__("from")), _ms(req.to))
+            wh, n = await self.e.energy(req.meter_id, column, ts_ms(getattr(req, "from")), ts_ms(req.to))
         except SettlementError as exc:
             await self._fail(ctx, exc)
         return pb.EnergyTotal(meter_id=req.meter_id, energy_wh=wh, readings=n)
 
-    async def GetUsage(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext) -> pb.EnergyTotal:
+    async def GetUsage(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.EnergyTotal:
         return await self._energy(req, ctx, "import_wh")
 
-    async def GetProduction(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext) -> pb.EnergyTotal:
+    async def GetProduction(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.EnergyTotal:
         return await self._energy(req, ctx, "export_wh")
 
-    async def ListPayments(self, req: pb.ListPaymentsRequest, ctx: grpc.aio.ServicerContext) -> pb.ListPaymentsResponse:
+    async def ListPayments(self, req: pb.ListPaymentsRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ListPaymentsResponse:
         out = []
         for p in await self.e.store.payments(req.contract_id or None):
             if not p["preimage"]:
@@ -101,14 +100,14 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
             out.append(pay)
         return pb.ListPaymentsResponse(payments=out)
 
-    async def ExportContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext) -> pb.ContractDocument:
+    async def ExportContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractDocument:
         try:
             return pb.ContractDocument(json=await self.e.document(req.contract_id))
         except SettlementError as exc:
             await self._fail(ctx, exc)
             raise
 
-    async def ListMeters(self, req: pb.ListMetersRequest, ctx: grpc.aio.ServicerContext) -> pb.ListMetersResponse:
+    async def ListMeters(self, req: pb.ListMetersRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ListMetersResponse:
         out = []
         for link in self.e.meters.values():
             h = link.head

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from p2pep.metering.readings import Reading
 from p2pep.sqlitedb import Database
@@ -58,7 +59,7 @@ class Store:
         self.db = db
 
     @classmethod
-    async def open(cls, path: str, busy_timeout_ms: int = 5000) -> "Store":
+    async def open(cls, path: str, busy_timeout_ms: int = 5000) -> Store:
         return cls(await Database.open(path, SCHEMA, busy_timeout_ms=busy_timeout_ms))
 
     async def close(self) -> None:
