@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 
-from p2pep.pbconv import enum_value, now_ms
+from p2pep.pbconv import now_ms
 from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
 from p2pep.settling.increments import amount_msat
-from p2pep.v1 import common_pb2, settlement_pb2
+from p2pep.settling.records import STATE_FROM_PB, contract_record
+from p2pep.v1 import settlement_pb2
 from services.meter.book import ContractView, Party
 from services.meter.checks import (
     Code,
@@ -33,33 +34,15 @@ if TYPE_CHECKING:
 log = structlog.get_logger("meter.contracts")
 
 S = settlement_pb2
-STATE_FROM_PB = {
-    S.CONTRACT_STATE_PROPOSED: ContractState.PROPOSED,
-    S.CONTRACT_STATE_ACTIVE: ContractState.ACTIVE,
-    S.CONTRACT_STATE_COMPLETED: ContractState.COMPLETED,
-    S.CONTRACT_STATE_ENDED_EARLY: ContractState.ENDED_EARLY,
-    S.CONTRACT_STATE_DEFAULTED: ContractState.DEFAULTED,
-    S.CONTRACT_STATE_REJECTED: ContractState.REJECTED,
-}
-STATE_TO_PB = {v: k for k, v in STATE_FROM_PB.items()}
 
 
 def record_of(v: ContractView) -> S.ContractRecord:
     """The meter's view of a contract as a ContractRecord (its own accounting for paid Wh)."""
-    t = v.terms
-    pb = common_pb2.Contract(
-        contract_id=t.contract_id, consumer=t.consumer, supplier=t.supplier, energy_wh=t.energy_wh,
-        price_msat_per_kwh=t.price_msat_per_kwh, tier=enum_value(common_pb2.Tier, v.matcher_tier), hash=t.hash(),
-    )
-    pb.start.FromMilliseconds(t.start_ms)
-    pb.end.FromMilliseconds(t.end_ms)
-    from p2pep.canonical import canonical_json
-
-    return S.ContractRecord(
-        contract=pb, state=STATE_TO_PB[v.state], terms_json=canonical_json(t.canonical()).decode(),
+    return contract_record(
+        v.terms, v.state, matcher_tier=v.matcher_tier,
         delivered_wh=max(v.delivered_wh, v.used_wh if v.party is Party.CONSUMER else 0),
-        paid_wh=v.paid_wh, paid_msat=v.paid_msat, increments_paid=v.increments, increment_wh=t.increment_wh,
-        end_reason=v.end_reason, consumer_node=v.consumer_node, supplier_node=v.supplier_node,
+        paid_wh=v.paid_wh, paid_msat=v.paid_msat, increments_paid=v.increments, end_reason=v.end_reason,
+        consumer_node=v.consumer_node, supplier_node=v.supplier_node,
     )
 
 

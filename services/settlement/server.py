@@ -1,4 +1,8 @@
-"""SettlementService over grpc.aio: a thin adapter from protos to the engine."""
+"""SettlementService over grpc.aio: a thin adapter from protos to the engine.
+
+Refusals are raised as :class:`~p2pep.servicekit.errors.Refused` by the engine and its parts;
+the server's interceptor turns them into statuses (nothing here builds one).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ import grpc
 import structlog
 
 from p2pep.pbconv import ts_ms
+from p2pep.servicekit.errors import PermissionDenied
 from p2pep.settling.contracts import EndReason
 from p2pep.v1 import common_pb2, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
-from services.settlement.engine import Engine, SettlementError
+from services.settlement.engine import Engine
 
 log = structlog.get_logger("settlement")
 
@@ -21,16 +26,10 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.e = engine
 
-    async def _fail(self, ctx: grpc.aio.ServicerContext[Any, Any], exc: SettlementError) -> None:
-        await ctx.abort(exc.code, str(exc))
-
     async def RegisterMeter(self, req: pb.RegisterMeterRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.RegisterMeterResponse:
-        try:
-            last = await self.e.register_meter(
-                req.meter_id, req.pubkey, req.node_pubkey, req.address, req.role, req.node_address
-            )
-        except SettlementError as exc:
-            await self._fail(ctx, exc)
+        last = await self.e.register_meter(
+            req.meter_id, req.pubkey, req.node_pubkey, req.address, req.role, req.node_address
+        )
         return pb.RegisterMeterResponse(last_seq=last)
 
     async def StreamReadings(
@@ -40,29 +39,19 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
             yield await self.e.ingest(reading)
 
     async def EndContract(self, req: pb.EndContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractRecord:
-        lc = self.e.contracts.get(req.contract_id)
-        if lc is None:
-            await ctx.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {req.contract_id!r}")
-        assert lc is not None
+        lc = self.e.views.contract(req.contract_id)
         if req.meter_id == lc.terms.consumer:
             reason = EndReason.ENDED_BY_CONSUMER
         elif req.meter_id == lc.terms.supplier:
             reason = EndReason.ENDED_BY_SUPPLIER
         else:
-            await ctx.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"meter_id: {req.meter_id!r} is not a party of contract {req.contract_id}")
-        try:
-            lc = await self.e.end_contract(req.contract_id, reason)
-        except SettlementError as exc:
-            await self._fail(ctx, exc)
+            raise PermissionDenied("meter_id", f"{req.meter_id!r} is not a party of contract {req.contract_id}")
+        lc = await self.e.end_contract(req.contract_id, reason)
         log.info("contract ended by a party", contract_id=req.contract_id, meter_id=req.meter_id, why=req.reason)
         return self.e.record(lc)
 
     async def GetContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractRecord:
-        lc = self.e.contracts.get(req.contract_id)
-        if lc is None:
-            await ctx.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {req.contract_id!r}")
-        return self.e.record(lc)
+        return self.e.record(self.e.views.contract(req.contract_id))
 
     async def ListContracts(
         self, req: pb.ListSettlementContractsRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -70,10 +59,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return pb.ListSettlementContractsResponse(contracts=self.e.list_contracts(req.meter_id, req.states))
 
     async def _energy(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext[Any, Any], column: str) -> pb.EnergyTotal:
-        try:
-            wh, n = await self.e.energy(req.meter_id, column, ts_ms(getattr(req, "from")), ts_ms(req.to))
-        except SettlementError as exc:
-            await self._fail(ctx, exc)
+        wh, n = await self.e.energy(req.meter_id, column, ts_ms(getattr(req, "from")), ts_ms(req.to))
         return pb.EnergyTotal(meter_id=req.meter_id, energy_wh=wh, readings=n)
 
     async def GetUsage(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.EnergyTotal:
@@ -101,11 +87,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return pb.ListPaymentsResponse(payments=out)
 
     async def ExportContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractDocument:
-        try:
-            return pb.ContractDocument(json=await self.e.document(req.contract_id))
-        except SettlementError as exc:
-            await self._fail(ctx, exc)
-            raise
+        return pb.ContractDocument(json=await self.e.document(req.contract_id))
 
     async def ListMeters(self, req: pb.ListMetersRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ListMetersResponse:
         out = []

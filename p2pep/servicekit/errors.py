@@ -1,0 +1,119 @@
+"""Refusals, and the one place where they become gRPC statuses.
+
+Service code says *why* it refuses a call by raising a :class:`Refused` subclass that names
+the offending field (``NotFound("contract_id", "no contract 'x'")``); it never builds a
+status itself. :class:`RefusalInterceptor`, installed on every server by
+:class:`~p2pep.servicekit.ServiceHost`, answers such a call with the subclass's status and
+``"<field>: <message>"`` as details, and counts it in ``p2pep_grpc_refusals_total`` (labels:
+the method and the code, both bounded). Anything else that escapes a handler stays an
+``UNKNOWN`` error, as gRPC makes it: a bug, which the logs show.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar
+
+import grpc
+from prometheus_client import Counter
+
+REFUSALS = Counter("p2pep_grpc_refusals_total", "Calls refused with a status, by method and code",
+                   ["method", "code"])
+
+
+class Refused(Exception):
+    """A call refused on purpose; ``code`` is the gRPC status to answer with."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+class InvalidArgument(Refused):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(Refused):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(Refused):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(Refused):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(Refused):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(Refused):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Unavailable(Refused):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(Refused):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, refused: Refused) -> None:
+    REFUSALS.labels(method, refused.code.name).inc()
+    await context.abort(refused.code, str(refused))
+
+
+class RefusalInterceptor(grpc.aio.ServerInterceptor):
+    """Turns a :class:`Refused` raised by any handler (unary or streaming) into its status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        codec = {"request_deserializer": handler.request_deserializer,
+                 "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **codec)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, method), **codec)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, method), **codec)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, method), **codec)
+        return handler
+
+
+def _unary(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behaviour(request, context)
+        except Refused as refused:
+            await _abort(context, method, refused)
+
+    return call
+
+
+def _streaming(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behaviour):  # writes with context.write(): a coroutine
+        return _unary(behaviour, method)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for response in behaviour(request, context):
+                yield response
+        except Refused as refused:
+            await _abort(context, method, refused)
+
+    return call

@@ -1,0 +1,95 @@
+"""What settlement holds in memory for each meter and each contract it settles.
+
+A :class:`LiveContract` is the contract (terms, state, signatures), its delivery ledger
+(Wh attributed on each side, increments paid) and its worker's state. Settlement's memory is
+the truth while it runs; every change is written to the store before anything depends on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from p2pep.settling.contracts import Contract, ContractTerms, EndReason
+from p2pep.settling.increments import DeliveryLedger
+from p2pep.settling.validation import StreamHead
+from p2pep.v1 import meter_pb2_grpc
+from services.settlement.store import MeterRow
+
+CONSUMER_SIDE_REASONS = {EndReason.ENDED_BY_CONSUMER, EndReason.CONSUMER_GONE,
+                         EndReason.PAYMENT_FAILED, EndReason.PAYMENT_TIMEOUT}
+"""Ends the consumer caused; any other early end is put down to the supplier's side."""
+
+
+@dataclass
+class MeterLink:
+    """A registered meter: its registry row, the head of its reading stream, when it was last
+    heard from, and a lazily dialled channel to its MeterService."""
+
+    row: MeterRow
+    head: StreamHead | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reading of this meter at a time
+    _channel: grpc.aio.Channel | None = None
+    _stub: meter_pb2_grpc.MeterServiceAsyncStub | None = None
+
+    @property
+    def stub(self) -> meter_pb2_grpc.MeterServiceAsyncStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.row.address)
+            self._stub = meter_pb2_grpc.MeterServiceStub(self._channel)
+        return self._stub
+
+    async def reconnect(self, row: MeterRow) -> None:
+        """The meter registered again (maybe at a new address): dial it afresh."""
+        await self.close()
+        self._channel, self._stub = None, None
+        self.row = row
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
+@dataclass
+class LiveContract:
+    contract: Contract
+    ledger: DeliveryLedger
+    matcher_tier: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # new energy attributed, or ended
+    task: asyncio.Task[None] | None = None
+    finished: bool = False
+    summary: dict[str, Any] | None = None
+    fault: str = ""  # the worker's last unexpected error while it retries; "" when healthy
+
+    @property
+    def terms(self) -> ContractTerms:
+        return self.contract.terms
+
+    @property
+    def cid(self) -> str:
+        return self.contract.contract_id
+
+
+def new_ledger(terms: ContractTerms) -> DeliveryLedger:
+    # the meter's relay lets the next increment flow while the last one is paid:
+    # the supplier is never owed more than one full increment (plus the partial one)
+    return DeliveryLedger(terms.contract_id, terms.energy_wh, terms.increment_wh, terms.price_msat_per_kwh,
+                          max_unpaid_wh=2 * terms.increment_wh)
+
+
+def frozen_ledger(lc: LiveContract) -> DeliveryLedger:
+    """A ledger closed at what was paid: nothing more is due."""
+    led = new_ledger(lc.terms)
+    for p in lc.ledger.paid:
+        led.add_consumer_wh(p.to_wh - p.from_wh)
+        led.add_supplier_wh(p.to_wh - p.from_wh)
+    for p in lc.ledger.paid:
+        led.record_payment(p.number, p.amount_msat, p.payment_hash)
+    led.close()
+    return led
+

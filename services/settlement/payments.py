@@ -1,0 +1,171 @@
+"""The payment worker of one contract: one increment at a time, supervised.
+
+For each increment due (:meth:`DeliveryLedger.next_due`) the supplier's meter invoices, the
+consumer's meter pays, settlement checks the preimage against the invoice. Each step is
+written to the store before the next, and both meters answer idempotently per
+(contract, increment), so a step repeated after a crash or an error pays nothing twice.
+
+The worker runs step by step under :func:`p2pep.servicekit.supervised`: an unexpected error
+is logged with its contract, counted, shown on the contract (``ContractRecord.fault``, which
+the live view and the console display) and the step is retried with backoff. After
+``worker_attempts`` failures in a row the contract is ended cleanly (``SETTLEMENT_FAULT``) at
+what was paid, so its meters stop relying on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+from typing import Any, Protocol
+
+import grpc
+import structlog
+
+from p2pep.pbconv import now_ms
+from p2pep.servicekit import Backoff, GaveUp, supervised
+from p2pep.settling.contracts import ContractState, EndReason
+from p2pep.settling.increments import IncrementDue
+from p2pep.v1 import meter_pb2
+from services.settlement import metrics
+from services.settlement.live import LiveContract, frozen_ledger
+from services.settlement.registry import MeterRegistry
+from services.settlement.settings import SettlementSettings
+from services.settlement.store import Store
+
+log = structlog.get_logger("settlement")
+
+
+class Lifecycle(Protocol):
+    """What the worker needs of the contract lifecycle (the engine)."""
+
+    async def end_contract(self, contract_id: str, reason: EndReason) -> LiveContract: ...
+    async def finish(self, lc: LiveContract) -> None: ...
+    async def save(self, lc: LiveContract) -> None: ...
+    async def notify(self, lc: LiveContract) -> None: ...
+    def spawn(self, coro: Any) -> Any: ...
+    def faults_changed(self) -> None: ...
+
+
+class ContractWorker:
+    def __init__(self, settings: SettlementSettings, store: Store, meters: MeterRegistry,
+                 lifecycle: Lifecycle) -> None:
+        self.s = settings
+        self.store = store
+        self.meters = meters
+        self.lifecycle = lifecycle
+        self.backoff = Backoff(settings.worker_backoff_initial_s, settings.worker_backoff_max_s)
+
+    async def run(self, lc: LiveContract) -> None:
+        """Pay the contract's increments until it is settled, or end it if that cannot go on."""
+        def failed(n: int, exc: Exception) -> None:
+            lc.fault = f"{type(exc).__name__}: {exc}"[:300]
+            metrics.TASK_FAILURES.labels("contract_worker").inc()
+            self.lifecycle.faults_changed()
+            log.exception("contract worker failed", contract_id=lc.cid, failures_in_a_row=n,
+                          attempts=self.s.worker_attempts)
+
+        try:
+            done = False
+            while not done:
+                done = await supervised(lambda: self._step(lc), on_failure=failed, backoff=self.backoff,
+                                        attempts=self.s.worker_attempts)
+                if lc.fault:
+                    log.info("contract worker recovered", contract_id=lc.cid, after=lc.fault)
+                    lc.fault = ""
+                    self.lifecycle.faults_changed()
+        except GaveUp as exc:
+            await self._abandon(lc, exc)
+
+    async def _step(self, lc: LiveContract) -> bool:
+        """One step: pay the next increment due, wait for energy, or finish. True once the
+        contract is settled. Safe to repeat after a failure."""
+        due = lc.ledger.next_due()
+        if due is not None and lc.contract.state is not ContractState.DEFAULTED:
+            await self.pay(lc, due)  # False (defaulted or ended) loops on to finish
+            return False
+        if lc.contract.state.final:
+            await self.lifecycle.finish(lc)
+            return True
+        lc.wake.clear()
+        await lc.wake.wait()
+        return False
+
+    async def _abandon(self, lc: LiveContract, exc: GaveUp) -> None:
+        """The worker cannot go on: end the contract at what was paid (the supplier is owed at
+        most the one increment in flight) and tell both meters, so the consumer's relay blocks."""
+        metrics.CONTRACTS_ABANDONED.inc()
+        log.error("contract worker gave up; ending the contract", contract_id=lc.cid, error=str(exc))
+        if not lc.contract.state.final:
+            lc.contract = lc.contract.end(EndReason.SETTLEMENT_FAULT, now_ms())
+        lc.ledger = frozen_ledger(lc)
+        try:
+            await self.lifecycle.finish(lc)
+        except Exception:
+            log.exception("contract ended in memory only; it is finished again after a restart",
+                          contract_id=lc.cid)
+            lc.finished = True
+            await self.lifecycle.notify(lc)
+        self.lifecycle.faults_changed()
+
+    async def pay(self, lc: LiveContract, due: IncrementDue) -> bool:
+        """Invoice, pay and record one increment; False if the contract ended or defaulted instead."""
+        t = lc.terms
+        cons, sup = self.meters[t.consumer], self.meters[t.supplier]
+        await self.store.payment_intent(lc.cid, due.number, due.from_wh, due.to_wh, due.amount_msat)
+        row = await self.store.payment(lc.cid, due.number)
+        t0 = time.perf_counter()
+        try:
+            if row and row["payment_request"]:
+                pr, phash = row["payment_request"], row["payment_hash"]
+            else:
+                inv = await sup.stub.CreateInvoice(meter_pb2.CreateInvoiceRequest(
+                    contract_id=lc.cid, increment=due.number, from_wh=due.from_wh, to_wh=due.to_wh,
+                    amount_msat=due.amount_msat), timeout=15)
+                pr, phash = inv.payment_request, inv.payment_hash
+                await self.store.payment_invoice(lc.cid, due.number, phash, pr)
+        except grpc.aio.AioRpcError as err:
+            metrics.PAYMENTS.labels("no_invoice").inc()
+            log.warning("supplier gave no invoice", contract_id=lc.cid, increment=due.number, detail=err.details())
+            await self.store.drop_unsettled(lc.cid, due.number)
+            if not lc.contract.state.final:
+                await self.lifecycle.end_contract(lc.cid, EndReason.SUPPLIER_GONE)
+            else:  # ended already: the supplier cannot be paid the rest, stop asking
+                lc.ledger = frozen_ledger(lc)
+            return False
+        try:
+            paid = await cons.stub.PayInvoice(meter_pb2.PayInvoiceRequest(
+                contract_id=lc.cid, increment=due.number, from_wh=due.from_wh, to_wh=due.to_wh,
+                payment_request=pr), timeout=self.s.payment_timeout_s)
+        except grpc.aio.AioRpcError as err:
+            timeout = err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            metrics.PAYMENTS.labels("timeout" if timeout else "failed").inc()
+            log.warning("increment not paid", contract_id=lc.cid, increment=due.number, detail=err.details())
+            await self._default(lc, EndReason.PAYMENT_TIMEOUT if timeout else EndReason.PAYMENT_FAILED)
+            return False
+        if hashlib.sha256(bytes.fromhex(paid.preimage)).hexdigest() != phash:
+            metrics.PAYMENTS.labels("bad_preimage").inc()
+            log.error("preimage does not match the invoice", contract_id=lc.cid, increment=due.number)
+            await self._default(lc, EndReason.PAYMENT_FAILED)
+            return False
+        await self.store.payment_settled(lc.cid, due.number, paid.preimage, paid.fee_msat, now_ms())
+        lc.ledger.record_payment(due.number, due.amount_msat, phash)
+        metrics.PAYMENTS.labels("settled").inc()
+        metrics.PAID_MSAT.inc(due.amount_msat)
+        seconds = time.perf_counter() - t0
+        metrics.PAYMENT_SECONDS.observe(seconds)
+        log.info("increment paid", contract_id=lc.cid, increment=due.number, amount_msat=due.amount_msat,
+                 fee_msat=paid.fee_msat, seconds=round(seconds, 4))
+        self.lifecycle.spawn(self.lifecycle.notify(lc))
+        return True
+
+    async def _default(self, lc: LiveContract, reason: EndReason) -> None:
+        """The consumer did not pay: delivery stops now; the supplier is owed at most this increment."""
+        if not lc.contract.state.final:
+            lc.contract = lc.contract.end(reason, now_ms())
+        elif lc.contract.state is not ContractState.DEFAULTED:
+            # ended already (e.g. end time) and the final payment failed
+            lc.contract = replace(lc.contract, state=ContractState.DEFAULTED, end_reason=reason)
+        lc.ledger.close()
+        await self.store.drop_unsettled(lc.cid, lc.ledger.increments_paid + 1)
+        await self.lifecycle.save(lc)

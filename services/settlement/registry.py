@@ -1,0 +1,82 @@
+"""The meters settlement knows: who they are, where they listen, how far their readings got.
+
+A meter registers with its signing key, its lnd node and the address of its MeterService;
+registering again with the same key updates the rest, another key for the same id is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import structlog
+
+from p2pep.metering.signing import is_valid_pubkey
+from p2pep.servicekit.errors import InvalidArgument, PermissionDenied
+from p2pep.settling.validation import StreamHead
+from services.settlement.live import MeterLink
+from services.settlement.store import MeterRow, Store
+
+log = structlog.get_logger("settlement")
+ROLES = ("producer", "consumer", "prosumer")
+
+
+class MeterRegistry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._links: dict[str, MeterLink] = {}
+
+    async def load(self) -> None:
+        for row in await self.store.meters():
+            last = await self.store.last_reading(row.meter_id)
+            self._links[row.meter_id] = MeterLink(row, StreamHead.of(last) if last else None)
+
+    def get(self, meter_id: str) -> MeterLink | None:
+        return self._links.get(meter_id)
+
+    def __getitem__(self, meter_id: str) -> MeterLink:
+        return self._links[meter_id]
+
+    def __contains__(self, meter_id: object) -> bool:
+        return meter_id in self._links
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._links)
+
+    def values(self) -> list[MeterLink]:
+        return list(self._links.values())
+
+    def node_of(self, meter_id: str) -> str:
+        link = self._links.get(meter_id)
+        return link.row.node_pubkey if link else ""
+
+    async def register(self, meter_id: str, pubkey: str, node_pubkey: str, address: str, role: str,
+                       node_address: str = "") -> int:
+        """Register (or re-register) a meter; returns the last seq settlement holds of it."""
+        if not meter_id:
+            raise InvalidArgument("meter_id", "must not be empty")
+        if not is_valid_pubkey(pubkey):
+            raise InvalidArgument("pubkey", "must be a 33-byte compressed secp256k1 key in hex")
+        if not address:
+            raise InvalidArgument("address", "must be host:port of the MeterService")
+        if role not in ROLES:
+            raise InvalidArgument("role", "must be producer, consumer or prosumer")
+        link = self._links.get(meter_id)
+        if link is not None and link.row.pubkey != pubkey:
+            raise PermissionDenied("pubkey", f"meter {meter_id} is registered with another key")
+        row = MeterRow(meter_id, pubkey, node_pubkey, address, role, node_address)
+        await self.store.upsert_meter(row)
+        if link is None:
+            link = self._links[meter_id] = MeterLink(row)
+        else:
+            await link.reconnect(row)
+        link.last_seen = time.monotonic()
+        log.info("meter registered", meter_id=meter_id, address=address, role=role)
+        return link.head.seq if link.head else 0
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            await link.close()
