@@ -27,6 +27,7 @@ from p2pep.anchor.wire import WireError, proof_from_pb, proof_to_pb
 from p2pep.canonical import contract_hash
 from p2pep.regtest.ports import free_port
 from p2pep.regtest.waiting import wait_for
+from p2pep.servicekit.errors import RefusalInterceptor
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 from services.anchor.servicer import AnchorServicer
@@ -103,7 +104,7 @@ class Service:
 
     async def start(self) -> None:
         await self.anchorer.open()
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(interceptors=[RefusalInterceptor()])  # as every ServiceHost has
         pb_grpc.add_AnchorServiceServicer_to_server(AnchorServicer(self.anchorer, 500), self.server)
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self.server.start()

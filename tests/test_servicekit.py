@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -161,3 +162,45 @@ def test_bad_settings_exit_with_one_line_naming_each_variable(monkeypatch: pytes
     monkeypatch.setenv("P2PEP_CONSOLE_SETTLEMENT_TARGET", "127.0.0.1:1")
     monkeypatch.setenv("P2PEP_CONSOLE_RPC_TIMEOUT_S", "2.5")
     assert load_settings(ConsoleSettings, "console").rpc_timeout_s == 2.5
+
+
+async def test_refusals_become_their_status_for_unary_and_streaming_calls() -> None:
+    """One interceptor answers every Refused with its status and "field: message", counted."""
+    from prometheus_client import REGISTRY
+
+    from p2pep.refusals import NotFound, PermissionDenied
+    from p2pep.servicekit.errors import RefusalInterceptor
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        raise NotFound("contract_id", "no contract 'x'")
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+        yield b"first"
+        raise PermissionDenied("meter_id", "not yours")
+
+    handler = grpc.method_handlers_generic_handler("t.T", {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    })
+    server = grpc.aio.server(interceptors=[RefusalInterceptor()])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    before = REGISTRY.get_sample_value("p2pep_grpc_refusals_total", {"method": "Unary", "code": "NOT_FOUND"}) or 0
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary("/t.T/Unary")(b"")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.details() == "contract_id: no contract 'x'"
+            call = ch.unary_stream("/t.T/Stream")(b"")
+            got = []
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for msg in call:
+                    got.append(msg)
+            assert got == [b"first"] and err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert err.value.details() == "meter_id: not yours"
+    finally:
+        await server.stop(0)
+    assert REGISTRY.get_sample_value("p2pep_grpc_refusals_total",
+                                     {"method": "Unary", "code": "NOT_FOUND"}) == before + 1

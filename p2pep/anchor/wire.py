@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from p2pep.anchor.anchorer import BatchInfo, StoredProof
 from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
+from p2pep.refusals import InvalidArgument
 from p2pep.v1 import anchor_pb2 as pb
 
 KIND_TO_PB: dict[LeafKind, pb.LeafKind.ValueType] = {
@@ -19,12 +20,8 @@ KIND_TO_PB: dict[LeafKind, pb.LeafKind.ValueType] = {
 PB_TO_KIND: dict[pb.LeafKind.ValueType, LeafKind] = {v: k for k, v in KIND_TO_PB.items()}
 
 
-class WireError(ValueError):
-    """A message field that cannot be mapped; ``field`` names it (for INVALID_ARGUMENT)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+class WireError(InvalidArgument, ValueError):
+    """A message field that cannot be mapped; ``field`` names it (INVALID_ARGUMENT)."""
 
 
 def leaf_to_pb(kind: LeafKind, contract_id: str, leaf_hash: bytes) -> pb.Leaf:

@@ -1,15 +1,14 @@
-"""Errors of the matching core; each names the offending field."""
+"""Errors of the matching core; each names the offending field and is a refusal with its status."""
 
 from __future__ import annotations
 
+from p2pep.refusals import Refused
 
-class MarketError(Exception):
+
+class MarketError(Refused):
     """Base class. ``field`` is the input field at fault (e.g. ``energy_wh``)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+    status = "INVALID_ARGUMENT"
 
     def prefixed(self, prefix: str) -> MarketError:
         """The same error with its field under ``prefix`` (e.g. ``orders[3].``)."""
@@ -23,10 +22,16 @@ class InvalidOrder(MarketError):
 class DuplicateOrder(MarketError):
     """The order id is already in use (ALREADY_EXISTS)."""
 
+    status = "ALREADY_EXISTS"
+
 
 class UnknownOrder(MarketError):
     """No live order with that id (NOT_FOUND)."""
 
+    status = "NOT_FOUND"
+
 
 class UnknownContract(MarketError):
     """No contract with that id, or not an active one (NOT_FOUND)."""
+
+    status = "NOT_FOUND"

@@ -1,8 +1,8 @@
-"""Refusals, and the one place where they become gRPC statuses.
+"""The one place where refusals become gRPC statuses.
 
-Service code says *why* it refuses a call by raising a :class:`Refused` subclass that names
-the offending field (``NotFound("contract_id", "no contract 'x'")``); it never builds a
-status itself. :class:`RefusalInterceptor`, installed on every server by
+Service and domain code say *why* they refuse a call by raising a :class:`~p2pep.refusals.Refused`
+subclass that names the offending field (``NotFound("contract_id", "no contract 'x'")``); they
+never build a status themselves. :class:`RefusalInterceptor`, installed on every server by
 :class:`~p2pep.servicekit.ServiceHost`, answers such a call with the subclass's status and
 ``"<field>: <message>"`` as details, and counts it in ``p2pep_grpc_refusals_total`` (labels:
 the method and the code, both bounded). Anything else that escapes a handler stays an
@@ -13,61 +13,34 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 from prometheus_client import Counter
+
+from p2pep.refusals import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Refused,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = ["AlreadyExists", "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied",
+           "Refused", "RefusalInterceptor", "ResourceExhausted", "Unauthenticated", "Unavailable"]
 
 REFUSALS = Counter("p2pep_grpc_refusals_total", "Calls refused with a status, by method and code",
                    ["method", "code"])
 
 
-class Refused(Exception):
-    """A call refused on purpose; ``code`` is the gRPC status to answer with."""
-
-    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.FAILED_PRECONDITION
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.message = message
-
-
-class InvalidArgument(Refused):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class NotFound(Refused):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class AlreadyExists(Refused):
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class FailedPrecondition(Refused):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class PermissionDenied(Refused):
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Unauthenticated(Refused):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class Unavailable(Refused):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class ResourceExhausted(Refused):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, refused: Refused) -> None:
-    REFUSALS.labels(method, refused.code.name).inc()
-    await context.abort(refused.code, str(refused))
+    code = grpc.StatusCode[refused.status]
+    REFUSALS.labels(method, code.name).inc()
+    await context.abort(code, str(refused))
 
 
 class RefusalInterceptor(grpc.aio.ServerInterceptor):

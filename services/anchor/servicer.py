@@ -8,6 +8,7 @@ import grpc
 
 from p2pep.anchor.anchorer import Anchorer
 from p2pep.anchor.wire import WireError, batch_to_pb, leaves_from_pb, proof_status_to_pb
+from p2pep.refusals import InvalidArgument
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 
@@ -22,20 +23,20 @@ class AnchorServicer(pb_grpc.AnchorServiceServicer):
     async def AddLeaves(self, request: pb.AddLeavesRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.AddLeavesResponse:
         n = len(request.leaves)
         if n == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "leaves: must not be empty")
+            raise InvalidArgument("leaves", "must not be empty")
         if n > self.max_request_leaves:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"leaves: {n} leaves, at most {self.max_request_leaves} per call")
+            raise InvalidArgument("leaves", f"{n} leaves, at most {self.max_request_leaves} per call")
         try:
-            leaves = leaves_from_pb(request.leaves)
-            added = await self.anchorer.add_leaves(leaves)
-        except (WireError, ValueError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            added = await self.anchorer.add_leaves(leaves_from_pb(request.leaves))
+        except WireError:
+            raise
+        except ValueError as exc:  # the anchorer names the field in its message
+            raise InvalidArgument("", str(exc)) from None
         return pb.AddLeavesResponse(added=added, best_height=self.anchorer.height)
 
     async def GetProofs(self, request: pb.GetProofsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetProofsResponse:
         if not request.contract_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "contract_id: must not be empty")
+            raise InvalidArgument("contract_id", "must not be empty")
         proofs = await self.anchorer.proofs_for(request.contract_id)
         return pb.GetProofsResponse(proofs=[proof_status_to_pb(p) for p in proofs],
                                     min_confirmations=self.anchorer.config.min_confirmations,

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from p2pep.refusals import Refused
 from p2pep.settling.contracts import ContractError, ContractState, ContractTerms
 from p2pep.settling.increments import IncrementClaimError, check_increment_claim
 from services.meter.book import ContractView, Party
@@ -25,12 +26,13 @@ class Code(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
 
 
-class Refusal(Exception):
-    """A request the meter will not carry out."""
+class Refusal(Refused):
+    """A request the meter will not carry out (answered with ``code`` by the server's interceptor)."""
 
     def __init__(self, code: Code, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.code, self.field, self.message = code, field, message
+        super().__init__(field, message)
+        self.code = code
+        self.status = code.value
 
 
 def refuse_if(cond: bool, code: Code, field: str, message: str) -> None:

@@ -59,11 +59,10 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
     async def _checked(self, rpc: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
-        except Refusal as r:
+        except Refusal as r:  # counted and logged here; the server's interceptor answers its status
             metrics.REFUSED.labels(rpc, r.field).inc()
             log.warning("request refused", rpc=rpc, code=r.code.value, field=r.field, message=r.message)
-            await context.abort(grpc.StatusCode[r.code.value], f"{r.field}: {r.message}")
-            raise  # unreachable: abort raises
+            raise
 
     # -- the household app ----------------------------------------------------------------------
 
