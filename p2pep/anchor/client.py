@@ -24,6 +24,7 @@ import structlog
 from p2pep.anchor.anchorer import StoredProof
 from p2pep.anchor.document import AnchorProof, LeafKind
 from p2pep.anchor.wire import leaf_to_pb, proof_from_pb
+from p2pep.servicekit.channels import channel
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 
@@ -53,7 +54,7 @@ class AnchorClient:
         self.call_timeout_s = call_timeout_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = channel(target)
         self.stub = pb_grpc.AnchorServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from p2pep.regtest.errors import RegtestError
 from p2pep.regtest.state import default_run_dir
+from p2pep.servicekit.channels import channel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -193,7 +194,7 @@ async def _export(args: argparse.Namespace) -> int:
             print(f"error: no running settlement found in {_run_dir(args)} (scenario state file); "
                   "pass --settlement HOST:PORT", file=sys.stderr)
             return 2
-    async with grpc.aio.insecure_channel(target) as ch:
+    async with channel(target) as ch:
         stub = settlement_pb2_grpc.SettlementServiceStub(ch)
         try:
             doc = await stub.ExportContract(settlement_pb2.GetContractRequest(contract_id=args.contract_id),

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from p2pep.regtest.errors import ProcessFailed
 from p2pep.regtest.waiting import timeout_scale
 from p2pep.scenario.launch import ServiceLaunch
+from p2pep.servicekit.channels import channel as dial
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,7 +72,7 @@ class ServiceProcess:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout * timeout_scale()
         last = "no answer yet"
-        async with grpc.aio.insecure_channel(self.launch.target) as channel:
+        async with dial(self.launch.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if not self.alive():

@@ -16,6 +16,7 @@ import grpc
 from p2pep.pbconv import ts_ms_or_none
 from p2pep.scenario.clock import ScenarioClock
 from p2pep.scenario.report import RelaySample
+from p2pep.servicekit.channels import channel
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 
@@ -45,12 +46,12 @@ class Watcher:
         self._tasks: list[asyncio.Task[None]] = []
 
     def add_meter(self, name: str, target: str) -> None:
-        ch = grpc.aio.insecure_channel(target)
+        ch = channel(target)
         self._meters[name] = (ch, meter_pb2_grpc.MeterServiceStub(ch))
         self.samples.setdefault(name, [])
 
     def set_settlement(self, target: str) -> None:
-        ch = grpc.aio.insecure_channel(target)
+        ch = channel(target)
         self._settlement = (ch, settlement_pb2_grpc.SettlementServiceStub(ch))
 
     def meter_stub(self, name: str) -> meter_pb2_grpc.MeterServiceAsyncStub:

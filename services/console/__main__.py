@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-
 from p2pep import servicekit
 from p2pep.servicekit import ServiceHost, configure_logging, run_service
+from p2pep.servicekit.channels import channel
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.console.settings import ConsoleSettings
 from services.console.web import Console, add_console_routes
@@ -21,10 +20,10 @@ def load_settings() -> ConsoleSettings:
 async def main(stop: asyncio.Event) -> None:
     s = load_settings()
     configure_logging(s.log_level, json=s.log_json, service="console")
-    channels = [grpc.aio.insecure_channel(s.settlement_target)]
+    channels = [channel(s.settlement_target)]
     matcher = None
     if s.matcher_target:
-        channels.append(grpc.aio.insecure_channel(s.matcher_target))
+        channels.append(channel(s.matcher_target))
         matcher = matcher_pb2_grpc.MatcherServiceStub(channels[-1])
     console = Console(settlement_pb2_grpc.SettlementServiceStub(channels[0]), matcher, s.rpc_timeout_s)
     host = ServiceHost(s, name="console")

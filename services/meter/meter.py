@@ -39,6 +39,7 @@ from p2pep.metering.signing import MeterKey
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
 from p2pep.pbconv import now_ms
+from p2pep.servicekit.channels import channel
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import metrics
 from services.meter.book import ContractBook, Party
@@ -59,13 +60,6 @@ from services.meter.trader import Trader
 
 log = structlog.get_logger("meter")
 
-# Reconnect quickly when settlement or the matcher come back (gRPC's default backoff
-# grows to minutes; settlement ends contracts of a meter silent for ~15 s).
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
 ESSENTIAL_TASKS = {"startup", "ticks", "sender", "contract-poll"}
 """If one of these fails the meter cannot do its job: the process exits with an error."""
 RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
@@ -99,9 +93,9 @@ class Meter:
         """Set when the meter cannot start (e.g. settlement refuses its registration)."""
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
-        self._settlement_ch = grpc.aio.insecure_channel(settings.settlement_target, options=CHANNEL_OPTIONS)
+        self._settlement_ch = channel(settings.settlement_target)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(self._settlement_ch)
-        self._matcher_ch = grpc.aio.insecure_channel(settings.matcher_target, options=CHANNEL_OPTIONS) if settings.matcher_target else None
+        self._matcher_ch = channel(settings.matcher_target) if settings.matcher_target else None
         self.balances = BalanceCache(lnd)
         self.sender = ReadingSender(store, lambda: self.settlement, key.pubkey_hex)
         self.trader: Trader | None = None

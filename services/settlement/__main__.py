@@ -7,6 +7,7 @@ import asyncio
 import grpc
 
 from p2pep.servicekit import ServiceHost, configure_logging, run_service
+from p2pep.servicekit.channels import channel
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.settlement.engine import Engine
 from services.settlement.matcher_feed import follow_matcher
@@ -22,7 +23,7 @@ async def main(stop: asyncio.Event) -> None:
     matcher = None
     channels: list[grpc.aio.Channel] = []
     if s.matcher_target:
-        ch = grpc.aio.insecure_channel(s.matcher_target)
+        ch = channel(s.matcher_target)
         channels.append(ch)
         matcher = matcher_pb2_grpc.MatcherServiceStub(ch)
     anchor = None

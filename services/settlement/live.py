@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from p2pep.servicekit.channels import channel
 from p2pep.settling.contracts import Contract, ContractTerms, EndReason
 from p2pep.settling.increments import DeliveryLedger
 from p2pep.settling.validation import StreamHead
@@ -40,7 +41,7 @@ class MeterLink:
     @property
     def stub(self) -> meter_pb2_grpc.MeterServiceAsyncStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.row.address)
+            self._channel = channel(self.row.address)
             self._stub = meter_pb2_grpc.MeterServiceStub(self._channel)
         return self._stub
 
