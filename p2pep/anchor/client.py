@@ -15,9 +15,6 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
-import random
-
 import grpc
 import structlog
 
@@ -25,6 +22,7 @@ from p2pep.anchor.anchorer import StoredProof
 from p2pep.anchor.document import AnchorProof, LeafKind
 from p2pep.anchor.wire import leaf_to_pb, proof_from_pb
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.supervise import Backoff, supervised
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 
@@ -77,20 +75,22 @@ class AnchorClient:
         Raises AnchorServiceError on a permanent refusal; cancel the task to give up early.
         """
         req = pb.AddLeavesRequest(leaves=[leaf_to_pb(k, c, h) for k, c, h in leaves])
-        delay = self.backoff_initial_s
-        attempt = 0
-        while True:
-            attempt += 1
+
+        async def add() -> list[bool]:
             try:
                 resp = await self.stub.AddLeaves(req, timeout=self.call_timeout_s)
-                return list(resp.added)
             except grpc.aio.AioRpcError as err:
                 if err.code() in PERMANENT:
                     raise AnchorServiceError(err.code(), err.details() or "") from err
-                log.warning("anchor.add_leaves_retry", target=self.target, attempt=attempt,
-                            code=err.code().name, details=err.details(), retry_in_s=round(delay, 2))
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: restarts don't stampede
-            delay = min(self.backoff_max_s, delay * 2)
+                raise
+            return list(resp.added)
+
+        def failed(attempt: int, err: Exception) -> None:
+            code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else type(err).__name__
+            log.warning("anchor.add_leaves_retry", target=self.target, attempt=attempt, code=code, details=str(err))
+
+        return await supervised(add, on_failure=failed, retry_if=lambda e: not isinstance(e, AnchorServiceError),
+                                backoff=Backoff(self.backoff_initial_s, self.backoff_max_s, jitter=True))
 
     # -- reads: one attempt, errors surface to the caller -----------------------------------
     async def proof_status(self, contract_id: str) -> list[StoredProof]:

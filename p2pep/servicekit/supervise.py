@@ -12,6 +12,7 @@ capped exponential :class:`Backoff`; after ``attempts`` failures in a row it rai
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Backoff:
-    """Delays ``initial_s``, ``initial_s * factor``, ... capped at ``max_s``."""
+    """Delays ``initial_s``, ``initial_s * factor``, ... capped at ``max_s``; with ``jitter``
+    each is drawn from its upper half, so many clients of a restarted service don't stampede."""
 
     initial_s: float = 0.2
     max_s: float = 10.0
     factor: float = 2.0
+    jitter: bool = False
 
     def __post_init__(self) -> None:
         if self.initial_s <= 0 or self.max_s < self.initial_s or self.factor < 1:
@@ -35,7 +38,7 @@ class Backoff:
     def delays(self) -> Iterator[float]:
         delay = self.initial_s
         while True:
-            yield delay
+            yield delay * random.uniform(0.5, 1.0) if self.jitter else delay
             delay = min(self.max_s, delay * self.factor)
 
 
@@ -55,6 +58,7 @@ async def supervised(
     backoff: Backoff = Backoff(),
     attempts: int | None = None,
     healthy_after_s: float | None = None,
+    retry_if: Callable[[Exception], bool] = lambda exc: True,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
     """Run ``work()`` until it returns; retry it on any ``Exception`` (``attempts=None``: forever).
@@ -62,7 +66,7 @@ async def supervised(
     ``on_failure(n, exc)`` is called for the n-th failure in a row, inside the ``except`` block
     (so ``log.exception`` there carries the traceback). A run that lasted ``healthy_after_s``
     or longer before it failed (a stream that worked for a while) starts the count and the
-    backoff afresh.
+    backoff afresh. An error ``retry_if`` says no to (a permanent refusal) is raised at once.
     """
     delays = backoff.delays()
     failures = 0
@@ -73,6 +77,8 @@ async def supervised(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if not retry_if(exc):
+                raise
             if healthy_after_s is not None and time.monotonic() - started >= healthy_after_s:
                 failures, delays = 0, backoff.delays()
             failures += 1

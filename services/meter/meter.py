@@ -40,6 +40,7 @@ from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
 from p2pep.pbconv import now_ms
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.supervise import Backoff, supervised
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import metrics
 from services.meter.book import ContractBook, Party
@@ -183,21 +184,30 @@ class Meter:
             meter_id=self.s.meter_id, pubkey=self.key.pubkey_hex, node_pubkey=self.node_pubkey,
             address=self.address, role=self.s.role, node_address=self.s.lnd_p2p,
         )
-        delay = 0.2
-        while True:
+
+        async def register() -> int:
             try:
                 resp = await self.settlement.RegisterMeter(req, timeout=5)
-                log.info("registered with settlement", address=self.address, last_seq=resp.last_seq)
-                return int(resp.last_seq)
             except grpc.aio.AioRpcError as e:
                 if e.code() not in RETRY_CODES:
                     raise RuntimeError(f"settlement refused registration: {e.code().name}: {e.details()}") from e
-                log.info("waiting for settlement", code=e.code().name)
-            try:
-                await asyncio.wait_for(self._stop.wait(), delay)
-                raise Stopping("stopped while registering")
-            except TimeoutError:
-                delay = min(delay * 2, 3.0)
+                raise
+            log.info("registered with settlement", address=self.address, last_seq=resp.last_seq)
+            return int(resp.last_seq)
+
+        def waiting(n: int, e: Exception) -> None:
+            log.info("waiting for settlement", code=e.code().name if isinstance(e, grpc.aio.AioRpcError) else str(e))
+
+        return await supervised(register, on_failure=waiting, retry_if=lambda e: isinstance(e, grpc.aio.AioRpcError),
+                                backoff=Backoff(0.2, 3.0), sleep=self._sleep_unless_stopped)
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        """A retry's wait, cut short (with :class:`Stopping`) when the meter is asked to stop."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), delay)
+        except TimeoutError:
+            return
+        raise Stopping("stopped while waiting to retry")
 
     async def _resume(self, settlement_last_seq: int) -> None:
         """Registers from the database; a fresh database resumes from what settlement
@@ -236,17 +246,15 @@ class Meter:
         parsed = parse_node_address(self.s.hub)
         assert parsed is not None
         hub_pubkey, hub_host = parsed
-        delay = 1.0
-        while not self._stop.is_set():
-            try:
-                await ensure_channel(self.lnd, hub_pubkey, hub_host, need_sat=0, open_sat=self.s.channel_sat,
-                                     push_sat=self.s.channel_sat // 2, wait_s=self.s.channel_wait_s,
-                                     open_if_any=False)
-                return
-            except Exception as e:  # noqa: BLE001 - lnd errors, wallet not funded yet...
-                log.warning("hub channel not ready", hub=hub_pubkey, error=str(e))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+
+        async def ensure() -> None:
+            await ensure_channel(self.lnd, hub_pubkey, hub_host, need_sat=0, open_sat=self.s.channel_sat,
+                                 push_sat=self.s.channel_sat // 2, wait_s=self.s.channel_wait_s, open_if_any=False)
+
+        def not_ready(n: int, e: Exception) -> None:  # lnd errors, wallet not funded yet...
+            log.warning("hub channel not ready", hub=hub_pubkey, error=str(e))
+
+        await supervised(ensure, on_failure=not_ready, backoff=Backoff(1.0, 10.0), sleep=self._sleep_unless_stopped)
 
     @property
     def leaving(self) -> bool:

@@ -11,7 +11,6 @@ against it when settlement asks this meter to sign.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import structlog
 from google.protobuf.message import Message
 
 from p2pep.pbconv import now_ms
+from p2pep.servicekit.supervise import Backoff, GaveUp, supervised
 from p2pep.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc
 from services.meter import metrics
 from services.meter.book import ContractBook, Party
@@ -125,22 +125,34 @@ class Trader:
     async def _call(self, rpc: Callable[..., Awaitable[matcher_pb2.SubmitOrderResponse]], req: Message, oid: str,
                     side: str) -> matcher_pb2.SubmitOrderResponse | None:
         """Send an order, retrying with the same id while the matcher is unreachable."""
-        for attempt in range(3):
+        attempts = 0
+
+        async def send() -> matcher_pb2.SubmitOrderResponse:
+            nonlocal attempts
+            attempts += 1
             try:
                 return await rpc(req, timeout=10)
             except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.ALREADY_EXISTS and attempt > 0:
+                if e.code() == grpc.StatusCode.ALREADY_EXISTS and attempts > 1:
                     # an earlier attempt arrived after all
                     return matcher_pb2.SubmitOrderResponse(status=matcher_pb2.ORDER_STATUS_RESTING)
-                if e.code() in RETRYABLE and attempt < 2:
-                    await asyncio.sleep(0.5 * (attempt + 1))
-                    continue
-                metrics.ORDERS.labels(side, "refused").inc()
-                log.warning("order refused", order_id=oid, side=side, code=e.code().name, detail=e.details())
-                if e.code() not in RETRYABLE:  # certainly not in the book
-                    await self.store.delete_order(oid)
-                return None
-        return None
+                raise
+
+        def retryable(e: Exception) -> bool:
+            return isinstance(e, grpc.aio.AioRpcError) and e.code() in RETRYABLE
+
+        try:
+            return await supervised(send, on_failure=lambda n, e: None, retry_if=retryable, attempts=3,
+                                    backoff=Backoff(0.5, 1.0))
+        except (GaveUp, grpc.aio.AioRpcError) as exc:
+            e = exc.last if isinstance(exc, GaveUp) else exc
+            code = e.code() if isinstance(e, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
+            metrics.ORDERS.labels(side, "refused").inc()
+            detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+            log.warning("order refused", order_id=oid, side=side, code=code.name, detail=detail)
+            if code not in RETRYABLE:  # certainly not in the book
+                await self.store.delete_order(oid)
+            return None
 
     def _accepted(self, oid: str, side: str, resp: matcher_pb2.SubmitOrderResponse) -> None:
         metrics.ORDERS.labels(side, "accepted").inc()
@@ -171,21 +183,21 @@ class Trader:
 
     async def follow_events(self) -> None:
         """Log this meter's match events until cancelled; reconnects, replaying from the last seq."""
-        backoff = 0.2
-        while True:
-            try:
-                req = matcher_pb2.StreamEventsRequest(
-                    meter_ids=[self.s.meter_id], from_seq=self.last_event_seq + 1 if self.last_event_seq else 0
-                )
-                async for ev in self.matcher.StreamEvents(req):
-                    backoff = 0.2
-                    self.on_event(ev)
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as e:
-                log.debug("match events stream broken", code=e.code().name)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        async def follow() -> None:
+            req = matcher_pb2.StreamEventsRequest(
+                meter_ids=[self.s.meter_id], from_seq=self.last_event_seq + 1 if self.last_event_seq else 0
+            )
+            async for ev in self.matcher.StreamEvents(req):
+                self.on_event(ev)
+            raise ConnectionError("the matcher ended the event stream")
+
+        def broken(n: int, e: Exception) -> None:
+            if isinstance(e, grpc.aio.AioRpcError | ConnectionError):
+                log.debug("match events stream broken", error=str(e), failures_in_a_row=n)
+            else:
+                log.exception("match events failed", failures_in_a_row=n)
+
+        await supervised(follow, on_failure=broken, backoff=Backoff(0.2, 5.0), healthy_after_s=5.0)
 
     def on_event(self, ev: matcher_pb2.MatchEvent) -> None:
         self.last_event_seq = max(self.last_event_seq, ev.seq)
