@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -35,10 +35,9 @@ from services.meter.checks import (
     check_not_paying_ahead,
     fee_limit_msat,
 )
+from services.meter.contracts import ContractDesk
+from services.meter.parts import MeterParts, MeterState
 from services.meter.store import FAILED, PENDING, SUCCEEDED, InvoiceRow, PaymentRow
-
-if TYPE_CHECKING:
-    from services.meter.meter import Meter
 
 log = structlog.get_logger("meter.billing")
 
@@ -51,8 +50,10 @@ def invoice_memo(contract_id: str, increment: int) -> str:
 
 
 class Billing:
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, parts: MeterParts, meter: MeterState, contracts: ContractDesk) -> None:
+        self.p = parts
         self.m = meter
+        self.contracts = contracts
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, contract_id: str) -> asyncio.Lock:
@@ -61,9 +62,9 @@ class Billing:
     async def _view(self, contract_id: str, party: Party) -> ContractView:
         if not self.m.ready.is_set():
             raise Refusal(Code.UNAVAILABLE, "meter", "the meter is starting")
-        view = self.m.book.get(contract_id)
+        view = self.p.book.get(contract_id)
         if view is not None and not view.active and not view.final:
-            view = await self.m.contracts.refresh(contract_id)  # activation not reported yet
+            view = await self.contracts.refresh(contract_id)  # activation not reported yet
         return check_contract_for_billing(view, contract_id, party)
 
     async def _ended(self, view: ContractView, to_wh: int, from_wh: int) -> bool:
@@ -74,16 +75,16 @@ class Billing:
             return True
         if to_wh >= min(from_wh + view.terms.increment_wh, view.terms.energy_wh):
             return False
-        refreshed = await self.m.contracts.refresh(view.contract_id)
+        refreshed = await self.contracts.refresh(view.contract_id)
         return refreshed is not None and refreshed.final
 
     # -- supplier ----------------------------------------------------------------------------------
 
     async def create_invoice(self, req: meter_pb2.CreateInvoiceRequest) -> meter_pb2.CreateInvoiceResponse:
-        m = self.m
+        p = self.p
         view = await self._view(req.contract_id, Party.SUPPLIER)
         async with self._lock(req.contract_id):
-            invoices = {i.increment: i for i in await m.store.invoices(req.contract_id)}
+            invoices = {i.increment: i for i in await p.store.invoices(req.contract_id)}
             same = invoices.get(req.increment)
             if same is not None and (same.from_wh, same.to_wh, same.amount_msat) == (req.from_wh, req.to_wh,
                                                                                     req.amount_msat):
@@ -103,13 +104,13 @@ class Billing:
                                      amount_msat=req.amount_msat, last_number=last, last_to_wh=last_to,
                                      contract_ended=ended)
             try:
-                inv = await m.lnd.add_invoice(value_msat=amount, memo=invoice_memo(req.contract_id, req.increment),
+                inv = await p.lnd.add_invoice(value_msat=amount, memo=invoice_memo(req.contract_id, req.increment),
                                               expiry_s=INVOICE_EXPIRY_S)
             except LndError as e:
                 raise Refusal(Code.ABORTED, "increment", f"lnd could not create the invoice: {e.detail}") from e
             row = InvoiceRow(req.contract_id, req.increment, req.from_wh, req.to_wh, amount, inv.payment_request,
                              inv.r_hash.hex(), False, now_ms())
-            await m.store.put_invoice(row)
+            await p.store.put_invoice(row)
         metrics.INVOICES.inc()
         log.info("invoice created", contract_id=req.contract_id, increment=req.increment, amount_msat=amount,
                  wh=req.to_wh - req.from_wh)
@@ -117,7 +118,7 @@ class Billing:
 
     async def _settled_on_node(self, inv: InvoiceRow) -> bool:
         try:
-            got = await self.m.lnd.lookup_invoice(inv.payment_hash)
+            got = await self.p.lnd.lookup_invoice(inv.payment_hash)
         except LndError as e:
             log.info("invoice lookup failed", contract_id=inv.contract_id, increment=inv.increment, error=e.detail)
             return False
@@ -127,13 +128,13 @@ class Billing:
         return True
 
     async def _record_settled(self, inv: InvoiceRow) -> None:
-        m = self.m
-        await m.store.invoice_settled(inv.contract_id, inv.increment, now_ms())
-        if inv.contract_id in m.book:
-            m.book.record_payment(inv.contract_id, inv.from_wh, inv.to_wh, inv.amount_msat)
-            view = m.book.get(inv.contract_id)
+        m, p = self.m, self.p
+        await p.store.invoice_settled(inv.contract_id, inv.increment, now_ms())
+        if inv.contract_id in p.book:
+            p.book.record_payment(inv.contract_id, inv.from_wh, inv.to_wh, inv.amount_msat)
+            view = p.book.get(inv.contract_id)
             assert view is not None
-            await m.store.save_contract(view)
+            await p.store.save_contract(view)
         metrics.PAYMENTS_RECEIVED.inc()
         metrics.EARNED_MSAT.inc(inv.amount_msat)
         log.info("increment paid to us", contract_id=inv.contract_id, increment=inv.increment,
@@ -142,20 +143,20 @@ class Billing:
 
     async def check_invoices(self) -> None:
         """Notice invoices settled on this meter's node (earned msat)."""
-        for inv in await self.m.store.invoices(unsettled_only=True):
+        for inv in await self.p.store.invoices(unsettled_only=True):
             if now_ms() - inv.created_ms < 2 * INVOICE_EXPIRY_S * 1000:
                 async with self._lock(inv.contract_id):
-                    current = {i.increment: i for i in await self.m.store.invoices(inv.contract_id)}
+                    current = {i.increment: i for i in await self.p.store.invoices(inv.contract_id)}
                     if not current[inv.increment].settled:
                         await self._settled_on_node(current[inv.increment])
 
     # -- consumer ------------------------------------------------------------------------------------------
 
     async def pay_invoice(self, req: meter_pb2.PayInvoiceRequest) -> meter_pb2.PayInvoiceResponse:
-        m = self.m
+        m, p = self.m, self.p
         view = await self._view(req.contract_id, Party.CONSUMER)
         async with self._lock(req.contract_id):
-            payments = {p.increment: p for p in await m.store.payments(req.contract_id)}
+            payments = {p.increment: p for p in await p.store.payments(req.contract_id)}
             decoded = await self._decode(req.payment_request)
             done = payments.get(req.increment)
             if done is not None and done.status == SUCCEEDED:
@@ -173,22 +174,22 @@ class Billing:
             ended = await self._ended(view, req.to_wh, req.from_wh)
             amount = check_increment(view, increment=req.increment, from_wh=req.from_wh, to_wh=req.to_wh,
                                      amount_msat=None, last_number=last, last_to_wh=last_to, contract_ended=ended)
-            supplier_node = view.supplier_node or (await m.contracts.peer_node(view.terms.supplier))[0]
+            supplier_node = view.supplier_node or (await self.contracts.peer_node(view.terms.supplier))[0]
             check_invoice_to_pay(decoded, amount_msat=amount, supplier_node=supplier_node, now_ms=now_ms())
-            check_not_paying_ahead(paid_wh_total=m.book.paid_wh_total(), increment_wh_to_pay=req.to_wh - req.from_wh,
+            check_not_paying_ahead(paid_wh_total=p.book.paid_wh_total(), increment_wh_to_pay=req.to_wh - req.from_wh,
                                    import_since_first_contract_wh=m.import_since_first_contract_wh,
                                    increment_wh=view.terms.increment_wh)
             row = PaymentRow(req.contract_id, req.increment, req.from_wh, req.to_wh, amount, req.payment_request,
                              decoded.payment_hash, "", 0, PENDING, "", now_ms())
-            await m.store.put_payment(row)
+            await p.store.put_payment(row)
             try:
-                res = await m.lnd.pay(req.payment_request, timeout_s=m.s.pay_timeout_s,
+                res = await p.lnd.pay(req.payment_request, timeout_s=p.s.pay_timeout_s,
                                       fee_limit_msat=fee_limit_msat(amount))
                 preimage, fee = res.preimage, res.fee_msat
             except LndError as e:
                 found = await self._await_payment(decoded.payment_hash) if _already_paid(e) else None
                 if found is None or found.status != ln.Payment.SUCCEEDED:
-                    await m.store.put_payment(_with(row, status=FAILED, detail=e.detail))
+                    await p.store.put_payment(_with(row, status=FAILED, detail=e.detail))
                     metrics.PAYMENTS_MADE.labels("failed").inc()
                     log.warning("payment failed: relay blocked", contract_id=req.contract_id,
                                 increment=req.increment, amount_msat=amount, error=e.detail)
@@ -199,10 +200,10 @@ class Billing:
 
     async def _succeeded(self, view: ContractView, row: PaymentRow, preimage: str, fee_msat: int) -> \
             meter_pb2.PayInvoiceResponse:
-        m = self.m
-        await m.store.put_payment(_with(row, status=SUCCEEDED, preimage=preimage, fee_msat=fee_msat))
-        m.book.record_payment(row.contract_id, row.from_wh, row.to_wh, row.amount_msat)
-        await m.store.save_contract(view)
+        m, p = self.m, self.p
+        await p.store.put_payment(_with(row, status=SUCCEEDED, preimage=preimage, fee_msat=fee_msat))
+        p.book.record_payment(row.contract_id, row.from_wh, row.to_wh, row.amount_msat)
+        await p.store.save_contract(view)
         metrics.PAYMENTS_MADE.labels("succeeded").inc()
         metrics.PAID_MSAT.inc(row.amount_msat)
         metrics.FEES_MSAT.inc(fee_msat)
@@ -216,7 +217,7 @@ class Billing:
         if not payment_request:
             raise Refusal(Code.INVALID_ARGUMENT, "payment_request", "must not be empty")
         try:
-            pr = await self.m.lnd.decode_pay_req(payment_request)
+            pr = await self.p.lnd.decode_pay_req(payment_request)
         except LndError as e:
             raise Refusal(Code.INVALID_ARGUMENT, "payment_request", f"not a valid invoice: {e.detail}") from e
         amount = pr.num_msat or pr.num_satoshis * 1000
@@ -224,7 +225,7 @@ class Billing:
 
     async def _await_payment(self, payment_hash: str) -> ln.Payment | None:
         """This node's payment of ``payment_hash``, waiting (bounded) while it is in flight."""
-        deadline = time.monotonic() + self.m.s.pay_timeout_s
+        deadline = time.monotonic() + self.p.s.pay_timeout_s
         while True:
             found = await self._lookup_payment(payment_hash)
             if found is None or found.status not in IN_FLIGHT or time.monotonic() >= deadline:
@@ -233,7 +234,7 @@ class Billing:
 
     async def _lookup_payment(self, payment_hash: str) -> ln.Payment | None:
         try:
-            payments = await self.m.lnd.list_payments()
+            payments = await self.p.lnd.list_payments()
         except LndError:
             return None
         found = [p for p in payments if p.payment_hash == payment_hash]

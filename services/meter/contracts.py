@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -26,10 +25,8 @@ from services.meter.checks import (
 )
 from services.meter.lightning import ensure_channel
 from services.meter.ordering import ordered_wh
+from services.meter.parts import MeterParts, MeterState
 from services.meter.settings import parse_node_address
-
-if TYPE_CHECKING:
-    from services.meter.meter import Meter
 
 log = structlog.get_logger("meter.contracts")
 
@@ -47,7 +44,8 @@ def record_of(v: ContractView) -> S.ContractRecord:
 
 
 class ContractDesk:
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, parts: MeterParts, meter: MeterState) -> None:
+        self.p = parts
         self.m = meter
         self._sign_lock = asyncio.Lock()
         self._peer_locks: dict[str, asyncio.Lock] = {}
@@ -55,19 +53,19 @@ class ContractDesk:
     # -- SignContract ---------------------------------------------------------------------------
 
     def policy(self) -> SigningPolicy:
-        s = self.m.s
-        return SigningPolicy(s.meter_id, self.m.key.pubkey_hex, s.role, s.price_msat_per_kwh,
+        s = self.p.s
+        return SigningPolicy(s.meter_id, self.p.key.pubkey_hex, s.role, s.price_msat_per_kwh,
                              s.max_increment_wh, s.max_contract_s * 1000)
 
     async def sign(self, terms_json: str) -> tuple[bytes, str]:
-        m = self.m
+        m, p = self.m, self.p
         if not m.ready.is_set():
             raise Refusal(Code.UNAVAILABLE, "meter", "the meter is starting")
         if m.leaving:
             raise Refusal(Code.FAILED_PRECONDITION, "meter", "the meter is leaving: it signs no new contract")
         terms = parse_terms(terms_json)
         async with self._sign_lock:
-            existing = m.book.get(terms.contract_id)
+            existing = p.book.get(terms.contract_id)
             if existing is not None:
                 if existing.terms != terms:
                     raise Refusal(Code.FAILED_PRECONDITION, "terms_json.contract_id",
@@ -79,11 +77,11 @@ class ContractDesk:
         if party is Party.CONSUMER:
             await self._ensure_capacity(terms)
         async with self._sign_lock:
-            if terms.contract_id in m.book:  # signed meanwhile by a concurrent call
-                return m.book.get(terms.contract_id).signature, m.node_pubkey  # type: ignore[union-attr]
-            view = ContractView(terms, party, sign_contract(terms, m.key), now_ms())
-            m.book.add(view)
-            await m.store.save_contract(view)
+            if terms.contract_id in p.book:  # signed meanwhile by a concurrent call
+                return p.book.get(terms.contract_id).signature, m.node_pubkey  # type: ignore[union-attr]
+            view = ContractView(terms, party, sign_contract(terms, p.key), now_ms())
+            p.book.add(view)
+            await p.store.save_contract(view)
             if party is Party.CONSUMER:
                 await m.note_consumer_contract()
         log.info("contract signed", contract_id=terms.contract_id, party=party.value, energy_wh=terms.energy_wh,
@@ -93,16 +91,16 @@ class ContractDesk:
     async def _order_bounds(self, terms: ContractTerms, now: int) -> tuple[int | None, int]:
         """Energy this meter's recent orders on the contract's side asked for, and what
         open contracts signed in the same period already took of it."""
-        s = self.m.s
+        s = self.p.s
         party = Party(terms.party_of(s.meter_id) or "consumer")
-        if not s.check_orders_on_sign or self.m.trader is None:
+        if not s.check_orders_on_sign or self.p.trader is None:
             return None, 0
         # orders of the last few windows: a contract may come from an order the matcher
         # released again after another contract ended early
         since = now - 4 * s.window_s * 1000 // s.accel - 120_000
         side = "demand" if party is Party.CONSUMER else "supply"
-        ordered = ordered_wh(await self.m.store.orders(since), side, since)
-        committed = sum(v.terms.energy_wh for v in self.m.book.of(party) if v.signed_ms >= since)
+        ordered = ordered_wh(await self.p.store.orders(since), side, since)
+        committed = sum(v.terms.energy_wh for v in self.p.book.of(party) if v.signed_ms >= since)
         return ordered, committed
 
     async def _ensure_capacity(self, terms: ContractTerms) -> None:
@@ -112,15 +110,15 @@ class ContractDesk:
         supplier's node; through a hub, over its hub channels. If they cannot, it opens
         another channel (and waits until it is active, someone mines blocks); if that
         fails (e.g. the wallet is empty), it refuses."""
-        m = self.m
-        adhoc = m.s.network_mode == "adhoc"
+        p = self.p
+        adhoc = p.s.network_mode == "adhoc"
         if adhoc:
             node, host = await self.peer_node(terms.supplier)
             if not node:
                 raise Refusal(Code.FAILED_PRECONDITION, "terms_json.supplier",
                               f"the LND node of supplier {terms.supplier} is unknown")
-        elif m.s.hub:
-            parsed = parse_node_address(m.s.hub)
+        elif p.s.hub:
+            parsed = parse_node_address(p.s.hub)
             assert parsed is not None
             node, host = parsed
         else:
@@ -128,15 +126,15 @@ class ContractDesk:
         field = "terms_json.supplier" if adhoc else "terms_json.energy_wh"
         lock = self._peer_locks.setdefault(node, asyncio.Lock())
         async with lock:
-            open_ = [v for v in m.book.of(Party.CONSUMER) if not adhoc or v.terms.supplier == terms.supplier]
+            open_ = [v for v in p.book.of(Party.CONSUMER) if not adhoc or v.terms.supplier == terms.supplier]
             left = [amount_msat(0, terms.energy_wh, terms.price_msat_per_kwh)]
             left += [amount_msat(min(v.paid_wh, v.terms.energy_wh), v.terms.energy_wh, v.terms.price_msat_per_kwh)
                      for v in open_]
             need_msat = sum(a + fee_limit_msat(a) for a in left if a)
             need_sat = -(-need_msat // 1000)
             try:
-                await ensure_channel(m.lnd, node, host, need_sat=need_sat, route_msat=need_msat,
-                                     open_sat=max(m.s.channel_sat, 2 * need_sat), wait_s=m.s.channel_wait_s)
+                await ensure_channel(p.lnd, node, host, need_sat=need_sat, route_msat=need_msat,
+                                     open_sat=max(p.s.channel_sat, 2 * need_sat), wait_s=p.s.channel_wait_s)
             except Exception as e:
                 raise Refusal(Code.FAILED_PRECONDITION, field,
                               f"its channels to {node[:16]}... cannot send the {need_sat} sat its contracts "
@@ -153,7 +151,7 @@ class ContractDesk:
             info = None
         if info is not None:
             node, host = info.node_pubkey, info.node_address
-        fallback = parse_node_address(self.m.s.peer_addresses().get(meter_id, ""))
+        fallback = parse_node_address(self.p.s.peer_addresses().get(meter_id, ""))
         if fallback is not None:
             node = node or fallback[0]
             if fallback[0] == node:
@@ -164,9 +162,9 @@ class ContractDesk:
 
     async def update(self, rec: S.ContractRecord, *, strict: bool = True) -> ContractView | None:
         """Take settlement's report on a contract this meter signed."""
-        m = self.m
+        m, p = self.m, self.p
         cid = rec.contract.contract_id
-        view = m.book.get(cid)
+        view = p.book.get(cid)
         if view is None:
             if strict:
                 raise Refusal(Code.FAILED_PRECONDITION, "contract.contract_id",
@@ -179,13 +177,13 @@ class ContractDesk:
         state = STATE_FROM_PB.get(rec.state)
         if state is None:
             raise Refusal(Code.INVALID_ARGUMENT, "state", "must be a contract state")
-        upd = m.book.apply_report(
+        upd = p.book.apply_report(
             cid, state=state, delivered_wh=rec.delivered_wh, paid_wh=rec.paid_wh, paid_msat=rec.paid_msat,
             increments_paid=rec.increments_paid, end_reason=rec.end_reason, supplier_node=rec.supplier_node,
             consumer_node=rec.consumer_node, matcher_tier=int(rec.contract.tier),
         )
         if upd.changed:
-            await m.store.save_contract(view)
+            await p.store.save_contract(view)
             m.changed()
         if upd.activated:
             log.info("contract active", contract_id=cid, party=view.party.value, energy_wh=view.terms.energy_wh)
@@ -200,26 +198,26 @@ class ContractDesk:
     async def refresh(self, contract_id: str) -> ContractView | None:
         """Ask settlement for a contract's state now (when the meter's view looks stale)."""
         try:
-            rec = await self.m.settlement.GetContract(S.GetContractRequest(contract_id=contract_id), timeout=5)
+            rec = await self.p.settlement.GetContract(S.GetContractRequest(contract_id=contract_id), timeout=5)
         except grpc.aio.AioRpcError as e:
             log.info("contract not refreshed", contract_id=contract_id, code=e.code().name)
-            return self.m.book.get(contract_id)
+            return self.p.book.get(contract_id)
         try:
             return await self.update(rec, strict=False)
         except Refusal as r:
             log.error("settlement reports a contract unlike the one signed", contract_id=contract_id, error=str(r))
-            return self.m.book.get(contract_id)
+            return self.p.book.get(contract_id)
 
     async def poll_forever(self) -> None:
         """Settlement's UpdateContract calls are best effort: reconcile with its list."""
-        m = self.m
+        p = self.p
         while True:
-            await asyncio.sleep(m.s.contract_poll_s)
-            if not any(not v.final for v in m.book.all()):
+            await asyncio.sleep(p.s.contract_poll_s)
+            if not any(not v.final for v in p.book.all()):
                 continue
             try:
-                resp = await m.settlement.ListContracts(
-                    S.ListSettlementContractsRequest(meter_id=m.s.meter_id), timeout=5)
+                resp = await p.settlement.ListContracts(
+                    S.ListSettlementContractsRequest(meter_id=p.s.meter_id), timeout=5)
             except grpc.aio.AioRpcError as e:
                 log.debug("contract poll failed", code=e.code().name)
                 continue
@@ -227,7 +225,7 @@ class ContractDesk:
                 log.exception("contract poll failed")
                 continue
             for rec in resp.contracts:
-                view = m.book.get(rec.contract.contract_id)
+                view = p.book.get(rec.contract.contract_id)
                 if view is None or view.final:
                     continue
                 try:
@@ -240,12 +238,12 @@ class ContractDesk:
     async def _forget_unknown(self, known: set[str], grace_ms: int = 120_000) -> None:
         """A contract it signed that settlement no longer lists (e.g. it restarted before
         activating it) will never be activated: stop counting on its energy."""
-        for v in self.m.book.of(Party.CONSUMER) + self.m.book.of(Party.SUPPLIER):
+        for v in self.p.book.of(Party.CONSUMER) + self.p.book.of(Party.SUPPLIER):
             if v.state is ContractState.PROPOSED and v.contract_id not in known \
                     and now_ms() - v.signed_ms > grace_ms:
-                self.m.book.apply_report(v.contract_id, state=ContractState.REJECTED, delivered_wh=0, paid_wh=0,
+                self.p.book.apply_report(v.contract_id, state=ContractState.REJECTED, delivered_wh=0, paid_wh=0,
                                          paid_msat=0, increments_paid=0, end_reason="UNKNOWN_TO_SETTLEMENT")
-                await self.m.store.save_contract(v)
+                await self.p.store.save_contract(v)
                 log.warning("signed contract unknown to settlement: dropped", contract_id=v.contract_id)
 
     # -- leaving ---------------------------------------------------------------------------------------
@@ -254,12 +252,12 @@ class ContractDesk:
         """End every active contract early ("meter leaving") and wait (bounded) until
         settlement has settled them: it pays only what was delivered, asking this meter
         for the last invoice or payment."""
-        m = self.m
-        ending = [v for v in m.book.all() if v.active]
+        p = self.p
+        ending = [v for v in p.book.all() if v.active]
         for v in ending:
             try:
-                rec = await m.settlement.EndContract(
-                    S.EndContractRequest(contract_id=v.contract_id, meter_id=m.s.meter_id, reason="meter leaving"),
+                rec = await p.settlement.EndContract(
+                    S.EndContractRequest(contract_id=v.contract_id, meter_id=p.s.meter_id, reason="meter leaving"),
                     timeout=5)
                 await self.update(rec, strict=False)
                 log.info("contract ended by this meter", contract_id=v.contract_id)
@@ -277,7 +275,7 @@ class ContractDesk:
     async def _settled(self, contract_id: str) -> bool:
         """Settlement has finished with the contract (final state and its last increment settled)."""
         try:
-            rec = await self.m.settlement.GetContract(S.GetContractRequest(contract_id=contract_id), timeout=2)
+            rec = await self.p.settlement.GetContract(S.GetContractRequest(contract_id=contract_id), timeout=2)
         except grpc.aio.AioRpcError:
             return False
         await self.update(rec, strict=False)

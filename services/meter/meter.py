@@ -12,12 +12,9 @@ attribute the import to contracts, take and sign a reading, write it to the outb
 (with the registers, one transaction) *before* sending it, re-evaluate the relay,
 and place orders when a window begins.
 
-The relay is energized only while active, paid-up contracts with energy left cover
-the next step *and* the meter's own check holds: after the next step, less than two
-increments of any contract may be unpaid by its own count (one full increment while
-it is being paid, never two; per contract, see :func:`.checks.own_check_blocks`). A
-failed payment blocks it at once until a contract signed after the failure becomes
-active.
+When the relay may let usage flow is :mod:`.relay_control`'s to decide. The contract desk
+(:mod:`.contracts`) and the billing desk (:mod:`.billing`) share the meter's parts and see
+the meter itself only through :class:`.parts.MeterState`.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ import structlog
 from p2pep.metering.clock import SimClock
 from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.registers import Registers, RegisterSnapshot
-from p2pep.metering.relay import Demand, Relay, RelayReason, RelayTransition
+from p2pep.metering.relay import Relay, RelayReason, RelayTransition
 from p2pep.metering.signing import MeterKey
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
@@ -43,8 +40,9 @@ from p2pep.servicekit.channels import channel
 from p2pep.servicekit.supervise import Backoff, supervised
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import metrics
+from services.meter.billing import Billing
 from services.meter.book import ContractBook, Party
-from services.meter.checks import own_check_blocks
+from services.meter.contracts import ContractDesk
 from services.meter.lightning import (
     BalanceCache,
     LightningNode,
@@ -53,6 +51,8 @@ from services.meter.lightning import (
     wait_node_ready,
 )
 from services.meter.ordering import window_index
+from services.meter.parts import MeterParts
+from services.meter.relay_control import RelayControl
 from services.meter.sender import ReadingSender
 from services.meter.settings import MeterSettings, parse_node_address
 from services.meter.sources import build_timeline
@@ -77,9 +77,6 @@ class Meter:
         timeline: FlowTimeline,
         book: ContractBook,
     ) -> None:
-        from services.meter.billing import Billing
-        from services.meter.contracts import ContractDesk
-
         self.s = settings
         self.store = store
         self.key = key
@@ -103,16 +100,14 @@ class Meter:
         if self._matcher_ch is not None:
             self.trader = Trader(settings, store, book, matcher_pb2_grpc.MatcherServiceStub(self._matcher_ch),
                                  self.expected_wms)
-        self.contracts = ContractDesk(self)
-        self.billing = Billing(self)
+        parts = MeterParts(settings, store, book, key, lnd, self.settlement, self.trader)
+        self.contracts = ContractDesk(parts, self)
+        self.billing = Billing(parts, self, self.contracts)
         # set when started
         self.clock: SimClock | None = None
         self.sim: MeterSimulation | None = None
-        self.relay = Relay(0)
-        self.relay_changes = 0
+        self.relay_control = RelayControl(book, self.changed)
         self.first_contract_import_wh: int | None = None
-        self.payment_failed_ms: int | None = None
-        self.payment_failed_detail = ""
         self._trigger = -1
         self._prepared_day: Any = None
         self._changed = asyncio.Event()
@@ -235,7 +230,7 @@ class Meter:
         registers = Registers(snap)
         self.clock = SimClock(start_ms, time.monotonic_ns(), self.s.accel)
         self.sim = MeterSimulation(self.timeline, registers, start_ms)
-        self.relay = Relay(start_ms)
+        self.relay_control.start(start_ms)
         await self.store.save_registers(registers.snapshot())
 
     async def meter_info(self, meter_id: str) -> settlement_pb2.MeterInfo | None:
@@ -331,48 +326,30 @@ class Meter:
             self._prepared_day = day
             self._spawn(f"prepare-{day}", asyncio.to_thread(self.timeline.prepare, day + timedelta(days=1)))
 
-    # -- the relay -------------------------------------------------------------------------------
+    # -- the relay (services.meter.relay_control) ---------------------------------------------------
+
+    @property
+    def relay(self) -> Relay:
+        return self.relay_control.relay
+
+    @property
+    def relay_changes(self) -> int:
+        return self.relay_control.changes
 
     def evaluate_relay(self) -> RelayTransition | None:
         if self.sim is None or self._stopping:
             return None
-        now = self.sim.now_ms
-        if self.payment_failed_ms is not None:
-            return self._applied(self.relay.block(now, RelayReason.PAYMENT_FAILED, self.payment_failed_detail))
-        demand = self.sim.demand(self.s.tick_sim_ms)
-        covers = self.book.covers()
-        why = own_check_blocks(self.book.exposure(), demand.energy_wh)
-        if why is not None:
-            return self._applied(self.relay.block(now, RelayReason.NOT_PAID_UP, why))
-        # Contracts run on settlement's real clock, demand power on the simulated one:
-        # cover is judged by energy (the next step must fit in paid-up contracts).
-        return self._applied(self.relay.evaluate(now, Demand(0, demand.energy_wh), covers))
+        return self.relay_control.evaluate(self.sim.now_ms, self.sim.demand(self.s.tick_sim_ms).energy_wh)
 
     def block_relay(self, reason: RelayReason, detail: str) -> None:
         if self.sim is not None:
-            self._applied(self.relay.block(self.sim.now_ms, reason, detail))
-
-    def _applied(self, t: RelayTransition | None) -> RelayTransition | None:
-        metrics.RELAY_ENERGIZED.set(1 if self.relay.energized else 0)
-        if t is not None:
-            self.relay_changes += 1
-            metrics.RELAY_TRANSITIONS.labels(t.to_state.value, t.reason.value).inc()
-            log.info("relay " + t.to_state.value, reason=t.reason.value, detail=t.detail, sim_ms=t.at_ms,
-                     changes=self.relay_changes)
-            self.changed()
-        return t
+            self.relay_control.block(self.sim.now_ms, reason, detail)
 
     def payment_failed(self, detail: str) -> None:
-        """Block at once; stays blocked until a contract signed after now becomes active."""
-        self.payment_failed_ms = now_ms()
-        self.payment_failed_detail = detail
-        self.block_relay(RelayReason.PAYMENT_FAILED, detail)
+        self.relay_control.payment_failed(self.sim.now_ms if self.sim is not None else None, detail)
 
     def contract_activated(self, signed_ms: int) -> None:
-        if self.payment_failed_ms is not None and signed_ms >= self.payment_failed_ms:
-            log.info("new contract after a failed payment: relay may energize again")
-            self.payment_failed_ms = None
-            self.payment_failed_detail = ""
+        self.relay_control.contract_activated(signed_ms)
         self.evaluate_relay()
 
     # -- trading ---------------------------------------------------------------------------------------
