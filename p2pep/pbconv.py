@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, TypeVar
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 if TYPE_CHECKING:  # generic only in the type stubs
@@ -36,6 +37,11 @@ def ts_ms(ts: Timestamp) -> int:
 def ts_ms_or_none(ts: Timestamp) -> int | None:
     """:func:`ts_ms`, or None for an unset (all-zero) Timestamp."""
     return None if ts.seconds == 0 and ts.nanos == 0 else ts_ms(ts)
+
+
+def duration_ms(d: Duration) -> int:
+    """A Duration as whole milliseconds."""
+    return d.seconds * 1000 + d.nanos // 1_000_000
 
 
 def ms_ts(ms: int) -> Timestamp:

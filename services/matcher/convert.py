@@ -9,7 +9,7 @@ from __future__ import annotations
 from p2pep.market import InvalidOrder, Order, Side
 from p2pep.market.model import MAX_ENERGY_WH, MAX_PRICE_MSAT_PER_KWH
 from p2pep.market.validation import check_id, check_partners, check_positive_int
-from p2pep.pbconv import enum_value, ms_ts, ts_ms
+from p2pep.pbconv import duration_ms, enum_value, ms_ts, ts_ms
 from p2pep.v1 import common_pb2
 
 SIDE_NAMES = {common_pb2.SIDE_SUPPLY: Side.SUPPLY, common_pb2.SIDE_DEMAND: Side.DEMAND}
@@ -48,7 +48,7 @@ def parse_order(msg: common_pb2.Order, path: str, expected: Side | None, now_ms:
         energy = check_positive_int(path + "energy_wh", msg.energy_wh, MAX_ENERGY_WH)
     elif which == "power":
         power = check_positive_int(path + "power.power_w", msg.power.power_w, MAX_ENERGY_WH)
-        window_ms = msg.power.window.seconds * 1000 + msg.power.window.nanos // 1_000_000
+        window_ms = duration_ms(msg.power.window)
         if not msg.power.HasField("window") or window_ms <= 0:
             raise InvalidOrder(path + "power.window", "must be > 0")
         energy = power * window_ms // 3_600_000
