@@ -204,3 +204,54 @@ async def test_refusals_become_their_status_for_unary_and_streaming_calls() -> N
         await server.stop(0)
     assert REGISTRY.get_sample_value("p2pep_grpc_refusals_total",
                                      {"method": "Unary", "code": "NOT_FOUND"}) == before + 1
+
+
+async def test_supervised_retries_with_backoff_gives_up_and_resets_on_progress() -> None:
+    from p2pep.servicekit import Backoff, GaveUp, supervised
+
+    slept: list[float] = []
+    seen: list[tuple[int, str]] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    calls = {"n": 0}
+
+    async def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 4:
+            raise ValueError(f"boom {calls['n']}")
+        return "done"
+
+    out = await supervised(flaky, on_failure=lambda n, e: seen.append((n, str(e))), sleep=sleep,
+                           backoff=Backoff(0.1, 0.3))
+    assert out == "done" and seen == [(1, "boom 1"), (2, "boom 2"), (3, "boom 3")]
+    assert slept == [0.1, 0.2, 0.3]  # doubled, capped
+
+    async def always() -> None:
+        raise OSError("disk")
+
+    with pytest.raises(GaveUp) as gave_up:
+        await supervised(always, on_failure=lambda n, e: None, sleep=sleep, attempts=2)
+    assert gave_up.value.attempts == 2 and isinstance(gave_up.value.last, OSError)
+
+    async def refused() -> None:
+        raise PermissionError("never retried")
+
+    with pytest.raises(PermissionError):  # retry_if says no: raised at once, no wait
+        await supervised(refused, on_failure=lambda n, e: None, sleep=sleep,
+                         retry_if=lambda e: not isinstance(e, PermissionError))
+
+    progress = {"done": 0}
+    counts: list[int] = []
+
+    async def streams() -> None:
+        progress["done"] += 1
+        if progress["done"] > 3:
+            return
+        raise ConnectionError("stream broke after some work")
+
+    slept.clear()
+    await supervised(streams, on_failure=lambda n, e: counts.append(n), sleep=sleep, backoff=Backoff(0.1, 5.0),
+                     progressed=lambda: True)
+    assert counts == [1, 1, 1] and slept == [0.1, 0.1, 0.1]  # each run got something done: afresh

@@ -58,6 +58,7 @@ async def supervised(
     backoff: Backoff = Backoff(),
     attempts: int | None = None,
     healthy_after_s: float | None = None,
+    progressed: Callable[[], bool] | None = None,
     retry_if: Callable[[Exception], bool] = lambda exc: True,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
@@ -65,8 +66,8 @@ async def supervised(
 
     ``on_failure(n, exc)`` is called for the n-th failure in a row, inside the ``except`` block
     (so ``log.exception`` there carries the traceback). A run that lasted ``healthy_after_s``
-    or longer before it failed (a stream that worked for a while) starts the count and the
-    backoff afresh. An error ``retry_if`` says no to (a permanent refusal) is raised at once.
+    or longer before it failed (a stream that worked for a while), or after which ``progressed()``
+    says it got something done, starts the count and the backoff afresh. An error ``retry_if`` says no to (a permanent refusal) is raised at once.
     """
     delays = backoff.delays()
     failures = 0
@@ -79,7 +80,8 @@ async def supervised(
         except Exception as exc:
             if not retry_if(exc):
                 raise
-            if healthy_after_s is not None and time.monotonic() - started >= healthy_after_s:
+            healthy = healthy_after_s is not None and time.monotonic() - started >= healthy_after_s
+            if healthy or (progressed is not None and progressed()):
                 failures, delays = 0, backoff.delays()
             failures += 1
             on_failure(failures, exc)

@@ -16,6 +16,7 @@ import grpc
 import structlog
 
 from p2pep.metering.readings import SignedReading
+from p2pep.servicekit.supervise import Backoff, supervised
 from p2pep.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import metrics
 from services.meter.store import MeterStore
@@ -83,21 +84,24 @@ class ReadingSender:
 
     async def run(self) -> None:
         """Send until cancelled, reconnecting with backoff (reset whenever a session got acks)."""
-        backoff = 0.1
-        while True:
-            acked_before = self.acked
-            try:
-                await self._session()
-            except asyncio.CancelledError:
-                raise
-            except (grpc.aio.AioRpcError, ConnectionError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
+        acked_at_start = self.acked
+
+        async def session() -> None:
+            nonlocal acked_at_start
+            acked_at_start = self.acked
+            await self._session()
+            raise ConnectionError("reading stream ended")
+
+        def broken(n: int, e: Exception) -> None:  # keep sending whatever went wrong: nothing leaves unacked
+            self.connected = False
+            if isinstance(e, grpc.aio.AioRpcError | ConnectionError | asyncio.InvalidStateError | grpc.aio.UsageError):
                 detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
                 log.info("reading stream broken", detail=detail, unacked=self.size)
-            except Exception:  # keep sending whatever went wrong; nothing leaves the outbox unacked
+            else:
                 log.exception("reading stream failed", unacked=self.size)
-            self.connected = False
-            backoff = 0.1 if self.acked > acked_before else min(backoff * 2, self._max_backoff)
-            await asyncio.sleep(backoff)
+
+        await supervised(session, on_failure=broken, backoff=Backoff(0.1, self._max_backoff),
+                         progressed=lambda: self.acked > acked_at_start)
 
     async def _session(self) -> None:
         """One stream: resend the outbox, then follow it, until the stream breaks."""
