@@ -137,6 +137,14 @@ def test_missing_connection_is_a_usage_error(tmp_path: Path, chain: FakeChain, c
     assert "missing --btcd-user, --btcd-pass, --btcd-cert" in capsys.readouterr().err
 
 
+def test_bad_environment_is_a_usage_error_in_one_line(tmp_path: Path, chain: FakeChain, capsys: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2PEP_MIN_CONFIRMATIONS", "zero")
+    assert main(["verify", str(write_doc(tmp_path, chain)), "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("p2pep verify: bad environment: P2PEP_MIN_CONFIRMATIONS: ") and err.count("\n") == 1
+
+
 def test_unreadable_file_and_bad_json(tmp_path: Path, chain: FakeChain, capsys: Any) -> None:
     assert main(["verify", str(tmp_path / "nope.json"), "--offline"]) == 2
     assert "cannot read" in capsys.readouterr().err

@@ -213,13 +213,14 @@ async def test_lnd_wallet_refuses_anything_but_an_anchor_payload() -> None:
 
 
 def test_bad_configuration_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.anchor.__main__ import load_settings
+    from p2pep.servicekit import load_settings
+    from services.anchor.settings import AnchorSettings
 
     for k in list(os.environ):
         if k.startswith("P2PEP_"):
             monkeypatch.delenv(k)
     monkeypatch.setenv("P2PEP_ANCHOR_POLL_S", "0")
     with pytest.raises(SystemExit) as exc:
-        load_settings()
+        load_settings(AnchorSettings, "anchor")
     msg = str(exc.value)
     assert "P2PEP_ANCHOR_LND_MACAROON: Field required" in msg and "P2PEP_ANCHOR_POLL_S" in msg

@@ -340,12 +340,12 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bad_configuration_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.meter.app import load_settings
+    from p2pep.servicekit import load_settings
 
     for k in ("METER_ID", "ROLE", "SETTLEMENT_TARGET", "PRICE_MSAT_PER_KWH"):
         monkeypatch.delenv(f"P2PEP_METER_{k}", raising=False)
     monkeypatch.setenv("P2PEP_METER_ROLE", "landlord")
     with pytest.raises(SystemExit) as info:
-        load_settings()
+        load_settings(MeterSettings, "meter")
     msg = str(info.value)
     assert "P2PEP_METER_METER_ID" in msg and "P2PEP_METER_ROLE" in msg and "P2PEP_METER_PRICE_MSAT_PER_KWH" in msg

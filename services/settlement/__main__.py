@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 
-from p2pep.servicekit import ServiceHost, configure_logging, run_service
+from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.settlement.engine import Engine
 from services.settlement.matcher_feed import follow_matcher
@@ -16,7 +16,7 @@ from services.settlement.store import Store
 
 
 async def main(stop: asyncio.Event) -> None:
-    s = SettlementSettings()
+    s = load_settings(SettlementSettings, "settlement")
     configure_logging(s.log_level, json=s.log_json)
     store = await Store.open(s.db_path, s.sqlite_busy_timeout_ms)
     matcher = None
