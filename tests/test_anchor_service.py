@@ -214,7 +214,7 @@ async def test_lnd_wallet_refuses_anything_but_an_anchor_payload() -> None:
 
 def test_bad_configuration_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     from p2pep.servicekit import load_settings
-    from services.anchor.settings import AnchorSettings
+    from p2pep.settings.anchor import AnchorSettings
 
     for k in list(os.environ):
         if k.startswith("P2PEP_"):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from p2pep.canonical import canonical_json
 from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.signing import MeterKey
+from p2pep.settings.meter import MeterSettings, parse_node_address
 from p2pep.settling.allocation import AllocationTarget, allocate
 from p2pep.settling.contracts import ContractState, ContractTerms
 from p2pep.settling.increments import amount_msat
@@ -40,7 +41,6 @@ from services.meter.ordering import (
     supply_wh,
     window_index,
 )
-from services.meter.settings import MeterSettings, parse_node_address
 from services.meter.sources import ConstantPowerSource, build_source
 
 CONSUMER_KEY = MeterKey.from_hex("11" * 32)

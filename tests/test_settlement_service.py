@@ -21,12 +21,12 @@ from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
 from p2pep.regtest import wait_for
 from p2pep.servicekit import BaseServiceSettings, ServiceHost
+from p2pep.settings.settlement import SettlementSettings
 from p2pep.settling.contracts import ContractTerms, sign_contract
 from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
 from services.settlement.engine import Engine
 from services.settlement.server import SettlementServicer
-from services.settlement.settings import SettlementSettings
 from services.settlement.store import Store
 
 

@@ -18,9 +18,9 @@ from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.chain.btcd_rpc import BtcdRpc, BtcdRpcConfig
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
+from p2pep.settings.anchor import AnchorSettings
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 from services.anchor.servicer import AnchorServicer
-from services.anchor.settings import AnchorSettings
 from services.anchor.wallet import CountingWallet
 from services.anchor.watcher import BlockWatcher
 

@@ -7,8 +7,8 @@ import asyncio
 import grpc
 
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
+from p2pep.settings.console import ConsoleSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
-from services.console.settings import ConsoleSettings
 from services.console.web import Console, add_console_routes
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from p2pep.servicekit import configure_logging, load_settings, run_service
+from p2pep.settings.matcher import MatcherSettings
 from services.matcher.app import start_matcher
-from services.matcher.settings import MatcherSettings
 
 
 async def main(stop: asyncio.Event) -> None:

@@ -9,9 +9,9 @@ from contextlib import suppress
 
 from p2pep.pbconv import now_ms
 from p2pep.servicekit import ServiceHost
+from p2pep.settings.matcher import MatcherSettings
 from p2pep.v1 import matcher_pb2_grpc
 from services.matcher.servicer import MatcherServicer
-from services.matcher.settings import MatcherSettings
 from services.matcher.state import Matcher
 from services.matcher.store import Store
 

@@ -32,11 +32,11 @@ from p2pep.market import (
 )
 from p2pep.market.validation import check_id, make_order
 from p2pep.pbconv import enum_value, ms_ts, now_ms, ts_ms
+from p2pep.settings.matcher import MatcherSettings
 from p2pep.v1 import common_pb2, matcher_pb2
 from services.matcher import metrics as M
 from services.matcher.convert import ServiceOrder, order_msg
 from services.matcher.events import EventHub
-from services.matcher.settings import MatcherSettings
 from services.matcher.store import Changes, Store, partners_json
 
 log = structlog.get_logger("matcher")

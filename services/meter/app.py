@@ -10,12 +10,12 @@ import structlog
 
 from p2pep.lnd.client import LndClient, LndConnection
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings
+from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import meter_pb2_grpc
 from services.meter.household import add_household_routes
 from services.meter.lightning import LightningNode
 from services.meter.meter import Meter
 from services.meter.servicer import MeterServicer
-from services.meter.settings import MeterSettings
 
 log = structlog.get_logger("meter")
 

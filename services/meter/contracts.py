@@ -11,6 +11,7 @@ import grpc
 import structlog
 
 from p2pep.pbconv import enum_value, now_ms
+from p2pep.settings.meter import parse_node_address
 from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
 from p2pep.settling.increments import amount_msat
 from p2pep.v1 import common_pb2, settlement_pb2
@@ -25,7 +26,6 @@ from services.meter.checks import (
 )
 from services.meter.lightning import ensure_channel
 from services.meter.ordering import ordered_wh
-from services.meter.settings import parse_node_address
 
 if TYPE_CHECKING:
     from services.meter.meter import Meter

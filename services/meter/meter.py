@@ -39,6 +39,7 @@ from p2pep.metering.signing import MeterKey
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
 from p2pep.pbconv import now_ms
+from p2pep.settings.meter import MeterSettings, parse_node_address
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import metrics
 from services.meter.book import ContractBook, Party
@@ -52,7 +53,6 @@ from services.meter.lightning import (
 )
 from services.meter.ordering import window_index
 from services.meter.sender import ReadingSender
-from services.meter.settings import MeterSettings, parse_node_address
 from services.meter.sources import build_timeline
 from services.meter.store import MeterStore
 from services.meter.trader import Trader
