@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.chain import P2WPKH_CHANGE, FakeChain
 
 from p2pep.anchor import cli as anchor_cli
 from p2pep.anchor import opreturn
 from p2pep.anchor.document import AnchorProof, build_document, dumps_document
-from p2pep.anchor.fakes import P2WPKH_CHANGE, FakeChain
 from p2pep.anchor.merkle import MerkleTree
 from p2pep.canonical import contract_hash
 from p2pep.chain.btcd_rpc import BtcdRpcConfig

@@ -14,12 +14,12 @@ from typing import Any
 
 import grpc
 import pytest
+from fakes.chain import FakeChain, FakeWallet
 
 from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.client import AnchorClient, AnchorServiceError
 from p2pep.anchor.document import build_document
-from p2pep.anchor.fakes import FakeChain, FakeWallet
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.anchor.opreturn import OpReturnError, encode_payload
 from p2pep.anchor.verify import verify_document

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from fakes.lightning import FakeLightning
 
 from p2pep.regtest import wait_for
 from p2pep.servicekit import ServiceHost
@@ -21,7 +22,6 @@ from p2pep.settling.contracts import ContractState
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.matcher.app import MatcherApp, start_matcher
 from services.meter.app import MeterApp, start_meter
-from services.meter.fakes import FakeLightning
 from services.settlement.engine import Engine
 from services.settlement.matcher_feed import follow_matcher
 from services.settlement.server import SettlementServicer

@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from fakes.chain import FakeChain, FakeWallet
+
 from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
-from p2pep.anchor.fakes import FakeChain, FakeWallet
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.registers import RegisterSnapshot
 from services.matcher.store import ORDER_COLUMNS, Changes
