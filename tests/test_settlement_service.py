@@ -218,6 +218,9 @@ async def test_contract_paid_per_increment_and_survives_restart(world: Any) -> N
         assert hashlib.sha256(bytes.fromhex(p.preimage)).hexdigest() == p.payment_hash
     doc = json.loads((await stub.ExportContract(pb.GetContractRequest(contract_id="c1"))).json)
     assert doc["settlement"]["wh_delivered"] == 47 and doc["contract_hash"] == rec.contract.hash.hex()
+    # Contract.hash is the signed terms' hash; the matcher's match_hash is not settlement's to fill
+    assert rec.contract.hash == ContractTerms.from_canonical(json.loads(rec.terms_json)).hash()
+    assert rec.contract.match_hash == b""
 
 
 async def test_failed_payment_defaults_within_one_increment(world: Any) -> None:
