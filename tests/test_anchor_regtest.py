@@ -30,7 +30,6 @@ from anchor_regtest_helpers import AnchorStack, contract_terms, failed, tx_fee_a
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from p2pep.anchor import opreturn
-from p2pep.anchor.anchorer import AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.client import AnchorClient
@@ -43,6 +42,7 @@ from p2pep.regtest.ports import free_port
 from p2pep.servicekit.settings import settings_env
 from p2pep.settings.anchor import AnchorSettings
 from p2pep.settling.contracts import ContractTerms
+from services.anchor.anchorer import AnchorerConfig
 
 pytestmark = pytest.mark.regtest
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,6 @@ import grpc
 import pytest
 from fakes.chain import FakeChain, FakeWallet
 
-from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.client import AnchorClient, AnchorServiceError
 from p2pep.anchor.document import build_document
@@ -29,6 +28,7 @@ from p2pep.regtest.ports import free_port
 from p2pep.regtest.waiting import wait_for
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
+from services.anchor.anchorer import Anchorer, AnchorerConfig
 from services.anchor.servicer import AnchorServicer
 from services.anchor.watcher import BlockWatcher, Tip, classify
 

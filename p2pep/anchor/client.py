@@ -21,8 +21,8 @@ import random
 import grpc
 import structlog
 
-from p2pep.anchor.anchorer import StoredProof
 from p2pep.anchor.document import AnchorProof, LeafKind
+from p2pep.anchor.records import StoredProof
 from p2pep.anchor.wire import leaf_to_pb, proof_from_pb
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc

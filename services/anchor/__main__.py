@@ -12,7 +12,6 @@ import asyncio
 
 import structlog
 
-from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
@@ -20,6 +19,7 @@ from p2pep.chain.btcd_rpc import BtcdRpc, BtcdRpcConfig
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.settings.anchor import AnchorSettings
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
+from services.anchor.anchorer import Anchorer, AnchorerConfig
 from services.anchor.servicer import AnchorServicer
 from services.anchor.wallet import CountingWallet
 from services.anchor.watcher import BlockWatcher
