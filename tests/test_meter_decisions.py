@@ -11,14 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pep.canonical import canonical_json
+from p2pep.metering.contract_book import ContractBook, ContractView, Party
+from p2pep.metering.ordering import (
+    PlacedOrder,
+    demand_wh,
+    order_id,
+    ordered_wh,
+    supply_wh,
+    window_index,
+)
 from p2pep.metering.profiles import WMS_PER_WH
-from p2pep.metering.signing import MeterKey
-from p2pep.settings.meter import MeterSettings, parse_node_address
-from p2pep.settling.allocation import AllocationTarget, allocate
-from p2pep.settling.contracts import ContractState, ContractTerms
-from p2pep.settling.increments import amount_msat
-from services.meter.book import ContractBook, ContractView, Party
-from services.meter.checks import (
+from p2pep.metering.request_checks import (
     Code,
     DecodedInvoice,
     Refusal,
@@ -33,14 +36,11 @@ from services.meter.checks import (
     own_check_blocks,
     parse_terms,
 )
-from services.meter.ordering import (
-    PlacedOrder,
-    demand_wh,
-    order_id,
-    ordered_wh,
-    supply_wh,
-    window_index,
-)
+from p2pep.metering.signing import MeterKey
+from p2pep.settings.meter import MeterSettings, parse_node_address
+from p2pep.settling.allocation import AllocationTarget, allocate
+from p2pep.settling.contracts import ContractState, ContractTerms
+from p2pep.settling.increments import amount_msat
 from services.meter.sources import ConstantPowerSource, build_source
 
 CONSUMER_KEY = MeterKey.from_hex("11" * 32)

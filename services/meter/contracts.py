@@ -10,13 +10,9 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 
-from p2pep.pbconv import enum_value, now_ms
-from p2pep.settings.meter import parse_node_address
-from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
-from p2pep.settling.increments import amount_msat
-from p2pep.v1 import common_pb2, settlement_pb2
-from services.meter.book import ContractView, Party
-from services.meter.checks import (
+from p2pep.metering.contract_book import ContractView, Party
+from p2pep.metering.ordering import ordered_wh
+from p2pep.metering.request_checks import (
     Code,
     Refusal,
     SigningPolicy,
@@ -24,8 +20,12 @@ from services.meter.checks import (
     fee_limit_msat,
     parse_terms,
 )
+from p2pep.pbconv import enum_value, now_ms
+from p2pep.settings.meter import parse_node_address
+from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
+from p2pep.settling.increments import amount_msat
+from p2pep.v1 import common_pb2, settlement_pb2
 from services.meter.lightning import ensure_channel
-from services.meter.ordering import ordered_wh
 
 if TYPE_CHECKING:
     from services.meter.meter import Meter

@@ -32,9 +32,12 @@ import grpc
 import structlog
 
 from p2pep.metering.clock import SimClock
+from p2pep.metering.contract_book import ContractBook, Party
+from p2pep.metering.ordering import window_index
 from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.registers import Registers, RegisterSnapshot
 from p2pep.metering.relay import Demand, Relay, RelayReason, RelayTransition
+from p2pep.metering.request_checks import own_check_blocks
 from p2pep.metering.signing import MeterKey
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
@@ -42,8 +45,6 @@ from p2pep.pbconv import now_ms
 from p2pep.settings.meter import MeterSettings, parse_node_address
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import metrics
-from services.meter.book import ContractBook, Party
-from services.meter.checks import own_check_blocks
 from services.meter.lightning import (
     BalanceCache,
     LightningNode,
@@ -51,7 +52,6 @@ from services.meter.lightning import (
     ensure_channel,
     wait_node_ready,
 )
-from services.meter.ordering import window_index
 from services.meter.sender import ReadingSender
 from services.meter.sources import build_timeline
 from services.meter.store import MeterStore
