@@ -1,4 +1,4 @@
-"""The matcher's state and operations: the market core plus persistence and events.
+"""The matcher service's core (:class:`Matcher`): the market plus persistence and events.
 
 Every operation that changes the book runs under one lock: it changes the in-memory
 market, writes all effects in one SQLite transaction, and only then publishes its
