@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.chain import ChainView
 from p2pep.anchor.document import AnchorProof, build_document
@@ -18,6 +17,7 @@ from p2pep.chain.btcd_rpc import BtcdRpc
 from p2pep.metering.signing import MeterKey
 from p2pep.regtest import RegtestNetwork
 from p2pep.settling.contracts import ContractTerms
+from services.anchor.anchorer import Anchorer, AnchorerConfig
 
 _KEYS = [MeterKey.generate() for _ in range(8)]
 

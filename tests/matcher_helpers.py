@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 
+from p2pep.settings.matcher import MatcherSettings
 from p2pep.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc
 from services.matcher.app import MatcherApp, start_matcher
-from services.matcher.settings import MatcherSettings
 
 
 def settings(tmp_path: Path, **kw: Any) -> MatcherSettings:

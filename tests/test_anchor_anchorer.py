@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.chain import FakeChain, FakeWallet
 
 from p2pep.anchor import opreturn
-from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.document import build_document
-from p2pep.anchor.fakes import FakeChain, FakeWallet
 from p2pep.anchor.merkle import MerkleTree
 from p2pep.anchor.verify import verify_document
 from p2pep.canonical import contract_hash
+from services.anchor.anchorer import Anchorer, AnchorerConfig
 
 
 def terms(i: int) -> dict[str, Any]:

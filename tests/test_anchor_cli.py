@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.chain import P2WPKH_CHANGE, FakeChain
 
 from p2pep.anchor import cli as anchor_cli
 from p2pep.anchor import opreturn
 from p2pep.anchor.document import AnchorProof, build_document, dumps_document
-from p2pep.anchor.fakes import P2WPKH_CHANGE, FakeChain
 from p2pep.anchor.merkle import MerkleTree
 from p2pep.canonical import contract_hash
 from p2pep.chain.btcd_rpc import BtcdRpcConfig
@@ -135,6 +135,14 @@ def test_missing_connection_is_a_usage_error(tmp_path: Path, chain: FakeChain, c
     doc = write_doc(tmp_path, chain)
     assert main(["verify", str(doc), "--btcd-rpc", "127.0.0.1:1"]) == 2
     assert "missing --btcd-user, --btcd-pass, --btcd-cert" in capsys.readouterr().err
+
+
+def test_bad_environment_is_a_usage_error_in_one_line(tmp_path: Path, chain: FakeChain, capsys: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2PEP_MIN_CONFIRMATIONS", "zero")
+    assert main(["verify", str(write_doc(tmp_path, chain)), "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("p2pep verify: bad environment: P2PEP_MIN_CONFIRMATIONS: ") and err.count("\n") == 1
 
 
 def test_unreadable_file_and_bad_json(tmp_path: Path, chain: FakeChain, capsys: Any) -> None:

@@ -30,7 +30,6 @@ from anchor_regtest_helpers import AnchorStack, contract_terms, failed, tx_fee_a
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from p2pep.anchor import opreturn
-from p2pep.anchor.anchorer import AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.client import AnchorClient
@@ -40,7 +39,10 @@ from p2pep.chain.btcd_rpc import BtcdRpc
 from p2pep.regtest import RegtestNetwork, wait_for
 from p2pep.regtest.btcd import RPC_PASS, RPC_USER
 from p2pep.regtest.ports import free_port
+from p2pep.servicekit.settings import settings_env
+from p2pep.settings.anchor import AnchorSettings
 from p2pep.settling.contracts import ContractTerms
+from services.anchor.anchorer import AnchorerConfig
 
 pytestmark = pytest.mark.regtest
 REPO = Path(__file__).resolve().parents[1]
@@ -237,22 +239,23 @@ async def test_anchor_service_process(regtest: RegtestNetwork, tmp_path: Path) -
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await bake.communicate()
     assert bake.returncode == 0, out.decode()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PEP_")} | {
-        "P2PEP_ANCHOR_DB_PATH": str(tmp_path / "anchor.sqlite"),
-        "P2PEP_ANCHOR_GRPC_PORT": str(grpc_port),
-        "P2PEP_ANCHOR_METRICS_PORT": str(http_port),
-        "P2PEP_ANCHOR_LND_RPCSERVER": hub.rpcserver,
-        "P2PEP_ANCHOR_LND_TLS_CERT": hub.tls_cert,
-        "P2PEP_ANCHOR_LND_MACAROON": str(macaroon),
-        "P2PEP_ANCHOR_BTCD_RPCHOST": regtest.btcd.info.rpchost,
-        "P2PEP_ANCHOR_BTCD_USER": RPC_USER,
-        "P2PEP_ANCHOR_BTCD_PASS": RPC_PASS,
-        "P2PEP_ANCHOR_BTCD_CERT": regtest.btcd.info.cert,
-        "P2PEP_ANCHOR_EVERY_BLOCKS": "1",
-        "P2PEP_ANCHOR_MIN_CONFIRMATIONS": str(K),
-        "P2PEP_ANCHOR_SAT_PER_VBYTE": "1",
-        "P2PEP_ANCHOR_POLL_S": "0.1",
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PEP_")} | settings_env(
+        AnchorSettings,
+        db_path=str(tmp_path / "anchor.sqlite"),
+        grpc_port=grpc_port,
+        metrics_port=http_port,
+        lnd_rpcserver=hub.rpcserver,
+        lnd_tls_cert=hub.tls_cert,
+        lnd_macaroon=str(macaroon),
+        btcd_rpchost=regtest.btcd.info.rpchost,
+        btcd_user=RPC_USER,
+        btcd_pass=RPC_PASS,
+        btcd_cert=regtest.btcd.info.cert,
+        every_blocks=1,
+        min_confirmations=K,
+        sat_per_vbyte=1,
+        poll_s=0.1,
+    )
     log_path = tmp_path / "anchor.log"
     with open(log_path, "wb") as log_file:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.anchor", cwd=REPO, env=env,

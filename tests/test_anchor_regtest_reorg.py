@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 from anchor_regtest_helpers import AnchorStack, contract_terms, failed
 
-from p2pep.anchor.anchorer import AnchorerConfig, BatchInfo
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.document import AnchorProof
+from p2pep.anchor.records import BatchInfo
 from p2pep.regtest import NetworkSpec, RegtestNetwork, wait_for
+from services.anchor.anchorer import AnchorerConfig
 
 pytestmark = pytest.mark.regtest
 N = 200

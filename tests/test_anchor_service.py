@@ -14,12 +14,11 @@ from typing import Any
 
 import grpc
 import pytest
+from fakes.chain import FakeChain, FakeWallet
 
-from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.client import AnchorClient, AnchorServiceError
 from p2pep.anchor.document import build_document
-from p2pep.anchor.fakes import FakeChain, FakeWallet
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.anchor.opreturn import OpReturnError, encode_payload
 from p2pep.anchor.verify import verify_document
@@ -30,6 +29,7 @@ from p2pep.regtest.waiting import wait_for
 from p2pep.servicekit.errors import RefusalInterceptor
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
+from services.anchor.anchorer import Anchorer, AnchorerConfig
 from services.anchor.servicer import AnchorServicer
 from services.anchor.watcher import BlockWatcher, Tip, classify
 
@@ -214,13 +214,14 @@ async def test_lnd_wallet_refuses_anything_but_an_anchor_payload() -> None:
 
 
 def test_bad_configuration_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.anchor.__main__ import load_settings
+    from p2pep.servicekit import load_settings
+    from p2pep.settings.anchor import AnchorSettings
 
     for k in list(os.environ):
         if k.startswith("P2PEP_"):
             monkeypatch.delenv(k)
     monkeypatch.setenv("P2PEP_ANCHOR_POLL_S", "0")
     with pytest.raises(SystemExit) as exc:
-        load_settings()
+        load_settings(AnchorSettings, "anchor")
     msg = str(exc.value)
     assert "P2PEP_ANCHOR_LND_MACAROON: Field required" in msg and "P2PEP_ANCHOR_POLL_S" in msg

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from fakes.chain import FakeChain, FakeWallet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +20,6 @@ from p2pep.anchor.document import (
     loads_document,
     parse_document,
 )
-from p2pep.anchor.fakes import FakeChain, FakeWallet
 from p2pep.anchor.merkle import MerkleTree
 from p2pep.anchor.verify import verify_document, verify_offline
 from p2pep.canonical import contract_hash, settlement_hash

@@ -11,13 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pep.canonical import canonical_json
+from p2pep.metering.contract_book import ContractBook, ContractView, Party
+from p2pep.metering.ordering import (
+    PlacedOrder,
+    demand_wh,
+    order_id,
+    ordered_wh,
+    supply_wh,
+    window_index,
+)
 from p2pep.metering.profiles import WMS_PER_WH
-from p2pep.metering.signing import MeterKey
-from p2pep.settling.allocation import AllocationTarget, allocate
-from p2pep.settling.contracts import ContractState, ContractTerms
-from p2pep.settling.increments import amount_msat
-from services.meter.book import ContractBook, ContractView, Party
-from services.meter.checks import (
+from p2pep.metering.request_checks import (
     Code,
     DecodedInvoice,
     Refusal,
@@ -32,15 +36,11 @@ from services.meter.checks import (
     own_check_blocks,
     parse_terms,
 )
-from services.meter.ordering import (
-    PlacedOrder,
-    demand_wh,
-    order_id,
-    ordered_wh,
-    supply_wh,
-    window_index,
-)
-from services.meter.settings import MeterSettings, parse_node_address
+from p2pep.metering.signing import MeterKey
+from p2pep.settings.meter import MeterSettings, parse_node_address
+from p2pep.settling.allocation import AllocationTarget, allocate
+from p2pep.settling.contracts import ContractState, ContractTerms
+from p2pep.settling.increments import amount_msat
 from services.meter.sources import ConstantPowerSource, build_source
 
 CONSUMER_KEY = MeterKey.from_hex("11" * 32)
@@ -340,12 +340,12 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bad_configuration_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.meter.app import load_settings
+    from p2pep.servicekit import load_settings
 
     for k in ("METER_ID", "ROLE", "SETTLEMENT_TARGET", "PRICE_MSAT_PER_KWH"):
         monkeypatch.delenv(f"P2PEP_METER_{k}", raising=False)
     monkeypatch.setenv("P2PEP_METER_ROLE", "landlord")
     with pytest.raises(SystemExit) as info:
-        load_settings()
+        load_settings(MeterSettings, "meter")
     msg = str(info.value)
     assert "P2PEP_METER_METER_ID" in msg and "P2PEP_METER_ROLE" in msg and "P2PEP_METER_PRICE_MSAT_PER_KWH" in msg

@@ -14,18 +14,18 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+from fakes.lightning import FakeLightning, FakeLnd
 
 from p2pep.canonical import canonical_json
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.signing import verify_reading
 from p2pep.regtest import wait_for
+from p2pep.settings.meter import MeterSettings
 from p2pep.settling.contracts import ContractTerms, verify_contract_signature
 from p2pep.settling.increments import amount_msat
 from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as S
 from services.meter.app import MeterApp, start_meter
-from services.meter.fakes import FakeLightning, FakeLnd
-from services.meter.settings import MeterSettings
 
 PRICE = 123_457  # msat/kWh: amounts do not divide evenly
 Ack = S.ReadingAck

@@ -11,20 +11,20 @@ from pathlib import Path
 
 import grpc
 import pytest
+from fakes.lightning import FakeLightning
 
 from p2pep.regtest import wait_for
 from p2pep.servicekit import ServiceHost
+from p2pep.settings.matcher import MatcherSettings
+from p2pep.settings.meter import MeterSettings
+from p2pep.settings.settlement import SettlementSettings
 from p2pep.settling.contracts import ContractState
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.matcher.app import MatcherApp, start_matcher
-from services.matcher.settings import MatcherSettings
 from services.meter.app import MeterApp, start_meter
-from services.meter.fakes import FakeLightning
-from services.meter.settings import MeterSettings
 from services.settlement.engine import Engine
 from services.settlement.matcher_feed import follow_matcher
 from services.settlement.server import SettlementServicer
-from services.settlement.settings import SettlementSettings
 from services.settlement.store import Store
 
 

@@ -87,6 +87,10 @@ def test_parse_defaults() -> None:
         ("matcher.mode", "auction", "matcher.mode"),
         ("expect", ["everything_fine"], "expect[0]"),
         ("services_env", {"meter": {}}, "services_env.meter"),
+        ("services_env", {"settlement": {"P2PEP_SETTLEMENT_INCREMENT": "5"}},
+         "services_env.settlement.P2PEP_SETTLEMENT_INCREMENT"),
+        ("services_env", {"matcher": {"P2PEP_SETTLEMENT_MODE": "periodic"}}, "services_env.matcher.P2PEP_SETTLEMENT_MODE"),
+        ("meters.2.env", {"P2PEP_METER_PRICE": "1"}, "meters[2].env.P2PEP_METER_PRICE"),
         ("colour", "blue", "colour"),
     ],
 )
@@ -171,3 +175,11 @@ def test_payment_rate_fits_a_small_machine() -> None:
     for s in list_scenarios():
         wh_per_real_s = sum(m.constant_w for m in s.consumers) * s.timing.accel / 3600
         assert wh_per_real_s / s.increment_wh <= 5, s.name
+
+
+def test_environment_overrides_name_the_setting_they_miss() -> None:
+    with pytest.raises(ScenarioError, match=r"P2PEP_SETTLEMENT_INCREMENT is not a setting of SettlementSettings .*"
+                                            r"INCREMENT_WH"):
+        parse_scenario(with_("services_env", {"settlement": {"P2PEP_SETTLEMENT_INCREMENT": "5"}}))
+    s = parse_scenario(with_("services_env", {"settlement": {"p2pep_settlement_sweep_interval_s": 0.25}}))
+    assert s.services_env == {"settlement": {"p2pep_settlement_sweep_interval_s": "0.25"}}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from p2pep.scenario.catalog import load_scenario
+from p2pep.scenario.catalog import load_scenario, scenario_files
 from p2pep.scenario.clock import ScenarioClock
 from p2pep.scenario.drain import (
     drain_amount_msat,
@@ -18,12 +19,17 @@ from p2pep.scenario.launch import (
     BtcdEndpoint,
     Layout,
     NodeEndpoint,
+    ServiceLaunch,
     anchor_launch,
+    console_launch,
     kwp,
     matcher_launch,
     meter_launch,
     settlement_launch,
 )
+from p2pep.scenario.model import Scenario, ScenarioError
+from p2pep.servicekit.settings import settings_env, settings_from_env
+from p2pep.settings import SERVICE_SETTINGS, MeterSettings, SettlementSettings
 
 NODE = NodeEndpoint("meter-3", "02" + "ab" * 32, "127.0.0.1:10009", "/x/tls.cert", "/x/admin.macaroon",
                     "127.0.0.1:9735")
@@ -75,7 +81,69 @@ def test_anchor_env(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("wp,text", [(1600, "1.6"), (1000, "1"), (2250, "2.25"), (1, "0.001")])
 def test_kwp_is_exact(wp: int, text: str) -> None:
-    assert kwp(wp) == text
+    assert str(kwp(wp)) == text
+
+
+def all_launches(s: Scenario, root: Path) -> list[ServiceLaunch]:
+    layout = Layout(root)
+    m = matcher_launch(s, layout, 5001, 5002)
+    a = anchor_launch(s, layout, 5003, 5004, HUB, BtcdEndpoint("127.0.0.1:18334", "u", "p", "/b/rpc.cert"))
+    st = settlement_launch(s, layout, 5005, 5006, m.target, anchor_target=a.target)
+    c = console_launch(s, layout, 5007, 5008, st.target, m.target, "DEBUG")
+    nodes = [NodeEndpoint(x.name, "02" + f"{i:02x}" * 32, f"127.0.0.1:{10009 + i}", "/t", "/m", f"127.0.0.1:{9735 + i}")
+             for i, x in enumerate(s.meters)]
+    hub = HUB if s.network.hub else None
+    meters = [meter_launch(s, x, layout, 6000 + 2 * i, 6001 + 2 * i, nodes[i], m.target, st.target, hub, nodes)
+              for i, x in enumerate(s.meters)]
+    return [m, a, st, c, *meters]
+
+
+@pytest.mark.parametrize("name", sorted(scenario_files()))
+def test_every_launch_env_is_read_back_by_its_service(name: str, tmp_path: Path) -> None:
+    """What the runner hands each process is exactly what that process's settings read."""
+    s = load_scenario(name)
+    for launch in all_launches(s, tmp_path):
+        cls = SERVICE_SETTINGS[launch.kind]
+        read = settings_from_env(cls, launch.env)
+        assert (read.grpc_host, read.grpc_port, read.metrics_port, read.log_json) == (
+            "127.0.0.1", launch.grpc_port, launch.metrics_port, True)
+        assert settings_env(cls, **{f: getattr(read, f) for f in read.model_fields_set}) == launch.env
+        if isinstance(read, MeterSettings):
+            spec = s.meter(launch.name)
+            assert (read.meter_id, read.role, read.source, read.price_msat_per_kwh) == (
+                spec.name, spec.role, spec.source, spec.price_msat_per_kwh)
+            assert read.sim_start == s.timing.sim_start and read.tick_s == s.timing.tick_s
+            assert read.key_path == tmp_path / spec.name / "meter.key"
+            assert read.peak_watts() == spec.pv_wp
+        if isinstance(read, SettlementSettings):
+            assert (read.increment_wh, read.payment_timeout_s) == (s.increment_wh, s.payment_timeout_s)
+
+
+def test_services_env_overrides_are_applied_and_checked(tmp_path: Path) -> None:
+    s = load_scenario("hackathon")
+    layout = Layout(tmp_path)
+    over = replace(s, services_env={"settlement": {"p2pep_settlement_increment_wh": "5",
+                                                   "P2PEP_SETTLEMENT_SWEEP_INTERVAL_S": "0.25"}})
+    env = settlement_launch(over, layout, 1, 2, "127.0.0.1:3").env
+    assert env["P2PEP_SETTLEMENT_INCREMENT_WH"] == "5" and "p2pep_settlement_increment_wh" not in env
+    assert settings_from_env(SettlementSettings, env).sweep_interval_s == 0.25
+    bad = replace(s, services_env={"settlement": {"P2PEP_SETTLEMENT_INCREMENT_WH": "-1"}})
+    with pytest.raises(ScenarioError) as info:
+        settlement_launch(bad, layout, 1, 2, "127.0.0.1:3")
+    assert str(info.value) == ("services_env.settlement: SettlementSettings: P2PEP_SETTLEMENT_INCREMENT_WH: "
+                               "Input should be greater than 0")
+    unknown = replace(s, services_env={"matcher": {"P2PEP_MATCHER_MODES": "periodic"}})
+    with pytest.raises(ScenarioError, match=r"^services_env\.matcher\.P2PEP_MATCHER_MODES: P2PEP_MATCHER_MODES is not"):
+        matcher_launch(unknown, layout, 1, 2)
+    meter = replace(s.meter("meter-3"), env={"P2PEP_METER_ACCEL": "0"})
+    with pytest.raises(ScenarioError, match=r"^meters\[2\]\.env: MeterSettings: P2PEP_METER_ACCEL: "):
+        meter_launch(s, meter, layout, 1, 2, NODE, "127.0.0.1:3", "127.0.0.1:4", HUB)
+
+
+def test_a_bad_launch_value_names_the_service(tmp_path: Path) -> None:
+    s = load_scenario("hackathon")
+    with pytest.raises(ScenarioError, match=r"^anchor: AnchorSettings: P2PEP_ANCHOR_GRPC_PORT: "):
+        anchor_launch(s, Layout(tmp_path), 70000, 2, HUB, BtcdEndpoint("127.0.0.1:1", "u", "p", "/c"))
 
 
 def test_keep_and_drain_amounts() -> None:

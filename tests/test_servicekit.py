@@ -150,7 +150,7 @@ async def test_run_service_subprocess_sigterm_exits_zero() -> None:
 
 def test_bad_settings_exit_with_one_line_naming_each_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     from p2pep.servicekit import load_settings
-    from services.console.settings import ConsoleSettings
+    from p2pep.settings.console import ConsoleSettings
 
     monkeypatch.delenv("P2PEP_CONSOLE_SETTLEMENT_TARGET", raising=False)
     monkeypatch.setenv("P2PEP_CONSOLE_RPC_TIMEOUT_S", "-1")

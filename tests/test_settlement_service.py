@@ -21,12 +21,12 @@ from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
 from p2pep.regtest import wait_for
 from p2pep.servicekit import BaseServiceSettings, ServiceHost
+from p2pep.settings.settlement import SettlementSettings
 from p2pep.settling.contracts import ContractTerms, sign_contract
 from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
 from services.settlement.engine import Engine
 from services.settlement.server import SettlementServicer
-from services.settlement.settings import SettlementSettings
 from services.settlement.store import Store
 
 
@@ -218,6 +218,9 @@ async def test_contract_paid_per_increment_and_survives_restart(world: Any) -> N
         assert hashlib.sha256(bytes.fromhex(p.preimage)).hexdigest() == p.payment_hash
     doc = json.loads((await stub.ExportContract(pb.GetContractRequest(contract_id="c1"))).json)
     assert doc["settlement"]["wh_delivered"] == 47 and doc["contract_hash"] == rec.contract.hash.hex()
+    # Contract.hash is the signed terms' hash; the matcher's match_hash is not settlement's to fill
+    assert rec.contract.hash == ContractTerms.from_canonical(json.loads(rec.terms_json)).hash()
+    assert rec.contract.match_hash == b""
 
 
 async def test_failed_payment_defaults_within_one_increment(world: Any) -> None:

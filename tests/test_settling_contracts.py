@@ -151,11 +151,12 @@ def test_proposed_can_only_be_rejected() -> None:
 
 def test_match_hash_is_the_matchers_contract_hash() -> None:
     t = terms()
-    assert t.match_hash() == terms_hash(
+    assert t.match_hash(2) == terms_hash(
         contract_id="ct-1", consumer="meter-c", supplier="meter-p1", energy_wh=2000,
-        price_msat_per_kwh=250_000, start_ms=t.start_ms, end_ms=t.end_ms, tier=1,
+        price_msat_per_kwh=250_000, start_ms=t.start_ms, end_ms=t.end_ms, tier=2,
     )
-    assert terms(increment_wh=5).match_hash() == t.match_hash() != terms(increment_wh=5).hash()
+    assert t.match_hash(2) != t.match_hash(1)
+    assert terms(increment_wh=5).match_hash(1) == t.match_hash(1) != terms(increment_wh=5).hash()
 
 
 def test_settlement_summary_is_canonical_and_hashed() -> None:

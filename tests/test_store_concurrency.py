@@ -16,14 +16,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
+from fakes.chain import FakeChain, FakeWallet
+
 from p2pep.anchor.batching import BatchPolicy
-from p2pep.anchor.fakes import FakeChain, FakeWallet
+from p2pep.metering.ordering import PlacedOrder
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.registers import RegisterSnapshot
+from services.anchor.anchorer import Anchorer, AnchorerConfig
 from services.matcher.store import ORDER_COLUMNS, Changes
 from services.matcher.store import Store as MatcherStore
-from services.meter.ordering import PlacedOrder
 from services.meter.store import InvoiceRow, MeterStore, PaymentRow
 from services.settlement.store import MeterRow
 from services.settlement.store import Store as SettlementStore

@@ -1,6 +1,6 @@
 """What anchoring needs from a Bitcoin node: a small async protocol, btcd-verbose shaped.
 
-Implemented for real by :class:`p2pep.anchor.btcd_chain.BtcdChain`; tests use fakes.
+Implemented for real by :class:`p2pep.anchor.btcd_chain.BtcdChain`; tests use ``tests/fakes/chain.py``.
 """
 
 from __future__ import annotations

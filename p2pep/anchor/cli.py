@@ -30,6 +30,7 @@ from p2pep.anchor.verify import (
     verify_offline,
 )
 from p2pep.chain.btcd_rpc import BtcdRpcConfig
+from p2pep.servicekit.settings import BadSettings, read_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHAIN = 0, 1, 2, 3
 
@@ -102,9 +103,9 @@ async def _verify_on_chain(doc: Any, config: BtcdRpcConfig, k: int) -> VerifyRep
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = VerifySettings()
-    except ValueError as exc:
-        print(f"p2pep verify: bad environment: {exc}", file=sys.stderr)
+        settings = read_settings(VerifySettings)
+    except BadSettings as exc:
+        print(f"p2pep verify: bad environment: {exc.summary}", file=sys.stderr)
         return EXIT_USAGE
     k = args.min_confirmations if args.min_confirmations is not None else settings.min_confirmations
     if k < 1:

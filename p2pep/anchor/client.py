@@ -18,8 +18,8 @@ from __future__ import annotations
 import grpc
 import structlog
 
-from p2pep.anchor.anchorer import StoredProof
 from p2pep.anchor.document import AnchorProof, LeafKind
+from p2pep.anchor.records import StoredProof
 from p2pep.anchor.wire import leaf_to_pb, proof_from_pb
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.supervise import Backoff, supervised

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from p2pep.anchor.anchorer import BatchInfo, StoredProof
 from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
+from p2pep.anchor.records import BatchInfo, StoredProof
 from p2pep.refusals import InvalidArgument
 from p2pep.v1 import anchor_pb2 as pb
 

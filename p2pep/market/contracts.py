@@ -20,7 +20,8 @@ def contract_terms(
 ) -> dict[str, Any]:
     """The canonical terms of a contract, the document its hash commits to.
 
-    ``hash = p2pep.canonical.contract_hash(contract_terms(...))`` (see common.proto).
+    ``Contract.match_hash = p2pep.canonical.contract_hash(contract_terms(...))`` (see
+    common.proto; ``Contract.hash`` is the hash of the terms both meters sign, which extend these).
     """
     return {
         "v": 1,

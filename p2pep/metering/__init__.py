@@ -1,4 +1,5 @@
-"""Meter-side domain: energy sources, registers, signed readings, the relay.
+"""Meter-side domain: energy sources, registers, signed readings, the relay, and the
+meter's decisions about its contracts and orders.
 
 Pure and synchronous; the meter service (``services/meter``) does the I/O.
 
@@ -10,4 +11,7 @@ Pure and synchronous; the meter service (``services/meter``) does the I/O.
 - :mod:`.signing`    secp256k1 meter keys (coincurve), reading signatures
 - :mod:`.relay`      relay state machine: energized only while contracts cover demand
 - :mod:`.simulation` source -> registers over simulated time
+- :mod:`.contract_book`  the meter's own view of its contracts: attributed, paid, relay cover
+- :mod:`.request_checks` its checks of settlement's requests (sign, invoice, pay) against that view
+- :mod:`.ordering`   order sizing per window, order ids
 """

@@ -1,5 +1,9 @@
 """How each service of a scenario is started: module, environment, ports, files (pure).
 
+Each service's environment is written from its settings class (:mod:`p2pep.settings`,
+through :func:`p2pep.servicekit.settings.settings_env`), never by spelling variable names,
+and read back into that class here: a bad value fails before any process starts.
+
 The runner hands every service its ports explicitly (picked free beforehand), so
 the targets are known before the processes start and can be written to the
 scenario's state file.
@@ -12,7 +16,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from p2pep.scenario.model import MeterSpec, Scenario
+from p2pep.scenario.model import MeterSpec, Scenario, ScenarioError
+from p2pep.servicekit.settings import (
+    BadSettings,
+    BaseServiceSettings,
+    env_name,
+    setting_of,
+    settings_env,
+    settings_from_env,
+)
+from p2pep.settings import AnchorSettings, ConsoleSettings, MatcherSettings, MeterSettings, SettlementSettings
 
 HOST = "127.0.0.1"
 
@@ -65,28 +78,46 @@ class Layout:
         return self.root / "report.json"
 
 
-def _common(prefix: str, grpc_port: int, metrics_port: int, log_level: str) -> dict[str, str]:
-    return {
-        f"{prefix}GRPC_HOST": HOST,
-        f"{prefix}GRPC_PORT": str(grpc_port),
-        f"{prefix}METRICS_PORT": str(metrics_port),
-        f"{prefix}LOG_JSON": "true",
-        f"{prefix}LOG_LEVEL": log_level,
-    }
+def _common(grpc_port: int, metrics_port: int, log_level: str) -> dict[str, object]:
+    return {"grpc_host": HOST, "grpc_port": grpc_port, "metrics_port": metrics_port, "log_json": True,
+            "log_level": log_level}
 
 
-def kwp(wp: int) -> str:
-    """Integer watt-peak as the kWp decimal string the meter's settings take (exact)."""
-    return str(Decimal(wp) / 1000)
+def service_env(cls: type[BaseServiceSettings], service: str, values: Mapping[str, object],
+                overrides: Mapping[str, str], where: str) -> dict[str, str]:
+    """The environment of ``service``: ``values`` (field name -> value) as the variables
+    ``cls`` reads, then the scenario's raw ``overrides`` (variable -> text; ``where`` is their
+    key in the scenario, e.g. ``services_env.settlement``). All of it is read back into ``cls``
+    here, so a name it does not read or a value it refuses is a :class:`ScenarioError` naming
+    it before any process is started."""
+    try:
+        env = settings_env(cls, **values)
+    except ValueError as exc:
+        raise ScenarioError(service, str(exc)) from None
+    if not overrides:
+        return env
+    for variable, text in overrides.items():
+        try:
+            env[env_name(cls, setting_of(cls, variable))] = text
+        except ValueError as exc:
+            raise ScenarioError(f"{where}.{variable}", str(exc)) from None
+    try:
+        settings_from_env(cls, env)
+    except BadSettings as exc:
+        raise ScenarioError(where, str(exc)) from None
+    return env
+
+
+def kwp(wp: int) -> Decimal:
+    """Integer watt-peak as the meter's kWp setting (a Decimal: exact)."""
+    return Decimal(wp) / 1000
 
 
 def matcher_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int,
                    log_level: str = "INFO") -> ServiceLaunch:
-    p = "P2PEP_MATCHER_"
-    env = _common(p, grpc_port, metrics_port, log_level)
-    env[f"{p}DB_PATH"] = str(layout.data_dir("matcher") / "matcher.db")
-    env[f"{p}MODE"] = s.matcher_mode
-    env.update(s.services_env.get("matcher", {}))
+    values = {**_common(grpc_port, metrics_port, log_level),
+              "db_path": str(layout.data_dir("matcher") / "matcher.db"), "mode": s.matcher_mode}
+    env = service_env(MatcherSettings, "matcher", values, s.services_env.get("matcher", {}), "services_env.matcher")
     return ServiceLaunch("matcher", "services.matcher", grpc_port, metrics_port, layout.log("matcher"),
                          layout.data_dir("matcher"), env)
 
@@ -102,34 +133,34 @@ class BtcdEndpoint:
 def anchor_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, hub: NodeEndpoint,
                   btcd: BtcdEndpoint, log_level: str = "INFO") -> ServiceLaunch:
     """The anchor service pays for anchoring transactions from the operator's hub wallet."""
-    p = "P2PEP_ANCHOR_"
-    env = _common(p, grpc_port, metrics_port, log_level)
-    env.update({
-        f"{p}DB_PATH": str(layout.data_dir("anchor") / "anchor.db"),
-        f"{p}LND_RPCSERVER": hub.rpcserver,
-        f"{p}LND_TLS_CERT": hub.tls_cert,
-        f"{p}LND_MACAROON": hub.macaroon,
-        f"{p}BTCD_RPCHOST": btcd.rpchost,
-        f"{p}BTCD_USER": btcd.user,
-        f"{p}BTCD_PASS": btcd.password,
-        f"{p}BTCD_CERT": btcd.cert,
-    })
-    env.update(s.services_env.get("anchor", {}))
+    values = {
+        **_common(grpc_port, metrics_port, log_level),
+        "db_path": str(layout.data_dir("anchor") / "anchor.db"),
+        "lnd_rpcserver": hub.rpcserver,
+        "lnd_tls_cert": hub.tls_cert,
+        "lnd_macaroon": hub.macaroon,
+        "btcd_rpchost": btcd.rpchost,
+        "btcd_user": btcd.user,
+        "btcd_pass": btcd.password,
+        "btcd_cert": btcd.cert,
+    }
+    env = service_env(AnchorSettings, "anchor", values, s.services_env.get("anchor", {}), "services_env.anchor")
     return ServiceLaunch("anchor", "services.anchor", grpc_port, metrics_port, layout.log("anchor"),
                          layout.data_dir("anchor"), env)
 
 
 def settlement_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, matcher_target: str,
                       log_level: str = "INFO", anchor_target: str = "") -> ServiceLaunch:
-    p = "P2PEP_SETTLEMENT_"
-    env = _common(p, grpc_port, metrics_port, log_level)
-    env[f"{p}DB_PATH"] = str(layout.data_dir("settlement") / "settlement.db")
-    env[f"{p}MATCHER_TARGET"] = matcher_target
+    values: dict[str, object] = {
+        **_common(grpc_port, metrics_port, log_level),
+        "db_path": str(layout.data_dir("settlement") / "settlement.db"),
+        "matcher_target": matcher_target,
+        "increment_wh": s.increment_wh,
+        "payment_timeout_s": s.payment_timeout_s,
+    }
     if anchor_target:
-        env[f"{p}ANCHOR_TARGET"] = anchor_target
-    env[f"{p}INCREMENT_WH"] = str(s.increment_wh)
-    env[f"{p}PAYMENT_TIMEOUT_S"] = str(s.payment_timeout_s)
-    env.update(s.services_env.get("settlement", {}))
+        values["anchor_target"] = anchor_target
+    env = service_env(SettlementSettings, "settlement", values, s.services_env.get("settlement", {}), "services_env.settlement")
     return ServiceLaunch("settlement", "services.settlement", grpc_port, metrics_port, layout.log("settlement"),
                          layout.data_dir("settlement"), env)
 
@@ -137,32 +168,30 @@ def settlement_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port:
 def console_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
                    matcher_target: str, log_level: str = "INFO") -> ServiceLaunch:
     """The operator's console: its web page is on ``metrics_port`` (``/``)."""
-    p = "P2PEP_CONSOLE_"
-    env = _common(p, grpc_port, metrics_port, log_level)
-    env[f"{p}SETTLEMENT_TARGET"] = settlement_target
-    env[f"{p}MATCHER_TARGET"] = matcher_target
-    env.update(s.services_env.get("console", {}))
+    values = {**_common(grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
+              "matcher_target": matcher_target}
+    env = service_env(ConsoleSettings, "console", values, s.services_env.get("console", {}), "services_env.console")
     return ServiceLaunch("console", "services.console", grpc_port, metrics_port, layout.log("console"),
                          layout.data_dir("console"), env)
 
 
-def meter_source_env(m: MeterSpec) -> dict[str, str]:
-    p = "P2PEP_METER_"
-    env = {f"{p}SOURCE": m.source, f"{p}LAT": repr(m.lat), f"{p}LON": repr(m.lon), f"{p}TZ": m.tz}
+def meter_source_values(m: MeterSpec) -> dict[str, object]:
+    """The meter settings of what flows through it (its source, and a prosumer's load and PV)."""
+    values: dict[str, object] = {"source": m.source, "lat": m.lat, "lon": m.lon, "tz": m.tz}
     if m.source == "constant":
-        env[f"{p}CONSTANT_W"] = str(m.constant_w)
+        values["constant_w"] = m.constant_w
     elif m.source == "pv":
-        env[f"{p}PV_KWP"] = kwp(m.pv_wp)
+        values["pv_kwp"] = kwp(m.pv_wp)
     elif m.source == "h0":
-        env[f"{p}ANNUAL_KWH"] = str(m.annual_kwh)
+        values["annual_kwh"] = m.annual_kwh
     elif m.source == "csv":
-        env[f"{p}CSV_PATH"] = m.csv_path
+        values["csv_path"] = m.csv_path
     if m.role == "prosumer":  # a prosumer nets its household load against its PV
         if m.annual_kwh:
-            env[f"{p}ANNUAL_KWH"] = str(m.annual_kwh)
+            values["annual_kwh"] = m.annual_kwh
         if m.pv_wp:
-            env[f"{p}PV_KWP"] = kwp(m.pv_wp)
-    return env
+            values["pv_kwp"] = kwp(m.pv_wp)
+    return values
 
 
 def meter_launch(
@@ -179,33 +208,33 @@ def meter_launch(
     log_level: str = "INFO",
 ) -> ServiceLaunch:
     """``peers``: the other meters' lnd nodes (their p2p addresses, for direct channels)."""
-    p = "P2PEP_METER_"
     data = layout.data_dir(m.name)
     t = s.timing
-    env = _common(p, grpc_port, metrics_port, log_level)
-    env.update({
-        f"{p}METER_ID": m.name,
-        f"{p}ROLE": m.role,
-        f"{p}KEY_PATH": str(data / "meter.key"),
-        f"{p}DB_PATH": str(data / "meter.db"),
-        f"{p}LND_RPCSERVER": node.rpcserver,
-        f"{p}LND_TLS_CERT": node.tls_cert,
-        f"{p}LND_MACAROON": node.macaroon,
-        f"{p}LND_P2P": node.p2p,
-        f"{p}MATCHER_TARGET": matcher_target,
-        f"{p}SETTLEMENT_TARGET": settlement_target,
-        f"{p}SIM_START": t.sim_start.isoformat(),
-        f"{p}ACCEL": str(t.accel),
-        f"{p}TICK_S": repr(t.tick_s),
-        f"{p}WINDOW_S": str(t.window_s),
-        f"{p}PRICE_MSAT_PER_KWH": str(m.price_msat_per_kwh),
-        f"{p}NETWORK_MODE": "hub" if hub is not None else "adhoc",
-    })
+    values: dict[str, object] = {
+        **_common(grpc_port, metrics_port, log_level),
+        "meter_id": m.name,
+        "role": m.role,
+        "key_path": data / "meter.key",
+        "db_path": str(data / "meter.db"),
+        "lnd_rpcserver": node.rpcserver,
+        "lnd_tls_cert": node.tls_cert,
+        "lnd_macaroon": node.macaroon,
+        "lnd_p2p": node.p2p,
+        "matcher_target": matcher_target,
+        "settlement_target": settlement_target,
+        "sim_start": t.sim_start,
+        "accel": t.accel,
+        "tick_s": t.tick_s,
+        "window_s": t.window_s,
+        "price_msat_per_kwh": m.price_msat_per_kwh,
+        "network_mode": "hub" if hub is not None else "adhoc",
+    }
     if hub is not None:
-        env[f"{p}HUB"] = f"{hub.pubkey}@{hub.p2p}"
+        values["hub"] = f"{hub.pubkey}@{hub.p2p}"
     others = [n for n in peers if n.name != m.name]
     if others:
-        env[f"{p}PEERS"] = ",".join(f"{n.name}={n.pubkey}@{n.p2p}" for n in others)
-    env.update(meter_source_env(m))
-    env.update(m.env)
+        values["peers"] = ",".join(f"{n.name}={n.pubkey}@{n.p2p}" for n in others)
+    values.update(meter_source_values(m))
+    where = f"meters[{s.meter_names.index(m.name)}].env" if m.name in s.meter_names else f"{m.name}.env"
+    env = service_env(MeterSettings, m.name, values, m.env, where)
     return ServiceLaunch(m.name, "services.meter", grpc_port, metrics_port, layout.log(m.name), data, env)

@@ -123,7 +123,7 @@ class MeterSpec:
     lat: float = 52.52
     lon: float = 13.405
     tz: str = "Europe/Berlin"
-    env: Mapping[str, str] = field(default_factory=dict)  # extra P2PEP_METER_* overrides
+    env: Mapping[str, str] = field(default_factory=dict)  # extra P2PEP_METER_* overrides (MeterSettings)
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,7 @@ class Scenario:
     payment_timeout_s: int = 10
     matcher_mode: str = "continuous"
     events: tuple[Event, ...] = ()
+    # service -> its settings' environment variables (raw names, e.g. P2PEP_SETTLEMENT_SWEEP_INTERVAL_S)
     services_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     expect: tuple[str, ...] = DEFAULT_EXPECT  # checks (p2pep.scenario.report) that must hold
     anchor: bool = False  # also run the anchor service (the hub's wallet anchors contract hashes)
@@ -297,6 +298,19 @@ _METER_KEYS = {"name", "role", "source", "price_msat_per_kwh", "constant_w", "pv
                "lat", "lon", "tz", "env"}
 
 
+def _check_variable(service: str, variable: str, where: str) -> None:
+    """An environment override must be a variable the service's settings class reads
+    (its values are checked when the service's environment is built, see p2pep.scenario.launch)."""
+    # imported here: the settings classes pull in the service runtime, parsing needs it only here
+    from p2pep.servicekit.settings import setting_of
+    from p2pep.settings import SERVICE_SETTINGS
+
+    try:
+        setting_of(SERVICE_SETTINGS[service], variable)
+    except ValueError as exc:
+        raise ScenarioError(where, str(exc)) from None
+
+
 def _parse_meter(m: Mapping[str, Any], i: int, defaults: Mapping[str, Any]) -> MeterSpec:
     where = f"meters[{i}]"
     merged = {**defaults, **m}
@@ -322,6 +336,8 @@ def _parse_meter(m: Mapping[str, Any], i: int, defaults: Mapping[str, Any]) -> M
         tz=_get(merged, "tz", str, where, "Europe/Berlin"),
         env={str(k): str(v) for k, v in _get(merged, "env", dict, where, {}).items()},
     )
+    for variable in spec.env:
+        _check_variable("meter", variable, f"{where}.env.{variable}")
     needs = {"constant": ("constant_w", spec.constant_w), "pv": ("pv_wp", spec.pv_wp),
              "h0": ("annual_kwh", spec.annual_kwh)}
     if source in needs:
@@ -400,6 +416,8 @@ def parse_scenario(data: Mapping[str, Any], default_name: str = "") -> Scenario:
             raise ScenarioError(f"services_env.{svc}", f"unknown service (one of {', '.join(CORE_SERVICES)})")
         if not isinstance(env, dict):
             raise ScenarioError(f"services_env.{svc}", "must be a table of environment variables")
+        for variable in env:
+            _check_variable(svc, variable, f"services_env.{svc}.{variable}")
     network = _parse_network(_get(data, "network", dict, "", {}))
     anchor = _get(data, "anchor", bool, "", False)
     if anchor and not network.hub:

@@ -11,11 +11,12 @@ hash with their reading keys (DER ECDSA, as for readings). Its life::
 (the states and their names are those of ``ContractState`` in settlement.proto).
 
 The signed terms extend the matcher's contract terms
-(:func:`p2pep.market.contracts.contract_terms`, whose hash is ``Contract.hash`` in
+(:func:`p2pep.market.contracts.contract_terms`, whose hash is ``Contract.match_hash`` in
 common.proto) with both meters' public keys and the increment size, so the
 signatures also commit to who signs readings for each side and to the payment
-granularity; :meth:`ContractTerms.match_hash` recomputes the matcher's hash so
-settlement can check a contract against the match it came from.
+granularity. Their hash, :meth:`ContractTerms.hash`, is ``Contract.hash``: what both
+meters sign and what is anchored. :meth:`ContractTerms.match_hash` recomputes the
+matcher's hash, to check a contract against the match it came from.
 
 When it ends, :func:`settlement_summary` states what was delivered and paid; its
 :func:`p2pep.canonical.settlement_hash` is what gets anchored.
@@ -110,13 +111,16 @@ class ContractTerms:
         return cls(**{n: doc[n] for n in names})
 
     def hash(self) -> bytes:
+        """The contract's hash (``Contract.hash`` in common.proto): signed by both meters, anchored."""
         return contract_hash(self.canonical())
 
     def hash_hex(self) -> str:
         return self.hash().hex()
 
-    def match_hash(self) -> bytes:
-        """The matcher's hash of the same contract (``Contract.hash`` in common.proto)."""
+    def match_hash(self, matcher_tier: int) -> bytes:
+        """The matcher's hash of the match this contract came from (``Contract.match_hash``
+        in common.proto), given the ``Tier`` the matcher gave it: ``tier`` here is the
+        consumer's allocation priority, a different number."""
         return contract_hash(
             match_terms(
                 contract_id=self.contract_id,
@@ -126,7 +130,7 @@ class ContractTerms:
                 price_msat_per_kwh=self.price_msat_per_kwh,
                 start_ms=self.start_ms,
                 end_ms=self.end_ms,
-                tier=self.tier,
+                tier=matcher_tier,
             )
         )
 

@@ -12,29 +12,23 @@ import asyncio
 
 import structlog
 
-from p2pep import servicekit
-from p2pep.anchor.anchorer import Anchorer, AnchorerConfig
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.chain.btcd_rpc import BtcdRpc, BtcdRpcConfig
-from p2pep.servicekit import ServiceHost, configure_logging, run_service
+from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
+from p2pep.settings.anchor import AnchorSettings
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
+from services.anchor.anchorer import Anchorer, AnchorerConfig
 from services.anchor.servicer import AnchorServicer
-from services.anchor.settings import AnchorSettings
 from services.anchor.wallet import CountingWallet
 from services.anchor.watcher import BlockWatcher
 
 log = structlog.get_logger(__name__)
 
 
-def load_settings() -> AnchorSettings:
-    """Settings from the environment; a bad or missing variable exits with a one-line message naming it."""
-    return servicekit.load_settings(AnchorSettings, "anchor")
-
-
 async def main(stop: asyncio.Event) -> None:
-    settings = load_settings()
+    settings = load_settings(AnchorSettings, "anchor")
     configure_logging(settings.log_level, json=settings.log_json, service="anchor")
     rpc = BtcdRpc(BtcdRpcConfig(settings.btcd_rpchost, settings.btcd_user, settings.btcd_pass, settings.btcd_cert))
     chain = BtcdChain(rpc)

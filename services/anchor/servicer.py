@@ -6,11 +6,11 @@ from typing import Any
 
 import grpc
 
-from p2pep.anchor.anchorer import Anchorer
 from p2pep.anchor.wire import WireError, batch_to_pb, leaves_from_pb, proof_status_to_pb
 from p2pep.refusals import InvalidArgument
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
+from services.anchor.anchorer import Anchorer
 
 DEFAULT_BATCH_LIMIT = 100
 

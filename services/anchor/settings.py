@@ -1,29 +1,7 @@
-"""The anchor service's configuration (environment variables ``P2PEP_ANCHOR_*``)."""
+"""Re-exports :mod:`p2pep.settings.anchor`, where the settings class lives (the launcher
+needs it too); kept so imports of ``services.anchor.settings`` keep working. New code
+imports ``p2pep.settings.anchor``."""
 
-from __future__ import annotations
+from p2pep.settings.anchor import AnchorSettings
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
-
-from p2pep.servicekit import BaseServiceSettings
-
-
-class AnchorSettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="P2PEP_ANCHOR_", extra="ignore")
-
-    db_path: str = "anchor.sqlite"
-    # The operator's hub node: the only service holding this macaroon (it spends on-chain).
-    lnd_rpcserver: str = Field(description="host:port of the hub's lnd gRPC")
-    lnd_tls_cert: str = Field(description="path of the hub's tls.cert")
-    lnd_macaroon: str = Field(description="path of a hub macaroon allowed to use walletrpc.SendOutputs")
-    btcd_rpchost: str = Field(description="host:port of btcd's JSON-RPC (btcd runs with --txindex)")
-    btcd_user: str
-    btcd_pass: str
-    btcd_cert: str = Field(description="path of btcd's rpc.cert")
-    every_blocks: int = Field(default=1, ge=1, description="a batch closes this many blocks after its first leaf")
-    max_leaves: int = Field(default=1000, ge=1, description="... or as soon as it holds this many leaves")
-    min_confirmations: int = Field(default=6, ge=1, description="K: blocks deep before a proof is confirmed")
-    watch_depth: int = Field(default=144, ge=1, description="mined batches this close to the tip are re-checked")
-    sat_per_vbyte: int = Field(default=1, ge=1, description="fee rate of anchoring transactions")
-    poll_s: float = Field(default=1.0, gt=0, description="how often btcd's tip is polled")
-    max_request_leaves: int = Field(default=100_000, ge=1, description="leaves accepted in one AddLeaves call")
+__all__ = ["AnchorSettings"]

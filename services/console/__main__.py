@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from p2pep import servicekit
-from p2pep.servicekit import ServiceHost, configure_logging, run_service
+from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.settings.console import ConsoleSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
-from services.console.settings import ConsoleSettings
 from services.console.web import Console, add_console_routes
 
 
-def load_settings() -> ConsoleSettings:
-    """Settings from the environment; a bad or missing variable exits with a one-line message naming it."""
-    return servicekit.load_settings(ConsoleSettings, "console")
-
-
 async def main(stop: asyncio.Event) -> None:
-    s = load_settings()
+    s = load_settings(ConsoleSettings, "console")
     configure_logging(s.log_level, json=s.log_json, service="console")
     channels = [channel(s.settlement_target)]
     matcher = None

@@ -1,16 +1,7 @@
-"""The console's configuration (environment variables ``P2PEP_CONSOLE_*``)."""
+"""Re-exports :mod:`p2pep.settings.console`, where the settings class lives (the launcher
+needs it too); kept so imports of ``services.console.settings`` keep working. New code
+imports ``p2pep.settings.console``."""
 
-from __future__ import annotations
+from p2pep.settings.console import ConsoleSettings
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
-
-from p2pep.servicekit import BaseServiceSettings
-
-
-class ConsoleSettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="P2PEP_CONSOLE_", extra="ignore")
-
-    settlement_target: str = Field(min_length=1, description="host:port of settlement")
-    matcher_target: str = Field(default="", description="host:port of the matcher; empty: no order book view")
-    rpc_timeout_s: float = Field(default=10.0, gt=0)
+__all__ = ["ConsoleSettings"]

@@ -1,4 +1,4 @@
-"""Wiring: store + matcher state + gRPC servicer + background loops on a ServiceHost."""
+"""Wiring: store + the matcher core + gRPC servicer + background loops on a ServiceHost."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from contextlib import suppress
 
 from p2pep.pbconv import now_ms
 from p2pep.servicekit import ServiceHost
+from p2pep.settings.matcher import MatcherSettings
 from p2pep.v1 import matcher_pb2_grpc
+from services.matcher.matcher import Matcher
 from services.matcher.servicer import MatcherServicer
-from services.matcher.settings import MatcherSettings
-from services.matcher.state import Matcher
 from services.matcher.store import Store
 
 SERVICE_NAME = "p2pep.v1.MatcherService"

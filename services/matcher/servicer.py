@@ -20,7 +20,7 @@ from p2pep.v1 import matcher_pb2, matcher_pb2_grpc
 from services.matcher import metrics as M
 from services.matcher.convert import order_msg, parse_order
 from services.matcher.events import Subscription
-from services.matcher.state import Matcher, StorageFailed
+from services.matcher.matcher import Matcher, StorageFailed
 
 log = structlog.get_logger("matcher")
 

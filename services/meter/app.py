@@ -8,15 +8,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from p2pep import servicekit
 from p2pep.lnd.client import LndClient, LndConnection
-from p2pep.servicekit import ServiceHost, configure_logging
+from p2pep.servicekit import ServiceHost, configure_logging, load_settings
+from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import meter_pb2_grpc
 from services.meter.household import add_household_routes
 from services.meter.lightning import LightningNode
 from services.meter.meter import Meter
 from services.meter.servicer import MeterServicer
-from services.meter.settings import MeterSettings
 
 log = structlog.get_logger("meter")
 
@@ -53,13 +52,8 @@ def lnd_client(s: MeterSettings) -> LndClient:
     return LndClient(LndConnection(s.meter_id, s.lnd_rpcserver, s.lnd_tls_cert, s.lnd_macaroon))
 
 
-def load_settings() -> MeterSettings:
-    """Settings from the environment; a bad or missing variable exits with a one-line message naming it."""
-    return servicekit.load_settings(MeterSettings, "meter")
-
-
 async def main(stop: asyncio.Event) -> None:
-    settings = load_settings()
+    settings = load_settings(MeterSettings, "meter")
     configure_logging(settings.log_level, json=settings.log_json, service=f"meter:{settings.meter_id}")
     app = await start_meter(settings, lnd_client(settings))
     failed = asyncio.create_task(app.meter.failed.wait())

@@ -21,11 +21,8 @@ import structlog
 
 from p2pep.lnd.client import LndError
 from p2pep.lndrpc import lightning_pb2 as ln
-from p2pep.pbconv import now_ms
-from p2pep.v1 import meter_pb2
-from services.meter import metrics
-from services.meter.book import ContractView, Party
-from services.meter.checks import (
+from p2pep.metering.contract_book import ContractView, Party
+from p2pep.metering.request_checks import (
     Code,
     DecodedInvoice,
     Refusal,
@@ -35,6 +32,9 @@ from services.meter.checks import (
     check_not_paying_ahead,
     fee_limit_msat,
 )
+from p2pep.pbconv import now_ms
+from p2pep.v1 import meter_pb2
+from services.meter import metrics
 from services.meter.contracts import ContractDesk
 from services.meter.parts import MeterParts, MeterState
 from services.meter.store import FAILED, PENDING, SUCCEEDED, InvoiceRow, PaymentRow

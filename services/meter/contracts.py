@@ -9,13 +9,9 @@ import time
 import grpc
 import structlog
 
-from p2pep.pbconv import now_ms
-from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
-from p2pep.settling.increments import amount_msat
-from p2pep.settling.records import STATE_FROM_PB, contract_record
-from p2pep.v1 import settlement_pb2
-from services.meter.book import ContractView, Party
-from services.meter.checks import (
+from p2pep.metering.contract_book import ContractView, Party
+from p2pep.metering.ordering import ordered_wh
+from p2pep.metering.request_checks import (
     Code,
     Refusal,
     SigningPolicy,
@@ -23,10 +19,14 @@ from services.meter.checks import (
     fee_limit_msat,
     parse_terms,
 )
+from p2pep.pbconv import now_ms
+from p2pep.settings.meter import parse_node_address
+from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
+from p2pep.settling.increments import amount_msat
+from p2pep.settling.records import STATE_FROM_PB, contract_record
+from p2pep.v1 import settlement_pb2
 from services.meter.lightning import ensure_channel
-from services.meter.ordering import ordered_wh
 from services.meter.parts import MeterParts, MeterState
-from services.meter.settings import parse_node_address
 
 log = structlog.get_logger("meter.contracts")
 

@@ -1,7 +1,7 @@
 """The meter's own LND node: readiness, channels, cached balances.
 
 The meter talks to its node through :class:`LightningNode`, the subset of
-:class:`p2pep.lnd.client.LndClient` it uses (tests pass a fake with the same methods).
+:class:`p2pep.lnd.client.LndClient` it uses (tests pass ``tests/fakes/lightning.py``).
 """
 
 from __future__ import annotations

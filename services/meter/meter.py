@@ -29,6 +29,8 @@ import grpc
 import structlog
 
 from p2pep.metering.clock import SimClock
+from p2pep.metering.contract_book import ContractBook, Party
+from p2pep.metering.ordering import window_index
 from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.registers import Registers, RegisterSnapshot
 from p2pep.metering.relay import Relay, RelayReason, RelayTransition
@@ -38,10 +40,10 @@ from p2pep.metering.sources import FlowTimeline
 from p2pep.pbconv import now_ms
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.supervise import Backoff, supervised
+from p2pep.settings.meter import MeterSettings, parse_node_address
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import metrics
 from services.meter.billing import Billing
-from services.meter.book import ContractBook, Party
 from services.meter.contracts import ContractDesk
 from services.meter.lightning import (
     BalanceCache,
@@ -50,11 +52,9 @@ from services.meter.lightning import (
     ensure_channel,
     wait_node_ready,
 )
-from services.meter.ordering import window_index
 from services.meter.parts import MeterParts
 from services.meter.relay_control import RelayControl
 from services.meter.sender import ReadingSender
-from services.meter.settings import MeterSettings, parse_node_address
 from services.meter.sources import build_timeline
 from services.meter.store import MeterStore
 from services.meter.trader import Trader

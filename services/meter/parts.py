@@ -14,11 +14,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from p2pep.metering.contract_book import ContractBook
 from p2pep.metering.signing import MeterKey
+from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import settlement_pb2, settlement_pb2_grpc
-from services.meter.book import ContractBook
 from services.meter.lightning import LightningNode
-from services.meter.settings import MeterSettings
 from services.meter.store import MeterStore
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import structlog
 
+from p2pep.metering.contract_book import ContractBook
 from p2pep.metering.relay import Demand, Relay, RelayReason, RelayTransition
+from p2pep.metering.request_checks import own_check_blocks
 from p2pep.pbconv import now_ms
 from services.meter import metrics
-from services.meter.book import ContractBook
-from services.meter.checks import own_check_blocks
 
 log = structlog.get_logger("meter")
 

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
+from p2pep.metering.request_checks import Refusal
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2
 from services.meter import metrics
-from services.meter.checks import Refusal
 from services.meter.contracts import record_of
 from services.meter.meter import Meter
 from services.meter.store import SUCCEEDED

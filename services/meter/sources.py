@@ -24,7 +24,7 @@ from p2pep.metering.sources import (
     SiteLocation,
     day_bounds_ms,
 )
-from services.meter.settings import MeterSettings
+from p2pep.settings.meter import MeterSettings
 
 
 @dataclass(frozen=True)

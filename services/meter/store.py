@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from p2pep.canonical import canonical_json
+from p2pep.metering.contract_book import ContractView, Party
+from p2pep.metering.ordering import PlacedOrder
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.registers import RegisterSnapshot
 from p2pep.settling.contracts import ContractState, ContractTerms
 from p2pep.sqlitedb import Database
-from services.meter.book import ContractView, Party
-from services.meter.ordering import PlacedOrder
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);

@@ -18,13 +18,13 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
+from p2pep.metering.contract_book import ContractBook, Party
+from p2pep.metering.ordering import PlacedOrder, demand_wh, order_id, supply_wh
 from p2pep.pbconv import now_ms
 from p2pep.servicekit.supervise import Backoff, GaveUp, supervised
+from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc
 from services.meter import metrics
-from services.meter.book import ContractBook, Party
-from services.meter.ordering import PlacedOrder, demand_wh, order_id, supply_wh
-from services.meter.settings import MeterSettings
 from services.meter.store import MeterStore
 
 log = structlog.get_logger("meter.trader")

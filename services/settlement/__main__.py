@@ -6,18 +6,18 @@ import asyncio
 
 import grpc
 
-from p2pep.servicekit import ServiceHost, configure_logging, run_service
+from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.settings.settlement import SettlementSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.settlement.engine import Engine
 from services.settlement.matcher_feed import follow_matcher
 from services.settlement.server import SettlementServicer
-from services.settlement.settings import SettlementSettings
 from services.settlement.store import Store
 
 
 async def main(stop: asyncio.Event) -> None:
-    s = SettlementSettings()
+    s = load_settings(SettlementSettings, "settlement")
     configure_logging(s.log_level, json=s.log_json)
     store = await Store.open(s.db_path, s.sqlite_busy_timeout_ms)
     matcher = None

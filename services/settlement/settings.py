@@ -1,29 +1,7 @@
-"""Settlement's configuration (environment variables ``P2PEP_SETTLEMENT_*``)."""
+"""Re-exports :mod:`p2pep.settings.settlement`, where the settings class lives (the launcher
+needs it too); kept so imports of ``services.settlement.settings`` keep working. New code
+imports ``p2pep.settings.settlement``."""
 
-from __future__ import annotations
+from p2pep.settings.settlement import SettlementSettings
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
-
-from p2pep.servicekit import BaseServiceSettings
-
-
-class SettlementSettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="P2PEP_SETTLEMENT_", extra="ignore")
-
-    db_path: str = "settlement.sqlite"
-    matcher_target: str = Field(default="", description="host:port of the matcher; empty: no matcher feed")
-    anchor_target: str = Field(default="", description="host:port of the anchor service; empty: no anchoring")
-    increment_wh: int = Field(default=10, gt=0)
-    payment_timeout_s: int = Field(default=20, gt=0)
-    contract_period_s: int = Field(default=900, gt=0, description="used when a match carries no end time")
-    party_silence_s: float = Field(default=15.0, gt=0, description="a party whose readings stop this long has left")
-    sweep_interval_s: float = Field(default=0.5, gt=0)
-    worker_attempts: int = Field(
-        default=8, gt=0, description="failures in a row of a contract's payment worker before the contract is ended"
-    )
-    worker_backoff_initial_s: float = Field(default=0.2, gt=0, description="first retry delay of a failed worker step")
-    worker_backoff_max_s: float = Field(default=10.0, gt=0, description="longest retry delay of a failed worker step")
-    sqlite_busy_timeout_ms: int = Field(
-        default=5000, ge=0, description="a write waits this long for another process's lock on the database, then fails"
-    )
+__all__ = ["SettlementSettings"]

@@ -1,4 +1,4 @@
-"""In-memory chain and wallet with btcd-like behaviour, for tests and demos (no I/O).
+"""In-memory chain and wallet with btcd-like behaviour, for tests (no I/O).
 
 :class:`FakeChain` keeps a best chain of blocks, a mempool and orphaned blocks.  Like btcd,
 disconnecting blocks (:meth:`FakeChain.reorg`) puts their transactions back in the mempool

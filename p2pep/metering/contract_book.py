@@ -1,4 +1,4 @@
-"""The meter's own view of its contracts (pure; :mod:`.store` persists it).
+"""The meter's own view of its contracts (pure; the meter service's store persists it).
 
 Settlement reports each contract's state (``UpdateContract`` or a poll of its
 ``ListContracts``), but the meter does not take that as the truth for what it owes:

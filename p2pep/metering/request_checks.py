@@ -1,7 +1,7 @@
 """The meter's checks of settlement's requests against its own state (pure).
 
 Every refusal is a :class:`Refusal` with a gRPC-style code and the request field it
-is about; the servicer turns it into a status and a message that starts with the
+is about; the meter's gRPC servicer turns it into a status and a message that starts with the
 field's name ("terms_json.price_msat_per_kwh: ...").
 """
 
@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from p2pep.metering.contract_book import ContractView, Party
 from p2pep.refusals import Refused
 from p2pep.settling.contracts import ContractError, ContractState, ContractTerms
 from p2pep.settling.increments import IncrementClaimError, check_increment_claim
-from services.meter.book import ContractView, Party
 
 
 class Code(StrEnum):

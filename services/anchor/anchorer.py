@@ -1,4 +1,4 @@
-"""The anchoring service logic: batch leaves, anchor roots, track blocks, survive reorgs.
+"""The anchor service's logic: batch leaves, anchor roots, track blocks, survive reorgs.
 
 State lives in SQLite (tables ``anchor_leaves``, ``anchor_batches``, ``anchor_txs``,
 ``anchor_proofs``; the file may be shared with other components).  A batch moves through
@@ -33,20 +33,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Gauge
 
 from p2pep.anchor import opreturn
 from p2pep.anchor.batching import BatchPolicy, PendingLeaf, close_batches
 from p2pep.anchor.chain import AnchorWallet, ChainError, ChainNotFound, ChainView
 from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
 from p2pep.anchor.merkle import MerkleTree
+from p2pep.anchor.records import BatchInfo, StoredProof
 from p2pep.sqlitedb import Database
+from services.anchor.metrics import ANCHOR_REORGS, ANCHOR_TXS, LEAVES_PENDING
 
 log = structlog.get_logger(__name__)
-
-ANCHOR_TXS = Counter("p2pep_anchor_transactions", "Anchor transactions published", ["reason"])
-ANCHOR_REORGS = Counter("p2pep_anchor_reorgs", "Anchored batches whose block left the best chain")
-LEAVES_PENDING = Gauge("p2pep_anchor_leaves_pending", "Leaves waiting in the open batch")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS anchor_batches (
@@ -101,27 +98,6 @@ class AnchorerConfig:
             raise ValueError("sat_per_vbyte must be >= 1")
         if self.watch_depth < self.min_confirmations:
             raise ValueError("watch_depth must be >= min_confirmations")
-
-
-@dataclass(frozen=True)
-class StoredProof:
-    contract_id: str
-    proof: AnchorProof
-    confirmations: int
-    confirmed: bool
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    id: int
-    root: bytes
-    size: int
-    state: str
-    txid: str | None
-    block_hash: str | None
-    height: int | None
-    reanchors: int
-    txids: tuple[str, ...]  # every tx that ever anchored this root, oldest first
 
 
 @dataclass

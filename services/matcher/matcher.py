@@ -1,4 +1,4 @@
-"""The matcher's state and operations: the market core plus persistence and events.
+"""The matcher service's core (:class:`Matcher`): the market plus persistence and events.
 
 Every operation that changes the book runs under one lock: it changes the in-memory
 market, writes all effects in one SQLite transaction, and only then publishes its
@@ -32,11 +32,11 @@ from p2pep.market import (
 )
 from p2pep.market.validation import check_id, make_order
 from p2pep.pbconv import enum_value, ms_ts, now_ms, ts_ms
+from p2pep.settings.matcher import MatcherSettings
 from p2pep.v1 import common_pb2, matcher_pb2
 from services.matcher import metrics as M
 from services.matcher.convert import ServiceOrder, order_msg
 from services.matcher.events import EventHub
-from services.matcher.settings import MatcherSettings
 from services.matcher.store import Changes, Store, partners_json
 
 log = structlog.get_logger("matcher")
@@ -59,7 +59,7 @@ class ContractRec:
     start_ms: int
     end_ms: int
     tier: int
-    hash: bytes
+    match_hash: bytes  # Contract.match_hash (the store's column is `hash`)
     buy_order: str
     sell_order: str
     renews: str | None
@@ -70,7 +70,7 @@ class ContractRec:
     def row(self) -> tuple[object, ...]:
         return (
             self.contract_id, self.consumer, self.supplier, self.energy_wh, self.price, self.start_ms,
-            self.end_ms, self.tier, self.hash, self.buy_order, self.sell_order, self.renews,
+            self.end_ms, self.tier, self.match_hash, self.buy_order, self.sell_order, self.renews,
             int(self.ended), self.outcome, self.delivered_wh,
         )
 
@@ -84,7 +84,8 @@ class ContractRec:
         return common_pb2.Contract(
             contract_id=self.contract_id, consumer=self.consumer, supplier=self.supplier,
             energy_wh=self.energy_wh, price_msat_per_kwh=self.price, start=ms_ts(self.start_ms),
-            end=ms_ts(self.end_ms), tier=enum_value(common_pb2.Tier, self.tier), hash=self.hash, buy_order_id=self.buy_order,
+            end=ms_ts(self.end_ms), tier=enum_value(common_pb2.Tier, self.tier), match_hash=self.match_hash,
+            buy_order_id=self.buy_order,
             sell_order_id=self.sell_order, renews_contract_id=self.renews or "",
         )
 

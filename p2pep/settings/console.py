@@ -1,0 +1,16 @@
+"""The console's configuration (environment variables ``P2PEP_CONSOLE_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from p2pep.servicekit.settings import BaseServiceSettings
+
+
+class ConsoleSettings(BaseServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="P2PEP_CONSOLE_", extra="ignore")
+
+    settlement_target: str = Field(min_length=1, description="host:port of settlement")
+    matcher_target: str = Field(default="", description="host:port of the matcher; empty: no order book view")
+    rpc_timeout_s: float = Field(default=10.0, gt=0)
