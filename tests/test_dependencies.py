@@ -1,9 +1,9 @@
-"""Every third-party import is declared in pyproject.toml.
+"""Every third-party import is declared in pyproject.toml and pinned in requirements.lock.
 
 A module that is only installed because something else pulls it in (numpy via pandas)
 works until that something changes; so each import of p2pep/, services/, scripts/ and
 bench/ must name a distribution in ``dependencies``, and each import of tests/ one in
-``dependencies`` or the ``dev`` extra.
+``dependencies`` or the ``dev`` extra. The lock must pin each of them (``make lock``).
 """
 
 from __future__ import annotations
@@ -92,3 +92,12 @@ def test_test_imports_are_declared() -> None:
     ]
     assert not missing, "not in pyproject.toml's dependencies or dev extra: " + "; ".join(missing)
 
+
+def test_lock_pins_every_declared_dependency() -> None:
+    pinned = {
+        _canon(m.group(1))
+        for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", (ROOT / "requirements.lock").read_text(), re.M)
+    }
+    deps = _pyproject()
+    unpinned = sorted((deps["runtime"] | deps["dev"]) - pinned)
+    assert not unpinned, f"requirements.lock lacks {unpinned}: run `make lock`"
