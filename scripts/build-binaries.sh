@@ -3,8 +3,12 @@
 # regtest/go.mod, into a cache outside the repo keyed by those versions and the
 # lnd build tags. A second run with the same key rebuilds nothing.
 # Prints the directory holding the binaries on its last line.
+# Go: the `go` on PATH if it satisfies regtest/go.mod's `go` directive, else that
+# exact release, fetched once into the cache by scripts/go_toolchain.py.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+gobin=$(python3 "$here/scripts/go_toolchain.py")
+export PATH="$gobin:$PATH" GOROOT="${gobin%/bin}"
 export GOTOOLCHAIN=local
 export GOFLAGS=-mod=mod
 LND_TAGS="signrpc walletrpc chainrpc invoicesrpc peersrpc routerrpc monitoring"
