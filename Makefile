@@ -5,17 +5,26 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 
-.PHONY: setup proto binaries lint test test-unit test-regtest up bench clean
+.PHONY: setup proto binaries lock lint test test-unit test-regtest up bench clean
 
 setup: $(STAMP) binaries proto
 
-$(STAMP): pyproject.toml
+# Exactly the versions in the lock (hash-checked), then the project itself;
+# `pip check` fails if pyproject.toml asks for something the lock lacks.
+$(STAMP): pyproject.toml $(LOCK)
 	bash scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Re-pin requirements.lock after a change to pyproject.toml's dependencies.
+lock:
+	bash scripts/lock.sh
 
 binaries:
 	bash scripts/build-binaries.sh >/dev/null

@@ -2,9 +2,21 @@
 # Builds lnd, lncli, btcd and btcctl from the module versions pinned in
 # regtest/go.mod, into a cache outside the repo keyed by those versions and the
 # lnd build tags. A second run with the same key rebuilds nothing.
-# Prints the directory holding the binaries on its last line.
+# Prints the directory holding the binaries on its last line; everything else
+# goes to stderr: which binary is being built (1/4 .. 4/4), and while one is,
+# a heartbeat every $P2PEP_BUILD_HEARTBEAT_S seconds (default 20) with the time
+# elapsed, modules downloaded and packages compiled. On a failure the tail of
+# the go command's output is shown and the full output kept in a log file.
+# Go: the `go` on PATH if it satisfies regtest/go.mod's `go` directive, else that
+# exact release, fetched once into the cache by scripts/go_toolchain.py.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+heartbeat_s=${P2PEP_BUILD_HEARTBEAT_S:-20}
+case "$heartbeat_s" in
+  '' | *[!0-9]* | 0) echo "build-binaries: P2PEP_BUILD_HEARTBEAT_S must be a positive number of seconds" >&2; exit 2 ;;
+esac
+gobin=$(python3 "$here/scripts/go_toolchain.py")
+export PATH="$gobin:$PATH" GOROOT="${gobin%/bin}"
 export GOTOOLCHAIN=local
 export GOFLAGS=-mod=mod
 LND_TAGS="signrpc walletrpc chainrpc invoicesrpc peersrpc routerrpc monitoring"
@@ -19,12 +31,83 @@ if [ -x "$out/lnd" ] && [ -x "$out/lncli" ] && [ -x "$out/btcd" ] && [ -x "$out/
   echo "$out"
   exit 0
 fi
+
+say() { echo "build-binaries: $*" >&2; }
+since() {  # START -> "12m05s" elapsed since START (epoch seconds)
+  local s=$(($(date +%s) - $1))
+  printf '%dm%02ds' $((s / 60)) $((s % 60))
+}
+count() {  # PATTERN-KIND LOG -> lines of LOG that are module downloads or package names
+  local n
+  case "$1" in
+    downloads) n=$(grep -c '^go: downloading ' "$2" 2>/dev/null) || true ;;
+    packages) n=$(grep -cv -e '^go: ' -e ' ' "$2" 2>/dev/null) || true ;;
+  esac
+  echo "${n:-0}"
+}
+
+# Prints a heartbeat for LABEL every $heartbeat_s seconds until killed (TERM).
+ticker() {  # LABEL START LOG TOTAL
+  local sp="" msg
+  trap '[ -n "$sp" ] && kill "$sp" 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep "$heartbeat_s" &
+    sp=$!
+    wait "$sp" || true
+    msg="$1: $(since "$2") elapsed"
+    [ "$(count downloads "$3")" -eq 0 ] || msg+=", $(count downloads "$3") modules downloaded"
+    [ "$4" -eq 0 ] || msg+=", $(count packages "$3") of up to $4 packages compiled"
+    say "  $msg"
+  done
+}
+
+ticker_pid=""
+stop_ticker() {
+  if [ -n "$ticker_pid" ]; then
+    kill "$ticker_pid" 2>/dev/null || true
+    wait "$ticker_pid" 2>/dev/null || true
+    ticker_pid=""
+  fi
+}
+trap stop_ticker EXIT
+
+# Runs CMD with its output in LOG and a ticker going; sets step_start.
+run() {  # LABEL LOG TOTAL CMD...
+  local label=$1 logf=$2 total=$3 rc=0
+  shift 3
+  step_start=$(date +%s)
+  ticker "$label" "$step_start" "$logf" "$total" >/dev/null &
+  ticker_pid=$!
+  "$@" >"$logf" 2>&1 || rc=$?
+  stop_ticker
+  if [ "$rc" -ne 0 ]; then
+    grep ' ' "$logf" | grep -v '^go: downloading ' | tail -n 30 >&2 || true
+    say "$label: \`$*\` failed (exit $rc); its whole output is in $logf"
+    exit "$rc"
+  fi
+}
+
+build() {  # I NAME PACKAGE BUILD-FLAGS...
+  local i=$1 name=$2 pkg=$3 total
+  shift 3
+  say "[$i/4] $name: listing its packages$([ "$i" = 1 ] && echo ' (downloads the pinned modules the first time)')"
+  run "$name" "$out.tmp/$name.deps" 0 go list -deps "$@" "$pkg"
+  total=$(count packages "$out.tmp/$name.deps")
+  say "[$i/4] $name: compiling (up to $total packages; those in Go's build cache are skipped)"
+  run "$name" "$out.tmp/$name.log" "$total" go build -v "$@" -o "$out.tmp/$name" "$pkg"
+  say "[$i/4] $name built in $(since "$step_start") ($(count packages "$out.tmp/$name.log") packages compiled)"
+}
+
 mkdir -p "$out.tmp"
-echo "building lnd $lnd_ver and btcd $btcd_ver into $out (takes several minutes once)" >&2
+start=$(date +%s)
+say "building lnd $lnd_ver and btcd $btcd_ver with $(go env GOVERSION) into $out"
+say "(once; 10 to 30 minutes on 2 cores, then cached)"
 ldflags="-s -w -X github.com/lightningnetwork/lnd/build.Commit=$lnd_ver"
-go build -trimpath -ldflags "$ldflags" -tags "$LND_TAGS" -o "$out.tmp/lnd" github.com/lightningnetwork/lnd/cmd/lnd
-go build -trimpath -ldflags "$ldflags" -tags "$LND_TAGS" -o "$out.tmp/lncli" github.com/lightningnetwork/lnd/cmd/lncli
-go build -trimpath -ldflags "-s -w" -o "$out.tmp/btcd" github.com/btcsuite/btcd
-go build -trimpath -ldflags "-s -w" -o "$out.tmp/btcctl" github.com/btcsuite/btcd/cmd/btcctl
+build 1 lnd github.com/lightningnetwork/lnd/cmd/lnd -trimpath -ldflags "$ldflags" -tags "$LND_TAGS"
+build 2 lncli github.com/lightningnetwork/lnd/cmd/lncli -trimpath -ldflags "$ldflags" -tags "$LND_TAGS"
+build 3 btcd github.com/btcsuite/btcd -trimpath -ldflags "-s -w"
+build 4 btcctl github.com/btcsuite/btcd/cmd/btcctl -trimpath -ldflags "-s -w"
+rm -f "$out.tmp"/*.deps "$out.tmp"/*.log
 rm -rf "$out" && mv "$out.tmp" "$out"
+say "lnd, lncli, btcd and btcctl built in $(since "$start")"
 echo "$out"

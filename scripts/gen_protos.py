@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from go_toolchain import ToolchainError, ensure_go  # scripts/, this script's directory
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,15 +79,26 @@ def gen_p2pep() -> None:
     touch_packages(out, ROOT / "p2pep")
 
 
+def go_command() -> tuple[str, dict[str, str]]:
+    """The `go` that can read regtest/go.mod (fetched if need be) and its environment."""
+    try:
+        gobin = ensure_go(ROOT / "regtest" / "go.mod")
+    except ToolchainError as e:
+        sys.exit(f"go toolchain: {e}")
+    env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod", GOROOT=str(gobin.parent),
+               PATH=f"{gobin}{os.pathsep}{os.environ.get('PATH', '')}")
+    return str(gobin / "go"), env
+
+
 def lnd_module_dir() -> Path:
-    env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
+    go, env = go_command()
     out = subprocess.run(
-        ["go", "list", "-m", "-f", "{{.Dir}}", "github.com/lightningnetwork/lnd"],
+        [go, "list", "-m", "-f", "{{.Dir}}", "github.com/lightningnetwork/lnd"],
         cwd=ROOT / "regtest", env=env, check=True, capture_output=True, text=True,
     ).stdout.strip()
     if not out or not Path(out).is_dir():
         subprocess.run(
-            ["go", "mod", "download", "github.com/lightningnetwork/lnd"],
+            [go, "mod", "download", "github.com/lightningnetwork/lnd"],
             cwd=ROOT / "regtest", env=env, check=True,
         )
         return lnd_module_dir()

@@ -47,5 +47,9 @@ def find_binaries() -> Binaries:
     script = REPO / "scripts" / "build-binaries.sh"
     if not script.exists():
         raise RegtestError("P2PEP_BIN_DIR is not set and scripts/build-binaries.sh is not available")
-    out = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True)
-    return Binaries(Path(out.stdout.strip().splitlines()[-1]))
+    # stderr is not captured: the first build takes many minutes and reports its progress there.
+    out = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RegtestError(f"scripts/build-binaries.sh failed (exit {out.returncode}); its messages are above")
+    return Binaries(Path(lines[-1]))

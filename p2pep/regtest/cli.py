@@ -1,4 +1,8 @@
-"""`p2pep regtest up|status|mine|down`."""
+"""`p2pep regtest up|status|mine|down`.
+
+``p2pep.regtest.network`` (and the LND stubs under it) is imported inside each command,
+so that ``p2pep regtest --help`` works before ``make setup`` has generated the stubs.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from p2pep.regtest.errors import RegtestError
-from p2pep.regtest.network import NetworkSpec, RegtestNetwork
 from p2pep.regtest.state import default_run_dir
 
 
@@ -18,6 +21,8 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    from p2pep.regtest.network import NetworkSpec, RegtestNetwork
+
     direct = [tuple(p.split(":", 1)) for p in args.direct or []]
     spec = NetworkSpec(meters=args.meters, hub=not args.no_hub, direct_channels=direct)
     net = await RegtestNetwork.up(spec, _run_dir(args))
@@ -54,6 +59,8 @@ def _print_status(st: dict[str, Any]) -> None:
 
 
 async def _status(args: argparse.Namespace) -> int:
+    from p2pep.regtest.network import RegtestNetwork
+
     net = RegtestNetwork.attach(_run_dir(args))
     try:
         st = await net.status()
@@ -67,6 +74,8 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _mine(args: argparse.Namespace) -> int:
+    from p2pep.regtest.network import RegtestNetwork
+
     net = RegtestNetwork.attach(_run_dir(args))
     try:
         hashes = await net.mine(args.blocks)
@@ -78,6 +87,8 @@ async def _mine(args: argparse.Namespace) -> int:
 
 
 async def _down(args: argparse.Namespace) -> int:
+    from p2pep.regtest.network import RegtestNetwork
+
     try:
         net = RegtestNetwork.attach(_run_dir(args))
     except RegtestError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import signal
 import subprocess
@@ -24,14 +25,19 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def ensure_built(say: Callable[[str], None]) -> None:
-    """Generate the gRPC stubs and build lnd/btcd if they are missing (both cached)."""
-    if not (REPO / "p2pep" / "v1" / "settlement_pb2.py").exists() or not (REPO / "p2pep" / "lndrpc").exists():
-        say("generating gRPC stubs (scripts/gen_protos.py)")
-        subprocess.run([sys.executable, str(REPO / "scripts" / "gen_protos.py")], check=True)
+    """Build lnd/btcd and generate the gRPC stubs if they are missing (both cached).
+
+    The binaries come first: their build fetches the Go toolchain and the pinned lnd
+    module, whose protos the stub generator reads. The build's progress goes to stderr.
+    """
     from p2pep.regtest.binaries import find_binaries
 
     say("checking lnd/btcd binaries (built once from the pinned Go modules, then cached)")
     find_binaries()
+    if not (REPO / "p2pep" / "v1" / "settlement_pb2.py").exists() or not (REPO / "p2pep" / "lndrpc").exists():
+        say("generating gRPC stubs (scripts/gen_protos.py)")
+        subprocess.run([sys.executable, str(REPO / "scripts" / "gen_protos.py")], check=True)
+        importlib.invalidate_caches()
 
 
 def _install_stop(stop: asyncio.Event, say: Callable[[str], None]) -> None:
@@ -84,7 +90,6 @@ def _summary(report: dict[str, Any]) -> str:
 
 async def _run(args: argparse.Namespace, name: str, live: bool) -> int:
     from p2pep.scenario.catalog import load_scenario
-    from p2pep.scenario.runner import RunOptions, ScenarioRunner
 
     scenario = load_scenario(name)
     run_dir = _run_dir(args)
@@ -94,6 +99,8 @@ async def _run(args: argparse.Namespace, name: str, live: bool) -> int:
     say: Callable[[str], None] = (lambda m: None) if quiet else _stderr
     _install_stop(stop, _stderr if not quiet else (lambda m: None))
     ensure_built(_stderr)
+    from p2pep.scenario.runner import RunOptions, ScenarioRunner  # needs the stubs ensure_built made
+
     opts = RunOptions(run_dir=run_dir, report_path=report_path, keep_network=args.keep_network,
                       reuse_network=args.reuse_network,
                       log_level=args.log_level, say=say, books_interval_s=1.0 if quiet else None)
