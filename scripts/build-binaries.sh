@@ -101,7 +101,7 @@ build() {  # I NAME PACKAGE BUILD-FLAGS...
 mkdir -p "$out.tmp"
 start=$(date +%s)
 say "building lnd $lnd_ver and btcd $btcd_ver with $(go env GOVERSION) into $out"
-say "(once; 10 to 30 minutes on 2 cores, then cached)"
+say "(once, then cached: about 8 minutes on 2 idle cores, longer on a busy machine)"
 ldflags="-s -w -X github.com/lightningnetwork/lnd/build.Commit=$lnd_ver"
 build 1 lnd github.com/lightningnetwork/lnd/cmd/lnd -trimpath -ldflags "$ldflags" -tags "$LND_TAGS"
 build 2 lncli github.com/lightningnetwork/lnd/cmd/lncli -trimpath -ldflags "$ldflags" -tags "$LND_TAGS"
