@@ -3,21 +3,34 @@
 * ``regtest`` — one session-scoped network: btcd, ``hub``, ``meter-1..3``, with channels.
 * ``node_factory`` — extra lnd nodes on that network's btcd for tests that need their own.
 * ``wait_for`` — re-exported from ``p2pep.regtest`` (deadlines scaled by P2PEP_TIMEOUT_SCALE).
+* Hypothesis runs under the ``p2pep`` profile (below) for the whole suite.
 Run dirs live under pytest's tmp dirs, kept after a failure; a failed regtest test
 shows the tail of every process log in its report.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from p2pep.regtest import NetworkSpec, RegtestNetwork, wait_for
 from p2pep.regtest.errors import log_tail
 
 __all__ = ["wait_for"]
+
+# Property tests must not depend on the machine's speed or on earlier runs: no per-example
+# deadline and no "too slow" health check (both wall-clock; a busy machine failed them),
+# the same examples every run (derandomize, which also means no example database), and a
+# failure prints the blob that reproduces it. Example counts are each test's own.
+# HYPOTHESIS_PROFILE=p2pep-random explores fresh examples (same timing rules).
+settings.register_profile("p2pep", deadline=None, derandomize=True, database=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("p2pep-random", settings.get_profile("p2pep"), derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "p2pep"))
 
 _networks: list[RegtestNetwork] = []
 
