@@ -4,6 +4,10 @@
 * ``node_factory`` — extra lnd nodes on that network's btcd for tests that need their own.
 * ``wait_for`` — re-exported from ``p2pep.regtest`` (deadlines scaled by P2PEP_TIMEOUT_SCALE).
 * Hypothesis runs under the ``p2pep`` profile (below) for the whole suite.
+* Every test fails (at teardown) if the services it ran in process logged an ERROR or a
+  traceback it did not declare with ``@pytest.mark.expected_log_errors(regex, ...)``;
+  scenario runs check their log files with ``logcheck.assert_service_logs_clean`` (see
+  tests/logcheck.py). The ``log_errors`` fixture shows what was captured.
 Run dirs live under pytest's tmp dirs, kept after a failure; a failed regtest test
 shows the tail of every process log in its report.
 """
@@ -11,9 +15,10 @@ shows the tail of every process log in its report.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator
 
+import logcheck
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -74,9 +79,42 @@ async def node_factory(regtest: RegtestNetwork) -> AsyncIterator[NodeFactory]:
     await f.cleanup()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _log_taps() -> Iterator[None]:
+    with logcheck.installed():
+        yield
+
+
+_failed_key = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def log_errors(request: pytest.FixtureRequest) -> Iterator[logcheck.Capture]:
+    """ERROR events and tracebacks logged in process during the test (setup to teardown).
+    Set up before the test's other fixtures, so it also sees their teardown."""
+    expected = logcheck.expected_of(request.node)
+    logcheck.current_expected = expected
+    try:
+        with logcheck.capturing(expected) as cap:
+            yield cap
+    finally:
+        logcheck.current_expected = []
+    problems = cap.unexpected()
+    if not problems:
+        return
+    text = logcheck.report(problems, f"{request.node.nodeid}: unexpected errors in the service logs:")
+    if request.node.stash.get(_failed_key, False):
+        # the test failed already: the log is evidence, not a second failure
+        print(text)
+        return
+    pytest.fail(text, pytrace=False)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
     report = yield
+    if report.failed and report.when in ("setup", "call"):
+        item.stash[_failed_key] = True
     if report.failed and "regtest" in item.keywords:
         for net in _networks:
             logs: list[tuple[str, str]] = []

@@ -91,6 +91,10 @@ async def grid(tmp_path: Path) -> AsyncIterator[tuple[MatcherApp, Settlement, Fa
     await matcher.stop(0)
 
 
+# A settlement bug, not this test's: when home leaves while a producer's reading is being stored,
+# settlement raises from StreamReadings (see tests/test_settlement_ingest_race.py); about every
+# third run. Remove this expectation with the fix.
+@pytest.mark.expected_log_errors(r"IncrementError: contract \S+ is closed to further delivery")
 async def test_demand_split_across_two_producers_paid_per_increment(grid, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     matcher, settlement, net, meters = grid
     engine = settlement.engine
