@@ -3,21 +3,39 @@
 * ``regtest`` — one session-scoped network: btcd, ``hub``, ``meter-1..3``, with channels.
 * ``node_factory`` — extra lnd nodes on that network's btcd for tests that need their own.
 * ``wait_for`` — re-exported from ``p2pep.regtest`` (deadlines scaled by P2PEP_TIMEOUT_SCALE).
+* Hypothesis runs under the ``p2pep`` profile (below) for the whole suite.
+* Every test fails (at teardown) if the services it ran in process logged an ERROR or a
+  traceback it did not declare with ``@pytest.mark.expected_log_errors(regex, ...)``;
+  scenario runs check their log files with ``logcheck.assert_service_logs_clean`` (see
+  tests/logcheck.py). The ``log_errors`` fixture shows what was captured.
 Run dirs live under pytest's tmp dirs, kept after a failure; a failed regtest test
 shows the tail of every process log in its report.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import logcheck
 import pytest
+from hypothesis import HealthCheck, settings
 
 from p2pep.regtest import NetworkSpec, RegtestNetwork, wait_for
 from p2pep.regtest.errors import log_tail
 
 __all__ = ["wait_for"]
+
+# Property tests must not depend on the machine's speed or on earlier runs: no per-example
+# deadline and no "too slow" health check (both wall-clock; a busy machine failed them),
+# the same examples every run (derandomize, which also means no example database), and a
+# failure prints the blob that reproduces it. Example counts are each test's own.
+# HYPOTHESIS_PROFILE=p2pep-random explores fresh examples (same timing rules).
+settings.register_profile("p2pep", deadline=None, derandomize=True, database=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("p2pep-random", settings.get_profile("p2pep"), derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "p2pep"))
 
 _networks: list[RegtestNetwork] = []
 
@@ -61,9 +79,42 @@ async def node_factory(regtest: RegtestNetwork) -> AsyncIterator[NodeFactory]:
     await f.cleanup()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _log_taps() -> Iterator[None]:
+    with logcheck.installed():
+        yield
+
+
+_failed_key = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def log_errors(request: pytest.FixtureRequest) -> Iterator[logcheck.Capture]:
+    """ERROR events and tracebacks logged in process during the test (setup to teardown).
+    Set up before the test's other fixtures, so it also sees their teardown."""
+    expected = logcheck.expected_of(request.node)
+    logcheck.current_expected = expected
+    try:
+        with logcheck.capturing(expected) as cap:
+            yield cap
+    finally:
+        logcheck.current_expected = []
+    problems = cap.unexpected()
+    if not problems:
+        return
+    text = logcheck.report(problems, f"{request.node.nodeid}: unexpected errors in the service logs:")
+    if request.node.stash.get(_failed_key, False):
+        # the test failed already: the log is evidence, not a second failure
+        print(text)
+        return
+    pytest.fail(text, pytrace=False)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
     report = yield
+    if report.failed and report.when in ("setup", "call"):
+        item.stash[_failed_key] = True
     if report.failed and "regtest" in item.keywords:
         for net in _networks:
             logs: list[tuple[str, str]] = []

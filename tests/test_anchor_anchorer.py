@@ -187,6 +187,7 @@ async def test_dropped_unmined_tx_is_resent(rig: Rig) -> None:
     assert (await rig.verify(0)).ok
 
 
+@pytest.mark.expected_log_errors(r"^anchor\.send_failed .*wallet has no funds")
 async def test_wallet_failure_is_retried_next_block(rig: Rig) -> None:
     await rig.add(range(2))
     rig.wallet.fail = True

@@ -70,6 +70,7 @@ async def test_watcher_calls_on_block_for_every_tip_change() -> None:
     assert seen == [5, 7, 7, 5]
 
 
+@pytest.mark.expected_log_errors(r"anchor\.block_handling_failed.*RuntimeError: store busy")
 async def test_watcher_retries_a_failed_block_and_survives_chain_outage() -> None:
     chain = FakeChain()
     calls: list[int] = []

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from fakes.lightning import FakeLightning
 
-from p2pep.regtest import wait_for
+from p2pep.metering.contract_book import Party
+from p2pep.regtest import timeout_scale, wait_for
 from p2pep.servicekit import ServiceHost
 from p2pep.settings.matcher import MatcherSettings
 from p2pep.settings.meter import MeterSettings
@@ -27,6 +29,14 @@ from services.settlement.matcher_feed import follow_matcher
 from services.settlement.server import SettlementServicer
 from services.settlement.store import Store
 
+SIM_START = datetime(2026, 6, 1, tzinfo=UTC)
+WINDOW_S = 3600
+"""The meters' simulated clocks start on an order window boundary, and a window lasts 60 s real
+(accel 60): every run trades one whole window, one contract per producer, whatever the time of
+day and however busy the machine. (Started at the real "now", the first window lasted anywhere
+from 0 to 5 s real, so the contracts' sizes, and whether a second round of contracts was being
+signed when the test looked, depended on the wall clock.)"""
+
 
 class Settlement:
     def __init__(self, engine: Engine, host: ServiceHost, channel: grpc.aio.Channel, store: Store) -> None:
@@ -35,7 +45,8 @@ class Settlement:
     @classmethod
     async def start(cls, tmp: Path, matcher_target: str) -> Settlement:
         s = SettlementSettings(db_path=str(tmp / "settlement.sqlite"), matcher_target=matcher_target,
-                               increment_wh=10, payment_timeout_s=5, sweep_interval_s=0.2, log_json=False)
+                               increment_wh=10, payment_timeout_s=max(5, round(5 * timeout_scale())),
+                               sweep_interval_s=0.2, log_json=False)
         store = await Store.open(s.db_path)
         ch = grpc.aio.insecure_channel(matcher_target)
         engine = Engine(s, store, matcher_pb2_grpc.MatcherServiceStub(ch))
@@ -66,8 +77,11 @@ async def grid(tmp_path: Path) -> AsyncIterator[tuple[MatcherApp, Settlement, Fa
         s = MeterSettings(
             meter_id=name, role=role, key_path=tmp_path / f"{name}.key", db_path=str(tmp_path / f"{name}.sqlite"),
             settlement_target=settlement.host.grpc_target, matcher_target=matcher.target, hub="",
-            source="constant", constant_w=watts, price_msat_per_kwh=price, accel=60, tick_s=0.05, window_s=300,
-            contract_poll_s=0.3, balance_refresh_s=0.3, leave_timeout_s=3, log_json=False,
+            source="constant", constant_w=watts, price_msat_per_kwh=price, accel=60, tick_s=0.05,
+            sim_start=SIM_START, window_s=WINDOW_S, contract_poll_s=0.3, balance_refresh_s=0.3,
+            # leaving waits (bounded) until settlement has paid the last increment; if the bound
+            # passes first the meter is gone and that payment fails (the contract defaults)
+            leave_timeout_s=30 * timeout_scale(), log_json=False,
         )
         meters[name] = await start_meter(s, net.node(name))
     yield matcher, settlement, net, meters
@@ -77,10 +91,21 @@ async def grid(tmp_path: Path) -> AsyncIterator[tuple[MatcherApp, Settlement, Fa
     await matcher.stop(0)
 
 
-async def test_demand_split_across_two_producers_paid_per_increment(grid) -> None:  # type: ignore[no-untyped-def]
+# A settlement bug, not this test's: when home leaves while a producer's reading is being stored,
+# settlement raises from StreamReadings (see tests/test_settlement_ingest_race.py); about every
+# third run. Remove this expectation with the fix.
+async def test_demand_split_across_two_producers_paid_per_increment(grid, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     matcher, settlement, net, meters = grid
     engine = settlement.engine
     home = meters["home"].meter
+    steps: list[int] = []  # the Wh each of home's ticks imported, as it attributes them to its contracts
+    attribute_import: Callable[[int], dict[str, int]] = home.book.attribute_import
+
+    def recording_steps(delta_wh: int) -> dict[str, int]:
+        steps.append(delta_wh)
+        return attribute_import(delta_wh)
+
+    monkeypatch.setattr(home.book, "attribute_import", recording_steps)
 
     def paid_by_supplier() -> dict[str, int]:
         out: dict[str, int] = {}
@@ -88,15 +113,44 @@ async def test_demand_split_across_two_producers_paid_per_increment(grid) -> Non
             out[lc.terms.supplier] = out.get(lc.terms.supplier, 0) + lc.ledger.increments_paid
         return out
 
-    await wait_for(lambda: all(n >= 2 for n in paid_by_supplier().values()) and len(paid_by_supplier()) == 2,
-                   20, what="increments paid to both producers")
+    disagreements: list[str] = []
+
+    def check_views() -> None:
+        """Home's view against settlement's, at one instant (no await in between); run at every poll.
+
+        Payments: home records one before it answers settlement, settlement after the answer,
+        and asks for the next only once it has recorded the last: home is ahead by at most the
+        increment in flight. The gate, as home enforces it (by its own count): a step flows only
+        if, after a step of the nominal size, every contract has less than two increments
+        unpaid; a tick that comes late (busy machine) imports more than that, so the exact bound
+        is 2 increments - the nominal step + the largest step taken."""
+        if home.sim is None or not steps:
+            return
+        nominal_wh = home.sim.demand(home.s.tick_sim_ms).energy_wh
+        for lc in engine.contracts.values():
+            if lc.contract.state is ContractState.PROPOSED:  # home may not have signed it yet
+                continue
+            view = home.book.get(lc.cid)
+            if view is None or view.party is not Party.CONSUMER:
+                disagreements.append(f"{lc.cid} ({lc.contract.state}): home has {view}")
+                continue
+            inc = lc.terms.increment_wh
+            if not lc.ledger.paid_wh <= view.paid_wh <= lc.ledger.paid_wh + inc:
+                disagreements.append(f"{lc.cid}: home paid {view.paid_wh} Wh, settlement {lc.ledger.paid_wh} Wh")
+            if view.active and view.unpaid_wh >= 2 * inc - nominal_wh + max(steps):
+                disagreements.append(f"{lc.cid}: {view.unpaid_wh} Wh unpaid by home's count "
+                                     f"(steps of {nominal_wh} Wh nominal, {max(steps)} Wh at most)")
+
+    def both_paid_twice() -> bool:
+        check_views()
+        paid = paid_by_supplier()
+        return len(paid) == 2 and all(n >= 2 for n in paid.values())
+
+    await wait_for(both_paid_twice, 20, interval=0.02, what="increments paid to both producers")
+    assert not disagreements, disagreements[:10]
     assert home.relay_changes >= 1
-    # the meters' views agree with settlement's
-    for lc in engine.contracts.values():
-        view = home.book.get(lc.cid)
-        assert view is not None and view.party.value == "consumer"
-        assert view.paid_wh >= lc.ledger.paid_wh - lc.terms.increment_wh  # may lag by the one in flight
-        assert lc.ledger.delivered_wh - lc.ledger.paid_wh < 2 * lc.terms.increment_wh or lc.contract.state.final
+    assert sorted((lc.terms.supplier, lc.contract.state) for lc in engine.contracts.values()) == [
+        ("solar", ContractState.ACTIVE), ("wind", ContractState.ACTIVE)]
     # leave: the consumer ends its contracts, settlement pays what was delivered, nothing more
     await meters.pop("home").stop()
     await wait_for(lambda: all(lc.finished for lc in engine.contracts.values()

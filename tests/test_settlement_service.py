@@ -257,6 +257,7 @@ def metric(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
+@pytest.mark.expected_log_errors(r"^contract worker failed .*ValueError: dictionary update sequence")
 async def test_worker_failure_is_shown_counted_and_retried_without_paying_twice(world: Any) -> None:
     """The store fails between the consumer's payment and its record (as the shared-connection
     race did): the worker is not lost; it retries, the consumer's idempotent PayInvoice answers
@@ -294,6 +295,8 @@ async def test_worker_failure_is_shown_counted_and_retried_without_paying_twice(
     assert [p.increment for p in pays] == [1, 2] and all(p.preimage for p in pays)
 
 
+@pytest.mark.expected_log_errors(r"^contract worker failed .*OSError: disk I/O error",
+                                 r"^contract worker gave up; ending the contract .*OSError: disk I/O error")
 async def test_worker_that_cannot_go_on_ends_its_contract_cleanly(world: Any) -> None:
     h, cons, sup = world
     engine, stub, _ = await h.start_settlement(worker_attempts=3, worker_backoff_initial_s=0.05,

@@ -61,9 +61,12 @@ class Engine:
         self.anchor = anchor  # AnchorClient-like: add_leaf(kind, contract_id, leaf_hash), proofs(contract_id)
         self.meters = MeterRegistry(store)
         self.contracts: dict[str, LiveContract] = {}
-        self.readings = ReadingIngest(store, self.meters, self.contracts)
+        # held from a reading's attribution to its ledgers, and by whatever ends a contract or
+        # closes its ledger: a contract never changes state under a reading being stored
+        self.ledger_lock = asyncio.Lock()
+        self.readings = ReadingIngest(store, self.meters, self.contracts, self.ledger_lock)
         self.views = SettlementViews(store, self.meters, self.contracts, anchor)
-        self.worker = ContractWorker(settings, store, self.meters, self)
+        self.worker = ContractWorker(settings, store, self.meters, self, self.ledger_lock)
         self._backoff = Backoff(settings.worker_backoff_initial_s, settings.worker_backoff_max_s)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -244,13 +247,14 @@ class Engine:
     # --- ending ---------------------------------------------------------------------
     async def end_contract(self, contract_id: str, reason: EndReason) -> LiveContract:
         lc = self.views.contract(contract_id)
-        if lc.contract.state.final:
-            return lc
-        if lc.contract.state is not ContractState.ACTIVE:
-            raise FailedPrecondition("contract_id", f"contract {contract_id} is not active yet")
-        lc.contract = lc.contract.end(reason, now_ms())
-        lc.ledger.close()
-        await self.save(lc)
+        async with self.ledger_lock:
+            if lc.contract.state.final:
+                return lc
+            if lc.contract.state is not ContractState.ACTIVE:
+                raise FailedPrecondition("contract_id", f"contract {contract_id} is not active yet")
+            lc.contract = lc.contract.end(reason, now_ms())
+            lc.ledger.close()
+            await self.save(lc)
         lc.wake.set()
         log.info("contract ending", contract_id=contract_id, reason=reason.value,
                  delivered_wh=lc.ledger.delivered_wh, paid_wh=lc.ledger.paid_wh)

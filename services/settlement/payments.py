@@ -14,6 +14,7 @@ what was paid, so its meters stop relying on it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import replace
@@ -49,11 +50,12 @@ class Lifecycle(Protocol):
 
 class ContractWorker:
     def __init__(self, settings: SettlementSettings, store: Store, meters: MeterRegistry,
-                 lifecycle: Lifecycle) -> None:
+                 lifecycle: Lifecycle, ledger_lock: asyncio.Lock) -> None:
         self.s = settings
         self.store = store
         self.meters = meters
         self.lifecycle = lifecycle
+        self.ledger_lock = ledger_lock  # taken to end a contract or close its ledger
         self.backoff = Backoff(settings.worker_backoff_initial_s, settings.worker_backoff_max_s)
 
     async def run(self, lc: LiveContract) -> None:
@@ -96,9 +98,10 @@ class ContractWorker:
         most the one increment in flight) and tell both meters, so the consumer's relay blocks."""
         metrics.CONTRACTS_ABANDONED.inc()
         log.error("contract worker gave up; ending the contract", contract_id=lc.cid, error=str(exc))
-        if not lc.contract.state.final:
-            lc.contract = lc.contract.end(EndReason.SETTLEMENT_FAULT, now_ms())
-        lc.ledger = frozen_ledger(lc)
+        async with self.ledger_lock:
+            if not lc.contract.state.final:
+                lc.contract = lc.contract.end(EndReason.SETTLEMENT_FAULT, now_ms())
+            lc.ledger = frozen_ledger(lc)
         try:
             await self.lifecycle.finish(lc)
         except Exception:
@@ -131,7 +134,8 @@ class ContractWorker:
             if not lc.contract.state.final:
                 await self.lifecycle.end_contract(lc.cid, EndReason.SUPPLIER_GONE)
             else:  # ended already: the supplier cannot be paid the rest, stop asking
-                lc.ledger = frozen_ledger(lc)
+                async with self.ledger_lock:
+                    lc.ledger = frozen_ledger(lc)
             return False
         try:
             paid = await cons.stub.PayInvoice(meter_pb2.PayInvoiceRequest(
@@ -161,11 +165,12 @@ class ContractWorker:
 
     async def _default(self, lc: LiveContract, reason: EndReason) -> None:
         """The consumer did not pay: delivery stops now; the supplier is owed at most this increment."""
-        if not lc.contract.state.final:
-            lc.contract = lc.contract.end(reason, now_ms())
-        elif lc.contract.state is not ContractState.DEFAULTED:
-            # ended already (e.g. end time) and the final payment failed
-            lc.contract = replace(lc.contract, state=ContractState.DEFAULTED, end_reason=reason)
-        lc.ledger.close()
-        await self.store.drop_unsettled(lc.cid, lc.ledger.increments_paid + 1)
-        await self.lifecycle.save(lc)
+        async with self.ledger_lock:
+            if not lc.contract.state.final:
+                lc.contract = lc.contract.end(reason, now_ms())
+            elif lc.contract.state is not ContractState.DEFAULTED:
+                # ended already (e.g. end time) and the final payment failed
+                lc.contract = replace(lc.contract, state=ContractState.DEFAULTED, end_reason=reason)
+            lc.ledger.close()
+            await self.store.drop_unsettled(lc.cid, lc.ledger.increments_paid + 1)
+            await self.lifecycle.save(lc)

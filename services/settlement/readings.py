@@ -3,7 +3,10 @@
 A reading is checked against the meter's registered key and the head of its stream
 (:func:`p2pep.settling.validation.validate_reading`); an accepted one is stored together with
 its attribution (one transaction) *before* it is acknowledged, then the contracts' ledgers
-grow and their workers wake. One reading of a meter is handled at a time (its link's lock).
+grow and their workers wake. One reading of a meter is handled at a time (its link's lock),
+and from attribution to the ledgers no contract changes state (the engine's ledger lock: a
+contract ended while the reading was being stored would otherwise have a closed ledger to add
+to, and the reading's other contracts would lose their shares).
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ Attribution = tuple[str, str, int]  # contract id, "consumer" | "supplier", Wh
 
 
 class ReadingIngest:
-    def __init__(self, store: Store, meters: MeterRegistry, contracts: Mapping[str, LiveContract]) -> None:
+    def __init__(self, store: Store, meters: MeterRegistry, contracts: Mapping[str, LiveContract],
+                 ledger_lock: asyncio.Lock) -> None:
         self.store = store
         self.meters = meters
         self.contracts = contracts
+        self.ledger_lock = ledger_lock
 
     async def ingest(self, msg: common_pb2.Reading) -> settlement_pb2.ReadingAck:
         r = Reading(msg.meter_id, msg.seq, msg.import_wh, msg.export_wh, ts_ms(msg.timestamp))
@@ -66,15 +71,16 @@ class ReadingIngest:
                 metrics.READINGS.labels("duplicate").inc()
                 return Ack(seq=r.seq, status=Ack.STATUS_DUPLICATE)
             assert isinstance(verdict, Accepted)
-            attributions = attribute(r, head, self.contracts.values())
-            await self.store.accept_reading(r, signed.signature, attributions)
-            link.head = StreamHead.of(r)
-            for cid, side, wh in attributions:
-                lc = self.contracts[cid]
-                (lc.ledger.add_consumer_wh if side == "consumer" else lc.ledger.add_supplier_wh)(wh)
-                if side == "consumer":
-                    metrics.DELIVERED_WH.inc(wh)
-                lc.wake.set()
+            async with self.ledger_lock:
+                attributions = attribute(r, head, self.contracts.values())
+                await self.store.accept_reading(r, signed.signature, attributions)
+                link.head = StreamHead.of(r)
+                for cid, side, wh in attributions:
+                    lc = self.contracts[cid]
+                    (lc.ledger.add_consumer_wh if side == "consumer" else lc.ledger.add_supplier_wh)(wh)
+                    if side == "consumer":
+                        metrics.DELIVERED_WH.inc(wh)
+                    lc.wake.set()
         metrics.READINGS.labels("accepted").inc()
         return Ack(seq=r.seq, status=Ack.STATUS_ACCEPTED)
 
