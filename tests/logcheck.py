@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 import structlog
@@ -316,10 +316,30 @@ def log_files(target: ScenarioRunner | Path) -> list[Path]:
     return sorted(_logs_dir(target).glob("*.log"))
 
 
-def log_offsets(target: ScenarioRunner | Path) -> dict[Path, int]:
-    """Current size of each service log: pass as ``since=`` to check only what a later run
-    on the same run dir adds."""
-    return {p: p.stat().st_size for p in log_files(target)}
+class LogMark(NamedTuple):
+    """Where a service log ended: which file (inode) and its size."""
+
+    inode: int
+    size: int
+
+
+def log_offsets(target: ScenarioRunner | Path) -> dict[Path, LogMark]:
+    """Where each service log ends now: pass as ``since=`` to check only what a later run on
+    the same run dir adds. (A run that starts its logs afresh, as the runner does when it
+    moves an earlier run's ``scenario/`` aside, is checked from the start of its files.)"""
+    out: dict[Path, LogMark] = {}
+    for p in log_files(target):
+        st = p.stat()
+        out[p] = LogMark(st.st_ino, st.st_size)
+    return out
+
+
+def _start(path: Path, since: Mapping[Path, LogMark] | None) -> int:
+    mark = (since or {}).get(path)
+    if mark is None:
+        return 0
+    st = path.stat()
+    return mark.size if st.st_ino == mark.inode and st.st_size >= mark.size else 0
 
 
 # Set by tests/conftest.py while a test runs: its marker's patterns.
@@ -327,19 +347,18 @@ current_expected: list[re.Pattern[str]] = []
 
 
 def service_log_problems(target: ScenarioRunner | Path, *, expected: Iterable[str | re.Pattern[str]] = (),
-                         since: Mapping[Path, int] | None = None) -> list[LogProblem]:
+                         since: Mapping[Path, LogMark] | None = None) -> list[LogProblem]:
     """The problems in a scenario run's service logs that neither ``expected`` nor the
     running test's ``expected_log_errors`` marker allows."""
     patterns = compile_patterns(expected) + current_expected
     out: list[LogProblem] = []
     for path in log_files(target):
-        start = (since or {}).get(path, 0)
-        out += [p for p in scan_log(path, start) if not p.expected_by(patterns)]
+        out += [p for p in scan_log(path, _start(path, since)) if not p.expected_by(patterns)]
     return out
 
 
 def assert_service_logs_clean(target: ScenarioRunner | Path, *, expected: Iterable[str | re.Pattern[str]] = (),
-                              since: Mapping[Path, int] | None = None) -> None:
+                              since: Mapping[Path, LogMark] | None = None) -> None:
     """Fail if a scenario run's service logs hold an ERROR or a traceback not expected
     (``expected`` regexes, and the test's ``expected_log_errors`` marker)."""
     problems = service_log_problems(target, expected=expected, since=since)
@@ -349,6 +368,6 @@ def assert_service_logs_clean(target: ScenarioRunner | Path, *, expected: Iterab
 
 
 __all__ = [
-    "Capture", "LogProblem", "MARKER", "assert_service_logs_clean", "capturing", "compile_patterns",
+    "Capture", "LogMark", "LogProblem", "MARKER", "assert_service_logs_clean", "capturing", "compile_patterns",
     "expected_of", "installed", "log_files", "log_offsets", "report", "scan_log", "service_log_problems",
 ]

@@ -115,6 +115,10 @@ def test_a_later_run_on_the_same_run_dir_is_checked_on_its_own(tmp_path: Path) -
         f.write(json.dumps({"event": "final reading failed", "level": "error"}) + "\n")
     problems = logcheck.service_log_problems(tmp_path, since=before)
     assert [(p.where, p.text) for p in problems] == [("meter-1.log:+1", "final reading failed")]
+    # a later run that moves the earlier one's logs aside (as the runner does) is checked whole
+    (tmp_path / "scenario").rename(tmp_path / "scenario.1")
+    _write_log(log)
+    assert len(logcheck.service_log_problems(tmp_path, since=before)) == 5
 
 
 @pytest.mark.expected_log_errors("contract worker", "stream failed", "handling request", "could not start",
