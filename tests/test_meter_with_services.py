@@ -55,8 +55,8 @@ class Settlement:
         host = ServiceHost(s, name="settlement")
         settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(engine), host.grpc_server)
         await host.start()
-        engine._spawn(engine.sweep_forever())
-        engine._spawn(follow_matcher(engine, matcher_pb2_grpc.MatcherServiceStub(ch)))
+        engine.spawn(engine.sweep_forever())
+        engine.spawn(follow_matcher(engine, matcher_pb2_grpc.MatcherServiceStub(ch)))
         return cls(engine, host, ch, store)
 
     async def stop(self) -> None:

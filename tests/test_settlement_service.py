@@ -88,7 +88,7 @@ class Harness:
         host = ServiceHost(s, name="settlement")
         settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(engine), host.grpc_server)
         await host.start()
-        engine._spawn(engine.sweep_forever())
+        engine.spawn(engine.sweep_forever())
 
         async def close() -> None:
             await engine.stop()

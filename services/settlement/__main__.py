@@ -46,9 +46,9 @@ async def main(stop: asyncio.Event) -> None:
 
     host.add_shutdown_hook(shutdown)
     await host.start(serving=["p2pep.v1.SettlementService"])
-    engine._spawn(engine.sweep_forever())
+    engine.spawn(engine.sweep_forever())
     if matcher is not None:
-        engine._spawn(follow_matcher(engine, matcher))
+        engine.spawn(follow_matcher(engine, matcher))
     await host.wait_and_stop(stop)
 
 

@@ -109,8 +109,6 @@ class Engine:
         t.add_done_callback(self._task_done)
         return t
 
-    _spawn = spawn  # the name the service's __main__ and tests use
-
     def _task_done(self, t: asyncio.Task[Any]) -> None:
         self._tasks.discard(t)
         if t.cancelled() or t.exception() is None:

@@ -39,6 +39,6 @@ async def _follow(engine: Engine, stub: matcher_pb2_grpc.MatcherServiceAsyncStub
     log.info("following matcher events", from_seq=last + 1)
     async for ev in stream:
         if ev.kind in CONTRACT_KINDS and ev.HasField("contract"):
-            engine._spawn(engine.propose(ev.contract))
+            engine.spawn(engine.propose(ev.contract))
         await engine.store.put("matcher_seq", str(ev.seq))
     raise ConnectionError("the matcher ended its event stream")
