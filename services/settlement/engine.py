@@ -28,6 +28,7 @@ from p2pep.canonical import canonical_json, settlement_hash
 from p2pep.pbconv import now_ms, ts_ms
 from p2pep.servicekit import Backoff, GaveUp, supervised
 from p2pep.servicekit.errors import FailedPrecondition
+from p2pep.settings.settlement import SettlementSettings
 from p2pep.settling.contracts import (
     Contract,
     ContractError,
@@ -43,7 +44,6 @@ from services.settlement.outbound import notify_meters, report_end
 from services.settlement.payments import ContractWorker
 from services.settlement.readings import ReadingIngest
 from services.settlement.registry import MeterRegistry
-from services.settlement.settings import SettlementSettings
 from services.settlement.store import Store, dumps
 from services.settlement.views import SettlementViews
 

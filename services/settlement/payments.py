@@ -25,13 +25,13 @@ import structlog
 
 from p2pep.pbconv import now_ms
 from p2pep.servicekit import Backoff, GaveUp, supervised
+from p2pep.settings.settlement import SettlementSettings
 from p2pep.settling.contracts import ContractState, EndReason
 from p2pep.settling.increments import IncrementDue
 from p2pep.v1 import meter_pb2
 from services.settlement import metrics
 from services.settlement.live import LiveContract, frozen_ledger
 from services.settlement.registry import MeterRegistry
-from services.settlement.settings import SettlementSettings
 from services.settlement.store import Store
 
 log = structlog.get_logger("settlement")
