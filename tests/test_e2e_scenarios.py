@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import logcheck
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -50,9 +51,12 @@ During = Callable[[ScenarioRunner], Awaitable[None]]
 async def run_scenario(name: str, tmp_path: Path, during: During | None = None, keep_network: bool = False,
                        run_dir: Path | None = None, reuse_network: bool = False,
                        services_env: dict[str, dict[str, str]] | None = None,
-                       books_interval_s: float | None = None) -> tuple[dict[str, Any], ScenarioRunner]:
+                       books_interval_s: float | None = None,
+                       expected_log_errors: Sequence[str] = ()) -> tuple[dict[str, Any], ScenarioRunner]:
     """Run a shipped scenario to its end; ``during`` runs once the services are up.
-    ``reuse_network``: on the network a kept earlier run left in ``run_dir``."""
+    ``reuse_network``: on the network a kept earlier run left in ``run_dir``.
+    The run's service logs must then hold no ERROR or traceback but those matching
+    ``expected_log_errors`` (or the test's marker)."""
     said: list[str] = []
     scenario = load_scenario(name)
     if services_env:
@@ -78,7 +82,8 @@ async def run_scenario(name: str, tmp_path: Path, during: During | None = None, 
         failed = {n: report["checks"][n] for n in report["failed_checks"]}
         assert report["ok"], json.dumps({"failed": failed, "errors": report["errors"], "said": said[-30:]},
                                          indent=1, default=str)[:6000]
-    except AssertionError:
+        logcheck.assert_service_logs_clean(runner, expected=expected_log_errors)
+    except (AssertionError, pytest.fail.Exception):
         if keep_network:  # the caller never gets to take it down
             await RegtestNetwork.attach(runner.run_dir).down()
         raise
@@ -359,7 +364,8 @@ async def test_hackathon_again_on_the_same_network_even_with_settlements_databas
     for i, fault in enumerate((during, None)):
         report, runner = await run_scenario("hackathon", tmp_path / f"run-{i}", fault, keep_network=True,
                                             run_dir=hackathon_run_dir, reuse_network=True,
-                                            services_env=short_lock_wait, books_interval_s=0.5)
+                                            services_env=short_lock_wait, books_interval_s=0.5,
+                                            expected_log_errors=("database is locked",) if fault else ())
         assert_suppliers_paid_as_delivered(report)
         assert_no_reading_lost(runner)
         assert not [c for c in report["contracts"] if c["end_reason"] == "SETTLEMENT_FAULT"], report["contracts"]

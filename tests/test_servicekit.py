@@ -255,3 +255,44 @@ async def test_supervised_retries_with_backoff_gives_up_and_resets_on_progress()
     await supervised(streams, on_failure=lambda n, e: counts.append(n), sleep=sleep, backoff=Backoff(0.1, 5.0),
                      progressed=lambda: True)
     assert counts == [1, 1, 1] and slept == [0.1, 0.1, 0.1]  # each run got something done: afresh
+
+
+@pytest.mark.expected_log_errors("boom")
+async def test_storage_contention_is_unavailable_and_a_bug_stays_unknown() -> None:
+    """SQLite's "database is locked" escaping a handler is transient: UNAVAILABLE (clients
+    retry), in a streaming call too; any other exception is a bug and stays UNKNOWN."""
+    import sqlite3
+
+    from p2pep.servicekit.errors import RefusalInterceptor
+
+    async def locked(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+                     ) -> AsyncIterator[bytes]:
+        async for r in requests:
+            yield r
+            raise sqlite3.OperationalError("database is locked")
+
+    async def bug(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        raise ValueError("boom")
+
+    handler = grpc.method_handlers_generic_handler("t.T", {
+        "Locked": grpc.stream_stream_rpc_method_handler(locked),
+        "Bug": grpc.unary_unary_rpc_method_handler(bug),
+    })
+    server = grpc.aio.server(interceptors=[RefusalInterceptor()])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.stream_stream("/t.T/Locked")()
+            await call.write(b"r1")
+            assert await call.read() == b"r1"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert err.value.details().startswith("storage: busy, try again (database is locked)")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary("/t.T/Bug")(b"")
+            assert err.value.code() == grpc.StatusCode.UNKNOWN
+    finally:
+        await server.stop(0)

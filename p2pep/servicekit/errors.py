@@ -5,17 +5,21 @@ subclass that names the offending field (``NotFound("contract_id", "no contract 
 never build a status themselves. :class:`RefusalInterceptor`, installed on every server by
 :class:`~p2pep.servicekit.ServiceHost`, answers such a call with the subclass's status and
 ``"<field>: <message>"`` as details, and counts it in ``p2pep_grpc_refusals_total`` (labels:
-the method and the code, both bounded). Anything else that escapes a handler stays an
-``UNKNOWN`` error, as gRPC makes it: a bug, which the logs show.
+the method and the code, both bounded). Storage contention (SQLite's "database is locked"
+or "busy", after the store's busy timeout) is transient, not a bug: it is answered
+``UNAVAILABLE`` too, which every P2PEP client retries, and logged as a warning. Anything else
+that escapes a handler stays an ``UNKNOWN`` error, as gRPC makes it: a bug, which the logs show.
 """
 
 from __future__ import annotations
 
 import inspect
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import structlog
 from prometheus_client import Counter
 
 from p2pep.refusals import (
@@ -36,11 +40,29 @@ __all__ = ["AlreadyExists", "FailedPrecondition", "InvalidArgument", "NotFound",
 REFUSALS = Counter("p2pep_grpc_refusals_total", "Calls refused with a status, by method and code",
                    ["method", "code"])
 
+log = structlog.get_logger("grpc")
+
+
+def transient(exc: BaseException) -> Refused | None:
+    """The refusal a transient failure is answered with (``None``: not transient)."""
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        return Unavailable("storage", f"busy, try again ({exc})")
+    return None
+
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, refused: Refused) -> None:
     code = grpc.StatusCode[refused.status]
     REFUSALS.labels(method, code.name).inc()
     await context.abort(code, str(refused))
+
+
+async def _abort_if_transient(context: grpc.aio.ServicerContext[Any, Any], method: str,
+                              exc: sqlite3.OperationalError) -> None:
+    refused = transient(exc)
+    if refused is None:
+        raise exc
+    log.warning("call refused: transient failure", method=method, error=str(exc))
+    await _abort(context, method, refused)
 
 
 class RefusalInterceptor(grpc.aio.ServerInterceptor):
@@ -74,6 +96,8 @@ def _unary(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
             return await behaviour(request, context)
         except Refused as refused:
             await _abort(context, method, refused)
+        except sqlite3.OperationalError as exc:
+            await _abort_if_transient(context, method, exc)
 
     return call
 
@@ -88,5 +112,7 @@ def _streaming(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]
                 yield response
         except Refused as refused:
             await _abort(context, method, refused)
+        except sqlite3.OperationalError as exc:
+            await _abort_if_transient(context, method, exc)
 
     return call

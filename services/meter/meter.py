@@ -12,7 +12,8 @@ attribute the import to contracts, take and sign a reading, write it to the outb
 (with the registers, one transaction) *before* sending it, re-evaluate the relay,
 and place orders when a window begins.
 
-When the relay may let usage flow is :mod:`.relay_control`'s to decide. The contract desk
+Startup's steps are :mod:`.startup`'s, the background tasks :mod:`.tasks`', when to trade
+:mod:`.order_windows`', and when the relay may let usage flow :mod:`.relay_control`'s. The contract desk
 (:mod:`.contracts`) and the billing desk (:mod:`.billing`) share the meter's parts and see
 the meter itself only through :class:`.parts.MeterState`.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,41 +30,30 @@ import structlog
 
 from p2pep.metering.clock import SimClock
 from p2pep.metering.contract_book import ContractBook, Party
-from p2pep.metering.ordering import window_index
 from p2pep.metering.profiles import WMS_PER_WH
-from p2pep.metering.registers import Registers, RegisterSnapshot
+from p2pep.metering.registers import Registers
 from p2pep.metering.relay import Relay, RelayReason, RelayTransition
 from p2pep.metering.signing import MeterKey
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
 from p2pep.pbconv import now_ms
 from p2pep.servicekit.channels import channel
-from p2pep.servicekit.supervise import Backoff, supervised
-from p2pep.settings.meter import MeterSettings, parse_node_address
+from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
-from services.meter import metrics
+from services.meter import metrics, startup
 from services.meter.billing import Billing
 from services.meter.contracts import ContractDesk
-from services.meter.lightning import (
-    BalanceCache,
-    LightningNode,
-    Stopping,
-    ensure_channel,
-    wait_node_ready,
-)
+from services.meter.lightning import BalanceCache, LightningNode, Stopping, wait_node_ready
+from services.meter.order_windows import OrderWindows
 from services.meter.parts import MeterParts
 from services.meter.relay_control import RelayControl
 from services.meter.sender import ReadingSender
 from services.meter.sources import build_timeline
 from services.meter.store import MeterStore
+from services.meter.tasks import MeterTasks
 from services.meter.trader import Trader
 
 log = structlog.get_logger("meter")
-
-ESSENTIAL_TASKS = {"startup", "ticks", "sender", "contract-poll"}
-"""If one of these fails the meter cannot do its job: the process exits with an error."""
-RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
-               grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
 
 
 class Meter:
@@ -86,20 +75,19 @@ class Meter:
         self.node_pubkey = ""
         self.address = ""
         self.ready = asyncio.Event()
-        self.fatal: BaseException | None = None
-        self.failed = asyncio.Event()
-        """Set when the meter cannot start (e.g. settlement refuses its registration)."""
+        self.tasks = MeterTasks()
         self._stop = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._settlement_ch = channel(settings.settlement_target)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(self._settlement_ch)
         self._matcher_ch = channel(settings.matcher_target) if settings.matcher_target else None
         self.balances = BalanceCache(lnd)
         self.sender = ReadingSender(store, lambda: self.settlement, key.pubkey_hex)
         self.trader: Trader | None = None
+        self.windows: OrderWindows | None = None
         if self._matcher_ch is not None:
             self.trader = Trader(settings, store, book, matcher_pb2_grpc.MatcherServiceStub(self._matcher_ch),
                                  self.expected_wms)
+            self.windows = OrderWindows(self.trader, store, settings.window_ms)
         parts = MeterParts(settings, store, book, key, lnd, self.settlement, self.trader)
         self.contracts = ContractDesk(parts, self)
         self.billing = Billing(parts, self, self.contracts)
@@ -108,7 +96,6 @@ class Meter:
         self.sim: MeterSimulation | None = None
         self.relay_control = RelayControl(book, self.changed)
         self.first_contract_import_wh: int | None = None
-        self._trigger = -1
         self._prepared_day: Any = None
         self._changed = asyncio.Event()
         self._tick_lock = asyncio.Lock()
@@ -130,71 +117,45 @@ class Meter:
         return m
 
     def start(self, address: str) -> None:
-        """Start in the background; :attr:`ready` is set once the meter is ticking."""
+        """Start in the background; :attr:`ready` is set once the meter is ticking, and
+        ``tasks.failed`` if it cannot start."""
         self.address = address
-        self._spawn("startup", self._startup())
+        self.tasks.spawn("startup", self._startup())
 
-    def _spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=f"meter:{name}")
-        self._tasks[name] = task
-        task.add_done_callback(lambda t: self._done(name, t))
-        return task
+    @property
+    def failed(self) -> asyncio.Event:
+        return self.tasks.failed
 
-    def _done(self, name: str, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or self._stopping:
-            return
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, Stopping):
-            log.error("meter task failed", task=name, error=repr(exc), exc_info=exc)
-            if name in ESSENTIAL_TASKS:
-                self.fatal = exc
-                self.failed.set()
+    @property
+    def fatal(self) -> BaseException | None:
+        return self.tasks.fatal
 
-    # -- startup ------------------------------------------------------------------------------------
+    # -- startup (the steps: services.meter.startup) ------------------------------------------------
 
     async def _startup(self) -> None:
         s = self.s
-        self._spawn("balances", self._refresh_forever())
+        self.tasks.spawn("balances", self._refresh_forever())
         self.node_pubkey = await wait_node_ready(self.lnd, self._stop, s.meter_id)
-        last_seq = await self._register()
+        last_seq = await startup.register(self.settlement, settlement_pb2.RegisterMeterRequest(
+            meter_id=s.meter_id, pubkey=self.key.pubkey_hex, node_pubkey=self.node_pubkey,
+            address=self.address, role=s.role, node_address=s.lnd_p2p,
+        ), self._sleep_unless_stopped)
         await self._resume(last_seq)
         # A baseline reading before anything can be contracted: settlement measures energy
         # as the change between two readings, so whatever the first reading it sees holds
         # is nobody's; taken now (relay blocked, no contract yet) that is nothing.
         await self.tick()
-        self._spawn("sender", self.sender.run())
-        self._spawn("ticks", self._tick_forever())
-        self._spawn("contract-poll", self.contracts.poll_forever())
+        self.tasks.spawn("sender", self.sender.run())
+        self.tasks.spawn("ticks", self._tick_forever())
+        self.tasks.spawn("contract-poll", self.contracts.poll_forever())
         self.ready.set()
         log.info("meter running", meter_id=s.meter_id, node=self.node_pubkey, seq=self.sim_registers().seq,
                  sim_time=self.sim_time_iso())
         if s.network_mode == "hub" and s.hub:
-            await self._ensure_hub_channel()
-        if self.trader is not None:
-            self._spawn("match-events", self.trader.follow_events())
-            await self._place_orders(first=True)
-
-    async def _register(self) -> int:
-        req = settlement_pb2.RegisterMeterRequest(
-            meter_id=self.s.meter_id, pubkey=self.key.pubkey_hex, node_pubkey=self.node_pubkey,
-            address=self.address, role=self.s.role, node_address=self.s.lnd_p2p,
-        )
-
-        async def register() -> int:
-            try:
-                resp = await self.settlement.RegisterMeter(req, timeout=5)
-            except grpc.aio.AioRpcError as e:
-                if e.code() not in RETRY_CODES:
-                    raise RuntimeError(f"settlement refused registration: {e.code().name}: {e.details()}") from e
-                raise
-            log.info("registered with settlement", address=self.address, last_seq=resp.last_seq)
-            return int(resp.last_seq)
-
-        def waiting(n: int, e: Exception) -> None:
-            log.info("waiting for settlement", code=e.code().name if isinstance(e, grpc.aio.AioRpcError) else str(e))
-
-        return await supervised(register, on_failure=waiting, retry_if=lambda e: isinstance(e, grpc.aio.AioRpcError),
-                                backoff=Backoff(0.2, 3.0), sleep=self._sleep_unless_stopped)
+            await startup.ensure_hub_channel(self.lnd, s, self._sleep_unless_stopped)
+        if self.trader is not None and self.windows is not None and self.sim is not None:
+            self.tasks.spawn("match-events", self.trader.follow_events())
+            await self.windows.place(self.sim.now_ms)
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         """A retry's wait, cut short (with :class:`Stopping`) when the meter is asked to stop."""
@@ -205,21 +166,9 @@ class Meter:
         raise Stopping("stopped while waiting to retry")
 
     async def _resume(self, settlement_last_seq: int) -> None:
-        """Registers from the database; a fresh database resumes from what settlement
-        stored (never reuse a seq, never run a register backwards)."""
-        snap = await self.store.registers()
-        if snap is None:
-            snap = RegisterSnapshot(self.s.meter_id)
-            if settlement_last_seq:
-                info = await self.meter_info(self.s.meter_id)
-                snap = RegisterSnapshot(self.s.meter_id, settlement_last_seq,
-                                        info.import_wh if info else 0, info.export_wh if info else 0)
-                log.warning("fresh database: resuming from settlement", seq=snap.seq, import_wh=snap.import_wh,
-                            export_wh=snap.export_wh)
-        elif snap.seq < settlement_last_seq:
-            log.warning("settlement has a later seq than the database", db_seq=snap.seq, settlement=settlement_last_seq)
-            snap = RegisterSnapshot(snap.meter_id, settlement_last_seq, snap.import_wh, snap.export_wh,
-                                    snap.import_remainder_wms, snap.export_remainder_wms, snap.last_timestamp_ms)
+        """Registers, clock and simulation from where the meter (or settlement) left off."""
+        snap = await startup.resume_registers(self.store, self.s.meter_id, settlement_last_seq,
+                                              lambda: self.meter_info(self.s.meter_id))
         start_ms = int(self.s.sim_start.timestamp() * 1000) if self.s.sim_start else now_ms()
         if snap.last_timestamp_ms is not None:
             start_ms = max(start_ms, snap.last_timestamp_ms)
@@ -234,27 +183,11 @@ class Meter:
         await self.store.save_registers(registers.snapshot())
 
     async def meter_info(self, meter_id: str) -> settlement_pb2.MeterInfo | None:
-        resp = await self.settlement.ListMeters(settlement_pb2.ListMetersRequest(), timeout=5)
-        return next((m for m in resp.meters if m.meter_id == meter_id), None)
-
-    async def _ensure_hub_channel(self) -> None:
-        parsed = parse_node_address(self.s.hub)
-        assert parsed is not None
-        hub_pubkey, hub_host = parsed
-
-        async def ensure() -> None:
-            await ensure_channel(self.lnd, hub_pubkey, hub_host, need_sat=0, open_sat=self.s.channel_sat,
-                                 push_sat=self.s.channel_sat // 2, wait_s=self.s.channel_wait_s, open_if_any=False)
-
-        def not_ready(n: int, e: Exception) -> None:  # lnd errors, wallet not funded yet...
-            log.warning("hub channel not ready", hub=hub_pubkey, error=str(e))
-
-        await supervised(ensure, on_failure=not_ready, backoff=Backoff(1.0, 10.0), sleep=self._sleep_unless_stopped)
+        return await startup.meter_info(self.settlement, meter_id)
 
     @property
     def leaving(self) -> bool:
         return self._stop.is_set()
-
     # -- the simulation -------------------------------------------------------------------------------
 
     def sim_registers(self) -> Registers:
@@ -317,14 +250,15 @@ class Meter:
                 self.block_relay(RelayReason.MANUAL_OFF, "meter leaving")
             else:
                 self.evaluate_relay()
-                self._maybe_trade(now)
+                if self.windows is not None and self.windows.due(now) and not self.tasks.running("orders"):
+                    self.tasks.spawn("orders", self.windows.place(now))
             self.changed()
 
     def _prepare_ahead(self, now_ms: int) -> None:
         day = self.timeline.day_of(now_ms)
         if day != self._prepared_day:
             self._prepared_day = day
-            self._spawn(f"prepare-{day}", asyncio.to_thread(self.timeline.prepare, day + timedelta(days=1)))
+            self.tasks.spawn(f"prepare-{day}", asyncio.to_thread(self.timeline.prepare, day + timedelta(days=1)))
 
     # -- the relay (services.meter.relay_control) ---------------------------------------------------
 
@@ -351,35 +285,6 @@ class Meter:
     def contract_activated(self, signed_ms: int) -> None:
         self.relay_control.contract_activated(signed_ms)
         self.evaluate_relay()
-
-    # -- trading ---------------------------------------------------------------------------------------
-
-    def _lead_ms(self) -> int:
-        """Orders go out this much simulated time before a window begins, so the
-        contracts are signed and active when it does."""
-        return self.s.window_ms // 10
-
-    def _maybe_trade(self, now: int) -> None:
-        if self.trader is None or self._trigger < 0:
-            return
-        k = window_index(now + self._lead_ms(), self.s.window_ms)
-        if k != self._trigger and "orders" not in self._tasks:
-            self._trigger = k
-            self._spawn("orders", self._place_orders())
-
-    async def _place_orders(self, first: bool = False) -> None:
-        assert self.trader is not None and self.sim is not None
-        try:
-            now = self.sim.now_ms
-            k = window_index(now + self._lead_ms(), self.s.window_ms)
-            self._trigger = k
-            until = (k + 1) * self.s.window_ms - self._lead_ms()
-            await self.trader.place_window(k, now, until)
-            await self.store.prune_orders(now_ms() - 3_600_000)
-        except grpc.aio.AioRpcError as e:
-            log.warning("orders not placed", code=e.code().name, detail=e.details())
-        finally:
-            self._tasks.pop("orders", None)
 
     # -- status ---------------------------------------------------------------------------------------------
 
@@ -430,17 +335,14 @@ class Meter:
         SignContract refused), flush the outbox, end its contracts (settlement pays what
         was delivered, which needs this meter's gRPC server: it is stopped after this)."""
         self._stop.set()
-        for name in ("startup", "orders", "match-events", "ticks"):
-            task = self._tasks.get(name)
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await self.tasks.cancel("startup", "orders", "match-events", "ticks")
         if self.ready.is_set():
             try:
                 await self.tick(final=True)
             except Exception:
                 log.exception("final reading failed")
         self._stopping = True
+        self.tasks.stopping()
         if not self.ready.is_set():
             return  # never registered: nothing was sent, signed or ordered
         if self.trader is not None:
@@ -456,9 +358,7 @@ class Meter:
     async def close(self) -> None:
         self._stop.set()
         self._stopping = True
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.tasks.cancel_all()
         await self._settlement_ch.close()
         if self._matcher_ch is not None:
             await self._matcher_ch.close()
