@@ -138,14 +138,15 @@ class Rig:
             meter_id=meter_id, role=role, key_path=self.tmp / f"{meter_id}.key",
             db_path=str(self.tmp / f"{meter_id}.sqlite"), settlement_target=self.server.target,
             price_msat_per_kwh=150_000 if role == "consumer" else 100_000, source="constant", constant_w=2000,
-            accel=60, tick_s=0.05, hub="", contract_poll_s=0.2, balance_refresh_s=0.2, flush_timeout_s=2,
+            accel=60, tick_s=0.05, hub="", contract_poll_s=0.2, balance_refresh_s=0.2, flush_timeout_s=10,
             leave_timeout_s=1, log_json=False,
         )
         base.update(kw)
         lnd = self.lnds.get(meter_id) or self.net.node(meter_id)
         self.lnds[meter_id] = lnd
         app = await start_meter(MeterSettings(**base), lnd)  # type: ignore[arg-type]
-        await asyncio.wait_for(app.meter.ready.wait(), 10)
+        await wait_for(lambda: app.meter.ready.is_set() or app.meter.failed.is_set(), 30, what=f"{meter_id} ready")
+        assert app.meter.ready.is_set(), app.meter.fatal
         self.apps[meter_id] = app
         return app
 
@@ -456,14 +457,14 @@ async def test_restart_resumes_sequence_and_leaving_ends_contracts(rig: Rig) -> 
     home, solar = await pair(rig)
     t = make_terms(rig)
     await signed_and_active(rig, home, solar, t)
-    await wait_for(lambda: rig.apps["home"].meter.relay.energized, 5)
+    await wait_for(lambda: rig.apps["home"].meter.relay.energized, 30, what="relay energized")
     app = rig.apps.pop("home")
     await app.stop()  # SIGTERM path: ends its contract, final reading, flush
     assert ("k-1", "home", "meter leaving") in rig.settlement.ended
     last = max(rig.settlement.readings["home"])
     assert rig.settlement.readings["home"][last].import_wh == app.meter.sim_registers().import_wh
     again = await rig.meter("home", "consumer")
-    await wait_for(lambda: max(rig.settlement.readings["home"]) > last + 2, 10, what="readings after restart")
+    await wait_for(lambda: max(rig.settlement.readings["home"]) > last + 2, 30, what="readings after restart")
     seqs = sorted(rig.settlement.readings["home"])
     assert seqs == list(range(1, seqs[-1] + 1))
     assert again.meter.book.get("k-1") is not None  # its contracts survive the restart

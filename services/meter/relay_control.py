@@ -1,9 +1,13 @@
 """The meter's relay: when household usage may flow.
 
 Energized only while active, paid-up contracts with energy left cover the next step *and* the
-meter's own check holds: after the next step, less than two increments of any contract may
-be unpaid by its own count (one full increment while it is being paid, never two; per
-contract, see :func:`.checks.own_check_blocks`). A failed payment blocks it at once until a
+meter's own check holds: after a next step of nominal size (one tick at the source's power),
+less than two increments of any contract may be unpaid by its own count (one full increment
+while it is being paid; per contract, see :func:`p2pep.metering.request_checks.own_check_blocks`).
+The check is judged before the step, as a real relay controller judges it: a tick that comes
+late (the event loop was busy) covers more time and imports more than the nominal step, so
+unpaid energy can then exceed the bound by that extra (exactly: ``2 * increment - nominal step
++ the step actually taken``, what tests/meter_helpers.py checks), until the next tick blocks. A failed payment blocks it at once until a
 contract signed after the failure becomes active (the latch).
 """
 
