@@ -34,8 +34,8 @@ def record_import_steps(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[i
 
 
 def nominal_step_wh(meter: Meter) -> int:
-    assert meter.sim is not None
-    return meter.sim.demand(meter.s.tick_sim_ms).energy_wh
+    assert meter.metering is not None
+    return meter.metering.next_step_wh()
 
 
 def own_check_bound_wh(meter: Meter, increment_wh: int, steps: Sequence[int]) -> int:

@@ -1,4 +1,4 @@
-"""The meter: its clock, registers, relay and background tasks, wired together.
+"""The meter: its parts and background tasks, wired together.
 
 Startup: key, database and source are loaded by :meth:`Meter.open`; :meth:`Meter.start`
 then (in the background) waits for its LND node, registers with settlement (retrying
@@ -7,13 +7,9 @@ the reading sender, the contract poll and the balance cache, opens its hub chann
 if it has none, and only then starts trading (a consumer must be able to pay before
 it contracts).
 
-Every tick: advance the simulation (import flows only while the relay is energized),
-attribute the import to contracts, take and sign a reading, write it to the outbox
-(with the registers, one transaction) *before* sending it, re-evaluate the relay,
-and place orders when a window begins.
-
-Startup's steps are :mod:`.startup`'s, the background tasks :mod:`.tasks`', when to trade
-:mod:`.order_windows`', and when the relay may let usage flow :mod:`.relay_control`'s. The contract desk
+Each seam has its module: startup's steps :mod:`.startup`, the clock, simulation and tick
+:mod:`.metering`, the background tasks :mod:`.tasks`, when to trade :mod:`.order_windows`,
+when the relay may let usage flow :mod:`.relay_control`. The contract desk
 (:mod:`.contracts`) and the billing desk (:mod:`.billing`) share the meter's parts and see
 the meter itself only through :class:`.parts.MeterState`.
 """
@@ -21,29 +17,25 @@ the meter itself only through :class:`.parts.MeterState`.
 from __future__ import annotations
 
 import asyncio
-import time
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc
 import structlog
 
-from p2pep.metering.clock import SimClock
 from p2pep.metering.contract_book import ContractBook, Party
 from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.registers import Registers
-from p2pep.metering.relay import Relay, RelayReason, RelayTransition
+from p2pep.metering.relay import Relay, RelayTransition
 from p2pep.metering.signing import MeterKey
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
-from p2pep.pbconv import now_ms
 from p2pep.servicekit.channels import channel
 from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
-from services.meter import metrics, startup
+from services.meter import startup
 from services.meter.billing import Billing
 from services.meter.contracts import ContractDesk
 from services.meter.lightning import BalanceCache, LightningNode, Stopping, wait_node_ready
+from services.meter.metering import Metering
 from services.meter.order_windows import OrderWindows
 from services.meter.parts import MeterParts
 from services.meter.relay_control import RelayControl
@@ -91,14 +83,11 @@ class Meter:
         parts = MeterParts(settings, store, book, key, lnd, self.settlement, self.trader)
         self.contracts = ContractDesk(parts, self)
         self.billing = Billing(parts, self, self.contracts)
-        # set when started
-        self.clock: SimClock | None = None
-        self.sim: MeterSimulation | None = None
         self.relay_control = RelayControl(book, self.changed)
+        self.metering: Metering | None = None
+        """Set once, at startup, when the meter knows where it left off."""
         self.first_contract_import_wh: int | None = None
-        self._prepared_day: Any = None
         self._changed = asyncio.Event()
-        self._tick_lock = asyncio.Lock()
         self._stopping = False
 
     # -- construction ---------------------------------------------------------------------------
@@ -146,16 +135,17 @@ class Meter:
         # is nobody's; taken now (relay blocked, no contract yet) that is nothing.
         await self.tick()
         self.tasks.spawn("sender", self.sender.run())
-        self.tasks.spawn("ticks", self._tick_forever())
+        assert self.metering is not None
+        self.tasks.spawn("ticks", self.metering.run_forever())
         self.tasks.spawn("contract-poll", self.contracts.poll_forever())
         self.ready.set()
         log.info("meter running", meter_id=s.meter_id, node=self.node_pubkey, seq=self.sim_registers().seq,
                  sim_time=self.sim_time_iso())
         if s.network_mode == "hub" and s.hub:
             await startup.ensure_hub_channel(self.lnd, s, self._sleep_unless_stopped)
-        if self.trader is not None and self.windows is not None and self.sim is not None:
+        if self.trader is not None and self.windows is not None:
             self.tasks.spawn("match-events", self.trader.follow_events())
-            await self.windows.place(self.sim.now_ms)
+            await self.windows.place(self.metering.sim.now_ms)
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         """A retry's wait, cut short (with :class:`Stopping`) when the meter is asked to stop."""
@@ -169,18 +159,9 @@ class Meter:
         """Registers, clock and simulation from where the meter (or settlement) left off."""
         snap = await startup.resume_registers(self.store, self.s.meter_id, settlement_last_seq,
                                               lambda: self.meter_info(self.s.meter_id))
-        start_ms = int(self.s.sim_start.timestamp() * 1000) if self.s.sim_start else now_ms()
-        if snap.last_timestamp_ms is not None:
-            start_ms = max(start_ms, snap.last_timestamp_ms)
-        day = self.timeline.day_of(start_ms)
-        await asyncio.to_thread(self.timeline.prepare, day)  # models run here, not per tick
-        await asyncio.to_thread(self.timeline.prepare, day + timedelta(days=1))
-        self._prepared_day = day
-        registers = Registers(snap)
-        self.clock = SimClock(start_ms, time.monotonic_ns(), self.s.accel)
-        self.sim = MeterSimulation(self.timeline, registers, start_ms)
-        self.relay_control.start(start_ms)
-        await self.store.save_registers(registers.snapshot())
+        self.metering = await Metering.resume(
+            self.s, self.timeline, snap, book=self.book, key=self.key, store=self.store, sender=self.sender,
+            relay_control=self.relay_control, tasks=self.tasks, windows=self.windows, changed=self.changed)
 
     async def meter_info(self, meter_id: str) -> settlement_pb2.MeterInfo | None:
         return await startup.meter_info(self.settlement, meter_id)
@@ -188,20 +169,18 @@ class Meter:
     @property
     def leaving(self) -> bool:
         return self._stop.is_set()
-    # -- the simulation -------------------------------------------------------------------------------
+    # -- the measurement (services.meter.metering) ------------------------------------------------------
+
+    @property
+    def sim(self) -> MeterSimulation | None:
+        return self.metering.sim if self.metering is not None else None
 
     def sim_registers(self) -> Registers:
-        assert self.sim is not None
-        return self.sim.registers
-
-    def now_sim_ms(self) -> int:
-        assert self.clock is not None
-        return self.clock.sim_ms(time.monotonic_ns())
+        assert self.metering is not None
+        return self.metering.registers
 
     def sim_time_iso(self) -> str:
-        if self.sim is None:
-            return ""
-        return datetime.fromtimestamp(self.sim.now_ms / 1000, UTC).astimezone(self.timeline.tz).isoformat()
+        return self.metering.sim_time_iso() if self.metering is not None else ""
 
     def expected_wms(self, t0_ms: int, t1_ms: int) -> tuple[int, int]:
         """(import, export) W·ms the source says flow in ``[t0, t1)`` (relay ignored)."""
@@ -209,56 +188,19 @@ class Meter:
 
     @property
     def import_since_first_contract_wh(self) -> int:
-        if self.sim is None or self.first_contract_import_wh is None:
+        if self.metering is None or self.first_contract_import_wh is None:
             return 0
-        return self.sim.registers.import_wh - self.first_contract_import_wh
+        return self.metering.registers.import_wh - self.first_contract_import_wh
 
     async def note_consumer_contract(self) -> None:
         """The first contract as consumer fixes the baseline of "imported under contracts"."""
-        if self.first_contract_import_wh is None and self.sim is not None:
-            self.first_contract_import_wh = self.sim.registers.import_wh
+        if self.first_contract_import_wh is None and self.metering is not None:
+            self.first_contract_import_wh = self.metering.registers.import_wh
             await self.store.put("first_contract_import_wh", self.first_contract_import_wh)
 
-    async def _tick_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_t = loop.time()
-        while True:
-            next_t += self.s.tick_s
-            delay = next_t - loop.time()
-            if delay < -5 * self.s.tick_s:  # far behind (loop stalled): do not try to catch up
-                next_t = loop.time()
-            await asyncio.sleep(max(0.0, delay))
-            await self.tick()
-
     async def tick(self, *, final: bool = False) -> None:
-        """One metering step (see the module docstring)."""
-        async with self._tick_lock:
-            assert self.sim is not None and self.clock is not None
-            now = self.now_sim_ms()
-            self._prepare_ahead(now)
-            regs = self.sim.registers
-            before = regs.import_wh
-            self.sim.advance(now, import_allowed=self.relay.energized)
-            self.book.attribute_import(regs.import_wh - before)
-            signed = self.key.sign_reading(regs.read(now))
-            attributed = {v.contract_id: v.attributed_wh for v in self.book.of(Party.CONSUMER)}
-            await self.store.save_tick(regs.snapshot(), signed, attributed)
-            metrics.READINGS.inc()
-            metrics.UNMET_WH.set(self.sim.unserved_import_wms // WMS_PER_WH)
-            self.sender.notify()
-            if final:
-                self.block_relay(RelayReason.MANUAL_OFF, "meter leaving")
-            else:
-                self.evaluate_relay()
-                if self.windows is not None and self.windows.due(now) and not self.tasks.running("orders"):
-                    self.tasks.spawn("orders", self.windows.place(now))
-            self.changed()
-
-    def _prepare_ahead(self, now_ms: int) -> None:
-        day = self.timeline.day_of(now_ms)
-        if day != self._prepared_day:
-            self._prepared_day = day
-            self.tasks.spawn(f"prepare-{day}", asyncio.to_thread(self.timeline.prepare, day + timedelta(days=1)))
+        assert self.metering is not None
+        await self.metering.tick(final=final)
 
     # -- the relay (services.meter.relay_control) ---------------------------------------------------
 
@@ -271,13 +213,9 @@ class Meter:
         return self.relay_control.changes
 
     def evaluate_relay(self) -> RelayTransition | None:
-        if self.sim is None or self._stopping:
+        if self.metering is None or self._stopping:
             return None
-        return self.relay_control.evaluate(self.sim.now_ms, self.sim.demand(self.s.tick_sim_ms).energy_wh)
-
-    def block_relay(self, reason: RelayReason, detail: str) -> None:
-        if self.sim is not None:
-            self.relay_control.block(self.sim.now_ms, reason, detail)
+        return self.metering.evaluate_relay()
 
     def payment_failed(self, detail: str) -> None:
         self.relay_control.payment_failed(self.sim.now_ms if self.sim is not None else None, detail)
