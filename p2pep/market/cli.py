@@ -26,6 +26,7 @@ from p2pep.market.engine import Market
 from p2pep.market.errors import InvalidOrder
 from p2pep.market.model import Order, Trade
 from p2pep.market.validation import make_order
+from p2pep.oneline import one_line
 
 MODES = ("continuous", "pay-as-clear")
 REQUIRED = ("id", "meter_id", "side", "energy_wh", "price_msat_per_kwh")
@@ -38,6 +39,8 @@ def parse_line(text: str) -> Order:
         doc: Any = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidOrder("json", f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # integers of more than 4300 digits, nesting too deep
+        raise InvalidOrder("json", f"not usable JSON ({type(e).__name__}: {one_line(str(e), 80)})") from None
     if not isinstance(doc, dict):
         raise InvalidOrder("json", "each line must be a JSON object")
     for key in REQUIRED:
@@ -45,9 +48,10 @@ def parse_line(text: str) -> Order:
             raise InvalidOrder(key, "missing")
     unknown = sorted(set(doc) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
-        raise InvalidOrder(unknown[0], f"unknown field (expected {', '.join(REQUIRED + OPTIONAL)})")
+        raise InvalidOrder(one_line(ascii(unknown[0])[1:-1], 60),
+                           f"unknown field (expected {', '.join(REQUIRED + OPTIONAL)})")
     if doc["side"] not in ("supply", "demand"):
-        raise InvalidOrder("side", f"unknown side {doc['side']!r} (supply or demand)")
+        raise InvalidOrder("side", f"unknown side {one_line(repr(doc['side']), 60)} (supply or demand)")
     partners = doc.get("partners", [])
     if not isinstance(partners, list):
         raise InvalidOrder("partners", "must be a list of meter ids")
@@ -72,7 +76,7 @@ def read_orders(path: Path) -> tuple[list[Order], list[str]]:
             try:
                 o = parse_line(line)
             except InvalidOrder as e:
-                problems.append(f"{path}:{lineno}: {e.field}: {e.message}")
+                problems.append(one_line(f"{path}:{lineno}: {e.field}: {e.message}", 400))
                 continue
             if o.id in seen:
                 problems.append(f"{path}:{lineno}: id: duplicate order id {o.id!r} (first on line {seen[o.id]})")
@@ -128,10 +132,10 @@ def cmd_clear(args: argparse.Namespace) -> int:
     try:
         orders, problems = read_orders(path)
     except OSError as e:
-        print(f"p2pep market clear: cannot read {path}: {e.strerror}", file=sys.stderr)
+        print(one_line(f"p2pep market clear: cannot read {path}: {e.strerror or e}"), file=sys.stderr)
         return 2
     except UnicodeDecodeError as e:
-        print(f"p2pep market clear: {path} is not UTF-8 text: {e.reason}", file=sys.stderr)
+        print(one_line(f"p2pep market clear: {path} is not UTF-8 text: {e.reason}"), file=sys.stderr)
         return 2
     if problems:
         for p in problems:
