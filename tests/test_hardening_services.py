@@ -246,6 +246,8 @@ async def test_a_duplicate_or_replayed_reading_does_not_refresh_liveness(world: 
     acks = await send(stub, first, replayed)
     assert [a.status for a in acks] == [pb.ReadingAck.STATUS_DUPLICATE, pb.ReadingAck.STATUS_REJECTED]
     assert link.last_seen == stale, "a resent or replayed reading made a silent meter look alive"
+    await register(stub, cons)  # registering again (anyone could, with its public key) is no sign of life
+    assert link.last_seen == stale
     before = REGISTRY.get_sample_value("p2pep_settlement_readings_total", {"status": "accepted"})
     assert [a.status for a in await send(stub, reading(cons, 2, 7, 0, t + 1))] == [pb.ReadingAck.STATUS_ACCEPTED]
     assert link.last_seen > stale + 3000

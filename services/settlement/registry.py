@@ -9,7 +9,6 @@ pays ``node_pubkey``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import structlog
@@ -73,9 +72,8 @@ class MeterRegistry:
         await self.store.upsert_meter(row)
         if link is None:
             link = self._links[meter_id] = MeterLink(row)
-        else:
+        else:  # liveness stays as it was: only an accepted new reading refreshes it
             await link.reconnect(row)
-        link.last_seen = time.monotonic()
         log.info("meter registered", meter_id=meter_id, address=address, role=role)
         return link.head.seq if link.head else 0
 
