@@ -177,6 +177,17 @@ def test_cli_malformed_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     _check_file(tmp_path, capsys, data)
 
 
+def test_cli_output_stays_short_for_huge_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "many.jsonl"
+    f.write_text("garbage\n" * 10_000 + "x" * 100_000 + "\n")
+    assert main(["market", "clear", str(f)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 22 and "... and 9981 more bad line(s)" in err[-2] and "10001 bad line(s)" in err[-1]
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (17 << 20))
+    _one_line_error(capsys, ["verify", "--offline", str(big)], "verify")
+
+
 def test_cli_missing_file_and_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for path in (tmp_path / "missing.json", tmp_path):
         _one_line_error(capsys, ["verify", "--offline", str(path)], "verify")

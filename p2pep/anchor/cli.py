@@ -35,6 +35,7 @@ from p2pep.oneline import one_line
 from p2pep.servicekit.settings import BadSettings, read_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHAIN = 0, 1, 2, 3
+MAX_DOCUMENT_BYTES = 16 << 20  # a document with two proofs of the largest tree is a few kB
 
 
 class VerifySettings(BaseSettings):
@@ -135,9 +136,14 @@ def run(args: argparse.Namespace) -> int:
         print("p2pep verify: --min-confirmations must be >= 1", file=sys.stderr)
         return EXIT_USAGE
     try:
-        data = Path(args.document).read_bytes()
+        with Path(args.document).open("rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
         print(one_line(f"p2pep verify: cannot read {args.document}: {exc.strerror or exc}"), file=sys.stderr)
+        return EXIT_USAGE
+    if len(data) > MAX_DOCUMENT_BYTES:
+        print(one_line(f"p2pep verify: {args.document}: larger than {MAX_DOCUMENT_BYTES} bytes: not a contract "
+                       "document"), file=sys.stderr)
         return EXIT_USAGE
     try:
         doc = read_document(data)

@@ -9,8 +9,10 @@ skipped. Trades out on stdout, one a line (``buy_order``, ``sell_order``, ``buye
 
 ``continuous`` submits the orders in file order (pay-as-bid at the resting order's price);
 ``pay-as-clear`` puts them all in the book and runs one uniform-price clearing. If any
-line is bad, every bad line is reported on stderr as ``FILE:LINE: field: problem``,
-nothing is cleared and the exit status is 2.
+line is bad, the bad lines are reported on stderr as ``FILE:LINE: field: problem`` (the first
+20, then a count), one line each, then a summary line; nothing is cleared and the exit status
+is 2. Whatever the file holds (binary, a directory, JSON of any shape), the answer is such
+lines, never a traceback.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from p2pep.oneline import one_line
 MODES = ("continuous", "pay-as-clear")
 REQUIRED = ("id", "meter_id", "side", "energy_wh", "price_msat_per_kwh")
 OPTIONAL = ("partners",)
+MAX_LINE = 65_536  # an order is a few hundred characters
+MAX_SHOWN = 20  # bad lines reported one by one; the rest are counted
 
 
 def parse_line(text: str) -> Order:
@@ -72,6 +76,9 @@ def read_orders(path: Path) -> tuple[list[Order], list[str]]:
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
+                continue
+            if len(line) > MAX_LINE:
+                problems.append(one_line(f"{path}:{lineno}: json: line longer than {MAX_LINE} characters", 400))
                 continue
             try:
                 o = parse_line(line)
@@ -138,8 +145,10 @@ def cmd_clear(args: argparse.Namespace) -> int:
         print(one_line(f"p2pep market clear: {path} is not UTF-8 text: {e.reason}"), file=sys.stderr)
         return 2
     if problems:
-        for p in problems:
+        for p in problems[:MAX_SHOWN]:
             print(p, file=sys.stderr)
+        if len(problems) > MAX_SHOWN:
+            print(f"{path}: ... and {len(problems) - MAX_SHOWN} more bad line(s)", file=sys.stderr)
         print(f"p2pep market clear: {len(problems)} bad line(s); nothing cleared", file=sys.stderr)
         return 2
     run_clear(orders, args.mode, sys.stdout)
