@@ -30,8 +30,27 @@ class CanonicalError(ValueError):
     """A value that has no canonical encoding (a float, a non-string key...)."""
 
 
-def _check(value: Any, path: str = "$") -> None:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+MAX_DEPTH = 32
+"""Deepest nesting of objects and lists a canonical document may have."""
+
+
+def utf8_text(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8 (no lone surrogates, which JSON's ``\\ud800`` can make)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check(value: Any, path: str = "$", depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise CanonicalError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if not utf8_text(value):
+            raise CanonicalError(f"{path}: string is not valid Unicode (a lone surrogate)")
+        return
+    if isinstance(value, bool) or value is None:
         return
     if isinstance(value, int):
         return
@@ -41,11 +60,13 @@ def _check(value: Any, path: str = "$") -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise CanonicalError(f"{path}: object keys must be strings")
-            _check(v, f"{path}.{k}")
+            if not utf8_text(k):
+                raise CanonicalError(f"{path}: an object key is not valid Unicode (a lone surrogate)")
+            _check(v, f"{path}.{ascii(k)[1:-1][:64]}", depth + 1)
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            _check(v, f"{path}[{i}]")
+            _check(v, f"{path}[{i}]", depth + 1)
         return
     raise CanonicalError(f"{path}: {type(value).__name__} has no canonical encoding")
 

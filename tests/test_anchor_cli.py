@@ -150,8 +150,10 @@ def test_unreadable_file_and_bad_json(tmp_path: Path, chain: FakeChain, capsys: 
     assert "cannot read" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    assert main(["verify", str(bad), "--offline"]) == 1
-    assert "FAIL  document: malformed document" in capsys.readouterr().out
+    assert main(["verify", str(bad), "--offline"]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.startswith(f"p2pep verify: {bad}: malformed document: $: not JSON") and cap.err.count("\n") == 1
+    assert cap.out == ""
 
 
 def test_chain_down_exits_three(tmp_path: Path, chain: FakeChain, capsys: Any) -> None:

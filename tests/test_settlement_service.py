@@ -183,7 +183,7 @@ async def test_register_refuses_bad_input(world: Any) -> None:
     await register(stub, cons)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.RegisterMeter(pb.RegisterMeterRequest(meter_id="consumer", pubkey=MeterKey.generate().pubkey_hex,
-                                                         address="a:1", role="consumer"))
+                                                         node_pubkey="02" + "22" * 32, address="a:1", role="consumer"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 

@@ -5,7 +5,8 @@ Connection defaults, first found wins: command-line flags, then the environment
 ``P2PEP_MIN_CONFIRMATIONS``), then the running regtest network's saved state, if any.
 
 Exit codes: 0 verified; 1 a check failed (the last line names each failed check and why);
-2 the file or the connection settings are unusable; 3 the node could not be reached.
+2 the file or the connection settings are unusable (one line on stderr says why: a file that
+is not a contract document, whatever its bytes, is this); 3 the node could not be reached.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from p2pep.anchor.chain import ChainView
-from p2pep.anchor.document import DocumentError, reject_duplicate_keys
+from p2pep.anchor.document import DocumentError, parse_document, reject_duplicate_keys
 from p2pep.anchor.verify import (
     DEFAULT_MIN_CONFIRMATIONS,
     VerifyReport,
@@ -30,9 +31,11 @@ from p2pep.anchor.verify import (
     verify_offline,
 )
 from p2pep.chain.btcd_rpc import BtcdRpcConfig
+from p2pep.oneline import one_line
 from p2pep.servicekit.settings import BadSettings, read_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHAIN = 0, 1, 2, 3
+MAX_DOCUMENT_BYTES = 16 << 20  # a document with two proofs of the largest tree is a few kB
 
 
 class VerifySettings(BaseSettings):
@@ -101,6 +104,27 @@ async def _verify_on_chain(doc: Any, config: BtcdRpcConfig, k: int) -> VerifyRep
         await close()
 
 
+def read_document(data: bytes) -> dict[str, Any]:
+    """The document's JSON object, checked for the documented shape (the checks of
+    :func:`p2pep.anchor.document.parse_document`); :class:`DocumentError` for anything else:
+    not UTF-8, not JSON, duplicate keys, numbers of thousands of digits, nesting too deep,
+    not an object, wrong or missing fields."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocumentError("$", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        doc: Any = json.loads(text, object_pairs_hook=reject_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise DocumentError("$", f"not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, DocumentError):
+            raise
+        raise DocumentError("$", f"not usable JSON ({type(exc).__name__})") from None
+    parse_document(doc)
+    return cast(dict[str, Any], doc)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = read_settings(VerifySettings)
@@ -112,29 +136,30 @@ def run(args: argparse.Namespace) -> int:
         print("p2pep verify: --min-confirmations must be >= 1", file=sys.stderr)
         return EXIT_USAGE
     try:
-        text = Path(args.document).read_text()
+        with Path(args.document).open("rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
-        print(f"p2pep verify: cannot read {args.document}: {exc.strerror}", file=sys.stderr)
+        print(one_line(f"p2pep verify: cannot read {args.document}: {exc.strerror or exc}"), file=sys.stderr)
+        return EXIT_USAGE
+    if len(data) > MAX_DOCUMENT_BYTES:
+        print(one_line(f"p2pep verify: {args.document}: larger than {MAX_DOCUMENT_BYTES} bytes: not a contract "
+                       "document"), file=sys.stderr)
         return EXIT_USAGE
     try:
-        doc: Any = json.loads(text, object_pairs_hook=reject_duplicate_keys)
-    except (json.JSONDecodeError, DocumentError) as exc:
-        doc = None
-        report = VerifyReport()
-        report.add("document", False, f"malformed document: {exc}")
-    if doc is not None:
-        if args.offline:
-            where = "offline (hashes and Merkle paths only; no chain checks)"
-            report = verify_offline(doc)
-        else:
-            config = resolve_btcd(args, settings)
-            if isinstance(config, str):
-                print(f"p2pep verify: {config}", file=sys.stderr)
-                return EXIT_USAGE
-            where = f"against btcd at {config.host}, {k} confirmation(s) required"
-            report = asyncio.run(_verify_on_chain(doc, config, k))
+        doc = read_document(data)
+    except DocumentError as exc:
+        print(one_line(f"p2pep verify: {args.document}: malformed document: {exc}"), file=sys.stderr)
+        return EXIT_USAGE
+    if args.offline:
+        where = "offline (hashes and Merkle paths only; no chain checks)"
+        report = verify_offline(doc)
     else:
-        where = "(document unreadable)"
+        config = resolve_btcd(args, settings)
+        if isinstance(config, str):
+            print(f"p2pep verify: {config}", file=sys.stderr)
+            return EXIT_USAGE
+        where = f"against btcd at {config.host}, {k} confirmation(s) required"
+        report = asyncio.run(_verify_on_chain(doc, config, k))
     if args.json:
         print(json.dumps({"document": args.document, **report.to_json()}, indent=2))
     else:

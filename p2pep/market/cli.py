@@ -9,8 +9,10 @@ skipped. Trades out on stdout, one a line (``buy_order``, ``sell_order``, ``buye
 
 ``continuous`` submits the orders in file order (pay-as-bid at the resting order's price);
 ``pay-as-clear`` puts them all in the book and runs one uniform-price clearing. If any
-line is bad, every bad line is reported on stderr as ``FILE:LINE: field: problem``,
-nothing is cleared and the exit status is 2.
+line is bad, the bad lines are reported on stderr as ``FILE:LINE: field: problem`` (the first
+20, then a count), one line each, then a summary line; nothing is cleared and the exit status
+is 2. Whatever the file holds (binary, a directory, JSON of any shape), the answer is such
+lines, never a traceback.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from p2pep.market.engine import Market
 from p2pep.market.errors import InvalidOrder
 from p2pep.market.model import Order, Trade
 from p2pep.market.validation import make_order
+from p2pep.oneline import one_line
 
 MODES = ("continuous", "pay-as-clear")
 REQUIRED = ("id", "meter_id", "side", "energy_wh", "price_msat_per_kwh")
 OPTIONAL = ("partners",)
+MAX_LINE = 65_536  # an order is a few hundred characters
+MAX_SHOWN = 20  # bad lines reported one by one; the rest are counted
 
 
 def parse_line(text: str) -> Order:
@@ -38,6 +43,8 @@ def parse_line(text: str) -> Order:
         doc: Any = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidOrder("json", f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # integers of more than 4300 digits, nesting too deep
+        raise InvalidOrder("json", f"not usable JSON ({type(e).__name__}: {one_line(str(e), 80)})") from None
     if not isinstance(doc, dict):
         raise InvalidOrder("json", "each line must be a JSON object")
     for key in REQUIRED:
@@ -45,9 +52,10 @@ def parse_line(text: str) -> Order:
             raise InvalidOrder(key, "missing")
     unknown = sorted(set(doc) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
-        raise InvalidOrder(unknown[0], f"unknown field (expected {', '.join(REQUIRED + OPTIONAL)})")
+        raise InvalidOrder(one_line(ascii(unknown[0])[1:-1], 60),
+                           f"unknown field (expected {', '.join(REQUIRED + OPTIONAL)})")
     if doc["side"] not in ("supply", "demand"):
-        raise InvalidOrder("side", f"unknown side {doc['side']!r} (supply or demand)")
+        raise InvalidOrder("side", f"unknown side {one_line(repr(doc['side']), 60)} (supply or demand)")
     partners = doc.get("partners", [])
     if not isinstance(partners, list):
         raise InvalidOrder("partners", "must be a list of meter ids")
@@ -69,10 +77,13 @@ def read_orders(path: Path) -> tuple[list[Order], list[str]]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            if len(line) > MAX_LINE:
+                problems.append(one_line(f"{path}:{lineno}: json: line longer than {MAX_LINE} characters", 400))
+                continue
             try:
                 o = parse_line(line)
             except InvalidOrder as e:
-                problems.append(f"{path}:{lineno}: {e.field}: {e.message}")
+                problems.append(one_line(f"{path}:{lineno}: {e.field}: {e.message}", 400))
                 continue
             if o.id in seen:
                 problems.append(f"{path}:{lineno}: id: duplicate order id {o.id!r} (first on line {seen[o.id]})")
@@ -128,14 +139,16 @@ def cmd_clear(args: argparse.Namespace) -> int:
     try:
         orders, problems = read_orders(path)
     except OSError as e:
-        print(f"p2pep market clear: cannot read {path}: {e.strerror}", file=sys.stderr)
+        print(one_line(f"p2pep market clear: cannot read {path}: {e.strerror or e}"), file=sys.stderr)
         return 2
     except UnicodeDecodeError as e:
-        print(f"p2pep market clear: {path} is not UTF-8 text: {e.reason}", file=sys.stderr)
+        print(one_line(f"p2pep market clear: {path} is not UTF-8 text: {e.reason}"), file=sys.stderr)
         return 2
     if problems:
-        for p in problems:
+        for p in problems[:MAX_SHOWN]:
             print(p, file=sys.stderr)
+        if len(problems) > MAX_SHOWN:
+            print(f"{path}: ... and {len(problems) - MAX_SHOWN} more bad line(s)", file=sys.stderr)
         print(f"p2pep market clear: {len(problems)} bad line(s); nothing cleared", file=sys.stderr)
         return 2
     run_clear(orders, args.mode, sys.stdout)

@@ -40,6 +40,7 @@ MAX_ENERGY_WH = 10**12
 MAX_PRICE_MSAT_PER_KWH = 10**12
 MAX_PARTNERS = 32
 MAX_ID_LEN = 128
+MAX_WINDOW_MS = 366 * 24 * 3600 * 1000  # a power order's window: at most a (leap) year
 
 _NO_PARTNERS: frozenset[str] = frozenset()
 

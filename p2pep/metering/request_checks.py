@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 
 from p2pep.metering.contract_book import ContractView, Party
@@ -43,11 +43,22 @@ def refuse_if(cond: bool, code: Code, field: str, message: str) -> None:
 # -- SignContract ------------------------------------------------------------------------
 
 
+TERMS_FIELDS = frozenset(f"terms_json.{f.name}" for f in fields(ContractTerms)) | {"terms_json", "terms_json.terms",
+                                                                                   "terms_json.v"}
+"""Every field a refusal of :func:`parse_terms` can name (never text the caller chose)."""
+MAX_TERMS_JSON = 16_384
+
+
 def parse_terms(terms_json: str) -> ContractTerms:
+    """The terms in ``terms_json``; every problem (not JSON, nested too deep, numbers too
+    large, unknown or missing keys, lone surrogates) is INVALID_ARGUMENT naming one of
+    :data:`TERMS_FIELDS`."""
+    if len(terms_json) > MAX_TERMS_JSON:
+        raise Refusal(Code.INVALID_ARGUMENT, "terms_json", f"longer than {MAX_TERMS_JSON} characters")
     try:
         doc = json.loads(terms_json)
-    except (ValueError, TypeError) as e:
-        raise Refusal(Code.INVALID_ARGUMENT, "terms_json", f"not JSON ({e})") from e
+    except (ValueError, TypeError, RecursionError) as e:  # ValueError: also integers of > 4300 digits
+        raise Refusal(Code.INVALID_ARGUMENT, "terms_json", f"not JSON ({type(e).__name__})") from None
     if not isinstance(doc, dict):
         raise Refusal(Code.INVALID_ARGUMENT, "terms_json", "must be a JSON object")
     try:

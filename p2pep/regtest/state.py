@@ -1,4 +1,8 @@
-"""Where a network's state lives: a run dir outside the repo, with state.json."""
+"""Where a network's state lives: a run dir outside the repo, with state.json.
+
+state.json holds secrets (the faucet's private key, btcd's RPC credentials), so it is
+written owner-only (0600), atomically, and never readable by others even for a moment.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,21 @@ def load_state(run_dir: Path | None = None) -> dict[str, Any] | None:
     return state
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, the file owner-only (0600) from its creation."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a stale .tmp may have had other modes
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            fd = -1
+            f.write(text)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    tmp.replace(path)
+
+
 def save_state(run_dir: Path, state: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_path(run_dir).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(state_path(run_dir))
+    write_private(state_path(run_dir), json.dumps(state, indent=2))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pep.regtest.process import pid_alive
+from p2pep.regtest.state import write_private
 
 
 def scenario_dir(run_dir: Path) -> Path:
@@ -37,9 +38,7 @@ def load(run_dir: Path) -> dict[str, Any] | None:
 def save(run_dir: Path, state: dict[str, Any]) -> None:
     p = state_file(run_dir)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(p)
+    write_private(p, json.dumps(state, indent=2))
 
 
 def is_our_service(pid: int) -> bool:

@@ -8,7 +8,8 @@ link or a restarting peer is decided here, once:
 * gRPC's own retry policy for unary calls that fail with UNAVAILABLE before the server saw
   them (a few tries, short exponential backoff); streams and calls that may have run are
   retried by their callers, each under :func:`p2pep.servicekit.supervised`;
-* keepalive pings, so a half-open connection is noticed.
+* keepalive pings, so a half-open connection is noticed;
+* message size limits (:mod:`p2pep.servicekit.limits`).
 
 The trust boundary (mutual TLS) will hand its credentials in here too.
 """
@@ -19,6 +20,8 @@ import json
 from typing import Any
 
 import grpc
+
+from p2pep.servicekit.limits import channel_options
 
 RETRY_POLICY = {
     "maxAttempts": 4,
@@ -36,6 +39,7 @@ OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.enable_retries", 1),
     ("grpc.service_config", SERVICE_CONFIG),
+    *channel_options(),
 ]
 
 

@@ -50,10 +50,20 @@ def transient(exc: BaseException) -> Refused | None:
     return None
 
 
+MAX_DETAILS = 1024
+
+
+def details_of(refused: Refused) -> str:
+    """The status details: ``str(refused)`` as valid UTF-8 (a lone surrogate a caller sent and
+    a message echoed is escaped; gRPC could not send it) and at most :data:`MAX_DETAILS` chars."""
+    text = str(refused).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= MAX_DETAILS else text[:MAX_DETAILS - 3] + "..."
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, refused: Refused) -> None:
     code = grpc.StatusCode[refused.status]
     REFUSALS.labels(method, code.name).inc()
-    await context.abort(code, str(refused))
+    await context.abort(code, details_of(refused))
 
 
 async def _abort_if_transient(context: grpc.aio.ServicerContext[Any, Any], method: str,

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from p2pep.servicekit.errors import RefusalInterceptor
 from p2pep.servicekit.http import build_http_app
+from p2pep.servicekit.limits import server_options
 from p2pep.servicekit.settings import BaseServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -48,7 +49,9 @@ class ServiceHost:
         self.name = name
         # every server answers a Refused with its status (p2pep.servicekit.errors)
         self.grpc_server: grpc.aio.Server = grpc.aio.server(
-            interceptors=[RefusalInterceptor(), *interceptors], options=list(grpc_options)
+            interceptors=[RefusalInterceptor(), *interceptors],
+            options=[*server_options(settings.grpc_max_request_bytes, settings.grpc_max_response_bytes),
+                     *grpc_options],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,17 @@ class BadParam(ValueError):
 
     def response(self) -> web.Response:
         return web.json_response({"error": str(self), "param": self.param}, status=400)
+
+
+def int_param(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    """Query parameter ``name`` as an integer ``lo..hi`` (``default`` when absent); anything
+    else (not ASCII digits, e.g. ``²`` or ``-1`` or ``1e3``, out of range) is a :class:`BadParam`."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(hi)) or not lo <= int(raw) <= hi:
+        raise BadParam(name, f"must be an integer from {lo} to {hi}, got {ascii(raw[:40])}")
+    return int(raw)
 
 
 def pb_json(msg: Any) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from p2pep.servicekit.limits import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -50,6 +52,9 @@ class BaseServiceSettings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_json: bool = True
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    grpc_max_request_bytes: int = Field(default=MAX_REQUEST_BYTES, ge=1024, le=1 << 30,
+                                        description="larger requests are refused (RESOURCE_EXHAUSTED)")
+    grpc_max_response_bytes: int = Field(default=MAX_RESPONSE_BYTES, ge=1024, le=1 << 30)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from p2pep.registration import MAX_METER_ID_LEN, METER_ID_PATTERN
 from p2pep.servicekit.settings import BaseServiceSettings
 
 Role = Literal["producer", "consumer", "prosumer"]
@@ -27,10 +29,13 @@ class MeterSettings(BaseServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="P2PEP_METER_", extra="ignore")
 
-    meter_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@/-]+$")
+    meter_id: str = Field(min_length=1, max_length=MAX_METER_ID_LEN, pattern=METER_ID_PATTERN)
     role: Role
-    key_path: Path = Path("meter.key")
-    db_path: str = "meter.sqlite"
+    state_dir: Path | None = Field(
+        default=None, description="folder of its key and database; empty: $XDG_STATE_HOME (or ~/.local/state)"
+                                  "/p2pep/meters/<meter_id>, never the working directory")
+    key_path: Path | None = Field(default=None, description="its reading-signing key; empty: <state_dir>/meter.key")
+    db_path: str = Field(default="", description="its SQLite database; empty: <state_dir>/meter.sqlite")
     advertise_address: str = Field(
         default="", description="host:port settlement dials for MeterService; empty: grpc_host and the bound port"
     )
@@ -109,6 +114,25 @@ class MeterSettings(BaseServiceSettings):
         if self.sim_start is not None and self.sim_start.tzinfo is None:
             raise ValueError("sim_start needs a UTC offset")
         return self
+
+    @property
+    def state_folder(self) -> Path:
+        """Where the meter keeps its state by default (``state_dir``, else a per-meter folder
+        under the user's state directory)."""
+        if self.state_dir is not None:
+            return self.state_dir
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "p2pep" / "meters" / self.meter_id
+
+    @property
+    def key_file(self) -> Path:
+        """The meter's signing key: ``key_path``, else ``meter.key`` in :attr:`state_folder`."""
+        return self.key_path if self.key_path is not None else self.state_folder / "meter.key"
+
+    @property
+    def db_file(self) -> str:
+        """The meter's database: ``db_path``, else ``meter.sqlite`` in :attr:`state_folder`."""
+        return self.db_path or str(self.state_folder / "meter.sqlite")
 
     def peak_watts(self) -> int:
         if self.peak_wp:

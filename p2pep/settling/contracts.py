@@ -29,13 +29,21 @@ from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
-from p2pep.canonical import contract_hash, settlement_hash
+from p2pep.bounds import INT64_MAX, MAX_MS
+from p2pep.canonical import contract_hash, settlement_hash, utf8_text
 from p2pep.market.contracts import contract_terms as match_terms
+from p2pep.market.model import MAX_ENERGY_WH, MAX_ID_LEN, MAX_PRICE_MSAT_PER_KWH
 from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.signing import MeterKey, is_valid_pubkey, verify_digest
 
 DEFAULT_INCREMENT_WH = 10
 CONTRACT_VERSION = 1
+MAX_TIER = 1_000_000
+MAX_STRING_LEN = 2 * MAX_ID_LEN
+"""Bounds on the terms, so every number fits a signed 64-bit integer (the stores, lnd's
+msat amounts, a Timestamp) whatever a caller puts in ``terms_json``: energy and price as
+the market bounds them, times within years 0..9999, the whole contract's value in msat
+within int64, strings valid Unicode of at most ``MAX_STRING_LEN`` characters."""
 
 
 class ContractError(ValueError):
@@ -73,18 +81,25 @@ class ContractTerms:
                     raise ContractError(f"{f.name} must be an integer", f.name)
             elif not isinstance(value, str) or not value:
                 raise ContractError(f"{f.name} must be a non-empty string", f.name)
-        if self.energy_wh <= 0:
-            raise ContractError("energy_wh must be positive", "energy_wh")
-        if self.price_msat_per_kwh < 0:
-            raise ContractError("price_msat_per_kwh must not be negative", "price_msat_per_kwh")
-        if self.start_ms < 0:
-            raise ContractError("start_ms must not be negative", "start_ms")
-        if self.end_ms <= self.start_ms:
-            raise ContractError("end_ms must be after start_ms", "end_ms")
-        if self.increment_wh <= 0:
-            raise ContractError("increment_wh must be positive", "increment_wh")
-        if self.tier < 1:
-            raise ContractError("tier must be 1 or more", "tier")
+            elif len(value) > MAX_STRING_LEN or not utf8_text(value):
+                raise ContractError(f"{f.name} must be valid Unicode text of at most {MAX_STRING_LEN} "
+                                    "characters", f.name)
+        if not 0 < self.energy_wh <= MAX_ENERGY_WH:
+            raise ContractError(f"energy_wh must be within 1..{MAX_ENERGY_WH}", "energy_wh")
+        if not 0 <= self.price_msat_per_kwh <= MAX_PRICE_MSAT_PER_KWH:
+            raise ContractError(f"price_msat_per_kwh must be within 0..{MAX_PRICE_MSAT_PER_KWH}",
+                                "price_msat_per_kwh")
+        if self.energy_wh * self.price_msat_per_kwh // 1000 > INT64_MAX:
+            raise ContractError("the contract's value (energy_wh x price) does not fit 64-bit msat",
+                                "price_msat_per_kwh")
+        if not 0 <= self.start_ms <= MAX_MS:
+            raise ContractError(f"start_ms must be within 0..{MAX_MS}", "start_ms")
+        if not self.start_ms < self.end_ms <= MAX_MS:
+            raise ContractError(f"end_ms must be after start_ms and at most {MAX_MS}", "end_ms")
+        if not 0 < self.increment_wh <= MAX_ENERGY_WH:
+            raise ContractError(f"increment_wh must be within 1..{MAX_ENERGY_WH}", "increment_wh")
+        if not 1 <= self.tier <= MAX_TIER:
+            raise ContractError(f"tier must be within 1..{MAX_TIER}", "tier")
         if self.consumer == self.supplier:
             raise ContractError("consumer and supplier must be different meters", "supplier")
         for name in ("consumer_pubkey", "supplier_pubkey"):
@@ -103,8 +118,9 @@ class ContractTerms:
         if doc.get("v", CONTRACT_VERSION) != CONTRACT_VERSION:
             raise ContractError(f"unsupported contract version {doc.get('v')!r}", "v")
         unknown = set(doc) - names - {"v"}
-        if unknown:
-            raise ContractError(f"unknown contract fields: {', '.join(sorted(unknown))}", sorted(unknown)[0])
+        if unknown:  # named escaped and few: the caller chose them (no field label, no raw text)
+            shown = ", ".join(ascii(k)[:40] for k in sorted(unknown)[:3])
+            raise ContractError(f"{len(unknown)} unknown contract field(s): {shown}", None)
         missing = names - set(doc)
         if missing:
             raise ContractError(f"missing contract fields: {', '.join(sorted(missing))}", sorted(missing)[0])

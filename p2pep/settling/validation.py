@@ -5,8 +5,9 @@ public key, the stream's head (last accepted reading) and, for a sequence number
 or below the head, the reading already stored under that number, it returns a
 :class:`Verdict`. The checks, in order:
 
-1. well formed (integer fields, ``seq >= 1``, registers and time not negative)
-   -> ``MALFORMED``; meter id matches the stream -> ``METER_MISMATCH``;
+1. well formed (integer fields, ``seq >= 1``, registers and time not negative, every
+   integer within a signed 64-bit integer and the time within years 1..9999, so the
+   reading can be stored) -> ``MALFORMED``; meter id matches the stream -> ``METER_MISMATCH``;
 2. the meter is known -> ``UNKNOWN_METER``;
 3. the key the reading claims (if sent) is that key, and the signature verifies
    against it -> ``FORGED_SIGNATURE``;
@@ -28,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from p2pep.bounds import INT64_MAX, MAX_MS
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.signing import verify_reading
 
@@ -103,6 +105,8 @@ def _malformed(r: Reading) -> Rejected | None:
             return Rejected(RejectReason.MALFORMED, f"{name} must be an integer", name)
         if value < 0:
             return Rejected(RejectReason.MALFORMED, f"{name} must not be negative", name)
+        if value > (MAX_MS if name == "timestamp_ms" else INT64_MAX):
+            return Rejected(RejectReason.MALFORMED, f"{name} is too large ({value})", name)
     if r.seq < 1:
         return Rejected(RejectReason.MALFORMED, "seq starts at 1", "seq")
     return None

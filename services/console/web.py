@@ -50,7 +50,10 @@ def parse_time(req: web.Request, name: str) -> Timestamp:
     if t.tzinfo is None:
         raise BadParam(name, f"needs a UTC offset: {raw!r}")
     ts = Timestamp()
-    ts.FromDatetime(t)
+    try:
+        ts.FromDatetime(t)
+    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-14:00 is in year 10000 UTC
+        raise BadParam(name, f"outside years 1..9999 in UTC: {raw!r}") from None
     return ts
 
 

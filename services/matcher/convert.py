@@ -6,10 +6,14 @@ of the bad field in the request (``order.energy_wh``, ``orders[3].side``...).
 
 from __future__ import annotations
 
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from p2pep.market import InvalidOrder, Order, Side
-from p2pep.market.model import MAX_ENERGY_WH, MAX_PRICE_MSAT_PER_KWH
+from p2pep.market.model import MAX_ENERGY_WH, MAX_PRICE_MSAT_PER_KWH, MAX_WINDOW_MS
 from p2pep.market.validation import check_id, check_partners, check_positive_int
 from p2pep.pbconv import duration_ms, enum_value, ms_ts, ts_ms
+from p2pep.refusals import InvalidArgument
 from p2pep.v1 import common_pb2
 
 SIDE_NAMES = {common_pb2.SIDE_SUPPLY: Side.SUPPLY, common_pb2.SIDE_DEMAND: Side.DEMAND}
@@ -22,6 +26,28 @@ class ServiceOrder(Order):
 
     accepted_ms: int
     window_ms: int | None
+
+
+def time_ms(ts: Timestamp, field: str) -> int:
+    """A request's Timestamp in ms; a time outside years 1..9999 is an :class:`InvalidOrder`."""
+    try:
+        return ts_ms(ts, field)
+    except InvalidArgument as e:
+        raise InvalidOrder(e.field, e.message) from None
+
+
+def window_ms_of(d: Duration, field: str) -> int:
+    """A power order's window in ms: 1 ms .. :data:`MAX_WINDOW_MS` (so a contract's end,
+    now + window, always fits the store and a Timestamp)."""
+    try:
+        ms = duration_ms(d, field)
+    except InvalidArgument as e:
+        raise InvalidOrder(e.field, e.message) from None
+    if ms <= 0:
+        raise InvalidOrder(field, "must be > 0")
+    if ms > MAX_WINDOW_MS:
+        raise InvalidOrder(field, f"must be at most {MAX_WINDOW_MS} ms, got {ms}")
+    return ms
 
 
 def parse_side(value: common_pb2.Side.ValueType, field: str, expected: Side | None) -> Side:
@@ -48,9 +74,9 @@ def parse_order(msg: common_pb2.Order, path: str, expected: Side | None, now_ms:
         energy = check_positive_int(path + "energy_wh", msg.energy_wh, MAX_ENERGY_WH)
     elif which == "power":
         power = check_positive_int(path + "power.power_w", msg.power.power_w, MAX_ENERGY_WH)
-        window_ms = duration_ms(msg.power.window)
-        if not msg.power.HasField("window") or window_ms <= 0:
+        if not msg.power.HasField("window"):
             raise InvalidOrder(path + "power.window", "must be > 0")
+        window_ms = window_ms_of(msg.power.window, path + "power.window")
         energy = power * window_ms // 3_600_000
         if energy < 1:
             raise InvalidOrder(path + "power", "power over window is less than 1 Wh")
@@ -60,7 +86,7 @@ def parse_order(msg: common_pb2.Order, path: str, expected: Side | None, now_ms:
     price = check_positive_int(path + "price_msat_per_kwh", msg.price_msat_per_kwh, MAX_PRICE_MSAT_PER_KWH)
     expiry_ms: int | None = None
     if msg.HasField("expiry"):
-        expiry_ms = ts_ms(msg.expiry)
+        expiry_ms = time_ms(msg.expiry, path + "expiry")
         if expiry_ms <= now_ms:
             raise InvalidOrder(path + "expiry", "is in the past")
     partners = check_partners(meter, msg.partners, path + "partners")

@@ -31,11 +31,11 @@ from p2pep.market import (
     terms_hash,
 )
 from p2pep.market.validation import check_id, make_order
-from p2pep.pbconv import enum_value, ms_ts, now_ms, ts_ms
+from p2pep.pbconv import enum_value, ms_ts, now_ms
 from p2pep.settings.matcher import MatcherSettings
 from p2pep.v1 import common_pb2, matcher_pb2
 from services.matcher import metrics as M
-from services.matcher.convert import ServiceOrder, order_msg
+from services.matcher.convert import ServiceOrder, order_msg, time_ms
 from services.matcher.events import EventHub
 from services.matcher.store import Changes, Store, partners_json
 
@@ -408,7 +408,7 @@ class Matcher:
             base = make_order(
                 order_id=req.order_id, meter_id=rec.consumer, side=Side.DEMAND, energy_wh=req.energy_wh,
                 price_msat_per_kwh=req.price_msat_per_kwh, now_ms=now,
-                expiry_ms=ts_ms(req.expiry) if req.HasField("expiry") else None, renews=rec.contract_id,
+                expiry_ms=time_ms(req.expiry, "expiry") if req.HasField("expiry") else None, renews=rec.contract_id,
             )
             o = ServiceOrder(base.id, base.meter, base.side, base.energy, base.price, base.expiry_ms,
                              base.partners, base.renews)

@@ -15,6 +15,7 @@ from p2pep.market import (
     MarketError,
     Side,
 )
+from p2pep.pbconv import int64
 from p2pep.refusals import ResourceExhausted, Unavailable
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc
 from services.matcher import metrics as M
@@ -111,6 +112,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
     async def StreamEvents(self, request: matcher_pb2.StreamEventsRequest,
                            context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[matcher_pb2.MatchEvent]:
         meters = frozenset(request.meter_ids)
+        int64("from_seq", request.from_seq)  # a uint64 beyond what the store can hold: INVALID_ARGUMENT
         sub: Subscription = self.m.hub.subscribe(meters)
         M.STREAMS.inc()
         try:

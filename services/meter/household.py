@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from p2pep.servicekit.http import BadParam, pb_json, static_page
+from p2pep.servicekit.http import BadParam, int_param, pb_json, static_page
 from services.meter.meter import Meter
 from services.meter.servicer import contract_records, recent_payments
 
@@ -27,12 +27,7 @@ MAX_LIMIT = 500
 
 
 def _int_param(req: web.Request, name: str, default: int) -> int:
-    raw = req.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadParam(name, f"must be an integer from 1 to {MAX_LIMIT}, got {raw!r}")
-    return int(raw)
+    return int_param(req.query, name, default, 1, MAX_LIMIT)
 
 
 def _bool_param(req: web.Request, name: str) -> bool:

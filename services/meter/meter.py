@@ -94,8 +94,10 @@ class Meter:
 
     @classmethod
     async def open(cls, settings: MeterSettings, lnd: LightningNode) -> Meter:
-        key = MeterKey.load_or_create(settings.key_path)
-        store = await MeterStore.open(settings.db_path, settings.meter_id)
+        if settings.key_path is None or not settings.db_path:  # a default under its state folder
+            settings.state_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = MeterKey.load_or_create(settings.key_file)
+        store = await MeterStore.open(settings.db_file, settings.meter_id)
         book = ContractBook(await store.contracts())
         timeline = build_timeline(settings)
         m = cls(settings, store, key, lnd, timeline, book)

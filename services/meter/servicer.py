@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from p2pep.metering.request_checks import Refusal
+from p2pep.metering.request_checks import TERMS_FIELDS, Refusal
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2
 from services.meter import metrics
 from services.meter.contracts import record_of
@@ -23,6 +23,23 @@ from services.meter.store import SUCCEEDED
 log = structlog.get_logger("meter.grpc")
 
 T = TypeVar("T")
+
+
+def _request_fields() -> frozenset[str]:
+    names: set[str] = {"meter", "contract_id", "contract.contract_id", "state", "terms_json"}
+    for msg in (meter_pb2.SignContractRequest, meter_pb2.CreateInvoiceRequest, meter_pb2.PayInvoiceRequest,
+                settlement_pb2.ContractRecord):
+        names.update(f.name for f in msg.DESCRIPTOR.fields)
+    return frozenset(names | TERMS_FIELDS)
+
+
+KNOWN_FIELDS = _request_fields()
+
+
+def refusal_label(field: str) -> str:
+    """The ``field`` label of a refusal: a field of the requests or the terms, else ``other``
+    (the set of label values stays bounded whatever a caller sends)."""
+    return field if field in KNOWN_FIELDS else "other"
 
 
 def contract_records(m: Meter, active_only: bool = False) -> list[settlement_pb2.ContractRecord]:
@@ -60,7 +77,7 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
         try:
             return await call()
         except Refusal as r:  # counted and logged here; the server's interceptor answers its status
-            metrics.REFUSED.labels(rpc, r.field).inc()
+            metrics.REFUSED.labels(rpc, refusal_label(r.field)).inc()
             log.warning("request refused", rpc=rpc, code=r.code.value, field=r.field, message=r.message)
             raise
 

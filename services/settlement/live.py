@@ -40,6 +40,10 @@ class MeterLink:
 
     @property
     def stub(self) -> meter_pb2_grpc.MeterServiceAsyncStub:
+        """The one place settlement dials a meter, at the address it registered (checked by
+        :func:`p2pep.registration.check_address`). The trust boundary binds here: a meter's
+        address is dialled only once its registration is bound to the identity its
+        certificate names, and the channel verifies the server by that name."""
         if self._stub is None:
             self._channel = channel(self.row.address)
             self._stub = meter_pb2_grpc.MeterServiceStub(self._channel)

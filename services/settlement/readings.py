@@ -6,7 +6,9 @@ its attribution (one transaction) *before* it is acknowledged, then the contract
 grow and their workers wake. One reading of a meter is handled at a time (its link's lock),
 and from attribution to the ledgers no contract changes state (the engine's ledger lock: a
 contract ended while the reading was being stored would otherwise have a closed ledger to add
-to, and the reading's other contracts would lose their shares).
+to, and the reading's other contracts would lose their shares). Only an accepted new reading
+refreshes the meter's liveness (``MeterLink.last_seen``): a resent (duplicate), replayed or
+otherwise rejected one does not, so a meter that only replays old readings counts as silent.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections.abc import Iterable, Mapping
 
 import structlog
 
+from p2pep.bounds import MAX_MS
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.pbconv import ts_ms
+from p2pep.refusals import InvalidArgument
 from p2pep.settling.allocation import AllocationTarget, allocate
 from p2pep.settling.contracts import ContractState
 from p2pep.settling.validation import (
@@ -49,7 +53,12 @@ class ReadingIngest:
         self.ledger_lock = ledger_lock
 
     async def ingest(self, msg: common_pb2.Reading) -> settlement_pb2.ReadingAck:
-        r = Reading(msg.meter_id, msg.seq, msg.import_wh, msg.export_wh, ts_ms(msg.timestamp))
+        try:
+            t_ms = ts_ms(msg.timestamp, "timestamp")
+        except InvalidArgument as e:  # judged MALFORMED below, like any time out of range
+            t_ms = -1 if msg.timestamp.seconds < 0 else MAX_MS + 1
+            log.debug("reading timestamp out of range", meter_id=msg.meter_id, error=str(e))
+        r = Reading(msg.meter_id, msg.seq, msg.import_wh, msg.export_wh, t_ms)
         signed = SignedReading(r, bytes(msg.signature))
         link = self.meters.get(msg.meter_id)
         async with link.lock if link else asyncio.Lock():
@@ -66,8 +75,7 @@ class ReadingIngest:
                             message=verdict.message)
                 return Ack(seq=r.seq, status=Ack.STATUS_REJECTED, reason=verdict.reason.value, message=verdict.message)
             assert link is not None
-            link.last_seen = time.monotonic()
-            if isinstance(verdict, Duplicate):
+            if isinstance(verdict, Duplicate):  # a resend proves nothing about the meter now
                 metrics.READINGS.labels("duplicate").inc()
                 return Ack(seq=r.seq, status=Ack.STATUS_DUPLICATE)
             assert isinstance(verdict, Accepted)
@@ -75,6 +83,7 @@ class ReadingIngest:
                 attributions = attribute(r, head, self.contracts.values())
                 await self.store.accept_reading(r, signed.signature, attributions)
                 link.head = StreamHead.of(r)
+                link.last_seen = time.monotonic()  # only a new reading shows the meter is alive
                 for cid, side, wh in attributions:
                     lc = self.contracts[cid]
                     (lc.ledger.add_consumer_wh if side == "consumer" else lc.ledger.add_supplier_wh)(wh)

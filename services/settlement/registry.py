@@ -2,23 +2,25 @@
 
 A meter registers with its signing key, its lnd node and the address of its MeterService;
 registering again with the same key updates the rest, another key for the same id is refused.
+Every field is checked for its exact form first (:mod:`p2pep.registration`): settlement later
+dials ``address`` (only through :attr:`MeterLink.stub`, the one place it dials a meter) and
+pays ``node_pubkey``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import structlog
 
 from p2pep.metering.signing import is_valid_pubkey
+from p2pep.registration import check_address, check_meter_id, check_node_pubkey, check_role
 from p2pep.servicekit.errors import InvalidArgument, PermissionDenied
 from p2pep.settling.validation import StreamHead
 from services.settlement.live import MeterLink
 from services.settlement.store import MeterRow, Store
 
 log = structlog.get_logger("settlement")
-ROLES = ("producer", "consumer", "prosumer")
 
 
 class MeterRegistry:
@@ -56,14 +58,13 @@ class MeterRegistry:
     async def register(self, meter_id: str, pubkey: str, node_pubkey: str, address: str, role: str,
                        node_address: str = "") -> int:
         """Register (or re-register) a meter; returns the last seq settlement holds of it."""
-        if not meter_id:
-            raise InvalidArgument("meter_id", "must not be empty")
+        check_meter_id(meter_id)
         if not is_valid_pubkey(pubkey):
             raise InvalidArgument("pubkey", "must be a 33-byte compressed secp256k1 key in hex")
-        if not address:
-            raise InvalidArgument("address", "must be host:port of the MeterService")
-        if role not in ROLES:
-            raise InvalidArgument("role", "must be producer, consumer or prosumer")
+        node_pubkey = check_node_pubkey(node_pubkey)
+        check_address(address, "address")
+        check_address(node_address, "node_address", required=False)
+        check_role(role)
         link = self._links.get(meter_id)
         if link is not None and link.row.pubkey != pubkey:
             raise PermissionDenied("pubkey", f"meter {meter_id} is registered with another key")
@@ -71,9 +72,8 @@ class MeterRegistry:
         await self.store.upsert_meter(row)
         if link is None:
             link = self._links[meter_id] = MeterLink(row)
-        else:
+        else:  # liveness stays as it was: only an accepted new reading refreshes it
             await link.reconnect(row)
-        link.last_seen = time.monotonic()
         log.info("meter registered", meter_id=meter_id, address=address, role=role)
         return link.head.seq if link.head else 0
 

@@ -59,7 +59,8 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return pb.ListSettlementContractsResponse(contracts=self.e.list_contracts(req.meter_id, req.states))
 
     async def _energy(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext[Any, Any], column: str) -> pb.EnergyTotal:
-        wh, n = await self.e.energy(req.meter_id, column, ts_ms(getattr(req, "from")), ts_ms(req.to))
+        wh, n = await self.e.energy(req.meter_id, column, ts_ms(getattr(req, "from"), "from"),
+                                     ts_ms(req.to, "to"))
         return pb.EnergyTotal(meter_id=req.meter_id, energy_wh=wh, readings=n)
 
     async def GetUsage(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.EnergyTotal:
