@@ -317,3 +317,27 @@ async def test_security_headers(site: Site) -> None:
     base, _ = site
     async with aiohttp.ClientSession(base) as http, http.get("/api/session") as r:
         assert r.headers["X-Frame-Options"] == "DENY" and r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_operator_add_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pep.cli import main
+
+    db = tmp_path / "console" / "auth.db"
+    monkeypatch.setenv("P2PEP_OPERATOR_PASSWORD", "short")
+    assert main(["operator", "add", "ops", "--db", str(db)]) == 2
+    assert capsys.readouterr().err.startswith("error: password:")
+    monkeypatch.setenv("P2PEP_OPERATOR_PASSWORD", PW)
+    assert main(["operator", "add", "Ops", "--db", str(db)]) == 0
+    assert "operator ops" in capsys.readouterr().out
+
+    async def stored() -> str | None:
+        store = await AuthStore.open(str(db))
+        try:
+            acct = await store.account("ops")
+            return acct.password_hash if acct else None
+        finally:
+            await store.close()
+
+    import asyncio
+    digest = asyncio.run(stored())
+    assert digest is not None and digest.startswith("$argon2id$") and PW not in digest
