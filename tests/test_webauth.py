@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 from web_helpers import WebClient
 
 from p2pep.metering.pairing import PairingCodes, PairingRefused, normalize_code
@@ -233,8 +234,13 @@ async def test_nothing_without_a_session(site: Site) -> None:
             assert r.status == 200 and "Sign in" in await r.text()
 
 
+def refused(reason: str) -> float:
+    return REGISTRY.get_sample_value("p2pep_webauth_refused_total", {"site": "test", "reason": reason}) or 0.0
+
+
 async def test_csrf_refusals_are_403_json_and_change_nothing(site: Site) -> None:
     base, auth = site
+    before = refused("csrf")
     async with WebClient(base) as c:
         await c.refresh()
         status, body = await c.send("POST", "/api/register", {"name": "carol", "password": PW}, csrf="")
@@ -257,6 +263,7 @@ async def test_csrf_refusals_are_403_json_and_change_nothing(site: Site) -> None
         async with WebClient(base) as d:
             await d.register("dave", PW)
             assert (await c.send("POST", "/api/change", csrf=d.csrf))[0] == 403
+    assert refused("csrf") - before == 8  # counted, with bounded labels
 
 
 async def test_sign_in_rate_limited_per_account_and_per_client(site: Site) -> None:

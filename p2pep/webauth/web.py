@@ -36,6 +36,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from p2pep.webauth import metrics
 from p2pep.webauth.hosts import host_name, host_verdict
 from p2pep.webauth.names import name_problem, normalize_name
 from p2pep.webauth.passwords import Passwords, password_problem
@@ -169,6 +170,8 @@ class WebAuth:
         if request.path in ALWAYS_PUBLIC:
             return await handler(request)
         verdict = host_verdict(request.headers.get("Host"), self.cfg.allowed_hosts)
+        if verdict != "ok":
+            metrics.REFUSED.labels(self.cfg.site, "host").inc()
         if verdict == "missing" or verdict == "malformed":
             return json_error(400, f"Host header {verdict}")
         if verdict != "ok":
@@ -185,25 +188,32 @@ class WebAuth:
     async def _csrf(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in UNSAFE:
             return await handler(request)
+        problem = self._csrf_problem(request)
+        if problem is not None:
+            metrics.REFUSED.labels(self.cfg.site, "csrf").inc()
+            return json_error(403, problem)
+        return await handler(request)
+
+    def _csrf_problem(self, request: web.Request) -> str | None:
         if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-            return json_error(403, "CSRF: cross-site request refused")
+            return "CSRF: cross-site request refused"
         origin = request.headers.get("Origin")
         if origin is not None:
             authority = origin.split("://", 1)[-1]
             if origin == "null" or host_name(authority) != host_name(request.headers.get("Host", "")):
-                return json_error(403, "CSRF: request from another origin refused")
+                return "CSRF: request from another origin refused"
         s = request[SESSION_KEY]
         expected = s.csrf_token if s is not None else request.cookies.get(self.csrf_cookie, "")
         given = request.headers.get("X-CSRF-Token", "")
         if not expected or not given or not hmac.compare_digest(expected.encode(), given.encode()):
-            return json_error(403, "CSRF token missing or wrong (GET /api/session gives it; "
-                                   "send it as the X-CSRF-Token header)")
-        return await handler(request)
+            return "CSRF token missing or wrong (GET /api/session gives it; send it as the X-CSRF-Token header)"
+        return None
 
     @web.middleware
     async def _signed_in(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request[SESSION_KEY] is not None or request.path in self.public:
             return await handler(request)
+        metrics.REFUSED.labels(self.cfg.site, "unauthenticated").inc()
         if request.path.startswith("/api/") or request.method != "GET":
             return json_error(401, "sign in first")
         raise web.HTTPSeeOther("/signin")
@@ -251,6 +261,7 @@ class WebAuth:
         wait = max(limiter.retry_after(k) for limiter, k in keys)
         if wait:
             log.warning("sign-in rate limited", site=self.cfg.site)
+            metrics.SIGNINS.labels(self.cfg.site, "limited").inc()
             return too_many("failed sign-ins", wait)
         account = await self.store.account(name)
         ok = await asyncio.to_thread(self.passwords.verify, account.password_hash if account else None,
@@ -259,6 +270,7 @@ class WebAuth:
             for limiter, k in keys:
                 limiter.hit(k)
             log.info("sign-in failed", site=self.cfg.site)
+            metrics.SIGNINS.labels(self.cfg.site, "wrong").inc()
             return json_error(401, "wrong name or password")
         self.per_account.reset(f"account:{name}")
         if self.passwords.needs_rehash(account.password_hash):
@@ -266,6 +278,7 @@ class WebAuth:
                                                                                     body["password"]))
         await self.store.purge_expired(self.now_ms())
         log.info("signed in", site=self.cfg.site, account=account.id)
+        metrics.SIGNINS.labels(self.cfg.site, "ok").inc()
         return await self._start_session(request, account.id)
 
     async def _signout(self, request: web.Request) -> web.Response:
