@@ -3,6 +3,7 @@ server (register, sign-in, sign-out, CSRF, rate limits, Host check, no data with
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -163,8 +164,8 @@ Site = tuple[str, WebAuth]
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
     store = await AuthStore.open(str(tmp_path / "auth.db"))
     auth = WebAuth(store, AuthConfig(site="test", title="Test", can_register=True, signin_failures_per_account=3,
-                                     signin_failures_per_client=6, registrations_per_client=5),
-                   passwords=cheap_passwords())
+                                     signin_failures_per_client=6, registrations_per_client=5, session_ttl_s=3600),
+                   passwords=cheap_passwords(), clock=Clock(time.time()))
     app = web.Application()
     auth.install(app)
 
@@ -212,6 +213,23 @@ async def test_register_sign_in_sign_out(site: Site) -> None:
         assert (await other.register("alice", PW))[0] == 409
         status, body = await other.register("bob", "short")
         assert status == 400 and body["param"] == "password" and body["error"].startswith("password:")
+
+
+async def test_sessions_expire_and_sign_in_makes_a_new_one(site: Site) -> None:
+    base, auth = site
+    assert isinstance(auth.clock, Clock)
+    async with WebClient(base) as c:
+        await c.register("frank", PW)
+        first = next(m.value for m in c.http.cookie_jar if m.key == "p2pep_test_session")
+        await c.signin("frank", PW)
+        second = next(m.value for m in c.http.cookie_jar if m.key == "p2pep_test_session")
+        assert first != second
+        assert await auth.store.session(first, auth.now_ms()) is None  # the old one is gone (no fixation)
+        assert (await c.get("/api/mine"))[0] == 200
+        auth.clock.t += 3599
+        assert (await c.get("/api/mine"))[0] == 200
+        auth.clock.t += 2
+        assert (await c.get("/api/mine"))[0] == 401  # server-side expiry, whatever the cookie says
 
 
 async def test_nothing_without_a_session(site: Site) -> None:

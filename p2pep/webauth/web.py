@@ -123,7 +123,7 @@ class WebAuth:
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store, self.cfg = store, config
         self.passwords = passwords or Passwords()
-        self._clock = clock
+        self.clock = clock  # wall time (session expiry); ``monotonic`` paces the rate limits
         c = config
         self.per_account = RateLimiter(c.signin_failures_per_account, c.limit_window_s, clock=monotonic)
         self.per_client = RateLimiter(c.signin_failures_per_client, c.limit_window_s, clock=monotonic)
@@ -133,7 +133,7 @@ class WebAuth:
         self.public = ALWAYS_PUBLIC | AUTH_PUBLIC | c.public
 
     def now_ms(self) -> int:
-        return int(self._clock() * 1000)
+        return int(self.clock() * 1000)
 
     def install(self, app: web.Application) -> None:
         """Add the middlewares and the sign-in routes (before the app starts)."""
