@@ -1,22 +1,40 @@
-"""The operator console against a fake settlement (in-process gRPC): what it shows, and
-its answers to bad input and to a backend that is down. The real run is in
-tests/test_e2e_scenarios.py."""
+"""The operator console against a fake settlement (in-process gRPC): what it shows to a
+signed-in operator (and nothing to anyone else), and its answers to bad input and to a
+backend that is down. The real run is in tests/test_e2e_scenarios.py."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
 from aiohttp import web
+from web_helpers import WebClient
 
 from p2pep.regtest.ports import free_port
 from p2pep.v1 import common_pb2, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
+from p2pep.webauth.accounts import set_account
+from p2pep.webauth.passwords import cheap_passwords
+from p2pep.webauth.store import AuthStore
+from p2pep.webauth.web import AuthConfig, WebAuth
 from services.console.web import Console, add_console_routes
+
+OPERATOR = ("ops", "operator password 1")
+
+
+@asynccontextmanager
+async def operator(base: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A browser session of the signed-in operator."""
+    async with WebClient(base) as c:
+        status, body = await c.signin(*OPERATOR)
+        assert status == 200, body
+        yield c.http
 
 
 class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
@@ -44,7 +62,8 @@ class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
         return pb.EnergyTotal(meter_id=req.meter_id, energy_wh=0, readings=12)
 
     async def ListPayments(self, req: pb.ListPaymentsRequest, ctx: Any) -> pb.ListPaymentsResponse:
-        return pb.ListPaymentsResponse(payments=[pb.Payment(contract_id=req.contract_id, increment=1, amount_msat=2500)])
+        return pb.ListPaymentsResponse(payments=[pb.Payment(contract_id=req.contract_id, increment=1, amount_msat=2500,
+                                                                           preimage="ab" * 32)])
 
     async def ExportContract(self, req: pb.GetContractRequest, ctx: Any) -> pb.ContractDocument:
         if req.contract_id != "c-1":
@@ -53,15 +72,18 @@ class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
 
 
 @pytest.fixture
-async def console() -> AsyncIterator[tuple[str, FakeSettlement, grpc.aio.Server]]:
+async def console(tmp_path: Path) -> AsyncIterator[tuple[str, FakeSettlement, grpc.aio.Server]]:
     fake = FakeSettlement()
+    await set_account(str(tmp_path / "auth.db"), *OPERATOR, passwords=cheap_passwords())
+    store = await AuthStore.open(str(tmp_path / "auth.db"))
+    auth = WebAuth(store, AuthConfig(site="console", title="console"), passwords=cheap_passwords())
     server = grpc.aio.server()
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     app = web.Application()
-    add_console_routes(app, Console(settlement_pb2_grpc.SettlementServiceStub(channel), None, timeout=3))
+    add_console_routes(app, Console(settlement_pb2_grpc.SettlementServiceStub(channel), None, timeout=3), auth)
     runner = web.AppRunner(app)
     await runner.setup()
     http_port = free_port()
@@ -70,11 +92,12 @@ async def console() -> AsyncIterator[tuple[str, FakeSettlement, grpc.aio.Server]
     await runner.cleanup()
     await channel.close()
     await server.stop(None)
+    await store.close()
 
 
 async def test_console_shows_meters_contracts_energy_and_documents(console: Any) -> None:
     base, fake, _ = console
-    async with aiohttp.ClientSession(base) as http:
+    async with operator(base) as http:
         async with http.get("/") as r:
             assert r.status == 200 and "api/overview" in await r.text()
         async with http.get("/api/overview") as r:
@@ -95,7 +118,26 @@ async def test_console_shows_meters_contracts_energy_and_documents(console: Any)
             assert r.status == 200 and "c-1.json" in r.headers["Content-Disposition"]
             assert (await r.json())["terms"]["contract_id"] == "c-1"
         async with http.get("/api/payments?contract_id=c-1") as r:
-            assert (await r.json())["payments"][0]["increment"] == 1
+            text = await r.text()
+            assert json.loads(text)["payments"][0]["increment"] == 1
+            assert "preimage" not in text and "ab" * 32 not in text  # preimages never reach a page
+
+
+async def test_console_shows_nothing_without_an_operator_session(console: Any) -> None:
+    base, _, _ = console
+    async with WebClient(base) as c:
+        for path in ("/api/overview", "/api/contracts", "/api/payments", "/api/contracts/c-1/document"):
+            status, body = await c.get(path)
+            assert status == 401 and body == {"error": "sign in first"}, path
+        assert (await c.get("/"))[0] == 303
+        assert (await c.register("mallory", "operator password 2"))[0] in (404, 405)  # operators: by the CLI only
+        assert (await c.signin("ops", "not the password"))[0] == 401
+        assert (await c.signin(*OPERATOR))[0] == 200
+        assert (await c.get("/api/overview"))[0] == 200
+        status, body = await c.send("POST", "/api/signout", csrf="forged")
+        assert status == 403 and "CSRF" in body["error"]
+        assert (await c.signout())[0] == 200
+        assert (await c.get("/api/overview"))[0] == 401
 
 
 @pytest.mark.parametrize("path,status,param", [
@@ -111,7 +153,7 @@ async def test_console_shows_meters_contracts_energy_and_documents(console: Any)
 async def test_bad_requests_get_a_status_and_a_json_error(console: Any, path: str, status: int,
                                                            param: str | None) -> None:
     base, _, _ = console
-    async with aiohttp.ClientSession(base) as http, http.get(path) as r:
+    async with operator(base) as http, http.get(path) as r:
         body = await r.json()
     assert r.status == status, body
     assert body["error"]
@@ -124,5 +166,5 @@ async def test_bad_requests_get_a_status_and_a_json_error(console: Any, path: st
 async def test_settlement_down_is_a_503(console: Any) -> None:
     base, _, server = console
     await server.stop(None)
-    async with aiohttp.ClientSession(base) as http, http.get("/api/overview") as r:
+    async with operator(base) as http, http.get("/api/overview") as r:
         assert r.status == 503 and "error" in await r.json()

@@ -30,6 +30,7 @@ import logcheck
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
+from web_helpers import WebClient
 
 from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
@@ -169,26 +170,47 @@ async def attack_settlement(runner: ScenarioRunner, found: dict[str, Any]) -> No
 
 
 async def household_view(runner: ScenarioRunner, meter: str) -> dict[str, Any]:
-    """What the household's phone shows (the meter's own web app), once it has paid."""
-    base = f"http://127.0.0.1:{runner.procs[meter].launch.metrics_port}"
-    async with aiohttp.ClientSession(base) as http:
-        async with http.get("/") as resp:
+    """What the household's phone shows, as a new household gets there: register on the
+    portal, add its meter with the code the meter's display shows, then read the app (signed
+    in) until it shows a payment. Without a session, and for another household, it shows nothing."""
+    portal = f"http://127.0.0.1:{runner.procs['portal'].launch.metrics_port}"
+    display = f"http://127.0.0.1:{runner.procs[meter].launch.metrics_port}"
+    async with aiohttp.ClientSession(display) as http, http.get("/api/pairing") as resp:
+        assert resp.status == 200
+        code = (await resp.json())["code"]
+    async with WebClient(portal) as app, WebClient(portal) as stranger:
+        assert (await app.get(f"/api/meters/{meter}/status"))[0] == 401
+        status, body = await app.register(f"household-of-{meter}", "a household password")
+        assert status == 201, body
+        status, body = await app.send("POST", "/api/meters", {"meter_id": meter, "code": code})
+        assert status == 201, body
+        status, body = await app.send("POST", "/api/meters", {"meter_id": meter, "code": code})
+        assert status == 200, body  # already this account's; the code is used up anyway
+        async with app.http.get("/") as resp:
             assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
+        await stranger.register("a-stranger", "another household password")
+        status, body = await stranger.get(f"/api/meters/{meter}/status")
+        assert status == 404, body
+        status, body = await stranger.send("POST", "/api/meters", {"meter_id": meter, "code": code})
+        assert status == 409, body
 
         async def paid() -> dict[str, Any] | None:
-            async with http.get("/api/status") as resp:
-                assert resp.status == 200
-                body = dict(await resp.json())
-            return body if body["payments"] else None
+            status, body = await app.get(f"/api/meters/{meter}/status")
+            assert status == 200, body
+            return dict(body) if body["payments"] else None
 
         return await wait_for(paid, timeout=120, what=f"{meter}'s app shows a payment")
 
 
 async def console_view(runner: ScenarioRunner) -> dict[str, Any]:
-    """What the operator's console shows of the running microgrid."""
+    """What the operator's console shows of the running microgrid, signed in as the demo's operator."""
     base = f"http://127.0.0.1:{runner.procs['console'].launch.metrics_port}"
     start = runner.scenario.timing.sim_start
-    async with aiohttp.ClientSession(base) as http:
+    async with WebClient(base) as c:
+        unsigned = (await c.get("/api/overview"))[0]
+        status, body = await c.signin(*runner.operator)
+        assert status == 200, body
+        http = c.http
         async with http.get("/api/overview") as resp:
             overview = await resp.json()
         async with http.get("/api/energy", params={"meter_id": "meter-3", "from": start.isoformat(),
@@ -196,7 +218,9 @@ async def console_view(runner: ScenarioRunner) -> dict[str, Any]:
             energy = await resp.json()
         async with http.get("/api/energy", params={"meter_id": "meter-3", "from": "noon"}) as resp:
             bad = (resp.status, await resp.json())
-    return {"overview": overview, "energy": energy, "bad": bad}
+        async with http.get("/api/payments", params={"meter_id": "meter-3"}) as resp:
+            payments = await resp.text()
+    return {"overview": overview, "energy": energy, "bad": bad, "unsigned": unsigned, "payments": payments}
 
 
 def verify_cli(doc_path: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -260,6 +284,9 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         assert con["overview"]["delivered_wh"] > 0 and con["overview"]["book"] is not None
         assert con["energy"]["usage_wh"] > 0 and con["energy"]["production_wh"] == 0, con["energy"]
         assert con["bad"][0] == 400 and con["bad"][1]["param"] == "from", con["bad"]
+        assert con["unsigned"] == 401  # the console shows nothing before the operator signs in
+        assert "payment_hash" in con["payments"] and "preimage" not in con["payments"]
+        assert "preimage" not in json.dumps(app)
 
         # forgeries: refused with a clear status, counted, stored nowhere
         for reason, (status, got, message) in found["acks"].items():
@@ -304,8 +331,10 @@ async def lock_settlement_db(r: ScenarioRunner, found: dict[str, Any]) -> None:
     failures = ("p2pep_settlement_task_failures_total", (("task", "contract_worker"),))
     db = sqlite3.connect(r.layout.data_dir("settlement") / "settlement.db", isolation_level=None, timeout=30,
                          check_same_thread=False)
-    console = f"http://127.0.0.1:{r.procs['console'].launch.metrics_port}/api/overview"
-    async with grpc.aio.insecure_channel(target) as ch, aiohttp.ClientSession() as http:
+    console = f"http://127.0.0.1:{r.procs['console'].launch.metrics_port}"
+    async with grpc.aio.insecure_channel(target) as ch, WebClient(console) as operator:
+        assert (await operator.signin(*r.operator))[0] == 200
+        http = operator.http
         stub = settlement_pb2_grpc.SettlementServiceStub(ch)
 
         async def in_flight() -> bool:  # an increment is due: its worker is paying it right now
@@ -314,7 +343,7 @@ async def lock_settlement_db(r: ScenarioRunner, found: dict[str, Any]) -> None:
                        for c in resp.contracts if c.state == pb.CONTRACT_STATE_ACTIVE)
 
         async def console_faults() -> list[dict[str, str]]:
-            async with http.get(console) as resp:
+            async with http.get("/api/overview") as resp:
                 return list((await resp.json())["faults"])
 
         before = (await settlement_metrics(r)).get(failures, 0)

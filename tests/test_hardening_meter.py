@@ -9,11 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 from prometheus_client import REGISTRY
 from test_meter_service import Rig, make_terms, pair, rig, tj  # noqa: F401  (rig: the fixture)
+from test_portal import PW, PortalRig, portal  # noqa: F401  (portal: the fixture)
+from web_helpers import WebClient
 
 from p2pep.metering.request_checks import TERMS_FIELDS, Refusal, parse_terms
 from p2pep.settings.meter import MeterSettings
@@ -83,17 +84,18 @@ def test_parse_terms_names_only_known_fields() -> None:
 @pytest.mark.parametrize("query", ["limit=\u00b2", "limit=%C2%B2", "limit=\u0663", "limit=-1", "limit=+5",
                                    "limit=1e3", "limit=99999999999999999999999999", "limit=%20", "limit=",
                                    "limit=0x10", "limit=%ED%A0%80"])
-async def test_household_limit_must_be_ascii_digits_in_range(rig: Rig, query: str) -> None:  # noqa: F811
-    app = await rig.meter("home", "consumer")
-    async with aiohttp.ClientSession(app.host.http_url) as http:
-        async with http.get(f"/api/payments?{query}") as resp:
-            assert resp.status == 400, query
-            body = await resp.json()
+async def test_household_limit_must_be_ascii_digits_in_range(portal: PortalRig, query: str) -> None:  # noqa: F811
+    """The household app (the portal) answers 400 with a JSON body naming the parameter."""
+    async with WebClient(portal.base) as a:
+        assert (await a.register("alice@example.org", PW))[0] == 201
+        code = await portal.code("home")
+        assert (await a.send("POST", "/api/meters", {"meter_id": "home", "code": code}))[0] == 201
+        status, body = await a.get(f"/api/meters/home/payments?{query}")
+        assert status == 400, query
         assert body["param"] == "limit" and body["error"].startswith("limit: must be an integer from 1 to 500")
-        async with http.get(f"/api/status?{query.replace('limit', 'payments')}") as resp:
-            assert resp.status == 400 and (await resp.json())["param"] == "payments"
-        async with http.get("/api/payments?limit=500") as resp:
-            assert resp.status == 200
+        status, body = await a.get(f"/api/meters/home/status?{query.replace('limit', 'payments')}")
+        assert status == 400 and body["param"] == "payments"
+        assert (await a.get("/api/meters/home/payments?limit=500"))[0] == 200
 
 
 def test_meter_key_and_database_default_under_its_state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from test_e2e_scenarios import run_scenario
+from web_helpers import WebClient
 
 from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
@@ -73,10 +74,11 @@ async def hostile(runner: ScenarioRunner, found: dict[str, Any]) -> None:
         found["terms"] = [await _code(meter.SignContract(meter_pb2.SignContractRequest(terms_json=text), timeout=10))
                           for text in (json.dumps({"contract_id": "x\ud800"}), json.dumps({"\ud800": 1}),
                                        json.dumps({f"k{i}": 1 for i in range(50)}), "[" * 50_000)]
+    async with WebClient(f"http://127.0.0.1:{procs['console'].launch.metrics_port}") as console:
+        assert (await console.signin(*runner.operator))[0] == 200
+        found["limit"] = await console.get("/api/energy?meter_id=meter-3&from=99999-01-01T00:00:00%2B00:00")
     base = f"http://127.0.0.1:{procs['meter-3'].launch.metrics_port}"
     async with aiohttp.ClientSession(base) as http:
-        async with http.get("/api/payments?limit=\u00b2") as resp:
-            found["limit"] = (resp.status, await resp.json())
         async with http.get("/metrics") as resp:
             found["labels"] = [line for line in (await resp.text()).splitlines()
                                if line.startswith("p2pep_meter_requests_refused_total{")]
@@ -98,6 +100,6 @@ async def test_hostile_input_to_the_real_services_is_refused_and_changes_nothing
     before, after = found["addresses"]
     assert before == after
     assert found["terms"] == [C.INVALID_ARGUMENT] * 4
-    assert found["limit"][0] == 400 and found["limit"][1]["param"] == "limit"
+    assert found["limit"][0] == 400 and found["limit"][1]["param"] == "from", found["limit"]
     assert all('field="terms_json' in line for line in found["labels"]), found["labels"]
     assert report["ok"]

@@ -527,26 +527,47 @@ async def test_signed_contract_settlement_never_activates_is_dropped(rig: Rig) -
     assert m.book.energy_left_wh(view.party) == 0
 
 
-async def test_household_web_app_shows_status_and_refuses_bad_queries(rig: Rig) -> None:
+async def test_display_shows_the_pairing_code_and_no_household_data(rig: Rig) -> None:
     app = await rig.meter("home", "consumer")
-    await wait_for(lambda: app.meter.status().seq >= 2, 10, what="readings")
     async with aiohttp.ClientSession(app.host.http_url) as http:
         async with http.get("/") as resp:
             assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
-            assert "api/status" in await resp.text()
-        async with http.get("/api/status") as resp:
+            assert "api/pairing" in await resp.text()
+        async with http.get("/api/pairing") as resp:
             body = await resp.json()
-        assert body["status"]["meter_id"] == "home" and body["status"]["relay_energized"] is False
-        assert body["status"]["relay_reason"] == "NO_CONTRACT" and body["contracts"] == [] and body["payments"] == []
-        for path, param in (("/api/payments?limit=0", "limit"), ("/api/payments?limit=x", "limit"),
-                            ("/api/status?payments=501", "payments"), ("/api/contracts?active_only=maybe",
-                                                                       "active_only")):
+        assert body["meter_id"] == "home" and len(body["code"]) == 9 and 0 < body["expires_in_s"] <= 600
+        for path in ("/api/status", "/api/contracts", "/api/payments"):  # the household app is in the portal now
             async with http.get(path) as resp:
-                assert resp.status == 400, path
-                err = await resp.json()
-                assert err["param"] == param and err["error"].startswith(param + ":"), err
-        async with http.get("/api/contracts?active_only=true") as resp:
-            assert resp.status == 200 and (await resp.json()) == {"contracts": []}
+                assert resp.status == 404, path
+        async with http.get("/api/pairing", headers={"Host": "rebound.example"}) as resp:
+            assert resp.status == 421 and "error" in await resp.json()
+        async with http.get("/metrics", headers={"Host": "10.0.0.7:9100"}) as resp:
+            assert resp.status == 200
+
+
+async def test_pairing_code_claimed_once_and_wrong_codes_locked_out(rig: Rig) -> None:
+    app = await rig.meter("home", "consumer", pairing_max_failures=3, pairing_lockout_s=30)
+    stub = rig.stub("home")
+    async with aiohttp.ClientSession(app.host.http_url) as http, http.get("/api/pairing") as resp:
+        code = (await resp.json())["code"]
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.ClaimPairing(meter_pb2.ClaimPairingRequest(code="ZZZZ-ZZZZ"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and e.value.details().startswith("code:")
+    got = await stub.ClaimPairing(meter_pb2.ClaimPairingRequest(code=code.lower()))
+    assert got.meter_id == "home"
+    with pytest.raises(grpc.aio.AioRpcError) as e:  # once only
+        await stub.ClaimPairing(meter_pb2.ClaimPairingRequest(code=code))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    new = app.host.http_url
+    async with aiohttp.ClientSession(new) as http, http.get("/api/pairing") as resp:
+        fresh = (await resp.json())["code"]
+    assert fresh != code
+    for _ in range(2):  # with the reused code above: the third wrong code locks claims and replaces the code
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.ClaimPairing(meter_pb2.ClaimPairingRequest(code="ZZZZ-ZZZZ"))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.ClaimPairing(meter_pb2.ClaimPairingRequest(code=fresh))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_consumer_refuses_what_its_channel_balance_shows_but_lnd_cannot_route(rig: Rig) -> None:

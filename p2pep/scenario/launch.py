@@ -25,7 +25,14 @@ from p2pep.servicekit.settings import (
     settings_env,
     settings_from_env,
 )
-from p2pep.settings import AnchorSettings, ConsoleSettings, MatcherSettings, MeterSettings, SettlementSettings
+from p2pep.settings import (
+    AnchorSettings,
+    ConsoleSettings,
+    MatcherSettings,
+    MeterSettings,
+    PortalSettings,
+    SettlementSettings,
+)
 
 HOST = "127.0.0.1"
 
@@ -165,14 +172,29 @@ def settlement_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port:
                          layout.data_dir("settlement"), env)
 
 
+def console_auth_db(scenario_root: Path) -> Path:
+    """The console's store of operator accounts and sessions (``p2pep operator add`` writes it)."""
+    return Layout(scenario_root).data_dir("console") / "auth.db"
+
+
 def console_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
                    matcher_target: str, log_level: str = "INFO") -> ServiceLaunch:
-    """The operator's console: its web page is on ``metrics_port`` (``/``)."""
+    """The operator's console: its web page is on ``metrics_port`` (``/``), behind an operator sign-in."""
     values = {**_common(grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
-              "matcher_target": matcher_target}
+              "matcher_target": matcher_target, "auth_db_path": str(console_auth_db(layout.root))}
     env = service_env(ConsoleSettings, "console", values, s.services_env.get("console", {}), "services_env.console")
     return ServiceLaunch("console", "services.console", grpc_port, metrics_port, layout.log("console"),
                          layout.data_dir("console"), env)
+
+
+def portal_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
+                  log_level: str = "INFO") -> ServiceLaunch:
+    """The household portal (accounts, pairing, the household app) on ``metrics_port`` (``/``)."""
+    values = {**_common(grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
+              "auth_db_path": str(layout.data_dir("portal") / "portal.db")}
+    env = service_env(PortalSettings, "portal", values, s.services_env.get("portal", {}), "services_env.portal")
+    return ServiceLaunch("portal", "services.portal", grpc_port, metrics_port, layout.log("portal"),
+                         layout.data_dir("portal"), env)
 
 
 def meter_source_values(m: MeterSpec) -> dict[str, object]:

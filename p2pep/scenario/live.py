@@ -50,6 +50,7 @@ class View:
     messages: list[tuple[float, str]] = field(default_factory=list)
     blocks_mined: int = 0
     urls: dict[str, str] = field(default_factory=dict)
+    login: str = ""  # the console's demo operator: "name / password"
 
 
 def snapshot(r: ScenarioRunner) -> View:
@@ -66,6 +67,7 @@ def snapshot(r: ScenarioRunner) -> View:
         contracts=list(r.watcher.books.contracts), payments=list(r.watcher.books.payments),
         messages=list(r.messages)[-6:], blocks_mined=int(r.miner_stats.get("blocks", 0)),
         urls=r.web_urls() if running else {},
+        login=f"{r.operator[0]} / {r.operator[1]}" if running else "",
     )
 
 
@@ -154,8 +156,10 @@ def render(v: View) -> RenderableType:
             parts.append(Text(f"⚠ settlement is failing to pay contract {r.contract.contract_id} and retries: "
                               f"{r.fault}", style="bold red"))
     if v.urls:
-        parts.append(Text("  ".join(f"{'console' if n == 'console' else n + ' app'} {u}" for n, u in v.urls.items()),
-                          style="cyan"))
+        label = {"console": "console", "portal": "household portal"}
+        parts.append(Text("  ".join(f"{label.get(n, n + ' display')} {u}"
+                                    + (f" (sign in: {v.login})" if n == "console" and v.login else "")
+                                    for n, u in v.urls.items()), style="cyan"))
     return Group(Panel(Group(*parts)), mt, ct, pt, Panel(log, title="runner", title_align="left"))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -53,9 +54,11 @@ from p2pep.scenario.launch import (
     NodeEndpoint,
     ServiceLaunch,
     anchor_launch,
+    console_auth_db,
     console_launch,
     matcher_launch,
     meter_launch,
+    portal_launch,
     settlement_launch,
 )
 from p2pep.scenario.model import Event, Scenario
@@ -63,6 +66,7 @@ from p2pep.scenario.processes import ServiceProcess
 from p2pep.scenario.report import EventOutcome, RunFacts, build_report
 from p2pep.scenario.watch import Watcher
 from p2pep.v1 import settlement_pb2
+from p2pep.webauth.accounts import set_account
 
 T = TypeVar("T")
 
@@ -122,6 +126,7 @@ class ScenarioRunner:
         self.report: dict[str, Any] | None = None
         self.miner_stats: dict[str, Any] = {"blocks": 0, "errors": 0, "last_error": ""}
         self._tasks: list[asyncio.Task[Any]] = []
+        self.operator: tuple[str, str] = ("operator", secrets.token_urlsafe(12))  # the demo's console sign-in
 
     # --- reporting progress ----------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -222,15 +227,18 @@ class ScenarioRunner:
         self._plan_services()
         self._save_state()
         await self._start_and_wait(["matcher", "anchor"] if s.anchor else ["matcher"])
-        await self._start_and_wait(["settlement", "console"])
-        self.say(f"operator console: {self.web_urls()['console']}")
+        await set_account(str(console_auth_db(self.layout.root)), *self.operator)
+        await self._start_and_wait(["settlement", "console", "portal"])
+        self.say(f"operator console: {self.web_urls()['console']} (sign in as {self.operator[0]}, "
+                 f"password {self.operator[1]})")
+        self.say(f"household portal: {self.web_urls()['portal']} (register, then add a meter with its display's code)")
         self.watcher.set_settlement(self.procs["settlement"].launch.target)
         meters = s.meter_names
         self.clock.launched(time.monotonic())
         await self._start_and_wait(meters)
         for m in meters:
             self.watcher.add_meter(m, self.procs[m].launch.target)
-            self.say(f"household app of {m}: {self.web_urls()[m]}")
+            self.say(f"meter display of {m} (its pairing code): {self.web_urls()[m]}")
         self.watcher.start()
 
     def _reused_network(self) -> RegtestNetwork:
@@ -245,10 +253,10 @@ class ScenarioRunner:
         return net
 
     def web_urls(self) -> dict[str, str]:
-        """The web pages people look at: the operator's console and each household's app
-        (served on the services' HTTP ports, beside /metrics)."""
+        """The web pages people look at: the operator's console, the household portal and
+        each meter's display (served on the services' HTTP ports, beside /metrics)."""
         return {n: f"http://127.0.0.1:{p.launch.metrics_port}/" for n, p in self.procs.items()
-                if n == "console" or n in self.scenario.meter_names}
+                if n in ("console", "portal") or n in self.scenario.meter_names}
 
     def endpoints(self) -> dict[str, NodeEndpoint]:
         assert self.net is not None
@@ -274,6 +282,7 @@ class ScenarioRunner:
         settlement = settlement_launch(s, lay, free_port(), free_port(), matcher.target, lvl, anchor_target)
         launches.append(settlement)
         launches.append(console_launch(s, lay, free_port(), free_port(), settlement.target, matcher.target, lvl))
+        launches.append(portal_launch(s, lay, free_port(), free_port(), settlement.target, lvl))
         meter_nodes = [eps[m.name] for m in s.meters]
         for m in s.meters:
             launches.append(meter_launch(s, m, lay, free_port(), free_port(), eps[m.name], matcher.target,

@@ -13,6 +13,7 @@ from p2pep.settings.anchor import AnchorSettings
 from p2pep.settings.console import ConsoleSettings
 from p2pep.settings.matcher import MatcherSettings
 from p2pep.settings.meter import MeterSettings
+from p2pep.settings.portal import PortalSettings
 from p2pep.settings.settlement import SettlementSettings
 
 #: Each service's settings class, by the service's name (``python -m services.<name>``).
@@ -21,8 +22,9 @@ SERVICE_SETTINGS: dict[str, type[BaseServiceSettings]] = {
     "console": ConsoleSettings,
     "matcher": MatcherSettings,
     "meter": MeterSettings,
+    "portal": PortalSettings,
     "settlement": SettlementSettings,
 }
 
 __all__ = ["SERVICE_SETTINGS", "AnchorSettings", "ConsoleSettings", "MatcherSettings", "MeterSettings",
-           "SettlementSettings"]
+           "PortalSettings", "SettlementSettings"]

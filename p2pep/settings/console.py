@@ -5,10 +5,12 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from p2pep.servicekit.settings import BaseServiceSettings
+from p2pep.settings.webauth import WebAuthSettings
 
 
-class ConsoleSettings(BaseServiceSettings):
+class ConsoleSettings(WebAuthSettings):
+    """Operator accounts (``p2pep operator add``) and their sessions are in ``auth_db_path``."""
+
     model_config = SettingsConfigDict(env_prefix="P2PEP_CONSOLE_", extra="ignore")
 
     settlement_target: str = Field(min_length=1, description="host:port of settlement")

@@ -85,6 +85,14 @@ class MeterSettings(BaseServiceSettings):
     channel_wait_s: float = Field(default=60.0, gt=0)
     pay_timeout_s: int = Field(default=15, gt=0)
 
+    # pairing with a household account (the code its display shows; services.meter.display)
+    pairing_ttl_s: float = Field(default=600.0, gt=0, description="how long a pairing code lives")
+    pairing_max_failures: int = Field(default=5, ge=1, description="wrong codes before a new code and a lockout")
+    pairing_lockout_s: float = Field(default=60.0, ge=0, description="claims refused after too many wrong codes")
+    display_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
+        description="comma list of host names the display page answers for (Host header check)")
+
     # housekeeping
     balance_refresh_s: float = Field(default=3.0, gt=0)
     contract_poll_s: float = Field(default=2.0, gt=0)
@@ -96,6 +104,13 @@ class MeterSettings(BaseServiceSettings):
     def _split_partners(cls, v: object) -> object:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("display_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [h.strip() for h in v.split(",") if h.strip()]
         return v
 
     @field_validator("hub")

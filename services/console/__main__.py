@@ -8,6 +8,8 @@ from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_
 from p2pep.servicekit.channels import channel
 from p2pep.settings.console import ConsoleSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
+from p2pep.webauth.store import AuthStore
+from p2pep.webauth.web import AuthConfig, WebAuth
 from services.console.web import Console, add_console_routes
 
 
@@ -20,12 +22,15 @@ async def main(stop: asyncio.Event) -> None:
         channels.append(channel(s.matcher_target))
         matcher = matcher_pb2_grpc.MatcherServiceStub(channels[-1])
     console = Console(settlement_pb2_grpc.SettlementServiceStub(channels[0]), matcher, s.rpc_timeout_s)
+    store = await AuthStore.open(s.auth_db_path)
+    auth = WebAuth(store, AuthConfig.from_settings(s, "console", "P2PEP operator console", can_register=False))
     host = ServiceHost(s, name="console")
-    add_console_routes(host.http_app, console)
+    add_console_routes(host.http_app, console, auth)
 
     async def close() -> None:
         for ch in channels:
             await ch.close()
+        await store.close()
 
     host.add_shutdown_hook(close)
     await host.start(serving=["p2pep.v1.Console"])

@@ -10,6 +10,9 @@ from settlement's and the matcher's gRPC APIs (the console stores nothing).
 * ``GET /api/contracts/{id}/document``: the self-contained contract document
   (terms, hashes, settlement summary, anchoring proofs) that ``p2pep verify`` checks.
 
+Every route needs an operator's session (:class:`p2pep.webauth.web.WebAuth`: sign-in at
+``/signin``, operators added by ``p2pep operator add``); payment preimages never reach the page.
+
 Bad parameters answer 400, unknown meters or contracts 404, a backend that is down 503,
 always with ``{"error": ...}`` naming the parameter.
 """
@@ -30,6 +33,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from p2pep.servicekit.http import BadParam, pb_json, static_page
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
+from p2pep.webauth.redact import without_secrets
+from p2pep.webauth.web import WebAuth
 from services.console import metrics
 
 PAGE = Path(__file__).with_name("static") / "console.html"
@@ -116,12 +121,12 @@ class Console:
         resp = await self.settlement.ListPayments(pb.ListPaymentsRequest(
             contract_id=req.query.get("contract_id", ""), meter_id=req.query.get("meter_id", "")),
             timeout=self.timeout)
-        return web.json_response({"payments": [pb_json(p) for p in resp.payments]})
+        return web.json_response(without_secrets({"payments": [pb_json(p) for p in resp.payments]}))
 
     async def document(self, req: web.Request) -> web.Response:
         cid = req.match_info["contract_id"]
         doc = await self.settlement.ExportContract(pb.GetContractRequest(contract_id=cid), timeout=self.timeout)
-        return web.json_response(json.loads(doc.json), headers={
+        return web.json_response(without_secrets(json.loads(doc.json)), headers={
             "Content-Disposition": f'attachment; filename="{cid}.json"'})
 
 
@@ -139,7 +144,9 @@ def _route(name: str, handler: Handler) -> Handler:
     return wrapped
 
 
-def add_console_routes(app: web.Application, console: Console) -> None:
+def add_console_routes(app: web.Application, console: Console, auth: WebAuth) -> None:
+    """The sign-in (``auth``) first, then the console's page and API, all behind it."""
+    auth.install(app)
     app.router.add_get("/", static_page(PAGE))
     app.router.add_get("/api/overview", _route("overview", console.overview))
     app.router.add_get("/api/contracts", _route("contracts", console.contracts))

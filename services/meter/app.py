@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import structlog
 
 from p2pep.lnd.client import LndClient, LndConnection
+from p2pep.metering.pairing import PairingCodes
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings
 from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import meter_pb2_grpc
-from services.meter.household import add_household_routes
+from services.meter.display import add_display_routes
 from services.meter.lightning import LightningNode
 from services.meter.meter import Meter
 from services.meter.servicer import MeterServicer
@@ -41,8 +42,9 @@ async def start_meter(settings: MeterSettings, lnd: LightningNode) -> MeterApp:
     """Open the meter, serve MeterService, and start it (in the background)."""
     meter = await Meter.open(settings, lnd)
     host = ServiceHost(settings, name=f"meter {settings.meter_id}")
-    meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(meter), host.grpc_server)
-    add_household_routes(host.http_app, meter)
+    pairing = PairingCodes(settings.pairing_ttl_s, settings.pairing_max_failures, settings.pairing_lockout_s)
+    meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(meter, pairing), host.grpc_server)
+    add_display_routes(host.http_app, settings.meter_id, pairing, settings.display_allowed_hosts)
     await host.start(serving=[SERVICE])
     meter.start(settings.advertise_address or host.grpc_target)
     return MeterApp(meter, host)

@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
+from p2pep.metering.pairing import PairingCodes, PairingRefused
 from p2pep.metering.request_checks import TERMS_FIELDS, Refusal
+from p2pep.refusals import PermissionDenied, ResourceExhausted
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2
 from services.meter import metrics
 from services.meter.contracts import record_of
@@ -70,8 +72,9 @@ async def recent_payments(m: Meter, limit: int = 100) -> list[meter_pb2.MeterPay
 
 
 class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, pairing: PairingCodes | None = None) -> None:
         self.m = meter
+        self.pairing = pairing or PairingCodes()
 
     async def _checked(self, rpc: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -131,3 +134,17 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
 
         return await self._checked("UpdateContract", context, call)
 
+    # -- the household portal ---------------------------------------------------------------------
+
+    async def ClaimPairing(self, request: meter_pb2.ClaimPairingRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
+            meter_pb2.ClaimPairingResponse:
+        try:
+            self.pairing.claim(request.code)
+        except PairingRefused as r:
+            metrics.REFUSED.labels("ClaimPairing", "code").inc()
+            log.warning("pairing refused", locked=r.locked)
+            if r.locked:
+                raise ResourceExhausted("code", str(r)) from None
+            raise PermissionDenied("code", str(r)) from None
+        log.info("paired with a household account")
+        return meter_pb2.ClaimPairingResponse(meter_id=self.m.s.meter_id)

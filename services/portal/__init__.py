@@ -1,0 +1,1 @@
+"""The household portal: accounts, sign-in, pairing meters, and the household app."""

@@ -1,0 +1,41 @@
+"""`python -m services.portal`: the household portal (HTTP), over settlement's registry and
+the meters' gRPC APIs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
+from p2pep.servicekit.channels import channel
+from p2pep.settings.portal import PortalSettings
+from p2pep.v1 import settlement_pb2_grpc
+from p2pep.webauth.web import AuthConfig, WebAuth
+from services.portal.meters import MeterLinks
+from services.portal.store import PortalStore
+from services.portal.web import Portal, add_portal_routes
+
+
+async def main(stop: asyncio.Event) -> None:
+    s = load_settings(PortalSettings, "portal")
+    configure_logging(s.log_level, json=s.log_json, service="portal")
+    store = await PortalStore.open_portal(s.auth_db_path)
+    settlement = channel(s.settlement_target)
+    links = MeterLinks(settlement_pb2_grpc.SettlementServiceStub(settlement), s.rpc_timeout_s)
+    auth = WebAuth(store, AuthConfig.from_settings(s, "portal", "P2PEP household portal", can_register=True))
+    host = ServiceHost(s, name="portal")
+    auth.install(host.http_app)
+    add_portal_routes(host.http_app, Portal(store, auth, links, s.rpc_timeout_s, s.pairing_failures_per_account,
+                                            s.pairing_failures_per_client, s.limit_window_s))
+
+    async def close() -> None:
+        await links.close()
+        await settlement.close()
+        await store.close()
+
+    host.add_shutdown_hook(close)
+    await host.start(serving=["p2pep.v1.Portal"])
+    await host.wait_and_stop(stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_service(main))
