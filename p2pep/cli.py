@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "p2pep.anchor.cli",
     "p2pep.market.cli",
     "p2pep.scenario.cli",
+    "p2pep.pki.cli",
 ]
 STUB_PACKAGES = ("p2pep.v1", "p2pep.lndrpc")
 

@@ -16,8 +16,10 @@ import grpc
 import pytest
 from fakes.lightning import FakeLightning, FakeLnd
 from meter_helpers import own_check_bound_wh, record_import_steps
+from tls_helpers import StubAsAllowed, server_credentials
 
 from p2pep.canonical import canonical_json
+from p2pep.identity import Identity
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.signing import verify_reading
 from p2pep.regtest import wait_for
@@ -108,7 +110,8 @@ class SettlementServer:
     async def start(self) -> None:
         self.server = grpc.aio.server()
         settlement_pb2_grpc.add_SettlementServiceServicer_to_server(self.servicer, self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.port = self.server.add_secure_port(f"127.0.0.1:{self.port}",
+                                               server_credentials(Identity("service", "settlement")))
         await self.server.start()
 
     async def stop(self) -> None:
@@ -150,9 +153,11 @@ class Rig:
         return app
 
     def stub(self, meter_id: str) -> meter_pb2_grpc.MeterServiceStub:
-        ch = grpc.aio.insecure_channel(self.apps[meter_id].host.grpc_target)
-        self.channels.append(ch)
-        return meter_pb2_grpc.MeterServiceStub(ch)
+        # the test plays settlement for settlement's requests, an operator for the reads
+        stub = StubAsAllowed(meter_pb2_grpc.MeterServiceStub, self.apps[meter_id].host.grpc_target, meter_id,
+                             "p2pep.v1.MeterService")
+        self.channels.extend(stub.channels)
+        return stub  # type: ignore[return-value]
 
 
 @pytest.fixture

@@ -11,9 +11,12 @@ import structlog
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from p2pep.identity import Identity
+from p2pep.servicekit.auth import AuthInterceptor
 from p2pep.servicekit.errors import RefusalInterceptor
 from p2pep.servicekit.http import build_http_app
 from p2pep.servicekit.settings import BaseServiceSettings
+from p2pep.servicekit.tls import service_tls
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +37,10 @@ class ServiceHost:
     so they do not hold the server for the whole grace period), ``grpc_server.stop(grace)``
     (in-flight calls finish, what is left is cancelled after ``grace``), shutdown hooks
     (in reverse order of registration, e.g. closing a database), then the HTTP server.
+
+    The gRPC port is mutual TLS only, as ``identity`` (default ``service/<name>``) with the
+    material in ``settings.tls_dir`` (:class:`~p2pep.servicekit.tls.Tls`; no folder, no
+    service), and every call passes :class:`~p2pep.servicekit.auth.AuthInterceptor` first.
     """
 
     def __init__(
@@ -43,12 +50,17 @@ class ServiceHost:
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         grpc_options: Sequence[tuple[str, Any]] = (),
+        identity: Identity | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
-        # every server answers a Refused with its status (p2pep.servicekit.errors)
+        self.identity = identity or Identity("service", name)
+        self.tls = service_tls(settings, self.identity)
+        # every call is authorized first (p2pep.servicekit.auth, p2pep.access), and every
+        # server answers a Refused with its status (p2pep.servicekit.errors)
         self.grpc_server: grpc.aio.Server = grpc.aio.server(
-            interceptors=[RefusalInterceptor(), *interceptors], options=list(grpc_options)
+            interceptors=[AuthInterceptor(self.tls.revocations), RefusalInterceptor(), *interceptors],
+            options=list(grpc_options),
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -91,7 +103,8 @@ class ServiceHost:
             raise RuntimeError("service host already started")
         self._started = True
         s = self.settings
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        self.grpc_port = self.grpc_server.add_secure_port(f"{s.grpc_host}:{s.grpc_port}",
+                                                          self.tls.server_credentials())
         if self.grpc_port == 0:
             raise OSError(f"could not bind gRPC to {s.grpc_host}:{s.grpc_port}")
         await self.grpc_server.start()

@@ -50,6 +50,7 @@ class BaseServiceSettings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_json: bool = True
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    tls_dir: str = Field(default="", description="TLS folder: ca.crt, <name>.crt/.key, revoked.txt (required)")
 
 
 S = TypeVar("S", bound=BaseSettings)

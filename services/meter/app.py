@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from p2pep.identity import Identity
 from p2pep.lnd.client import LndClient, LndConnection
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings
 from p2pep.settings.meter import MeterSettings
@@ -40,7 +41,7 @@ class MeterApp:
 async def start_meter(settings: MeterSettings, lnd: LightningNode) -> MeterApp:
     """Open the meter, serve MeterService, and start it (in the background)."""
     meter = await Meter.open(settings, lnd)
-    host = ServiceHost(settings, name=f"meter {settings.meter_id}")
+    host = ServiceHost(settings, name=f"meter {settings.meter_id}", identity=Identity("meter", settings.meter_id))
     meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(meter), host.grpc_server)
     add_household_routes(host.http_app, meter)
     await host.start(serving=[SERVICE])

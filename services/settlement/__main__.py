@@ -6,8 +6,10 @@ import asyncio
 
 import grpc
 
+from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.tls import service_tls
 from p2pep.settings.settlement import SettlementSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.settlement.engine import Engine
@@ -20,17 +22,18 @@ async def main(stop: asyncio.Event) -> None:
     s = load_settings(SettlementSettings, "settlement")
     configure_logging(s.log_level, json=s.log_json)
     store = await Store.open(s.db_path, s.sqlite_busy_timeout_ms)
+    tls = service_tls(s, service("settlement"))
     matcher = None
     channels: list[grpc.aio.Channel] = []
     if s.matcher_target:
-        ch = channel(s.matcher_target)
+        ch = channel(s.matcher_target, peer="matcher", tls=tls)
         channels.append(ch)
         matcher = matcher_pb2_grpc.MatcherServiceStub(ch)
     anchor = None
     if s.anchor_target:
         from p2pep.anchor.client import AnchorClient
 
-        anchor = AnchorClient(s.anchor_target)
+        anchor = AnchorClient(s.anchor_target, tls=tls)
     engine = Engine(s, store, matcher, anchor)
     await engine.load()
     host = ServiceHost(s, name="settlement")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from p2pep.servicekit.channels import channel
 from p2pep.settling.contracts import Contract, ContractTerms, EndReason
 from p2pep.settling.increments import DeliveryLedger
 from p2pep.settling.validation import StreamHead
@@ -35,13 +35,16 @@ class MeterLink:
     head: StreamHead | None = None
     last_seen: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reading of this meter at a time
+    dial: Callable[[str, str], grpc.aio.Channel] | None = None  # (address, meter id) -> a mTLS channel
     _channel: grpc.aio.Channel | None = None
     _stub: meter_pb2_grpc.MeterServiceAsyncStub | None = None
 
     @property
     def stub(self) -> meter_pb2_grpc.MeterServiceAsyncStub:
         if self._stub is None:
-            self._channel = channel(self.row.address)
+            if self.dial is None:
+                raise RuntimeError(f"no way to dial meter {self.row.meter_id}")
+            self._channel = self.dial(self.row.address, self.row.meter_id)
             self._stub = meter_pb2_grpc.MeterServiceStub(self._channel)
         return self._stub
 
