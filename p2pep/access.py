@@ -101,6 +101,9 @@ ACCESS: dict[str, Rule] = {
     A + "AddLeaves": settlement_only(),
     A + "GetProofs": readers(also=SETTLEMENT),
     A + "ListBatches": readers(also=SETTLEMENT),
+    # served only on the enrollment port (p2pep.pki.service: TLS without client certificates,
+    # nothing else served there); on an mTLS port nobody may call it
+    "/p2pep.v1.EnrollmentService/Enroll": Rule(),
     # every server
     H + "Check": Rule(anyone=True),
     H + "Watch": Rule(anyone=True),

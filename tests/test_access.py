@@ -8,12 +8,12 @@ import pytest
 from p2pep.access import ACCESS, on_behalf_problem
 from p2pep.identity import Identity
 from p2pep.servicekit.auth import Caller, Denied, check, check_message
-from p2pep.v1 import anchor_pb2, common_pb2, matcher_pb2, meter_pb2, settlement_pb2
+from p2pep.v1 import anchor_pb2, common_pb2, enrollment_pb2, matcher_pb2, meter_pb2, settlement_pb2
 
 
 def proto_methods() -> set[str]:
     out = set()
-    for module in (settlement_pb2, matcher_pb2, meter_pb2, anchor_pb2):
+    for module in (settlement_pb2, matcher_pb2, meter_pb2, anchor_pb2, enrollment_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             out |= {f"/{service.full_name}/{m.name}" for m in service.methods}
     return out
@@ -30,7 +30,7 @@ def test_every_rpc_of_every_proto_is_in_the_table_and_nothing_else() -> None:
 def test_every_meter_field_path_exists_in_its_request() -> None:
     """A typo in a field path would refuse every meter (or worse, check nothing)."""
     inputs = {}
-    for module in (settlement_pb2, matcher_pb2, meter_pb2, anchor_pb2):
+    for module in (settlement_pb2, matcher_pb2, meter_pb2, anchor_pb2, enrollment_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
                 inputs[f"/{service.full_name}/{m.name}"] = m.input_type

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
 from p2pep.identity import Identity
 from p2pep.lnd.client import LndClient, LndConnection
+from p2pep.metering.signing import MeterKey
+from p2pep.pki.service import ensure_enrolled
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings
 from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import meter_pb2_grpc
@@ -39,7 +42,14 @@ class MeterApp:
 
 
 async def start_meter(settings: MeterSettings, lnd: LightningNode) -> MeterApp:
-    """Open the meter, serve MeterService, and start it (in the background)."""
+    """Enroll if it has no certificate yet, open the meter, serve MeterService, and start it
+    (in the background)."""
+    if settings.enroll_token:
+        enrolled = await ensure_enrolled(Path(settings.tls_dir), settings.meter_id,
+                                         MeterKey.load_or_create(settings.key_path), settings.enroll_target,
+                                         settings.enroll_token, settings.enroll_server_name)
+        if enrolled:
+            log.info("enrolled: certificate stored", meter_id=settings.meter_id, tls_dir=settings.tls_dir)
     meter = await Meter.open(settings, lnd)
     host = ServiceHost(settings, name=f"meter {settings.meter_id}", identity=Identity("meter", settings.meter_id))
     meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(meter), host.grpc_server)

@@ -7,6 +7,8 @@ import asyncio
 import grpc
 
 from p2pep.identity import service
+from p2pep.pki.service import EnrollmentServer
+from p2pep.pki.tlsdir import TlsDir
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.tls import service_tls
@@ -37,6 +39,10 @@ async def main(stop: asyncio.Event) -> None:
     engine = Engine(s, store, matcher, anchor)
     await engine.load()
     host = ServiceHost(s, name="settlement")
+    if s.enrollment_port >= 0:  # where the operator's CA key is: meters without a certificate enroll here
+        enrollment = EnrollmentServer(TlsDir(s.tls_dir), service("settlement"))
+        await enrollment.start(s.grpc_host, s.enrollment_port)
+        host.add_stopping_hook(enrollment.stop)
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(engine), host.grpc_server)
 
     async def shutdown() -> None:
