@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,15 @@ from p2pep.pki.ca import meter_key_of
 from p2pep.pki.enrollment import Enrollment
 from p2pep.pki.service import EnrollmentServer, enroll_remote, ensure_enrolled
 from p2pep.pki.tlsdir import TlsDir
+from p2pep.regtest import wait_for
+from p2pep.regtest.ports import free_port
+from p2pep.servicekit.channels import channel
+from p2pep.servicekit.settings import settings_env
 from p2pep.servicekit.tls import Tls
+from p2pep.settings.settlement import SettlementSettings
 from p2pep.v1 import enrollment_pb2, enrollment_pb2_grpc, settlement_pb2, settlement_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -87,3 +98,43 @@ async def test_the_enrollment_port_serves_enrollment_alone(operator: Any) -> Non
 async def test_a_meter_without_token_or_certificate_does_not_start(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="no enrollment token"):
         await ensure_enrolled(tmp_path, "meter-9", MeterKey.generate(), "", "")
+
+
+async def test_settlement_process_serves_enrollment_on_its_own_port(tmp_path: Path) -> None:
+    """The deployment path: `python -m services.settlement` with the CA key in its TLS folder
+    and an enrollment port; a meter enrolls there, then registers over mutual TLS."""
+    tls = TlsDir(tmp_path / "tls")
+    tls.init_ca()
+    tls.issue(Identity("service", "settlement"))
+    grpc_port, enroll_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PEP_")} | settings_env(
+        SettlementSettings, db_path=str(tmp_path / "s.sqlite"), grpc_port=grpc_port, metrics_port=0,
+        tls_dir=str(tls.path), enrollment_port=enroll_port, shutdown_grace_s=1)
+    proc = subprocess.Popen([sys.executable, "-m", "services.settlement"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        key = MeterKey.generate()
+        token = Enrollment(tls).allow("meter-5")
+        folder = meter_folder(tmp_path, tls)
+
+        async def enrolled() -> bool:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                return await ensure_enrolled(folder, "meter-5", key, f"127.0.0.1:{enroll_port}", token)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                return False
+
+        await wait_for(enrolled, 30, what="meter-5 enrolled with the settlement process")
+        stub = settlement_pb2_grpc.SettlementServiceStub(
+            channel(f"127.0.0.1:{grpc_port}", peer="settlement", tls=Tls.load(folder, Identity("meter", "meter-5"))))
+        await stub.RegisterMeter(settlement_pb2.RegisterMeterRequest(
+            meter_id="meter-5", pubkey=key.pubkey_hex, address="127.0.0.1:1", role="producer"), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # its certificate binds it to the key it enrolled
+            await stub.RegisterMeter(settlement_pb2.RegisterMeterRequest(
+                meter_id="meter-5", pubkey=MeterKey.generate().pubkey_hex, address="127.0.0.1:1", role="producer"))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
