@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "p2pep.market.cli",
     "p2pep.scenario.cli",
     "p2pep.webauth.cli",
+    "p2pep.pki.cli",
 ]
 STUB_PACKAGES = ("p2pep.v1", "p2pep.lndrpc")
 

@@ -8,6 +8,11 @@
   traceback it did not declare with ``@pytest.mark.expected_log_errors(regex, ...)``;
   scenario runs check their log files with ``logcheck.assert_service_logs_clean`` (see
   tests/logcheck.py). The ``log_errors`` fixture shows what was captured.
+* Mutual TLS everywhere, tests included: one session-wide test CA (``test_tls``, autouse)
+  whose folder every service setting reads (``P2PEP_TLS_DIR`` and each service's
+  ``P2PEP_<SERVICE>_TLS_DIR``); a certificate for a name a test uses is issued the first
+  time a component loads it (see ``tls_helpers``), so services run the real mTLS and
+  authorization path. ``tls_helpers.dial(target, peer, as_=...)`` calls a service as anyone.
 Run dirs live under pytest's tmp dirs, kept after a failure; a failed regtest test
 shows the tail of every process log in its report.
 """
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import logcheck
 import pytest
+import tls_helpers
 from hypothesis import HealthCheck, settings
 
 from p2pep.regtest import NetworkSpec, RegtestNetwork, wait_for
@@ -38,6 +44,20 @@ settings.register_profile("p2pep-random", settings.get_profile("p2pep"), derando
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "p2pep"))
 
 _networks: list[RegtestNetwork] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's test CA; every in-process service and client uses it."""
+    with tls_helpers.test_ca(tmp_path_factory.mktemp("tls")) as tls_dir:
+        yield tls_dir
+
+
+@pytest.fixture
+def operator_writes() -> Iterator[None]:
+    """The test's operator certificate may call every RPC (``tls_helpers.operators_may_call_everything``)."""
+    with tls_helpers.operators_may_call_everything():
+        yield
 
 
 @pytest.fixture(scope="session")

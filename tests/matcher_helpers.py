@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from tls_helpers import dial
 
 from p2pep.settings.matcher import MatcherSettings
 from p2pep.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc
@@ -32,7 +33,7 @@ class Client:
     @classmethod
     async def start(cls, s: MatcherSettings) -> Client:
         app = await start_matcher(s)
-        return cls(app, grpc.aio.insecure_channel(app.target))
+        return cls(app, dial(app.target, "matcher"))
 
     async def close(self) -> None:
         await self.channel.close()

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import pytest
+import tls_helpers
 from anchor_regtest_helpers import AnchorStack, contract_terms, failed, tx_fee_and_vsize
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -36,6 +36,7 @@ from p2pep.anchor.client import AnchorClient
 from p2pep.anchor.document import AnchorProof, build_document, dumps_document
 from p2pep.anchor.verify import verify_document
 from p2pep.chain.btcd_rpc import BtcdRpc
+from p2pep.identity import Identity
 from p2pep.regtest import RegtestNetwork, wait_for
 from p2pep.regtest.btcd import RPC_PASS, RPC_USER
 from p2pep.regtest.ports import free_port
@@ -255,14 +256,15 @@ async def test_anchor_service_process(regtest: RegtestNetwork, tmp_path: Path) -
         min_confirmations=K,
         sat_per_vbyte=1,
         poll_s=0.1,
+        tls_dir=tls_helpers.TLS_DIR,
     )
     log_path = tmp_path / "anchor.log"
     with open(log_path, "wb") as log_file:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.anchor", cwd=REPO, env=env,
                                                     stdout=log_file, stderr=log_file)
     target = f"127.0.0.1:{grpc_port}"
-    channel = grpc.aio.insecure_channel(target)
-    client = AnchorClient(target)
+    channel = tls_helpers.dial(target, "anchor")
+    client = AnchorClient(target, tls=tls_helpers.tls_as(Identity("service", "settlement")))
     try:
         health = health_pb2_grpc.HealthStub(channel)
 

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from fakes.chain import FakeChain, FakeWallet
+from tls_helpers import dial, server_credentials, tls_as
 
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.client import AnchorClient, AnchorServiceError
@@ -24,9 +25,12 @@ from p2pep.anchor.opreturn import OpReturnError, encode_payload
 from p2pep.anchor.verify import verify_document
 from p2pep.anchor.wire import WireError, proof_from_pb, proof_to_pb
 from p2pep.canonical import contract_hash
+from p2pep.identity import Identity
 from p2pep.regtest.ports import free_port
 from p2pep.regtest.waiting import wait_for
+from p2pep.servicekit.auth import AuthInterceptor
 from p2pep.servicekit.errors import RefusalInterceptor
+from p2pep.servicekit.tls import Tls
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 from services.anchor.anchorer import Anchorer, AnchorerConfig
@@ -92,6 +96,10 @@ async def test_watcher_retries_a_failed_block_and_survives_chain_outage() -> Non
 
 
 # -- servicer and client --------------------------------------------------------------------
+def settlement_tls() -> Tls:
+    return tls_as(Identity("service", "settlement"))  # the anchor's one writer
+
+
 class Service:
     def __init__(self, tmp: Path) -> None:
         self.chain = FakeChain()
@@ -105,9 +113,10 @@ class Service:
 
     async def start(self) -> None:
         await self.anchorer.open()
-        self.server = grpc.aio.server(interceptors=[RefusalInterceptor()])  # as every ServiceHost has
+        # as every ServiceHost has: mutual TLS, the authorization table, refusals as statuses
+        self.server = grpc.aio.server(interceptors=[AuthInterceptor(None), RefusalInterceptor()])
         pb_grpc.add_AnchorServiceServicer_to_server(AnchorServicer(self.anchorer, 500), self.server)
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.server.add_secure_port(f"127.0.0.1:{self.port}", server_credentials(Identity("service", "anchor")))
         await self.server.start()
 
     async def stop(self) -> None:
@@ -128,7 +137,7 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
 
 
 async def test_add_leaf_then_proofs_verify(service: Service) -> None:
-    async with AnchorClient(f"127.0.0.1:{service.port}") as client:
+    async with AnchorClient(f"127.0.0.1:{service.port}", tls=settlement_tls()) as client:
         for i in range(5):
             assert await client.add_leaf("contract", f"c-{i}", contract_hash(terms(i))) is True
         assert await client.add_leaf("contract", "c-0", contract_hash(terms(0))) is False  # retry-safe
@@ -149,7 +158,7 @@ async def test_add_leaf_then_proofs_verify(service: Service) -> None:
 
 
 async def test_bad_leaves_are_refused_naming_the_field_and_nothing_is_stored(service: Service) -> None:
-    stub = pb_grpc.AnchorServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{service.port}"))
+    stub = pb_grpc.AnchorServiceStub(dial(f"127.0.0.1:{service.port}", "anchor", as_=Identity("service", "settlement")))
     good = pb.Leaf(kind=pb.LEAF_KIND_CONTRACT, contract_id="c-1", leaf_hash=b"\x01" * 32)
     cases = [
         ([good, pb.Leaf(kind=pb.LEAF_KIND_CONTRACT, contract_id="c-2", leaf_hash=b"\x02" * 31)],
@@ -170,7 +179,7 @@ async def test_bad_leaves_are_refused_naming_the_field_and_nothing_is_stored(ser
     resp = await stub.AddLeaves(pb.AddLeavesRequest(leaves=[good]))
     assert list(resp.added) == [True]  # the refused calls stored nothing, not even their valid leaves
     # the client refuses bad input before sending, and a permanent refusal is not retried
-    async with AnchorClient(f"127.0.0.1:{service.port}") as client:
+    async with AnchorClient(f"127.0.0.1:{service.port}", tls=settlement_tls()) as client:
         with pytest.raises(WireError):
             await client.add_leaf("meter", "c-1", b"\x00" * 32)  # type: ignore[arg-type]
         with pytest.raises(AnchorServiceError) as exc:
@@ -180,7 +189,7 @@ async def test_bad_leaves_are_refused_naming_the_field_and_nothing_is_stored(ser
 
 async def test_add_leaf_waits_for_the_service_to_come_up(tmp_path: Path) -> None:
     s = Service(tmp_path)
-    client = AnchorClient(f"127.0.0.1:{s.port}", backoff_initial_s=0.05, backoff_max_s=0.2, call_timeout_s=1)
+    client = AnchorClient(f"127.0.0.1:{s.port}", tls=settlement_tls(), backoff_initial_s=0.05, backoff_max_s=0.2, call_timeout_s=1)
     task = asyncio.create_task(client.add_leaf("settlement", "c-9", b"\x09" * 32))
     try:
         await asyncio.sleep(0)  # let the first attempt fail against the closed port

@@ -168,3 +168,13 @@ async def test_settlement_down_is_a_503(console: Any) -> None:
     await server.stop(None)
     async with operator(base) as http, http.get("/api/overview") as r:
         assert r.status == 503 and "error" in await r.json()
+
+
+@pytest.mark.parametrize("time_", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00%2B14:00"])
+async def test_console_times_beyond_year_9999_are_400(console: Any, time_: str) -> None:
+    base, _, _ = console
+    async with operator(base) as http:
+        async with http.get(f"/api/energy?meter_id=m&from={time_}&to=2026-01-01T00:00:00Z") as resp:
+            assert resp.status == 400
+            body = await resp.json()
+    assert body["param"] == "from"

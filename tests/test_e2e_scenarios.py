@@ -25,20 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import logcheck
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from web_helpers import WebClient
 
+from p2pep.identity import Identity
 from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
+from p2pep.pki.tlsdir import TlsDir
 from p2pep.regtest import RegtestNetwork, wait_for
 from p2pep.regtest.errors import RegtestError
 from p2pep.scenario.catalog import load_scenario
 from p2pep.scenario.live import render, snapshot
 from p2pep.scenario.runner import RunOptions, ScenarioRunner
+from p2pep.servicekit.channels import channel
+from p2pep.servicekit.tls import Tls
 from p2pep.v1 import settlement_pb2 as pb
 from p2pep.v1 import settlement_pb2_grpc
 from services.meter.sender import reading_pb
@@ -134,7 +137,12 @@ async def attack_settlement(runner: ScenarioRunner, found: dict[str, Any]) -> No
     """While the scenario runs: a forged signature, a replayed sequence number, a register
     running backwards and an unknown meter, sent to the real settlement process."""
     target = runner.procs["settlement"].launch.target
-    async with grpc.aio.insecure_channel(target) as ch:
+    assert runner.tls is not None
+    tls = TlsDir(runner.layout.tls_dir)
+    tls.issue(Identity("meter", "meter-99"))  # a certificate for an id settlement never saw register
+    as_meter = {m: settlement_pb2_grpc.SettlementServiceStub(
+        channel(target, peer="settlement", tls=Tls.load(tls.path, Identity("meter", m)))) for m in ("meter-3", "meter-99")}
+    async with channel(target, peer="settlement", tls=runner.tls) as ch:
         stub = settlement_pb2_grpc.SettlementServiceStub(ch)
 
         async def consumer_delivered() -> bool:
@@ -155,11 +163,14 @@ async def attack_settlement(runner: ScenarioRunner, found: dict[str, Any]) -> No
         before = await settlement_metrics(runner)
         msgs = [reading_pb(key.sign_reading(r), b"") for key, r in attempts.values()]
 
-        async def send() -> Any:
+        async def send(of: str) -> Any:
             for m in msgs:
-                yield m
+                if m.meter_id == of:
+                    yield m
 
-        acks = [a async for a in stub.StreamReadings(send(), timeout=30)]
+        # with meter-3's own certificate and key (stolen), and with a certificate of a meter
+        # that never registered: mTLS lets them in, settlement's checks refuse the readings
+        acks = [a for m in ("meter-3", "meter-99") async for a in as_meter[m].StreamReadings(send(m), timeout=30)]
         after = await settlement_metrics(runner)
     found["acks"] = {reason: (ack.status, ack.reason, ack.message) for reason, ack in zip(attempts, acks)}
     found["metric_delta"] = {
@@ -332,7 +343,8 @@ async def lock_settlement_db(r: ScenarioRunner, found: dict[str, Any]) -> None:
     db = sqlite3.connect(r.layout.data_dir("settlement") / "settlement.db", isolation_level=None, timeout=30,
                          check_same_thread=False)
     console = f"http://127.0.0.1:{r.procs['console'].launch.metrics_port}"
-    async with grpc.aio.insecure_channel(target) as ch, WebClient(console) as operator:
+    assert r.tls is not None
+    async with channel(target, peer="settlement", tls=r.tls) as ch, WebClient(console) as operator:
         assert (await operator.signin(*r.operator))[0] == 200
         http = operator.http
         stub = settlement_pb2_grpc.SettlementServiceStub(ch)

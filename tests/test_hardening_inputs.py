@@ -9,10 +9,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -222,30 +219,3 @@ def test_cli_never_prints_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 # -- the console's times ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("time_", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00%2B14:00"])
-async def test_console_times_beyond_year_9999_are_400(time_: str) -> None:
-    from aiohttp import web
-
-    from p2pep.regtest.ports import free_port
-    from p2pep.v1 import settlement_pb2_grpc
-    from services.console.web import Console, add_console_routes
-
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")
-    app = web.Application()
-    add_console_routes(app, Console(settlement_pb2_grpc.SettlementServiceStub(channel), None, timeout=1))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            url = f"http://127.0.0.1:{port}/api/energy?meter_id=m&from={time_}&to=2026-01-01T00:00:00Z"
-            async with http.get(url) as resp:
-                assert resp.status == 400
-                body: Any = await resp.json()
-        assert body["param"] == "from"
-    finally:
-        await runner.cleanup()
-        await channel.close()

@@ -16,7 +16,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from matcher_helpers import Client, demand, order, settings, supply
 from prometheus_client import REGISTRY
 from test_settlement_service import FakeMeter, Harness, reading, register, send
+from tls_helpers import OPERATOR, tls_as
 
+from p2pep.access import ACCESS, Rule
 from p2pep.metering.signing import MeterKey
 from p2pep.servicekit import BaseServiceSettings, ServiceHost
 from p2pep.servicekit.channels import channel
@@ -25,9 +27,17 @@ from p2pep.servicekit.settings import settings_env, settings_from_env
 from p2pep.v1 import common_pb2, matcher_pb2
 from p2pep.v1 import settlement_pb2 as pb
 
+pytestmark = pytest.mark.usefixtures("operator_writes")  # these test what services accept, not who calls
+
 HUGE_SECONDS = 2**62  # far beyond year 9999; seconds * 1000 does not fit 64 bits
 
 # -- message size limits -------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _echo_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The echo test service's one method, in the authorization table for these tests."""
+    monkeypatch.setitem(ACCESS, "/test.Echo/Echo", Rule(operators=True))
 
 
 def _echo_host(settings: BaseServiceSettings) -> ServiceHost:
@@ -42,8 +52,10 @@ def _echo_host(settings: BaseServiceSettings) -> ServiceHost:
 
 
 async def _echo(target: str, size: int) -> bytes:
-    # a plain channel that would send anything: the server's limit is what is tested
-    async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as ch:
+    # a channel that would send anything: the server's limit is what is tested
+    creds = tls_as(OPERATOR).channel_credentials()
+    options = [("grpc.max_send_message_length", -1), ("grpc.ssl_target_name_override", "echo")]
+    async with grpc.aio.secure_channel(target, creds, options=options) as ch:
         result: bytes = await ch.unary_unary("/test.Echo/Echo")(b"x" * size, timeout=10)
         return result
 
@@ -79,7 +91,7 @@ async def test_p2pep_channels_do_not_send_oversized_requests() -> None:
     host = _echo_host(BaseServiceSettings(grpc_max_request_bytes=1 << 30))  # a server that would take it
     await host.start()
     try:
-        ch = channel(host.grpc_target)
+        ch = channel(host.grpc_target, peer="echo", tls=tls_as(OPERATOR))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await ch.unary_unary("/test.Echo/Echo")(b"x" * (2 * MAX_REQUEST_BYTES), timeout=10)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

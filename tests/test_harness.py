@@ -135,6 +135,7 @@ def test_a_test_whose_services_log_an_unexpected_error_fails(pytester: pytest.Py
     here = Path(__file__).parent
     pytester.makeconftest((here / "conftest.py").read_text())
     pytester.makepyfile(logcheck=(here / "logcheck.py").read_text())
+    pytester.makepyfile(tls_helpers=(here / "tls_helpers.py").read_text())
     pytester.makepyfile(test_inner='''
         import pytest, structlog
         log = structlog.get_logger("inner")

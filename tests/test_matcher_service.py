@@ -16,6 +16,9 @@ from matcher_helpers import Client, demand, order, settings, subscribed, supply
 from p2pep.market import terms_hash
 from p2pep.v1 import common_pb2, matcher_pb2
 
+# the matcher's own behaviour: who may call it is tested in tests/test_access_services.py
+pytestmark = pytest.mark.usefixtures("operator_writes")
+
 E = matcher_pb2.MatchEvent
 
 

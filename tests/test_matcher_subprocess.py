@@ -11,12 +11,21 @@ import sys
 from pathlib import Path
 from typing import IO
 
-import grpc
 from matcher_helpers import demand, supply
+from tls_helpers import dial
 
+from p2pep.identity import Identity
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+SETTLEMENT = Identity("service", "settlement")  # reads the whole book and every event
+
+
+def as_meter(target: str, meter_id: str) -> matcher_pb2_grpc.MatcherServiceStub:
+    """A stub calling as meter ``meter_id`` (its orders only)."""
+    return matcher_pb2_grpc.MatcherServiceStub(dial(target, "matcher", as_=Identity("meter", meter_id)))
 
 
 class Proc:
@@ -61,11 +70,11 @@ async def test_subprocess_restart_keeps_book_and_sigterm_is_clean(tmp_path: Path
     first = Proc(db)
     try:
         target = await first.started()
-        async with grpc.aio.insecure_channel(target) as ch:
+        async with dial(target, "matcher", as_=SETTLEMENT) as ch:
             stub = matcher_pb2_grpc.MatcherServiceStub(ch)
-            await stub.SubmitSupply(supply("s1", "A", 100, 100))
-            await stub.SubmitDemand(demand("d1", "C", 30, 120))
-            await stub.SubmitDemand(demand("d2", "D", 50, 50))
+            await as_meter(target, "A").SubmitSupply(supply("s1", "A", 100, 100))
+            await as_meter(target, "C").SubmitDemand(demand("d1", "C", 30, 120))
+            await as_meter(target, "D").SubmitDemand(demand("d2", "D", 50, 50))
             before = await stub.GetBook(matcher_pb2.GetBookRequest(meter_ids=["A", "D"]))
             stream = stub.StreamEvents(matcher_pb2.StreamEventsRequest())
             await asyncio.wait_for(stream.wait_for_connection(), 10)
@@ -82,10 +91,10 @@ async def test_subprocess_restart_keeps_book_and_sigterm_is_clean(tmp_path: Path
     second = Proc(db)
     try:
         target = await second.started()
-        async with grpc.aio.insecure_channel(target) as ch:
+        async with dial(target, "matcher", as_=SETTLEMENT) as ch:
             stub = matcher_pb2_grpc.MatcherServiceStub(ch)
             assert await stub.GetBook(matcher_pb2.GetBookRequest(meter_ids=["A", "D"])) == before
-            await stub.SubmitSupply(supply("s2", "B", 10, 40))
+            await as_meter(target, "B").SubmitSupply(supply("s2", "B", 10, 40))
         second.p.send_signal(signal.SIGKILL)
         second.p.wait(timeout=10)
     finally:
@@ -94,7 +103,7 @@ async def test_subprocess_restart_keeps_book_and_sigterm_is_clean(tmp_path: Path
     third = Proc(db)
     try:
         target = await third.started()
-        async with grpc.aio.insecure_channel(target) as ch:
+        async with dial(target, "matcher", as_=SETTLEMENT) as ch:
             stub = matcher_pb2_grpc.MatcherServiceStub(ch)
             book = await stub.GetBook(matcher_pb2.GetBookRequest())
             assert (book.supply_wh, book.demand_wh) == (70, 40)  # s2 matched 10 Wh of d2 at once

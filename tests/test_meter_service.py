@@ -16,8 +16,10 @@ import grpc
 import pytest
 from fakes.lightning import FakeLightning, FakeLnd
 from meter_helpers import own_check_bound_wh, record_import_steps
+from tls_helpers import StubAsAllowed, dial, server_credentials
 
 from p2pep.canonical import canonical_json
+from p2pep.identity import Identity
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.signing import verify_reading
 from p2pep.regtest import wait_for
@@ -108,7 +110,8 @@ class SettlementServer:
     async def start(self) -> None:
         self.server = grpc.aio.server()
         settlement_pb2_grpc.add_SettlementServiceServicer_to_server(self.servicer, self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.port = self.server.add_secure_port(f"127.0.0.1:{self.port}",
+                                               server_credentials(Identity("service", "settlement")))
         await self.server.start()
 
     async def stop(self) -> None:
@@ -151,9 +154,11 @@ class Rig:
         return app
 
     def stub(self, meter_id: str) -> meter_pb2_grpc.MeterServiceStub:
-        ch = grpc.aio.insecure_channel(self.apps[meter_id].host.grpc_target)
-        self.channels.append(ch)
-        return meter_pb2_grpc.MeterServiceStub(ch)
+        # the test plays settlement for settlement's requests, an operator for the reads
+        stub = StubAsAllowed(meter_pb2_grpc.MeterServiceStub, self.apps[meter_id].host.grpc_target, meter_id,
+                             "p2pep.v1.MeterService")
+        self.channels.extend(stub.channels)
+        return stub  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -547,7 +552,12 @@ async def test_display_shows_the_pairing_code_and_no_household_data(rig: Rig) ->
 
 async def test_pairing_code_claimed_once_and_wrong_codes_locked_out(rig: Rig) -> None:
     app = await rig.meter("home", "consumer", pairing_max_failures=3, pairing_lockout_s=30)
-    stub = rig.stub("home")
+    with pytest.raises(grpc.aio.AioRpcError) as e:  # only the households' portal may claim a meter
+        await rig.stub("home").ClaimPairing(meter_pb2.ClaimPairingRequest(code="ZZZZ-ZZZZ"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    portal = dial(app.host.grpc_target, "home", as_=Identity("service", "portal"))
+    rig.channels.append(portal)
+    stub = meter_pb2_grpc.MeterServiceStub(portal)
     async with aiohttp.ClientSession(app.host.http_url) as http, http.get("/api/pairing") as resp:
         code = (await resp.json())["code"]
     with pytest.raises(grpc.aio.AioRpcError) as e:

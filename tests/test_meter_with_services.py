@@ -14,7 +14,9 @@ import grpc
 import pytest
 from fakes.lightning import FakeLightning
 from meter_helpers import nominal_step_wh, own_check_bound_wh, record_import_steps
+from tls_helpers import dial
 
+from p2pep.identity import Identity
 from p2pep.metering.contract_book import Party
 from p2pep.regtest import timeout_scale, wait_for
 from p2pep.servicekit import ServiceHost
@@ -49,7 +51,7 @@ class Settlement:
                                increment_wh=10, payment_timeout_s=max(5, round(5 * timeout_scale())),
                                sweep_interval_s=0.2, log_json=False)
         store = await Store.open(s.db_path)
-        ch = grpc.aio.insecure_channel(matcher_target)
+        ch = dial(matcher_target, "matcher", as_=Identity("service", "settlement"))
         engine = Engine(s, store, matcher_pb2_grpc.MatcherServiceStub(ch))
         await engine.load()
         host = ServiceHost(s, name="settlement")

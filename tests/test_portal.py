@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
-import grpc
 import pytest
 from aiohttp import web
 from test_meter_service import Rig, rig  # noqa: F401 - the fixture
+from tls_helpers import dial, tls_as
 from web_helpers import WebClient
 
+from p2pep.identity import Identity
 from p2pep.regtest.ports import free_port
 from p2pep.v1 import settlement_pb2_grpc
 from p2pep.webauth.passwords import cheap_passwords
@@ -24,6 +25,7 @@ from services.portal.store import PortalStore
 from services.portal.web import Portal, add_portal_routes
 
 PW = "a household password"
+PORTAL = Identity("service", "portal")
 
 
 @dataclass
@@ -44,8 +46,8 @@ async def portal(rig: Rig) -> AsyncIterator[PortalRig]:  # noqa: F811
     await rig.meter("home", "consumer")
     await rig.meter("solar", "producer")
     store = await PortalStore.open_portal(str(rig.tmp / "portal.db"))
-    ch = grpc.aio.insecure_channel(rig.server.target)
-    links = MeterLinks(settlement_pb2_grpc.SettlementServiceStub(ch), timeout=5)
+    ch = dial(rig.server.target, "settlement", as_=PORTAL)
+    links = MeterLinks(settlement_pb2_grpc.SettlementServiceStub(ch), timeout=5, tls=tls_as(PORTAL))
     auth = WebAuth(store, AuthConfig(site="portal", title="portal", can_register=True), passwords=cheap_passwords())
     app = web.Application()
     auth.install(app)

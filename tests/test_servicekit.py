@@ -17,7 +17,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter
 from pydantic_settings import SettingsConfigDict
+from tls_helpers import dial, tls_as
 
+from p2pep.identity import Identity
 from p2pep.servicekit import BaseServiceSettings, ServiceHost, configure_logging, install_signal_handlers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +45,8 @@ def test_settings_reject_bad_port(monkeypatch: pytest.MonkeyPatch) -> None:
         DummySettings()
 
 
-async def health_status(target: str, service: str = "") -> int:
-    async with grpc.aio.insecure_channel(target) as ch:
+async def health_status(target: str, service: str = "", peer: str = "dummy") -> int:
+    async with dial(target, peer) as ch:
         resp = await health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=5
         )
@@ -104,7 +106,7 @@ async def test_set_serving_flips_healthz() -> None:
     await host.start()
     try:
         await host.set_serving(False)
-        assert await health_status(host.grpc_target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await health_status(host.grpc_target, peer="dummy2") == health_pb2.HealthCheckResponse.NOT_SERVING
         async with aiohttp.ClientSession() as http, http.get(f"{host.http_url}/healthz") as r:
             assert r.status == 503
     finally:
@@ -130,6 +132,7 @@ DUMMY_MAIN = textwrap.dedent(
 
 
 async def test_run_service_subprocess_sigterm_exits_zero() -> None:
+    tls_as(Identity("service", "dummy"))  # its certificate, in the test CA's folder the subprocess reads
     proc = subprocess.Popen(
         [sys.executable, "-c", DUMMY_MAIN], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

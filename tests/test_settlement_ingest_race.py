@@ -31,6 +31,9 @@ from p2pep.regtest import wait_for
 from p2pep.settling.contracts import EndReason
 from p2pep.v1 import settlement_pb2 as pb
 
+# settlement's own behaviour: who may call it is tested in tests/test_access_services.py
+pytestmark = pytest.mark.usefixtures("operator_writes")
+
 world = svc.world  # the fixture: a settlement harness with a fake consumer and supplier meter
 
 

@@ -16,7 +16,9 @@ from typing import Any
 import grpc
 import pytest
 from prometheus_client import REGISTRY
+from tls_helpers import dial
 
+from p2pep.identity import Identity
 from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
 from p2pep.regtest import wait_for
@@ -28,6 +30,9 @@ from p2pep.v1 import settlement_pb2 as pb
 from services.settlement.engine import Engine
 from services.settlement.server import SettlementServicer
 from services.settlement.store import Store
+
+# settlement's own behaviour: who may call it is tested in tests/test_access_services.py
+pytestmark = pytest.mark.usefixtures("operator_writes")
 
 
 class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
@@ -72,7 +77,7 @@ class Harness:
         self.hosts: list[ServiceHost] = []
 
     async def start_meter(self, m: FakeMeter) -> str:
-        host = ServiceHost(BaseServiceSettings(), name=m.meter_id)
+        host = ServiceHost(BaseServiceSettings(), name=m.meter_id, identity=Identity("meter", m.meter_id))
         meter_pb2_grpc.add_MeterServiceServicer_to_server(m, host.grpc_server)
         await host.start()
         self.hosts.append(host)
@@ -96,7 +101,7 @@ class Harness:
 
         host.add_shutdown_hook(close)
         self.hosts.append(host)
-        ch = grpc.aio.insecure_channel(host.grpc_target)
+        ch = dial(host.grpc_target, "settlement")
         return engine, settlement_pb2_grpc.SettlementServiceStub(ch), host
 
     async def close(self) -> None:

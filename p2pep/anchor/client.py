@@ -23,6 +23,7 @@ from p2pep.anchor.records import StoredProof
 from p2pep.anchor.wire import leaf_to_pb, proof_from_pb
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.supervise import Backoff, supervised
+from p2pep.servicekit.tls import Tls
 from p2pep.v1 import anchor_pb2 as pb
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 
@@ -46,13 +47,13 @@ class AnchorServiceError(RuntimeError):
 
 
 class AnchorClient:
-    def __init__(self, target: str, *, call_timeout_s: float = 10.0, backoff_initial_s: float = 0.2,
+    def __init__(self, target: str, *, tls: Tls, peer: str = "anchor", call_timeout_s: float = 10.0, backoff_initial_s: float = 0.2,
                  backoff_max_s: float = 30.0) -> None:
         self.target = target
         self.call_timeout_s = call_timeout_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
-        self._channel = channel(target)
+        self._channel = channel(target, peer=peer, tls=tls)
         self.stub = pb_grpc.AnchorServiceStub(self._channel)
 
     async def close(self) -> None:

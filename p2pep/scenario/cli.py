@@ -201,7 +201,15 @@ async def _export(args: argparse.Namespace) -> int:
             print(f"error: no running settlement found in {_run_dir(args)} (scenario state file); "
                   "pass --settlement HOST:PORT", file=sys.stderr)
             return 2
-    async with channel(target) as ch:
+    from p2pep.pki.tlsdir import TlsDirError
+    from p2pep.scenario.tls import operator_tls
+
+    try:
+        tls = operator_tls(_run_dir(args))
+    except (TlsDirError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    async with channel(target, peer="settlement", tls=tls) as ch:
         stub = settlement_pb2_grpc.SettlementServiceStub(ch)
         try:
             doc = await stub.ExportContract(settlement_pb2.GetContractRequest(contract_id=args.contract_id),

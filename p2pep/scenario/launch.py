@@ -73,6 +73,11 @@ class Layout:
     """Where a scenario's services keep their data and logs (inside the run dir)."""
 
     root: Path
+    tls: Path | None = None  # the run's TLS folder; default <root>/tls
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.tls if self.tls is not None else self.root / "tls"
 
     def data_dir(self, service: str) -> Path:
         return self.root / service
@@ -85,9 +90,9 @@ class Layout:
         return self.root / "report.json"
 
 
-def _common(grpc_port: int, metrics_port: int, log_level: str) -> dict[str, object]:
+def _common(layout: Layout, grpc_port: int, metrics_port: int, log_level: str) -> dict[str, object]:
     return {"grpc_host": HOST, "grpc_port": grpc_port, "metrics_port": metrics_port, "log_json": True,
-            "log_level": log_level}
+            "log_level": log_level, "tls_dir": str(layout.tls_dir)}
 
 
 def service_env(cls: type[BaseServiceSettings], service: str, values: Mapping[str, object],
@@ -122,7 +127,7 @@ def kwp(wp: int) -> Decimal:
 
 def matcher_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int,
                    log_level: str = "INFO") -> ServiceLaunch:
-    values = {**_common(grpc_port, metrics_port, log_level),
+    values = {**_common(layout, grpc_port, metrics_port, log_level),
               "db_path": str(layout.data_dir("matcher") / "matcher.db"), "mode": s.matcher_mode}
     env = service_env(MatcherSettings, "matcher", values, s.services_env.get("matcher", {}), "services_env.matcher")
     return ServiceLaunch("matcher", "services.matcher", grpc_port, metrics_port, layout.log("matcher"),
@@ -141,7 +146,7 @@ def anchor_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int
                   btcd: BtcdEndpoint, log_level: str = "INFO") -> ServiceLaunch:
     """The anchor service pays for anchoring transactions from the operator's hub wallet."""
     values = {
-        **_common(grpc_port, metrics_port, log_level),
+        **_common(layout, grpc_port, metrics_port, log_level),
         "db_path": str(layout.data_dir("anchor") / "anchor.db"),
         "lnd_rpcserver": hub.rpcserver,
         "lnd_tls_cert": hub.tls_cert,
@@ -159,7 +164,7 @@ def anchor_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int
 def settlement_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, matcher_target: str,
                       log_level: str = "INFO", anchor_target: str = "") -> ServiceLaunch:
     values: dict[str, object] = {
-        **_common(grpc_port, metrics_port, log_level),
+        **_common(layout, grpc_port, metrics_port, log_level),
         "db_path": str(layout.data_dir("settlement") / "settlement.db"),
         "matcher_target": matcher_target,
         "increment_wh": s.increment_wh,
@@ -180,7 +185,7 @@ def console_auth_db(scenario_root: Path) -> Path:
 def console_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
                    matcher_target: str, log_level: str = "INFO") -> ServiceLaunch:
     """The operator's console: its web page is on ``metrics_port`` (``/``), behind an operator sign-in."""
-    values = {**_common(grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
+    values = {**_common(layout, grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
               "matcher_target": matcher_target, "auth_db_path": str(console_auth_db(layout.root))}
     env = service_env(ConsoleSettings, "console", values, s.services_env.get("console", {}), "services_env.console")
     return ServiceLaunch("console", "services.console", grpc_port, metrics_port, layout.log("console"),
@@ -190,7 +195,7 @@ def console_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: in
 def portal_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
                   log_level: str = "INFO") -> ServiceLaunch:
     """The household portal (accounts, pairing, the household app) on ``metrics_port`` (``/``)."""
-    values = {**_common(grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
+    values = {**_common(layout, grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
               "auth_db_path": str(layout.data_dir("portal") / "portal.db")}
     env = service_env(PortalSettings, "portal", values, s.services_env.get("portal", {}), "services_env.portal")
     return ServiceLaunch("portal", "services.portal", grpc_port, metrics_port, layout.log("portal"),
@@ -233,7 +238,7 @@ def meter_launch(
     data = layout.data_dir(m.name)
     t = s.timing
     values: dict[str, object] = {
-        **_common(grpc_port, metrics_port, log_level),
+        **_common(layout, grpc_port, metrics_port, log_level),
         "meter_id": m.name,
         "role": m.role,
         "key_path": data / "meter.key",

@@ -21,13 +21,15 @@ from p2pep.regtest.errors import ProcessFailed
 from p2pep.regtest.waiting import timeout_scale
 from p2pep.scenario.launch import ServiceLaunch
 from p2pep.servicekit.channels import channel as dial
+from p2pep.servicekit.tls import Tls
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class ServiceProcess:
-    def __init__(self, launch: ServiceLaunch, python: str = sys.executable) -> None:
+    def __init__(self, launch: ServiceLaunch, tls: Tls, python: str = sys.executable) -> None:
         self.launch = launch
+        self.tls = tls  # the harness's operator certificate (health checks are mutual TLS too)
         self.python = python
         self._popen: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -72,7 +74,7 @@ class ServiceProcess:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout * timeout_scale()
         last = "no answer yet"
-        async with dial(self.launch.target) as channel:
+        async with dial(self.launch.target, peer=self.launch.name, tls=self.tls) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if not self.alive():

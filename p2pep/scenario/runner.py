@@ -45,6 +45,7 @@ from p2pep.regtest.ports import free_port
 from p2pep.regtest.state import load_state as load_network_state
 from p2pep.regtest.waiting import timeout_scale
 from p2pep.scenario import state as scenario_state
+from p2pep.scenario import tls as run_tls
 from p2pep.scenario.clock import ScenarioClock
 from p2pep.scenario.drain import keep_msat
 from p2pep.scenario.funds import drain_channels, sweep_wallet
@@ -65,6 +66,7 @@ from p2pep.scenario.model import Event, Scenario
 from p2pep.scenario.processes import ServiceProcess
 from p2pep.scenario.report import EventOutcome, RunFacts, build_report
 from p2pep.scenario.watch import Watcher
+from p2pep.servicekit.tls import Tls
 from p2pep.v1 import settlement_pb2
 from p2pep.webauth.accounts import set_account
 
@@ -110,7 +112,8 @@ class ScenarioRunner:
         self.scenario = scenario
         self.opts = options
         self.run_dir = Path(options.run_dir)
-        self.layout = Layout(scenario_state.scenario_dir(self.run_dir))
+        self.layout = Layout(scenario_state.scenario_dir(self.run_dir), tls=self.run_dir / "tls")
+        self.tls: Tls | None = None  # the harness's operator certificate, once the run's CA exists
         self.phase = "starting"
         self.messages: deque[tuple[float, str]] = deque(maxlen=50)
         self.t0 = time.monotonic()
@@ -221,7 +224,10 @@ class ScenarioRunner:
                     await self.net.fund(meter_nodes, s.network.fund_sat)
             self.say(f"network up in {time.monotonic() - t:.0f}s")
         if self.layout.root.exists():  # an earlier run's services: keep their logs, start afresh
-            self.layout.root.rename(self.layout.root.with_name(f"{self.layout.root.name}.{int(time.time() * 1000)}"))
+            aside = self.layout.root.with_name(f"{self.layout.root.name}.{int(time.time() * 1000)}")
+            self.layout.root.rename(aside)
+            if self.layout.tls_dir.exists():  # its CA and enrollments go with it: this run enrolls afresh
+                self.layout.tls_dir.rename(aside / "tls")
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self._set_phase("services")
         self._plan_services()
@@ -232,12 +238,13 @@ class ScenarioRunner:
         self.say(f"operator console: {self.web_urls()['console']} (sign in as {self.operator[0]}, "
                  f"password {self.operator[1]})")
         self.say(f"household portal: {self.web_urls()['portal']} (register, then add a meter with its display's code)")
-        self.watcher.set_settlement(self.procs["settlement"].launch.target)
+        assert self.tls is not None
+        self.watcher.set_settlement(self.procs["settlement"].launch.target, self.tls)
         meters = s.meter_names
         self.clock.launched(time.monotonic())
         await self._start_and_wait(meters)
         for m in meters:
-            self.watcher.add_meter(m, self.procs[m].launch.target)
+            self.watcher.add_meter(m, self.procs[m].launch.target, self.tls)
             self.say(f"meter display of {m} (its pairing code): {self.web_urls()[m]}")
         self.watcher.start()
 
@@ -288,7 +295,9 @@ class ScenarioRunner:
             launches.append(meter_launch(s, m, lay, free_port(), free_port(), eps[m.name], matcher.target,
                                          settlement.target, eps.get("hub") if s.network.hub else None,
                                          meter_nodes, lvl))
-        self.procs = {ln.name: ServiceProcess(ln) for ln in launches}
+        meter_keys = {m.name: lay.data_dir(m.name) / "meter.key" for m in s.meters}
+        self.tls = run_tls.prepare(lay.tls_dir, [ln.name for ln in launches if ln.kind != "meter"], meter_keys)
+        self.procs = {ln.name: ServiceProcess(ln, self.tls) for ln in launches}
 
     async def _start_and_wait(self, names: list[str]) -> None:
         for n in names:

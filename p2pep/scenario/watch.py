@@ -17,6 +17,7 @@ from p2pep.pbconv import ts_ms_or_none
 from p2pep.scenario.clock import ScenarioClock
 from p2pep.scenario.report import RelaySample
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.tls import Tls
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 
@@ -45,13 +46,13 @@ class Watcher:
         self._settlement: tuple[grpc.aio.Channel, settlement_pb2_grpc.SettlementServiceAsyncStub] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add_meter(self, name: str, target: str) -> None:
-        ch = channel(target)
+    def add_meter(self, name: str, target: str, tls: Tls) -> None:
+        ch = channel(target, peer=name, tls=tls)
         self._meters[name] = (ch, meter_pb2_grpc.MeterServiceStub(ch))
         self.samples.setdefault(name, [])
 
-    def set_settlement(self, target: str) -> None:
-        ch = channel(target)
+    def set_settlement(self, target: str, tls: Tls) -> None:
+        ch = channel(target, peer="settlement", tls=tls)
         self._settlement = (ch, settlement_pb2_grpc.SettlementServiceStub(ch))
 
     def meter_stub(self, name: str) -> meter_pb2_grpc.MeterServiceAsyncStub:

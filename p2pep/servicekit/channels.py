@@ -11,7 +11,9 @@ link or a restarting peer is decided here, once:
 * keepalive pings, so a half-open connection is noticed;
 * message size limits (:mod:`p2pep.servicekit.limits`).
 
-The trust boundary (mutual TLS) will hand its credentials in here too.
+* mutual TLS: the caller presents its own certificate (``tls``) and checks that the server's
+  certificate names ``peer`` (``grpc.ssl_target_name_override``): a server is verified by
+  its name, never by the host it happens to run on. There is no plaintext channel.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import grpc
 
 from p2pep.servicekit.limits import channel_options
+from p2pep.servicekit.tls import Tls
 
 RETRY_POLICY = {
     "maxAttempts": 4,
@@ -43,6 +46,8 @@ OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    """A channel to another P2PEP service at ``host:port``."""
-    return grpc.aio.insecure_channel(target, options=OPTIONS)
+def channel(target: str, *, peer: str, tls: Tls) -> grpc.aio.Channel:
+    """A channel to the P2PEP component named ``peer`` (e.g. ``settlement``, ``meter-7``)
+    at ``host:port``, dialled as ``tls.identity``."""
+    options = [*OPTIONS, ("grpc.ssl_target_name_override", peer)]
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)

@@ -11,10 +11,13 @@ import structlog
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from p2pep.identity import Identity
+from p2pep.servicekit.auth import AuthInterceptor
 from p2pep.servicekit.errors import RefusalInterceptor
 from p2pep.servicekit.http import build_http_app
 from p2pep.servicekit.limits import server_options
 from p2pep.servicekit.settings import BaseServiceSettings
+from p2pep.servicekit.tls import service_tls
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +38,10 @@ class ServiceHost:
     so they do not hold the server for the whole grace period), ``grpc_server.stop(grace)``
     (in-flight calls finish, what is left is cancelled after ``grace``), shutdown hooks
     (in reverse order of registration, e.g. closing a database), then the HTTP server.
+
+    The gRPC port is mutual TLS only, as ``identity`` (default ``service/<name>``) with the
+    material in ``settings.tls_dir`` (:class:`~p2pep.servicekit.tls.Tls`; no folder, no
+    service), and every call passes :class:`~p2pep.servicekit.auth.AuthInterceptor` first.
     """
 
     def __init__(
@@ -44,12 +51,16 @@ class ServiceHost:
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         grpc_options: Sequence[tuple[str, Any]] = (),
+        identity: Identity | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
-        # every server answers a Refused with its status (p2pep.servicekit.errors)
+        self.identity = identity or Identity("service", name)
+        self.tls = service_tls(settings, self.identity)
+        # every call is authorized first (p2pep.servicekit.auth, p2pep.access), and every
+        # server answers a Refused with its status (p2pep.servicekit.errors)
         self.grpc_server: grpc.aio.Server = grpc.aio.server(
-            interceptors=[RefusalInterceptor(), *interceptors],
+            interceptors=[AuthInterceptor(self.tls.revocations), RefusalInterceptor(), *interceptors],
             options=[*server_options(settings.grpc_max_request_bytes, settings.grpc_max_response_bytes),
                      *grpc_options],
         )
@@ -94,7 +105,8 @@ class ServiceHost:
             raise RuntimeError("service host already started")
         self._started = True
         s = self.settings
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        self.grpc_port = self.grpc_server.add_secure_port(f"{s.grpc_host}:{s.grpc_port}",
+                                                          self.tls.server_credentials())
         if self.grpc_port == 0:
             raise OSError(f"could not bind gRPC to {s.grpc_host}:{s.grpc_port}")
         await self.grpc_server.start()

@@ -55,6 +55,7 @@ class BaseServiceSettings(BaseSettings):
     grpc_max_request_bytes: int = Field(default=MAX_REQUEST_BYTES, ge=1024, le=1 << 30,
                                         description="larger requests are refused (RESOURCE_EXHAUSTED)")
     grpc_max_response_bytes: int = Field(default=MAX_RESPONSE_BYTES, ge=1024, le=1 << 30)
+    tls_dir: str = Field(default="", description="TLS folder: ca.crt, <name>.crt/.key, revoked.txt (required)")
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -46,6 +46,11 @@ class MeterSettings(BaseServiceSettings):
     lnd_macaroon: str = ""
     lnd_p2p: str = Field(default="", description="host:port of its own lnd p2p listener")
 
+    # enrollment: a meter without a certificate in tls_dir gets one with the operator's token
+    enroll_token: str = Field(default="", description="one-time token from `p2pep enroll <meter-id>`")
+    enroll_target: str = Field(default="", description="host:port of the enrollment port (settlement's)")
+    enroll_server_name: str = Field(default="settlement", description="the name the enrollment server's certificate has")
+
     # the other services
     matcher_target: str = Field(default="", description="host:port of the matcher; empty: place no orders")
     settlement_target: str

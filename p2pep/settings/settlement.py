@@ -24,6 +24,10 @@ class SettlementSettings(BaseServiceSettings):
     )
     worker_backoff_initial_s: float = Field(default=0.2, gt=0, description="first retry delay of a failed worker step")
     worker_backoff_max_s: float = Field(default=10.0, gt=0, description="longest retry delay of a failed worker step")
+    enrollment_port: int = Field(
+        default=-1, ge=-1, le=65535,
+        description="serve meter enrollment (TLS, no client certificate) on this port; -1: off (needs ca.key in tls_dir)",
+    )
     sqlite_busy_timeout_ms: int = Field(
         default=5000, ge=0, description="a write waits this long for another process's lock on the database, then fails"
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.tls import service_tls
 from p2pep.settings.console import ConsoleSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from p2pep.webauth.store import AuthStore
@@ -16,10 +18,11 @@ from services.console.web import Console, add_console_routes
 async def main(stop: asyncio.Event) -> None:
     s = load_settings(ConsoleSettings, "console")
     configure_logging(s.log_level, json=s.log_json, service="console")
-    channels = [channel(s.settlement_target)]
+    tls = service_tls(s, service("console"))
+    channels = [channel(s.settlement_target, peer="settlement", tls=tls)]
     matcher = None
     if s.matcher_target:
-        channels.append(channel(s.matcher_target))
+        channels.append(channel(s.matcher_target, peer="matcher", tls=tls))
         matcher = matcher_pb2_grpc.MatcherServiceStub(channels[-1])
     console = Console(settlement_pb2_grpc.SettlementServiceStub(channels[0]), matcher, s.rpc_timeout_s)
     store = await AuthStore.open(s.auth_db_path)

@@ -32,6 +32,7 @@ from p2pep.market import (
 )
 from p2pep.market.validation import check_id, make_order
 from p2pep.pbconv import enum_value, ms_ts, now_ms
+from p2pep.refusals import PermissionDenied
 from p2pep.settings.matcher import MatcherSettings
 from p2pep.v1 import common_pb2, matcher_pb2
 from services.matcher import metrics as M
@@ -399,12 +400,15 @@ class Matcher:
                  side=o.side.name, energy_wh=energy)
         return self._submit_one(tx, o)
 
-    async def extend(self, req: matcher_pb2.ExtendContractRequest) -> SubmitResult:
-        """Tier 1: a demand of the contract's consumer, linked to it (validated here)."""
+    async def extend(self, req: matcher_pb2.ExtendContractRequest, on_behalf: str | None = None) -> SubmitResult:
+        """Tier 1: a demand of the contract's consumer, linked to it (validated here). With
+        ``on_behalf`` (the calling meter), only that contract's consumer may extend it."""
         now = self.clock()
         check_id("contract_id", req.contract_id)
         async with self.lock:
             rec = self.active_contract(req.contract_id, now)
+            if on_behalf is not None and on_behalf != rec.consumer:
+                raise PermissionDenied("contract_id", f"meter {on_behalf!r} is not the consumer of {req.contract_id}")
             base = make_order(
                 order_id=req.order_id, meter_id=rec.consumer, side=Side.DEMAND, energy_wh=req.energy_wh,
                 price_msat_per_kwh=req.price_msat_per_kwh, now_ms=now,

@@ -17,6 +17,7 @@ from p2pep.market import (
 )
 from p2pep.pbconv import int64
 from p2pep.refusals import ResourceExhausted, Unavailable
+from p2pep.servicekit.auth import acting_meter
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc
 from services.matcher import metrics as M
 from services.matcher.convert import order_msg, parse_order
@@ -89,7 +90,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
     async def ExtendContract(self, request: matcher_pb2.ExtendContractRequest,
                              context: grpc.aio.ServicerContext[Any, Any]) -> matcher_pb2.SubmitOrderResponse:
         with _errors("ExtendContract"):
-            return (await self.m.extend(request)).msg()
+            return (await self.m.extend(request, acting_meter())).msg()
 
     async def ReportContractEnd(self, request: matcher_pb2.ReportContractEndRequest,
                                 context: grpc.aio.ServicerContext[Any, Any]) -> matcher_pb2.ReportContractEndResponse:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
+from p2pep.identity import Identity
 from p2pep.lnd.client import LndClient, LndConnection
 from p2pep.metering.pairing import PairingCodes
+from p2pep.metering.signing import MeterKey
+from p2pep.pki.service import ensure_enrolled
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings
 from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import meter_pb2_grpc
@@ -39,9 +43,18 @@ class MeterApp:
 
 
 async def start_meter(settings: MeterSettings, lnd: LightningNode) -> MeterApp:
-    """Open the meter, serve MeterService, and start it (in the background)."""
+    """Enroll if it has no certificate yet, open the meter, serve MeterService, and start it
+    (in the background)."""
+    if settings.enroll_token:
+        if settings.key_path is None:  # its key's default folder
+            settings.state_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        enrolled = await ensure_enrolled(Path(settings.tls_dir), settings.meter_id,
+                                         MeterKey.load_or_create(settings.key_file), settings.enroll_target,
+                                         settings.enroll_token, settings.enroll_server_name)
+        if enrolled:
+            log.info("enrolled: certificate stored", meter_id=settings.meter_id, tls_dir=settings.tls_dir)
     meter = await Meter.open(settings, lnd)
-    host = ServiceHost(settings, name=f"meter {settings.meter_id}")
+    host = ServiceHost(settings, name=f"meter {settings.meter_id}", identity=Identity("meter", settings.meter_id))
     pairing = PairingCodes(settings.pairing_ttl_s, settings.pairing_max_failures, settings.pairing_lockout_s)
     meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(meter, pairing), host.grpc_server)
     add_display_routes(host.http_app, settings.meter_id, pairing, settings.display_allowed_hosts)

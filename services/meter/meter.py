@@ -21,6 +21,7 @@ import asyncio
 import grpc
 import structlog
 
+from p2pep.identity import Identity
 from p2pep.metering.contract_book import ContractBook, Party
 from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.registers import Registers
@@ -29,6 +30,7 @@ from p2pep.metering.signing import MeterKey
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.tls import service_tls
 from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import startup
@@ -69,9 +71,10 @@ class Meter:
         self.ready = asyncio.Event()
         self.tasks = MeterTasks()
         self._stop = asyncio.Event()
-        self._settlement_ch = channel(settings.settlement_target)
+        tls = service_tls(settings, Identity("meter", settings.meter_id))
+        self._settlement_ch = channel(settings.settlement_target, peer="settlement", tls=tls)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(self._settlement_ch)
-        self._matcher_ch = channel(settings.matcher_target) if settings.matcher_target else None
+        self._matcher_ch = channel(settings.matcher_target, peer="matcher", tls=tls) if settings.matcher_target else None
         self.balances = BalanceCache(lnd)
         self.sender = ReadingSender(store, lambda: self.settlement, key.pubkey_hex)
         self.trader: Trader | None = None

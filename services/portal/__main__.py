@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.tls import service_tls
 from p2pep.settings.portal import PortalSettings
 from p2pep.v1 import settlement_pb2_grpc
 from p2pep.webauth.web import AuthConfig, WebAuth
@@ -19,8 +21,9 @@ async def main(stop: asyncio.Event) -> None:
     s = load_settings(PortalSettings, "portal")
     configure_logging(s.log_level, json=s.log_json, service="portal")
     store = await PortalStore.open_portal(s.auth_db_path)
-    settlement = channel(s.settlement_target)
-    links = MeterLinks(settlement_pb2_grpc.SettlementServiceStub(settlement), s.rpc_timeout_s)
+    tls = service_tls(s, service("portal"))
+    settlement = channel(s.settlement_target, peer="settlement", tls=tls)
+    links = MeterLinks(settlement_pb2_grpc.SettlementServiceStub(settlement), s.rpc_timeout_s, tls)
     auth = WebAuth(store, AuthConfig.from_settings(s, "portal", "P2PEP household portal", can_register=True))
     host = ServiceHost(s, name="portal")
     auth.install(host.http_app)

@@ -1,6 +1,7 @@
 """How the portal reaches a meter: its address from settlement's registry, then one gRPC
-channel per meter (:func:`p2pep.servicekit.channels.channel`, so the trust boundary's mutual
-TLS applies). The portal never takes an address from a household."""
+channel per meter (:func:`p2pep.servicekit.channels.channel`: mutual TLS, and the meter must
+present a certificate naming the meter id the portal asked for, wherever the address points).
+The portal never takes an address from a household."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import grpc
 
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.tls import Tls
 from p2pep.v1 import meter_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 REGISTRY_TTL_S = 5.0  # addresses are refreshed this often
@@ -21,8 +23,8 @@ class MeterUnknown(Exception):
 
 
 class MeterLinks:
-    def __init__(self, settlement: settlement_pb2_grpc.SettlementServiceAsyncStub, timeout: float) -> None:
-        self.settlement, self.timeout = settlement, timeout
+    def __init__(self, settlement: settlement_pb2_grpc.SettlementServiceAsyncStub, timeout: float, tls: Tls) -> None:
+        self.settlement, self.timeout, self.tls = settlement, timeout, tls
         self._addresses: dict[str, str] = {}
         self._fetched = -1e9
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
@@ -45,7 +47,7 @@ class MeterLinks:
             if held is None or held[0] != address:
                 if held is not None:
                     await held[1].close()
-                held = self._channels[meter_id] = (address, channel(address))
+                held = self._channels[meter_id] = (address, channel(address, peer=meter_id, tls=self.tls))
         return meter_pb2_grpc.MeterServiceStub(held[1])
 
     async def close(self) -> None:

@@ -6,8 +6,12 @@ import asyncio
 
 import grpc
 
+from p2pep.identity import service
+from p2pep.pki.service import EnrollmentServer
+from p2pep.pki.tlsdir import TlsDir
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.tls import service_tls
 from p2pep.settings.settlement import SettlementSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.settlement.engine import Engine
@@ -20,20 +24,25 @@ async def main(stop: asyncio.Event) -> None:
     s = load_settings(SettlementSettings, "settlement")
     configure_logging(s.log_level, json=s.log_json)
     store = await Store.open(s.db_path, s.sqlite_busy_timeout_ms)
+    tls = service_tls(s, service("settlement"))
     matcher = None
     channels: list[grpc.aio.Channel] = []
     if s.matcher_target:
-        ch = channel(s.matcher_target)
+        ch = channel(s.matcher_target, peer="matcher", tls=tls)
         channels.append(ch)
         matcher = matcher_pb2_grpc.MatcherServiceStub(ch)
     anchor = None
     if s.anchor_target:
         from p2pep.anchor.client import AnchorClient
 
-        anchor = AnchorClient(s.anchor_target)
+        anchor = AnchorClient(s.anchor_target, tls=tls)
     engine = Engine(s, store, matcher, anchor)
     await engine.load()
     host = ServiceHost(s, name="settlement")
+    if s.enrollment_port >= 0:  # where the operator's CA key is: meters without a certificate enroll here
+        enrollment = EnrollmentServer(TlsDir(s.tls_dir), service("settlement"))
+        await enrollment.start(s.grpc_host, s.enrollment_port)
+        host.add_stopping_hook(enrollment.stop)
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(engine), host.grpc_server)
 
     async def shutdown() -> None:

@@ -25,9 +25,12 @@ import grpc
 import structlog
 
 from p2pep.canonical import canonical_json, settlement_hash
+from p2pep.identity import service
 from p2pep.pbconv import now_ms, ts_ms
 from p2pep.servicekit import Backoff, GaveUp, supervised
+from p2pep.servicekit.channels import channel
 from p2pep.servicekit.errors import FailedPrecondition
+from p2pep.servicekit.tls import Tls, service_tls
 from p2pep.settings.settlement import SettlementSettings
 from p2pep.settling.contracts import (
     Contract,
@@ -59,7 +62,8 @@ class Engine:
         self.store = store
         self.matcher = matcher
         self.anchor = anchor  # AnchorClient-like: add_leaf(kind, contract_id, leaf_hash), proofs(contract_id)
-        self.meters = MeterRegistry(store)
+        self._tls: Tls | None = None
+        self.meters = MeterRegistry(store, self.dial_meter)
         self.contracts: dict[str, LiveContract] = {}
         # held from a reading's attribution to its ledgers, and by whatever ends a contract or
         # closes its ledger: a contract never changes state under a reading being stored
@@ -136,6 +140,13 @@ class Engine:
         metrics.CONTRACTS_FAULTED.set(sum(1 for lc in self.contracts.values() if lc.fault and not lc.finished))
 
     # --- the parts' entry points, as the servicer calls them -------------------------
+    def dial_meter(self, address: str, meter_id: str) -> grpc.aio.Channel:
+        """A channel to meter ``meter_id``'s MeterService, as settlement (mutual TLS; the
+        meter's certificate must name ``meter_id``, wherever ``address`` points)."""
+        if self._tls is None:
+            self._tls = service_tls(self.s, service("settlement"))
+        return channel(address, peer=meter_id, tls=self._tls)
+
     async def register_meter(self, meter_id: str, pubkey: str, node_pubkey: str, address: str, role: str,
                              node_address: str = "") -> int:
         return await self.meters.register(meter_id, pubkey, node_pubkey, address, role, node_address)

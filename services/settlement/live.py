@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from p2pep.servicekit.channels import channel
 from p2pep.settling.contracts import Contract, ContractTerms, EndReason
 from p2pep.settling.increments import DeliveryLedger
 from p2pep.settling.validation import StreamHead
@@ -35,6 +35,7 @@ class MeterLink:
     head: StreamHead | None = None
     last_seen: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reading of this meter at a time
+    dial: Callable[[str, str], grpc.aio.Channel] | None = None  # (address, meter id) -> a mTLS channel
     _channel: grpc.aio.Channel | None = None
     _stub: meter_pb2_grpc.MeterServiceAsyncStub | None = None
 
@@ -45,7 +46,9 @@ class MeterLink:
         address is dialled only once its registration is bound to the identity its
         certificate names, and the channel verifies the server by that name."""
         if self._stub is None:
-            self._channel = channel(self.row.address)
+            if self.dial is None:
+                raise RuntimeError(f"no way to dial meter {self.row.meter_id}")
+            self._channel = self.dial(self.row.address, self.row.meter_id)
             self._stub = meter_pb2_grpc.MeterServiceStub(self._channel)
         return self._stub
 

@@ -9,8 +9,9 @@ pays ``node_pubkey``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import grpc
 import structlog
 
 from p2pep.metering.signing import is_valid_pubkey
@@ -24,14 +25,16 @@ log = structlog.get_logger("settlement")
 
 
 class MeterRegistry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, dial: Callable[[str, str], grpc.aio.Channel] | None = None) -> None:
         self.store = store
+        self.dial = dial  # (address, meter id) -> a channel to that meter (mutual TLS)
         self._links: dict[str, MeterLink] = {}
 
     async def load(self) -> None:
         for row in await self.store.meters():
             last = await self.store.last_reading(row.meter_id)
-            self._links[row.meter_id] = MeterLink(row, StreamHead.of(last) if last else None)
+            self._links[row.meter_id] = MeterLink(row, StreamHead.of(last) if last else None,
+                                                 dial=self.dial)
 
     def get(self, meter_id: str) -> MeterLink | None:
         return self._links.get(meter_id)
@@ -71,7 +74,7 @@ class MeterRegistry:
         row = MeterRow(meter_id, pubkey, node_pubkey, address, role, node_address)
         await self.store.upsert_meter(row)
         if link is None:
-            link = self._links[meter_id] = MeterLink(row)
+            link = self._links[meter_id] = MeterLink(row, dial=self.dial)
         else:  # liveness stays as it was: only an accepted new reading refreshes it
             await link.reconnect(row)
         log.info("meter registered", meter_id=meter_id, address=address, role=role)

@@ -13,6 +13,7 @@ import grpc
 import structlog
 
 from p2pep.pbconv import ts_ms
+from p2pep.servicekit.auth import acting_meter, caller
 from p2pep.servicekit.errors import PermissionDenied
 from p2pep.settling.contracts import EndReason
 from p2pep.v1 import common_pb2, settlement_pb2_grpc
@@ -22,11 +23,27 @@ from services.settlement.engine import Engine
 log = structlog.get_logger("settlement")
 
 
+def check_party(contract_id: str, consumer: str, supplier: str) -> None:
+    """A meter reads only contracts it is a party of (services and operators read all)."""
+    m = acting_meter()
+    if m is not None and m not in (consumer, supplier):
+        raise PermissionDenied("contract_id", f"meter {m!r} is not a party of contract {contract_id}")
+
+
+def check_enrolled_key(pubkey: str) -> None:
+    """A meter registers with the signing key it enrolled (when its certificate carries one):
+    a certificate for an id is not enough to put another key behind it."""
+    c = caller()
+    if c is not None and c.meter_key is not None and c.meter_key != pubkey:
+        raise PermissionDenied("pubkey", f"not the signing key {c.identity.name} enrolled")
+
+
 class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.e = engine
 
     async def RegisterMeter(self, req: pb.RegisterMeterRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.RegisterMeterResponse:
+        check_enrolled_key(req.pubkey)
         last = await self.e.register_meter(
             req.meter_id, req.pubkey, req.node_pubkey, req.address, req.role, req.node_address
         )
@@ -51,7 +68,9 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return self.e.record(lc)
 
     async def GetContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractRecord:
-        return self.e.record(self.e.views.contract(req.contract_id))
+        lc = self.e.views.contract(req.contract_id)
+        check_party(req.contract_id, lc.terms.consumer, lc.terms.supplier)
+        return self.e.record(lc)
 
     async def ListContracts(
         self, req: pb.ListSettlementContractsRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -88,6 +107,8 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return pb.ListPaymentsResponse(payments=out)
 
     async def ExportContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractDocument:
+        lc = self.e.views.contract(req.contract_id)
+        check_party(req.contract_id, lc.terms.consumer, lc.terms.supplier)
         return pb.ContractDocument(json=await self.e.document(req.contract_id))
 
     async def ListMeters(self, req: pb.ListMetersRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ListMetersResponse:
