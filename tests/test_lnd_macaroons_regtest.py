@@ -13,6 +13,7 @@ import pytest
 from p2pep.anchor import opreturn
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.lnd.client import LndClient, LndConnection, LndError
+from p2pep.lnd.macaroons import METER
 from p2pep.lndrpc import lightning_pb2 as ln
 from p2pep.regtest import RegtestNetwork, wait_for
 from p2pep.regtest.lnd_node import LndInfo
@@ -42,7 +43,8 @@ async def clients(regtest: RegtestNetwork) -> AsyncIterator[dict[str, LndClient]
 async def refused(call: Callable[[], Awaitable[Any]], why: str = "permission denied") -> LndError:
     """lnd answers ``call`` with a macaroon refusal (lnd's status is UNKNOWN, its message
     says why): ``permission denied`` for an RPC the macaroon does not grant,
-    ``verification failed`` for a macaroon of another node."""
+    ``verification failed`` for a macaroon of another node, the missing root key for a
+    revoked one."""
     with pytest.raises(LndError) as info:
         await call()
     assert info.value.detail == f"UNKNOWN: {why}" or info.value.detail.startswith(f"UNKNOWN: {why}:"), info.value
@@ -120,3 +122,36 @@ async def test_the_anchors_macaroon_anchors_and_cannot_pay(
 
     await wait_for(in_mempool, 30, what="the anchoring transaction in btcd's mempool")
     await regtest.mine(1)
+
+
+async def test_baking_again_and_revoking_a_services_macaroons(regtest: RegtestNetwork) -> None:
+    """A network brought up before a macaroon existed gets it from ``bake_service_macaroons``
+    (``scenario run --reuse-network`` calls it); macaroons baked earlier stay valid. The
+    service's own root key revokes its macaroons (``lncli deletemacaroonid``), not admin's."""
+    node = regtest.nodes["meter-3"]
+    path = Path(node.info.service_macaroon("meter"))
+    before = service_client(node.info, "meter")  # holds the macaroon baked at start-up
+    try:
+        path.unlink()
+        await regtest.bake_service_macaroons()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        again = service_client(node.info, "meter")
+        try:
+            assert await before.pubkey() == await again.pubkey() == node.info.pubkey
+            admin = node.client
+            await admin._call("DeleteMacaroonID", admin.ln.DeleteMacaroonID,
+                              ln.DeleteMacaroonIDRequest(root_key_id=METER.root_key_id))
+            gone = f"cannot retrieve macaroon: cannot get macaroon: root key with id {METER.root_key_id} doesn't exist"
+            await refused(lambda: again.get_info(), gone)
+            await refused(lambda: before.get_info(), gone)
+            assert (await admin.get_info()).identity_pubkey == node.info.pubkey  # admin's untouched
+        finally:
+            await again.close()
+        await node.bake_service_macaroons()  # a new one for the tests that follow
+        fresh = service_client(node.info, "meter")
+        try:
+            assert await fresh.pubkey() == node.info.pubkey
+        finally:
+            await fresh.close()
+    finally:
+        await before.close()

@@ -158,7 +158,8 @@ class LndNode:
             self.proc.check()
             if btcd_proc is not None and not btcd_proc.alive():
                 raise ProcessFailed("btcd", f"exited while {self.name} was starting", btcd_proc.log)
-            if Path(self.info.tls_cert).exists() and Path(self.info.macaroon()).exists():
+            admin = Path(self.info.macaroon())
+            if Path(self.info.tls_cert).exists() and admin.exists() and admin.stat().st_size > 0:
                 try:
                     state = await self.client.get_state()
                     if state == "SERVER_ACTIVE":
@@ -171,7 +172,9 @@ class LndNode:
                         last = f"state {state}"
                 except LndError as exc:
                     last = str(exc)
-                    if "connection" in last.lower() or "UNAVAILABLE" in last:
+                    # a client built while lnd was still writing its files holds a bad
+                    # certificate or an empty macaroon: build it again from the files
+                    if "connection" in last.lower() or "UNAVAILABLE" in last or "macaroon" in last:
                         await self._drop_client()
             await asyncio.sleep(0.2)
         raise ProcessFailed(self.name, f"not ready after {timeout * timeout_scale():.0f}s ({last})", self.proc.log)
