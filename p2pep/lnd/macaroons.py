@@ -44,9 +44,9 @@ console     none                                                   reads settlem
 matcher     none                                                   no money moves through it
 ==========  ================  ===================================  ==========================================
 
-What each macaroon cannot do: the meter's cannot send coins on-chain (no
+What each macaroon cannot do: the meter's cannot send coins to an on-chain address (no
 ``SendCoins``/``SendMany``/``SendOutputs``/``NewAddress``), close channels, list or
-watch other invoices, sign messages, bake macaroons or stop the node; the anchor's
+watch invoices, sign messages, bake macaroons or stop the node; the anchor's
 cannot pay or create invoices, open or close channels, connect to peers or read
 anything. What lnd's macaroons cannot narrow further (so it rests on other controls):
 ``SendOutputs`` takes any output script, so a leaked anchor macaroon could still pay
