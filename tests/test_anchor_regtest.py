@@ -231,15 +231,8 @@ async def test_anchor_service_process(regtest: RegtestNetwork, tmp_path: Path) -
     assert regtest.btcd is not None
     hub = regtest.nodes["hub"].info
     grpc_port, http_port = free_port(), free_port()
-    # Least privilege: the service needs on-chain write (walletrpc.SendOutputs), nothing else.
-    macaroon = tmp_path / "anchor.macaroon"
-    bake = await asyncio.create_subprocess_exec(
-        str(regtest.bins.lncli), "--network=regtest", f"--rpcserver={hub.rpcserver}",
-        f"--tlscertpath={hub.tls_cert}", f"--macaroonpath={hub.macaroon()}",
-        "bakemacaroon", "onchain:write", f"--save_to={macaroon}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await bake.communicate()
-    assert bake.returncode == 0, out.decode()
+    # Least privilege: the macaroon the harness baked for the anchor (walletrpc.SendOutputs only).
+    macaroon = hub.service_macaroon("anchor")
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PEP_")} | settings_env(
         AnchorSettings,
         db_path=str(tmp_path / "anchor.sqlite"),
@@ -247,7 +240,7 @@ async def test_anchor_service_process(regtest: RegtestNetwork, tmp_path: Path) -
         metrics_port=http_port,
         lnd_rpcserver=hub.rpcserver,
         lnd_tls_cert=hub.tls_cert,
-        lnd_macaroon=str(macaroon),
+        lnd_macaroon=macaroon,
         btcd_rpchost=regtest.btcd.info.rpchost,
         btcd_user=RPC_USER,
         btcd_pass=RPC_PASS,

@@ -29,6 +29,8 @@ def test_cli_up_status_mine_down(tmp_path: Path) -> None:
         assert [n["name"] for n in st["nodes"]] == ["hub", "meter-1"]
         for n in st["nodes"]:
             assert len(n["pubkey"]) == 66 and Path(n["tlscertpath"]).exists() and Path(n["macaroonpath"]).exists()
+            assert list(n["service_macaroons"]) == (["anchor"] if n["name"] == "hub" else ["meter"])
+            assert all(Path(p).exists() for p in n["service_macaroons"].values())
             assert n["channels"][0]["active"]
         assert Path(st["binaries"]["lncli"]).exists() and Path(st["btcd"]["rpccert"]).exists()
         h = st["btcd"]["height"]

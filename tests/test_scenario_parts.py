@@ -31,9 +31,10 @@ from p2pep.scenario.model import Scenario, ScenarioError
 from p2pep.servicekit.settings import settings_env, settings_from_env
 from p2pep.settings import SERVICE_SETTINGS, MeterSettings, SettlementSettings
 
-NODE = NodeEndpoint("meter-3", "02" + "ab" * 32, "127.0.0.1:10009", "/x/tls.cert", "/x/admin.macaroon",
+NODE = NodeEndpoint("meter-3", "02" + "ab" * 32, "127.0.0.1:10009", "/x/tls.cert", {"meter": "/x/meter.macaroon"},
                     "127.0.0.1:9735")
-HUB = NodeEndpoint("hub", "03" + "cd" * 32, "127.0.0.1:10010", "/h/tls.cert", "/h/admin.macaroon", "127.0.0.1:9736")
+HUB = NodeEndpoint("hub", "03" + "cd" * 32, "127.0.0.1:10010", "/h/tls.cert", {"anchor": "/h/anchor.macaroon"},
+                   "127.0.0.1:9736")
 
 
 def test_service_envs(tmp_path: Path) -> None:
@@ -50,7 +51,7 @@ def test_service_envs(tmp_path: Path) -> None:
     assert st.log_path == tmp_path / "logs" / "settlement.log"
 
     consumer = s.meter("meter-3")
-    other = NodeEndpoint("meter-1", "02" + "ef" * 32, "127.0.0.1:1", "/c", "/m", "127.0.0.1:9737")
+    other = NodeEndpoint("meter-1", "02" + "ef" * 32, "127.0.0.1:1", "/c", {"meter": "/m"}, "127.0.0.1:9737")
     e = meter_launch(s, consumer, layout, 5005, 5006, NODE, m.target, st.target, HUB, peers=[NODE, other]).env
     assert e["P2PEP_METER_PEERS"] == f"meter-1={other.pubkey}@127.0.0.1:9737"
     assert e["P2PEP_METER_METER_ID"] == "meter-3" and e["P2PEP_METER_ROLE"] == "consumer"
@@ -58,6 +59,7 @@ def test_service_envs(tmp_path: Path) -> None:
     assert e["P2PEP_METER_NETWORK_MODE"] == "hub"
     assert e["P2PEP_METER_HUB"] == f"{HUB.pubkey}@127.0.0.1:9736"
     assert e["P2PEP_METER_LND_P2P"] == "127.0.0.1:9735"
+    assert e["P2PEP_METER_LND_MACAROON"] == "/x/meter.macaroon"  # its own, never admin's
     assert e["P2PEP_METER_SETTLEMENT_TARGET"] == st.target
     assert e["P2PEP_METER_SIM_START"] == "2026-06-21T11:00:00+02:00"
     assert (e["P2PEP_METER_ACCEL"], e["P2PEP_METER_TICK_S"], e["P2PEP_METER_WINDOW_S"]) == ("30", "0.25", "900")
@@ -73,6 +75,7 @@ def test_anchor_env(tmp_path: Path) -> None:
     assert s.anchor
     a = anchor_launch(s, Layout(tmp_path), 6001, 6002, HUB, BtcdEndpoint("127.0.0.1:18334", "u", "p", "/b/rpc.cert"))
     assert a.module == "services.anchor" and a.env["P2PEP_ANCHOR_LND_RPCSERVER"] == HUB.rpcserver
+    assert a.env["P2PEP_ANCHOR_LND_MACAROON"] == "/h/anchor.macaroon"
     assert a.env["P2PEP_ANCHOR_BTCD_CERT"] == "/b/rpc.cert" and a.env["P2PEP_ANCHOR_BTCD_USER"] == "u"
     st = settlement_launch(s, Layout(tmp_path), 6003, 6004, "127.0.0.1:1", anchor_target=a.target)
     assert st.env["P2PEP_SETTLEMENT_ANCHOR_TARGET"] == "127.0.0.1:6001"
@@ -90,8 +93,8 @@ def all_launches(s: Scenario, root: Path) -> list[ServiceLaunch]:
     a = anchor_launch(s, layout, 5003, 5004, HUB, BtcdEndpoint("127.0.0.1:18334", "u", "p", "/b/rpc.cert"))
     st = settlement_launch(s, layout, 5005, 5006, m.target, anchor_target=a.target)
     c = console_launch(s, layout, 5007, 5008, st.target, m.target, "DEBUG")
-    nodes = [NodeEndpoint(x.name, "02" + f"{i:02x}" * 32, f"127.0.0.1:{10009 + i}", "/t", "/m", f"127.0.0.1:{9735 + i}")
-             for i, x in enumerate(s.meters)]
+    nodes = [NodeEndpoint(x.name, "02" + f"{i:02x}" * 32, f"127.0.0.1:{10009 + i}", "/t", {"meter": "/m"},
+                          f"127.0.0.1:{9735 + i}") for i, x in enumerate(s.meters)]
     hub = HUB if s.network.hub else None
     meters = [meter_launch(s, x, layout, 6000 + 2 * i, 6001 + 2 * i, nodes[i], m.target, st.target, hub, nodes)
               for i, x in enumerate(s.meters)]
@@ -144,6 +147,16 @@ def test_a_bad_launch_value_names_the_service(tmp_path: Path) -> None:
     s = load_scenario("hackathon")
     with pytest.raises(ScenarioError, match=r"^anchor: AnchorSettings: P2PEP_ANCHOR_GRPC_PORT: "):
         anchor_launch(s, Layout(tmp_path), 70000, 2, HUB, BtcdEndpoint("127.0.0.1:1", "u", "p", "/c"))
+
+
+def test_a_service_gets_only_its_own_macaroon_of_a_node(tmp_path: Path) -> None:
+    """The hub's endpoint carries the anchor's macaroon only: a meter launched against it
+    (or the anchor against a household's node) is refused before any process starts."""
+    s = load_scenario("hackathon")
+    with pytest.raises(ScenarioError, match=r"^meter: no lnd macaroon baked for it on node hub$"):
+        meter_launch(s, s.meter("meter-3"), Layout(tmp_path), 1, 2, HUB, "127.0.0.1:3", "127.0.0.1:4", HUB)
+    with pytest.raises(ScenarioError, match=r"^anchor: no lnd macaroon baked for it on node meter-3$"):
+        anchor_launch(s, Layout(tmp_path), 1, 2, NODE, BtcdEndpoint("127.0.0.1:1", "u", "p", "/c"))
 
 
 def test_keep_and_drain_amounts() -> None:

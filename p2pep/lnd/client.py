@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -107,19 +107,23 @@ def op_return_script(payload: bytes) -> bytes:
 
 
 class LndClient:
-    def __init__(self, conn: LndConnection, timeout: float = 30.0) -> None:
+    def __init__(self, conn: LndConnection, timeout: float = 30.0, channel: grpc.aio.Channel | None = None) -> None:
+        """``channel``: a channel to use instead of a secure one built from ``conn``'s
+        certificate and macaroon (tests record which RPCs a method makes)."""
         self.conn = conn
         self.timeout = timeout
-        cert = Path(conn.tls_cert_path).read_bytes()
-        macaroon = Path(conn.macaroon_path).read_bytes().hex()
-        creds = grpc.composite_channel_credentials(
-            grpc.ssl_channel_credentials(cert), _macaroon_creds(macaroon)
-        )
-        self._channel = grpc.aio.secure_channel(
-            conn.rpcserver,
-            creds,
-            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
-        )
+        if channel is None:
+            cert = Path(conn.tls_cert_path).read_bytes()
+            macaroon = Path(conn.macaroon_path).read_bytes().hex()
+            creds = grpc.composite_channel_credentials(
+                grpc.ssl_channel_credentials(cert), _macaroon_creds(macaroon)
+            )
+            channel = grpc.aio.secure_channel(
+                conn.rpcserver,
+                creds,
+                options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+            )
+        self._channel = channel
         self.ln = lngrpc.LightningStub(self._channel)
         self.router = routergrpc.RouterStub(self._channel)
         self.wallet = walletgrpc.WalletKitStub(self._channel)
@@ -341,6 +345,18 @@ class LndClient:
     async def list_payments(self, max_payments: int = 10_000) -> list[ln.Payment]:
         req = ln.ListPaymentsRequest(max_payments=max_payments, include_incomplete=True)
         return list((await self._call("ListPayments", self.ln.ListPayments, req)).payments)
+
+    # --- macaroons ----------------------------------------------------------------
+    async def bake_macaroon(self, permissions: Sequence[tuple[str, str]], root_key_id: int = 0) -> bytes:
+        """A new macaroon granting exactly ``permissions`` ((entity, action) pairs; entity
+        ``uri`` with a full method name grants that one RPC), under ``root_key_id`` (lnd's
+        ``DeleteMacaroonID`` of it revokes every macaroon baked under it). Needs a macaroon
+        with ``macaroon:generate`` (admin). Returns the serialized macaroon."""
+        req = ln.BakeMacaroonRequest(
+            permissions=[ln.MacaroonPermission(entity=e, action=a) for e, a in permissions],
+            root_key_id=root_key_id,
+        )
+        return bytes.fromhex((await self._call("BakeMacaroon", self.ln.BakeMacaroon, req)).macaroon)
 
     # --- messages -----------------------------------------------------------------
     async def sign_message(self, msg: bytes) -> str:

@@ -46,7 +46,9 @@ def _print_status(st: dict[str, Any]) -> None:
     for n in st["nodes"]:
         print(f"\n{n['name']}  {'running' if n['running'] else 'STOPPED'}  {n['pubkey']}")
         print(f"  rpcserver {n['rpcserver']}  tlscertpath {n['tlscertpath']}")
-        print(f"  macaroonpath {n['macaroonpath']}")
+        print(f"  macaroonpath {n['macaroonpath']}  (admin: the operator's only)")
+        for service, path in n.get("service_macaroons", {}).items():
+            print(f"  {service} macaroon {path}")
         if "wallet_sat" in n:
             w, c = n["wallet_sat"], n["channel_balance_sat"]
             print(f"  wallet {w['confirmed']} sat (+{w['unconfirmed']} unconfirmed)  "

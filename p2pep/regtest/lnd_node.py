@@ -7,6 +7,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from p2pep.lnd.client import LndClient, LndConnection, LndError
+from p2pep.lnd.macaroons import (
+    HOUSEHOLD_NODE_SERVICES,
+    OPERATOR_NODE_SERVICES,
+    bake_for,
+    macaroon_filename,
+    write_private,
+)
 from p2pep.regtest.btcd import RPC_PASS, RPC_USER, BtcdInfo
 from p2pep.regtest.errors import ProcessFailed
 from p2pep.regtest.ports import ensure_free
@@ -16,6 +23,7 @@ from p2pep.regtest.waiting import timeout_scale
 # Forwarding policy of every node (only the hub forwards): see p2pep.scenario.drain.
 FORWARD_BASE_FEE_MSAT = 0
 FORWARD_FEE_PPM = 1000
+HUB = "hub"  # the operator's node; every other node is a household's
 
 
 @dataclass
@@ -41,8 +49,25 @@ class LndInfo:
     def tls_cert(self) -> str:
         return str(Path(self.dir) / "tls.cert")
 
+    @property
+    def macaroon_dir(self) -> Path:
+        return Path(self.dir) / "data" / "chain" / "bitcoin" / "regtest"
+
     def macaroon(self, kind: str = "admin") -> str:
-        return str(Path(self.dir) / "data" / "chain" / "bitcoin" / "regtest" / f"{kind}.macaroon")
+        """One of lnd's own macaroons (admin: the operator's tooling only)."""
+        return str(self.macaroon_dir / f"{kind}.macaroon")
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The P2PEP services that use this node: the anchor on the operator's hub, the
+        meter on every other (a household's) node (:mod:`p2pep.lnd.macaroons`)."""
+        return OPERATOR_NODE_SERVICES if self.name == HUB else HOUSEHOLD_NODE_SERVICES
+
+    def service_macaroon(self, service: str) -> str:
+        """The macaroon baked for ``service`` on this node (:meth:`LndNode.bake_service_macaroons`)."""
+        if service not in self.services:
+            raise ValueError(f"{service} holds no macaroon of node {self.name} (only {', '.join(self.services)})")
+        return str(self.macaroon_dir / macaroon_filename(service))
 
     @property
     def log(self) -> str:
@@ -133,7 +158,8 @@ class LndNode:
             self.proc.check()
             if btcd_proc is not None and not btcd_proc.alive():
                 raise ProcessFailed("btcd", f"exited while {self.name} was starting", btcd_proc.log)
-            if Path(self.info.tls_cert).exists() and Path(self.info.macaroon()).exists():
+            admin = Path(self.info.macaroon())
+            if Path(self.info.tls_cert).exists() and admin.exists() and admin.stat().st_size > 0:
                 try:
                     state = await self.client.get_state()
                     if state == "SERVER_ACTIVE":
@@ -146,7 +172,9 @@ class LndNode:
                         last = f"state {state}"
                 except LndError as exc:
                     last = str(exc)
-                    if "connection" in last.lower() or "UNAVAILABLE" in last:
+                    # a client built while lnd was still writing its files holds a bad
+                    # certificate or an empty macaroon: build it again from the files
+                    if "connection" in last.lower() or "UNAVAILABLE" in last or "macaroon" in last:
                         await self._drop_client()
             await asyncio.sleep(0.2)
         raise ProcessFailed(self.name, f"not ready after {timeout * timeout_scale():.0f}s ({last})", self.proc.log)
@@ -154,6 +182,17 @@ class LndNode:
     async def start(self, timeout: float = 60.0, btcd_proc: Proc | None = None) -> None:
         self.start_process()
         await self.wait_ready(timeout, btcd_proc)
+
+    async def bake_service_macaroons(self) -> dict[str, str]:
+        """Bake (again) the macaroon of each service using this node, with the admin
+        macaroon, and write each 0600 beside lnd's own; returns service -> path. Baking
+        again is harmless: macaroons baked earlier under the same root key stay valid."""
+        out: dict[str, str] = {}
+        for service in self.info.services:
+            path = self.info.service_macaroon(service)
+            write_private(Path(path), await bake_for(self.client, service))
+            out[service] = path
+        return out
 
     async def stop(self) -> None:
         await self._drop_client()

@@ -17,7 +17,7 @@ from p2pep.regtest.binaries import Binaries, find_binaries
 from p2pep.regtest.btcd import RPC_PASS, RPC_USER, Btcd, BtcdInfo
 from p2pep.regtest.errors import ProcessFailed, RegtestError
 from p2pep.regtest.faucet import Faucet
-from p2pep.regtest.lnd_node import LndInfo, LndNode
+from p2pep.regtest.lnd_node import HUB, LndInfo, LndNode
 from p2pep.regtest.ports import free_port
 from p2pep.regtest.process import pid_alive
 from p2pep.regtest.state import default_run_dir, load_state, save_state
@@ -111,11 +111,17 @@ class RegtestNetwork:
             for n in nodes:
                 n.start_process()
             await asyncio.gather(*(n.wait_ready(btcd_proc=self.btcd.proc) for n in nodes))
+            await asyncio.gather(*(n.bake_service_macaroons() for n in nodes))
         finally:
             self.save()
         if fund_sat:
             await self.fund(nodes, fund_sat)
         return nodes
+
+    async def bake_service_macaroons(self) -> None:
+        """Each running node's service macaroons, baked again (for a network brought up
+        before they existed, or whose table changed since; see :mod:`p2pep.lnd.macaroons`)."""
+        await asyncio.gather(*(n.bake_service_macaroons() for n in self.nodes.values() if n.proc.alive()))
 
     async def fund(self, nodes: list[LndNode], sats: int) -> None:
         assert self.btcd is not None
@@ -203,9 +209,9 @@ class RegtestNetwork:
             shutil.rmtree(net.run_dir)
         try:
             await net.start_btcd()
-            names = (["hub"] if spec.hub else []) + [f"meter-{i}" for i in range(1, spec.meters + 1)]
+            names = ([HUB] if spec.hub else []) + [f"meter-{i}" for i in range(1, spec.meters + 1)]
             await net.add_nodes(names, spec.fund_sat)
-            pairs = [(f"meter-{i}", "hub") for i in range(1, spec.meters + 1)] if spec.hub else []
+            pairs = [(f"meter-{i}", HUB) for i in range(1, spec.meters + 1)] if spec.hub else []
             pairs += list(spec.direct_channels)
             if pairs:
                 await net.open_channels(pairs, spec.channel_sat, spec.push_sat)
@@ -240,6 +246,7 @@ class RegtestNetwork:
             entry: dict[str, Any] = {
                 "name": n.name, "pubkey": n.info.pubkey, "rpcserver": n.info.rpcserver,
                 "p2p": n.info.p2p_host, "tlscertpath": n.info.tls_cert, "macaroonpath": n.info.macaroon(),
+                "service_macaroons": {s: n.info.service_macaroon(s) for s in n.info.services},
                 "lnddir": n.info.dir, "running": n.proc.alive(), "log": n.info.log,
             }
             if n.proc.alive():

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from p2pep.lnd.macaroons import ANCHOR, METER
 from p2pep.scenario.model import MeterSpec, Scenario, ScenarioError
 from p2pep.servicekit.settings import (
     BadSettings,
@@ -39,14 +40,23 @@ HOST = "127.0.0.1"
 
 @dataclass(frozen=True)
 class NodeEndpoint:
-    """What a meter service needs to know about its own lnd node (from the regtest harness)."""
+    """What a service needs to know about the lnd node it uses (from the regtest harness).
+
+    ``macaroons``: service -> path of the macaroon baked for it on this node
+    (:mod:`p2pep.lnd.macaroons`); never lnd's admin macaroon, which stays with the runner."""
 
     name: str
     pubkey: str
     rpcserver: str
     tls_cert: str
-    macaroon: str
+    macaroons: Mapping[str, str]
     p2p: str
+
+    def macaroon_for(self, service: str) -> str:
+        """The macaroon ``service`` is given for this node: its own, or a ScenarioError."""
+        if service not in self.macaroons:
+            raise ScenarioError(service, f"no lnd macaroon baked for it on node {self.name}")
+        return self.macaroons[service]
 
 
 @dataclass(frozen=True)
@@ -150,7 +160,7 @@ def anchor_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int
         "db_path": str(layout.data_dir("anchor") / "anchor.db"),
         "lnd_rpcserver": hub.rpcserver,
         "lnd_tls_cert": hub.tls_cert,
-        "lnd_macaroon": hub.macaroon,
+        "lnd_macaroon": hub.macaroon_for(ANCHOR.service),
         "btcd_rpchost": btcd.rpchost,
         "btcd_user": btcd.user,
         "btcd_pass": btcd.password,
@@ -245,7 +255,7 @@ def meter_launch(
         "db_path": str(data / "meter.db"),
         "lnd_rpcserver": node.rpcserver,
         "lnd_tls_cert": node.tls_cert,
-        "lnd_macaroon": node.macaroon,
+        "lnd_macaroon": node.macaroon_for(METER.service),
         "lnd_p2p": node.p2p,
         "matcher_target": matcher_target,
         "settlement_target": settlement_target,

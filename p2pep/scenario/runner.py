@@ -210,6 +210,7 @@ class ScenarioRunner:
         if (self.opts.reuse_network and load_network_state(self.run_dir) is not None
                 and RegtestNetwork.attach(self.run_dir).is_running()):
             self.net = self._reused_network()
+            await self.net.bake_service_macaroons()  # each service's own lnd macaroon (p2pep.lnd.macaroons)
             self.say(f"running on the regtest network already up in {self.run_dir} ({kind})")
         else:
             self.say(f"starting regtest network in {self.run_dir}: btcd, {len(s.meters)} meter nodes, {kind}")
@@ -268,8 +269,8 @@ class ScenarioRunner:
     def endpoints(self) -> dict[str, NodeEndpoint]:
         assert self.net is not None
         return {
-            name: NodeEndpoint(name, n.info.pubkey, n.info.rpcserver, n.info.tls_cert, n.info.macaroon(),
-                               n.info.p2p_host)
+            name: NodeEndpoint(name, n.info.pubkey, n.info.rpcserver, n.info.tls_cert,
+                               {svc: n.info.service_macaroon(svc) for svc in n.info.services}, n.info.p2p_host)
             for name, n in self.net.nodes.items()
         }
 
@@ -428,7 +429,7 @@ class ScenarioRunner:
         f.statuses = dict(self.watcher.statuses)
         f.relay_samples = {k: list(v) for k, v in self.watcher.samples.items()}
         f.nodes = {n: {"pubkey": e.pubkey, "rpcserver": e.rpcserver, "p2p": e.p2p, "tlscertpath": e.tls_cert,
-                       "macaroonpath": e.macaroon} for n, e in self.endpoints().items()}
+                       "macaroonpath": self.net.nodes[n].info.macaroon()} for n, e in self.endpoints().items()}
         stub = self.watcher.settlement
         f.contracts_at_sim_end = await self._contracts(f.errors, "at the end of the simulated period")
         # The meters leave (SIGTERM): they end their contracts, settlement pays the last

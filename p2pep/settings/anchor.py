@@ -12,10 +12,11 @@ class AnchorSettings(BaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="P2PEP_ANCHOR_", extra="ignore")
 
     db_path: str = "anchor.sqlite"
-    # The operator's hub node: the only service holding this macaroon (it spends on-chain).
+    # The operator's hub node: the only service holding a macaroon of it (it spends on-chain).
     lnd_rpcserver: str = Field(description="host:port of the hub's lnd gRPC")
     lnd_tls_cert: str = Field(description="path of the hub's tls.cert")
-    lnd_macaroon: str = Field(description="path of a hub macaroon allowed to use walletrpc.SendOutputs")
+    lnd_macaroon: str = Field(description="path of the anchor's baked hub macaroon: walletrpc.SendOutputs only "
+                              "(p2pep.lnd.macaroons.ANCHOR)")
     btcd_rpchost: str = Field(description="host:port of btcd's JSON-RPC (btcd runs with --txindex)")
     btcd_user: str
     btcd_pass: str

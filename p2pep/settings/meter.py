@@ -43,7 +43,9 @@ class MeterSettings(BaseServiceSettings):
     # its own LND node
     lnd_rpcserver: str = "127.0.0.1:10009"
     lnd_tls_cert: str = ""
-    lnd_macaroon: str = ""
+    lnd_macaroon: str = Field(
+        default="", description="path of the meter's baked macaroon for its own node (p2pep.lnd.macaroons.METER), "
+        "never admin.macaroon")
     lnd_p2p: str = Field(default="", description="host:port of its own lnd p2p listener")
 
     # enrollment: a meter without a certificate in tls_dir gets one with the operator's token
