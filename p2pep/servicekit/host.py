@@ -12,6 +12,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from p2pep.servicekit.errors import RefusalInterceptor
+from p2pep.servicekit.grpc_metrics import GrpcMetricsInterceptor
 from p2pep.servicekit.http import build_http_app
 from p2pep.servicekit.settings import BaseServiceSettings
 
@@ -46,9 +47,10 @@ class ServiceHost:
     ) -> None:
         self.settings = settings
         self.name = name
-        # every server answers a Refused with its status (p2pep.servicekit.errors)
+        # every server answers a Refused with its status (p2pep.servicekit.errors), and counts
+        # every call, outermost (p2pep.servicekit.grpc_metrics)
         self.grpc_server: grpc.aio.Server = grpc.aio.server(
-            interceptors=[RefusalInterceptor(), *interceptors], options=list(grpc_options)
+            interceptors=[GrpcMetricsInterceptor(), RefusalInterceptor(), *interceptors], options=list(grpc_options)
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
