@@ -29,11 +29,12 @@ CONSUMER_SIDE_REASONS = {EndReason.ENDED_BY_CONSUMER, EndReason.CONSUMER_GONE,
 @dataclass
 class MeterLink:
     """A registered meter: its registry row, the head of its reading stream, when it was last
-    heard from, and a lazily dialled channel to its MeterService."""
+    heard from (and last sent a reading settlement accepted), and a lazily dialled channel to its MeterService."""
 
     row: MeterRow
     head: StreamHead | None = None
     last_seen: float = field(default_factory=time.monotonic)
+    last_accepted: float = field(default_factory=time.monotonic)  # its last accepted reading (metrics)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reading of this meter at a time
     _channel: grpc.aio.Channel | None = None
     _stub: meter_pb2_grpc.MeterServiceAsyncStub | None = None
