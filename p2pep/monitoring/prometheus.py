@@ -9,13 +9,15 @@ configuration and ``--web.listen-address=127.0.0.1:<port>``. It is a
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
+from p2pep.monitoring.scrape import write_config
 from p2pep.regtest.ports import free_port
 from p2pep.regtest.process import Proc
 from p2pep.regtest.waiting import wait_for
@@ -103,3 +105,42 @@ class PrometheusApi:
 
     async def rules(self) -> list[dict[str, Any]]:
         return list((await self._get("/api/v1/rules"))["groups"])
+
+
+class Run(Protocol):
+    """What :func:`serve_beside` needs of a scenario run (a ``ScenarioRunner``)."""
+
+    phase: str
+    run_dir: Path
+
+    def say(self, msg: str) -> None: ...
+
+
+async def serve_beside(run: Run, finished: asyncio.Event, scrape_interval: str = "5s") -> str | None:
+    """``p2pep up``'s Prometheus: once the run's services run, write its scrape configuration
+    (``<run dir>/prometheus/prometheus.yml``), start Prometheus on loopback with the rules,
+    say its URL, and stop it when ``finished`` is set. Returns the URL (None: not started,
+    e.g. not installed, which is said, never an error)."""
+    if shutil.which("prometheus") is None:
+        run.say("prometheus is not installed (`make setup` installs it): no metrics server for this run")
+        return None
+    while run.phase != "running" and not finished.is_set():
+        try:
+            await asyncio.wait_for(finished.wait(), 0.5)
+        except TimeoutError:
+            pass
+    if finished.is_set():
+        return None
+    config = write_config(run.run_dir, scrape_interval=scrape_interval)
+    prom = LocalPrometheus(config, run.run_dir / "prometheus")
+    prom.start()
+    try:
+        await prom.wait_ready(60)
+        run.say(f"prometheus: {prom.url} (alerts: {prom.url}/alerts; dashboards: monitoring/grafana/)")
+        await finished.wait()
+    except Exception as exc:  # noqa: BLE001 - monitoring never stops the demo
+        run.say(f"prometheus did not start: {exc} (log: {prom.proc.log})")
+        return None
+    finally:
+        await asyncio.to_thread(prom.stop)
+    return prom.url

@@ -47,6 +47,7 @@ def _print_status(st: dict[str, Any]) -> None:
         print(f"\n{n['name']}  {'running' if n['running'] else 'STOPPED'}  {n['pubkey']}")
         print(f"  rpcserver {n['rpcserver']}  tlscertpath {n['tlscertpath']}")
         print(f"  macaroonpath {n['macaroonpath']}")
+        print(f"  metrics {n['metrics']}")
         if "wallet_sat" in n:
             w, c = n["wallet_sat"], n["channel_balance_sat"]
             print(f"  wallet {w['confirmed']} sat (+{w['unconfirmed']} unconfirmed)  "

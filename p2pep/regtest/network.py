@@ -241,6 +241,7 @@ class RegtestNetwork:
                 "name": n.name, "pubkey": n.info.pubkey, "rpcserver": n.info.rpcserver,
                 "p2p": n.info.p2p_host, "tlscertpath": n.info.tls_cert, "macaroonpath": n.info.macaroon(),
                 "lnddir": n.info.dir, "running": n.proc.alive(), "log": n.info.log,
+                "metrics": f"http://127.0.0.1:{n.info.metrics_port}/metrics",
             }
             if n.proc.alive():
                 try:
