@@ -98,3 +98,33 @@ async def test_prometheus_scrapes_hackathon_every_target_up_every_panel_has_data
                                                         if x.get("health") != "ok"]
     firing = [a for a in found["alerts"] if a["state"] == "firing"]
     assert not firing and not found["fired"], (firing, found["fired"])
+
+
+async def test_consumer_cannot_pay_fires_the_consumer_default_alert(tmp_path: Path) -> None:
+    """consumer-cannot-pay: meter-3 defaults, and Prometheus's alerts API shows
+    P2PEPConsumerDefaulted firing for it (and for nobody else)."""
+    found: dict[str, Any] = {}
+
+    async def during(r: ScenarioRunner) -> None:
+        prom_dir = tmp_path / "prometheus"
+        prom = LocalPrometheus(write_config(r.run_dir, prom_dir / "prometheus.yml", scrape_interval="2s"), prom_dir)
+        prom.start()
+        try:
+            await prom.wait_ready(60)
+            api = PrometheusApi(prom.url)
+
+            async def defaulted_alert() -> list[dict[str, Any]]:
+                return [a for a in await api.alerts()
+                        if a["labels"]["alertname"] == "P2PEPConsumerDefaulted" and a["state"] == "firing"]
+
+            found["alerts"] = await wait_for(defaulted_alert, timeout=r.scenario.timing.real_duration_s * 1.5 + 60,
+                                             interval=1, what="P2PEPConsumerDefaulted firing")
+        finally:
+            prom.stop()
+
+    report, _ = await run_scenario("consumer-cannot-pay", tmp_path, during)
+    assert [c for c in report["contracts"] if c["state"] == "CONTRACT_STATE_DEFAULTED"]
+    assert {a["labels"]["consumer"] for a in found["alerts"]} == {"meter-3"}, found["alerts"]
+    (alert,) = found["alerts"]
+    assert alert["annotations"]["summary"] == "Consumer meter-3 defaulted on a contract"
+    assert "runbook" in alert["annotations"]

@@ -29,8 +29,9 @@ def value(name: str, registry: CollectorRegistry = REGISTRY, **labels: str) -> f
 
 
 def test_exposure_is_a_bounded_aggregate() -> None:
-    e = exposure_of([(4, 10), (15, 10), (0, 10), (10, 10)])
-    assert (e.unpaid_wh_max, e.unpaid_wh_sum, e.over_one_increment, e.active) == (15, 29, 1, 4)
+    e = exposure_of([(4, 10, 99.0), (15, 10, 2.5), (0, 10, 0.0), (10, 10, 50.0), (12, 10, 7.0)])
+    assert (e.unpaid_wh_max, e.unpaid_wh_sum, e.over_one_increment, e.active) == (15, 41, 2, 5)
+    assert e.stalled_s == 7.0  # only contracts owing more than one increment count
     assert exposure_of([]) == exposure_of(())  # nothing active: zeros
     assert exposure_of([]).unpaid_wh_max == 0
 
@@ -41,9 +42,9 @@ def test_defaults_counted_per_enrolled_consumer() -> None:
     assert got == {"meter-1": 0, "meter-2": 0, "meter-3": 1}
 
 
-def contract(consumer: str, state: ContractState, unpaid: int, increment: int = 10) -> Any:
+def contract(consumer: str, state: ContractState, unpaid: int, increment: int = 10, last_payment: float = 0.0) -> Any:
     return SimpleNamespace(contract=SimpleNamespace(state=state), ledger=SimpleNamespace(unpaid_wh=unpaid),
-                           terms=SimpleNamespace(consumer=consumer, increment_wh=increment))
+                           terms=SimpleNamespace(consumer=consumer, increment_wh=increment), last_payment=last_payment)
 
 
 def link(meter_id: str, last_accepted: float) -> Any:
@@ -51,7 +52,7 @@ def link(meter_id: str, last_accepted: float) -> Any:
 
 
 def test_settlement_operator_collector_reads_memory_at_scrape_time() -> None:
-    contracts = {"a": contract("meter-3", ContractState.ACTIVE, 14), "b": contract("meter-3", ContractState.ACTIVE, 3),
+    contracts = {"a": contract("meter-3", ContractState.ACTIVE, 14, last_payment=30.5), "b": contract("meter-3", ContractState.ACTIVE, 3),
                  "c": contract("meter-3", ContractState.DEFAULTED, 30), "d": contract("meter-1", ContractState.COMPLETED, 0)}
     links = [link("meter-1", 100.0), link("meter-2", 40.0), link("meter-3", 99.5)]
     reg = CollectorRegistry()
@@ -59,12 +60,14 @@ def test_settlement_operator_collector_reads_memory_at_scrape_time() -> None:
     assert value("p2pep_settlement_unpaid_wh_max", reg) == 14  # the defaulted contract is not active
     assert value("p2pep_settlement_unpaid_wh_sum", reg) == 17
     assert value("p2pep_settlement_contracts_unpaid_over_increment", reg) == 1
+    assert value("p2pep_settlement_unpaid_stalled_seconds", reg) == 70.0
     assert value("p2pep_settlement_meter_silence_seconds", reg, meter="meter-2") == 60.5
     assert value("p2pep_settlement_meter_silence_seconds", reg, meter="meter-1") == 0.5
     assert value("p2pep_settlement_consumer_defaults", reg, consumer="meter-3") == 1
     assert value("p2pep_settlement_consumer_defaults", reg, consumer="meter-2") == 0
     contracts["a"].ledger.unpaid_wh = 2  # paid: the next scrape sees it
     assert value("p2pep_settlement_contracts_unpaid_over_increment", reg) == 0
+    assert value("p2pep_settlement_unpaid_stalled_seconds", reg) == 0
 
 
 async def test_anchor_lag_after_each_block(tmp_path: Path) -> None:

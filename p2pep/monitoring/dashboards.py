@@ -120,6 +120,9 @@ DASHBOARDS: tuple[Dashboard, ...] = (
         Panel("Contracts owing more than one increment", (
             q("p2pep_settlement_contracts_unpaid_over_increment", "contracts"),
         )),
+        Panel("Owing more than one increment without a payment", (
+            q("p2pep_settlement_unpaid_stalled_seconds", "longest"),
+        ), unit="s", description="Above a minute: P2PEPUnpaidExposureAboveIncrement."),
         Panel("Defaults per consumer", (q("p2pep_settlement_consumer_defaults", "{{consumer}}"),)),
         Panel("Contract ends by reason", (
             q("sum by (reason) (p2pep_settlement_contract_ends_total)", "{{reason}}"),

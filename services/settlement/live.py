@@ -67,6 +67,7 @@ class LiveContract:
     finished: bool = False
     summary: dict[str, Any] | None = None
     fault: str = ""  # the worker's last unexpected error while it retries; "" when healthy
+    last_payment: float = field(default_factory=time.monotonic)  # its last settled increment (or since loaded)
 
     @property
     def terms(self) -> ContractTerms:

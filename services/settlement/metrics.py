@@ -71,16 +71,21 @@ class Exposure:
     unpaid_wh_sum: int
     over_one_increment: int
     """Active contracts with more than one increment delivered and unpaid."""
+    stalled_s: float
+    """The longest time a contract owing more than one increment has gone without a payment."""
     active: int
 
 
-def exposure_of(contracts: Iterable[tuple[int, int]]) -> Exposure:
-    """``contracts``: (unpaid Wh, increment Wh) of each active contract."""
-    unpaid = [(u, inc) for u, inc in contracts]
+def exposure_of(contracts: Iterable[tuple[int, int, float]]) -> Exposure:
+    """``contracts``: (unpaid Wh, increment Wh, seconds since its last payment) of each active
+    contract."""
+    unpaid = list(contracts)
+    owing = [(u, since) for u, inc, since in unpaid if u > inc]
     return Exposure(
-        unpaid_wh_max=max((u for u, _ in unpaid), default=0),
-        unpaid_wh_sum=sum(u for u, _ in unpaid),
-        over_one_increment=sum(1 for u, inc in unpaid if u > inc),
+        unpaid_wh_max=max((u for u, _, _ in unpaid), default=0),
+        unpaid_wh_sum=sum(u for u, _, _ in unpaid),
+        over_one_increment=len(owing),
+        stalled_s=max((max(0.0, since) for _, since in owing), default=0.0),
         active=len(unpaid),
     )
 
@@ -100,7 +105,9 @@ class OperatorCollector(Collector):
     * ``p2pep_settlement_unpaid_wh_max`` / ``_sum``: Wh delivered but not yet paid, over the
       active contracts (the largest, and all together): the suppliers' exposure;
     * ``p2pep_settlement_contracts_unpaid_over_increment``: active contracts with more than one
-      increment unpaid (normal for a moment while one is paid; for minutes, payments are stuck);
+      increment unpaid (normal while one is paid: the meter lets the next flow meanwhile);
+    * ``p2pep_settlement_unpaid_stalled_seconds``: the longest any of those has gone without a
+      settled increment (seconds while healthy; a minute: its payments are stuck);
     * ``p2pep_settlement_meter_silence_seconds{meter}``: since settlement accepted the meter's
       last reading (or since it registered, or settlement started);
     * ``p2pep_settlement_consumer_defaults{consumer}``: contracts the meter defaulted on, as
@@ -114,8 +121,9 @@ class OperatorCollector(Collector):
         self.clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.clock()
         active = [lc for lc in list(self.contracts.values()) if lc.contract.state is ContractState.ACTIVE]
-        e = exposure_of((lc.ledger.unpaid_wh, lc.terms.increment_wh) for lc in active)
+        e = exposure_of((lc.ledger.unpaid_wh, lc.terms.increment_wh, now - lc.last_payment) for lc in active)
         yield GaugeMetricFamily("p2pep_settlement_unpaid_wh_max",
                                 "Largest unpaid delivered energy of an active contract, Wh", value=e.unpaid_wh_max)
         yield GaugeMetricFamily("p2pep_settlement_unpaid_wh_sum",
@@ -123,8 +131,10 @@ class OperatorCollector(Collector):
         yield GaugeMetricFamily("p2pep_settlement_contracts_unpaid_over_increment",
                                 "Active contracts with more than one increment delivered and unpaid",
                                 value=e.over_one_increment)
+        yield GaugeMetricFamily("p2pep_settlement_unpaid_stalled_seconds",
+                                "Longest a contract owing more than one increment has gone without a payment, s",
+                                value=e.stalled_s)
         links = self.meters.values()
-        now = self.clock()
         silence = GaugeMetricFamily("p2pep_settlement_meter_silence_seconds",
                                     "Seconds since settlement accepted the meter's last reading", labels=["meter"])
         for link in links:
