@@ -214,3 +214,37 @@ def test_the_five_dashboards_every_panel_has_a_query() -> None:
     assert provisioning["providers"][0]["type"] == "file"
     ds = yaml.safe_load((MON / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert ds["datasources"][0]["name"] == "Prometheus" and ds["datasources"][0]["type"] == "prometheus"
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None,
+                    reason="prometheus missing: `make setup` installs Debian's prometheus package")
+async def test_p2pep_up_starts_prometheus_beside_the_run_and_stops_it(tmp_path: Path) -> None:
+    """`p2pep up`'s Prometheus (p2pep.monitoring.prometheus.serve_beside): started once the run's
+    services run, with the run's configuration and the rules, its URL said; stopped at the end."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from p2pep.monitoring.prometheus import PrometheusApi, serve_beside
+    from p2pep.regtest import wait_for
+
+    fake_run(tmp_path)
+    said: list[str] = []
+    run = SimpleNamespace(phase="network", run_dir=tmp_path, say=said.append)
+    finished = asyncio.Event()
+    task = asyncio.create_task(serve_beside(run, finished, scrape_interval="1s"))  # type: ignore[arg-type]
+    await asyncio.sleep(0.3)
+    assert not said and not (tmp_path / "prometheus").exists()  # waits for the services
+    run.phase = "running"
+    await wait_for(lambda: said, timeout=60, what="prometheus started")
+    url = said[0].split()[1]
+    assert said[0].startswith("prometheus: http://127.0.0.1:")
+    api = PrometheusApi(url)
+    async def targets() -> bool:  # every service and lnd node of the run (down here: nothing runs)
+        return len(await api.targets()) == 9
+
+    await wait_for(targets, timeout=30, what="the run's 9 targets")
+    assert {g["name"] for g in await api.rules()} >= {"p2pep-settlement", "p2pep-recording"}
+    finished.set()
+    assert await task == url
+    with pytest.raises(Exception):  # noqa: B017 - stopped: nothing answers
+        await PrometheusApi(url, timeout_s=2).targets()
