@@ -146,3 +146,22 @@ def test_relay_blocked_with_demand_waiting_is_uncovered_demand() -> None:
     assert value("p2pep_meter_demand_uncovered") == 1
     rc.evaluate(2000, demand_wh=0)  # nothing wanted: nothing uncovered
     assert value("p2pep_meter_demand_uncovered") == 0
+
+
+async def test_hub_monitor_counts_failed_polls_and_keeps_polling() -> None:
+    import asyncio
+
+    from p2pep.lnd.client import LndError
+    from p2pep.regtest import wait_for
+
+    class Denied(FakeHub):
+        async def channel_balance(self) -> ln.ChannelBalanceResponse:
+            raise LndError("hub", "ChannelBalance", "PERMISSION_DENIED: permission denied")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(HubMonitor(Denied([]), name="hub-denied", interval_s=0.01).run(stop))
+    await wait_for(lambda: (value("p2pep_lnd_poll_errors_total", node="hub-denied") or 0) >= 3, timeout=10,
+                   what="failed polls counted")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert value("p2pep_lnd_channel_balance_sat", node="hub-denied", side="local") is None  # nothing made up

@@ -4,7 +4,9 @@ The anchor service is the one operator service holding a client of the hub's lnd
 polls it every ``interval_s`` for the metrics of :mod:`p2pep.lnd.metrics` (``node="hub"``):
 channel balances, wallet balance, and the forwarding history, read incrementally from the
 last offset seen (each forward is counted once per process). A failed poll is counted and
-logged at debug level (the values stay as they were); anchoring never depends on it.
+logged (a warning the first time, then at debug level; the values stay as they were);
+anchoring never depends on it. It needs a macaroon allowing ``offchain:read`` and
+``onchain:read`` besides what anchoring needs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class HubMonitor:
         self.interval_s = interval_s
         self.page = page
         self.offset = 0
+        self._warned = False
         metrics.known_node(name)
 
     async def poll_once(self) -> None:
@@ -57,7 +60,10 @@ class HubMonitor:
                 await self.poll_once()
             except (LndError, OSError) as exc:
                 metrics.POLL_ERRORS.labels(self.name).inc()
-                log.debug("anchor.hub_poll_failed", error=str(exc))
+                # the first failure is worth a warning (e.g. a macaroon without offchain:read),
+                # the rest are counted (p2pep_lnd_poll_errors_total) and logged at debug
+                (log.debug if self._warned else log.warning)("anchor.hub_poll_failed", error=str(exc))
+                self._warned = True
             try:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
             except TimeoutError:
