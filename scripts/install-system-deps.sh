@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Debian packages the project needs beyond the base image. Idempotent.
+# Debian packages the project needs beyond the base image. Idempotent, and
+# quiet when everything is present.
 # Not Go: Debian's is too old for the pinned lnd (regtest/go.mod); the build
 # scripts fetch the release it names when `go` is missing or older
 # (scripts/go_toolchain.py), which needs python3 and CA certificates.
+# `prometheus` brings `promtool` (`make test` checks the scrape config, the
+# rules and their unit tests with it) and the server `p2pep up` and the
+# monitoring test start on loopback themselves, with their own data dir. The
+# package's own service is never relied on: without recommends (no
+# node-exporter), and with no init system here nothing starts it.
 set -euo pipefail
 need=()
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
+{ command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi

@@ -34,6 +34,7 @@ from p2pep.lnd.macaroons import (
 )
 from p2pep.regtest.lnd_node import LndInfo
 from p2pep.settings import SERVICE_SETTINGS
+from services.anchor.hub import HubNode
 from services.meter.lightning import LightningNode
 
 PUBKEY = "02" + "ab" * 32
@@ -124,10 +125,15 @@ async def test_the_meter_is_granted_exactly_the_rpcs_its_node_interface_makes() 
     assert {m for calls in made.values() for m in calls} == METER.methods
 
 
-async def test_the_anchor_is_granted_exactly_what_its_wallet_adapter_sends() -> None:
+async def test_the_anchor_is_granted_exactly_what_its_wallet_adapter_and_hub_monitor_send() -> None:
     payload = opreturn.encode_payload(b"\x11" * 32)
-    assert await rpcs_of(lambda c: LndAnchorWallet(c).send_op_return(payload, 1)) == ["/walletrpc.WalletKit/SendOutputs"]
-    assert ANCHOR.methods == {"/walletrpc.WalletKit/SendOutputs"}
+    sent = await rpcs_of(lambda c: LndAnchorWallet(c).send_op_return(payload, 1))
+    assert sent == ["/walletrpc.WalletKit/SendOutputs"]
+    read = [await rpcs_of(lambda c, name=name: getattr(c, name)())  # what HubMonitor.poll_once reads
+            for name in ("channel_balance", "wallet_balance", "forwarding_history")]
+    assert {m for calls in [sent, *read] for m in calls} == ANCHOR.methods
+    hub_reads = {name for name, _ in inspect.getmembers(HubNode) if not name.startswith("_")}
+    assert hub_reads == {"channel_balance", "wallet_balance", "forwarding_history"}
 
 
 def test_the_table() -> None:
@@ -175,7 +181,7 @@ class FakeBaker:
 async def test_bake_for_asks_for_the_table_and_the_file_is_private(tmp_path: Path) -> None:
     baker = FakeBaker()
     assert await bake_for(baker, "anchor") == b"mac"
-    assert baker.asked == [([("uri", "/walletrpc.WalletKit/SendOutputs")], ANCHOR.root_key_id)]
+    assert baker.asked == [(ANCHOR.permissions, ANCHOR.root_key_id)]
     path = tmp_path / "anchor.macaroon"
     path.write_bytes(b"old")
     os.chmod(path, 0o644)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ def test_cli_up_status_mine_down(tmp_path: Path) -> None:
             assert list(n["service_macaroons"]) == (["anchor"] if n["name"] == "hub" else ["meter"])
             assert all(Path(p).exists() for p in n["service_macaroons"].values())
             assert n["channels"][0]["active"]
+            with urllib.request.urlopen(n["metrics"], timeout=10) as resp:  # lnd's own Prometheus endpoint
+                assert b"grpc_server_handled_total" in resp.read()
         assert Path(st["binaries"]["lncli"]).exists() and Path(st["btcd"]["rpccert"]).exists()
         h = st["btcd"]["height"]
         mined = json.loads(p2pep("regtest", "mine", "2", env=env).stdout)

@@ -221,6 +221,14 @@ class LndClient:
     async def channel_balance(self) -> ln.ChannelBalanceResponse:
         return await self._call("ChannelBalance", self.ln.ChannelBalance, ln.ChannelBalanceRequest())
 
+    async def forwarding_history(self, index_offset: int = 0, max_events: int = 10_000
+                                 ) -> ln.ForwardingHistoryResponse:
+        """Forwards from ``index_offset`` on (all time), oldest first; the response's
+        ``last_offset_index`` is where the next page starts."""
+        req = ln.ForwardingHistoryRequest(start_time=0, end_time=0, index_offset=index_offset,
+                                          num_max_events=max_events)
+        return await self._call("ForwardingHistory", self.ln.ForwardingHistory, req)
+
     async def can_send(self, dest_pubkey: str, amount_msat: int) -> bool:
         """Whether lnd finds a route paying ``amount_msat`` to ``dest_pubkey`` now.
 

@@ -38,6 +38,9 @@ meter       its household's   ``Lightning/GetInfo``                wait for its 
 anchor      the operator's    ``WalletKit/SendOutputs``            publish one anchoring transaction (an
             hub                                                    OP_RETURN output + change) from the hub
                                                                    wallet
+                              ``Lightning/ChannelBalance``,        read-only, for the operator's metrics of
+                              ``Lightning/WalletBalance``,         the hub (:mod:`services.anchor.hub`):
+                              ``Lightning/ForwardingHistory``      liquidity, on-chain float, fees earned
 settlement  none                                                   it tells meters to invoice and pay; it
                                                                    never talks to an lnd node
 console     none                                                   reads settlement and the matcher only
@@ -47,8 +50,8 @@ matcher     none                                                   no money move
 What each macaroon cannot do: the meter's cannot send coins to an on-chain address (no
 ``SendCoins``/``SendMany``/``SendOutputs``/``NewAddress``), close channels, list or
 watch invoices, sign messages, bake macaroons or stop the node; the anchor's
-cannot pay or create invoices, open or close channels, connect to peers or read
-anything. What lnd's macaroons cannot narrow further (so it rests on other controls):
+cannot pay or create invoices, open or close channels, connect to peers, or read more
+than the hub's balances and forwarding history. What lnd's macaroons cannot narrow further (so it rests on other controls):
 ``SendOutputs`` takes any output script, so a leaked anchor macaroon could still pay
 the hub's on-chain coins to an address (the anchor's adapter sends only anchor
 payloads, :mod:`p2pep.anchor.lnd_wallet`; the operator keeps the hub's on-chain float
@@ -132,6 +135,9 @@ ANCHOR = ServiceMacaroon(
     grants=(
         Grant("/walletrpc.WalletKit/SendOutputs",
               "publish one anchoring transaction (OP_RETURN output + change) from the hub's wallet"),
+        Grant(_ln("ChannelBalance"), "the hub's channel liquidity, for the operator's metrics (services.anchor.hub)"),
+        Grant(_ln("WalletBalance"), "the hub's on-chain float, for the operator's metrics"),
+        Grant(_ln("ForwardingHistory"), "the hub's forwarding fees earned, for the operator's metrics"),
     ),
 )
 

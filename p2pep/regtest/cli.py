@@ -49,6 +49,7 @@ def _print_status(st: dict[str, Any]) -> None:
         print(f"  macaroonpath {n['macaroonpath']}  (admin: the operator's only)")
         for service, path in n.get("service_macaroons", {}).items():
             print(f"  {service} macaroon {path}")
+        print(f"  metrics {n['metrics']}")
         if "wallet_sat" in n:
             w, c = n["wallet_sat"], n["channel_balance_sat"]
             print(f"  wallet {w['confirmed']} sat (+{w['unconfirmed']} unconfirmed)  "

@@ -248,6 +248,7 @@ class RegtestNetwork:
                 "p2p": n.info.p2p_host, "tlscertpath": n.info.tls_cert, "macaroonpath": n.info.macaroon(),
                 "service_macaroons": {s: n.info.service_macaroon(s) for s in n.info.services},
                 "lnddir": n.info.dir, "running": n.proc.alive(), "log": n.info.log,
+                "metrics": f"http://127.0.0.1:{n.info.metrics_port}/metrics",
             }
             if n.proc.alive():
                 try:

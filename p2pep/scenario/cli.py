@@ -88,7 +88,9 @@ def _summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def _run(args: argparse.Namespace, name: str, live: bool) -> int:
+async def _run(args: argparse.Namespace, name: str, live: bool, with_prometheus: bool = False) -> int:
+    """``with_prometheus``: a loopback Prometheus scrapes the run (``p2pep up``), if installed."""
+    from p2pep.monitoring.prometheus import serve_beside
     from p2pep.scenario.catalog import load_scenario
 
     scenario = load_scenario(name)
@@ -105,16 +107,14 @@ async def _run(args: argparse.Namespace, name: str, live: bool) -> int:
                       reuse_network=args.reuse_network,
                       log_level=args.log_level, say=say, books_interval_s=1.0 if quiet else None)
     runner = ScenarioRunner(scenario, opts)
-    if quiet:
-        from p2pep.scenario.live import run_live
-
-        view = asyncio.create_task(run_live(runner, stop))
-        try:
-            report = await runner.run(stop)
-        finally:
-            await view
-    else:
-        report = await runner.run(stop)
+    finished = asyncio.Event()
+    prometheus = asyncio.create_task(serve_beside(runner, finished)) if with_prometheus else None
+    try:
+        report = await _run_runner(runner, stop, quiet)
+    finally:
+        finished.set()
+        if prometheus is not None:
+            await prometheus
     if report is None:
         _stderr("stopped before the scenario ran; no report")
         return 130
@@ -123,6 +123,20 @@ async def _run(args: argparse.Namespace, name: str, live: bool) -> int:
     if runner.interrupted:
         return 130
     return 0 if report["ok"] else 1
+
+
+async def _run_runner(runner: Any, stop: asyncio.Event, quiet: bool) -> dict[str, Any] | None:
+    if not quiet:
+        report: dict[str, Any] | None = await runner.run(stop)
+        return report
+    from p2pep.scenario.live import run_live
+
+    view = asyncio.create_task(run_live(runner, stop))
+    try:
+        report = await runner.run(stop)
+    finally:
+        await view
+    return report
 
 
 def _wrap(fn: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
@@ -146,7 +160,7 @@ async def _scenario_run(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    return await _run(args, args.scenario, live=True)
+    return await _run(args, args.scenario, live=True, with_prometheus=True)
 
 
 async def _list(args: argparse.Namespace) -> int:

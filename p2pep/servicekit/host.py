@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from p2pep.identity import Identity
 from p2pep.servicekit.auth import AuthInterceptor
 from p2pep.servicekit.errors import RefusalInterceptor
+from p2pep.servicekit.grpc_metrics import GrpcMetricsInterceptor
 from p2pep.servicekit.http import build_http_app
 from p2pep.servicekit.limits import server_options
 from p2pep.servicekit.settings import BaseServiceSettings
@@ -57,10 +58,12 @@ class ServiceHost:
         self.name = name
         self.identity = identity or Identity("service", name)
         self.tls = service_tls(settings, self.identity)
-        # every call is authorized first (p2pep.servicekit.auth, p2pep.access), and every
+        # every call is counted, outermost (p2pep.servicekit.grpc_metrics: it sees the codes the
+        # others answer with), then authorized (p2pep.servicekit.auth, p2pep.access), and every
         # server answers a Refused with its status (p2pep.servicekit.errors)
         self.grpc_server: grpc.aio.Server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.tls.revocations), RefusalInterceptor(), *interceptors],
+            interceptors=[GrpcMetricsInterceptor(), AuthInterceptor(self.tls.revocations), RefusalInterceptor(),
+                          *interceptors],
             options=[*server_options(settings.grpc_max_request_bytes, settings.grpc_max_response_bytes),
                      *grpc_options],
         )

@@ -27,4 +27,5 @@ class AnchorSettings(BaseServiceSettings):
     watch_depth: int = Field(default=144, ge=1, description="mined batches this close to the tip are re-checked")
     sat_per_vbyte: int = Field(default=1, ge=1, description="fee rate of anchoring transactions")
     poll_s: float = Field(default=1.0, gt=0, description="how often btcd's tip is polled")
+    hub_poll_s: float = Field(default=5.0, gt=0, description="how often the hub's balances and forwards are read (metrics)")
     max_request_leaves: int = Field(default=100_000, ge=1, description="leaves accepted in one AddLeaves call")

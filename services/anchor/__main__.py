@@ -20,6 +20,7 @@ from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_
 from p2pep.settings.anchor import AnchorSettings
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 from services.anchor.anchorer import Anchorer, AnchorerConfig
+from services.anchor.hub import HubMonitor
 from services.anchor.servicer import AnchorServicer
 from services.anchor.wallet import CountingWallet
 from services.anchor.watcher import BlockWatcher
@@ -42,6 +43,13 @@ async def main(stop: asyncio.Event) -> None:
     anchorer = await Anchorer(settings.db_path, CountingWallet(wallet, chain), chain, config).open()
     watcher = BlockWatcher(chain, anchorer.on_block, settings.poll_s)
     watch_task = asyncio.create_task(watcher.run(), name="anchor-block-watcher")
+    hub_stop = asyncio.Event()
+    hub_task = asyncio.create_task(HubMonitor(wallet.client, interval_s=settings.hub_poll_s).run(hub_stop),
+                                   name="anchor-hub-monitor")
+
+    async def stop_hub_monitor() -> None:
+        hub_stop.set()
+        await hub_task
 
     async def stop_watcher() -> None:
         watcher.stop()
@@ -58,6 +66,7 @@ async def main(stop: asyncio.Event) -> None:
     host.add_shutdown_hook(wallet.close)
     host.add_shutdown_hook(anchorer.close)
     host.add_shutdown_hook(stop_watcher)
+    host.add_stopping_hook(stop_hub_monitor)
     try:
         await host.start(serving=["p2pep.v1.AnchorService"])
         log.info("anchor.config", db_path=settings.db_path, lnd=settings.lnd_rpcserver, btcd=settings.btcd_rpchost,

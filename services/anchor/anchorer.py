@@ -41,7 +41,17 @@ from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
 from p2pep.anchor.merkle import MerkleTree
 from p2pep.anchor.records import BatchInfo, StoredProof
 from p2pep.sqlitedb import Database
-from services.anchor.metrics import ANCHOR_REORGS, ANCHOR_TXS, LEAVES_PENDING
+from services.anchor.metrics import (
+    ANCHOR_REORGS,
+    ANCHOR_TXS,
+    BATCH_STATES,
+    BATCHES,
+    LEAVES_ADDED,
+    LEAVES_PENDING,
+    MIN_CONFIRMATIONS,
+    NEWEST_CONFIRMATIONS,
+    OLDEST_UNCONFIRMED,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -186,6 +196,9 @@ class Anchorer:
                     added.append(done.rowcount == 1)
                 pending = (await tx.fetchall("SELECT count(*) FROM anchor_leaves WHERE batch_id IS NULL"))[0][0]
             LEAVES_PENDING.set(pending)
+            for (kind, _, _), new in zip(rows, added):
+                if new:
+                    LEAVES_ADDED.labels(kind).inc()
             if pending >= self.config.policy.max_leaves:
                 await self._close_batches(self.height)
                 await self._send_closed()
@@ -198,6 +211,7 @@ class Anchorer:
             await self._watch(height)
             await self._close_batches(height)
             await self._send_closed()
+            await self._observe_lag(height)
 
     async def proofs_for(self, contract_id: str) -> list[StoredProof]:
         """Current proofs of a contract's leaves (none while a batch awaits (re-)mining)."""
@@ -222,6 +236,17 @@ class Anchorer:
         return out
 
     # -- internals ------------------------------------------------------------------------
+    async def _observe_lag(self, best: int) -> None:
+        """The anchoring lag, as metrics (see :mod:`services.anchor.metrics`)."""
+        counts = dict(await self._all("SELECT state, count(*) FROM anchor_batches GROUP BY state"))
+        for state in BATCH_STATES:
+            BATCHES.labels(state).set(counts.get(state, 0))
+        oldest = await self._one("SELECT min(closed_height) FROM anchor_batches WHERE state != 'confirmed'")
+        OLDEST_UNCONFIRMED.set(best - int(oldest[0]) if oldest and oldest[0] is not None else 0)
+        newest = await self._one("SELECT max(height) FROM anchor_batches WHERE height IS NOT NULL")
+        NEWEST_CONFIRMATIONS.set(best - int(newest[0]) + 1 if newest and newest[0] is not None else 0)
+        MIN_CONFIRMATIONS.set(self.config.min_confirmations)
+
     async def _close_batches(self, height: int) -> None:
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import structlog
 
+from p2pep.lnd import metrics as lnd_metrics
 from p2pep.lnd.client import LndError, PaymentResult
 from p2pep.lndrpc import lightning_pb2 as ln
 
@@ -158,10 +159,12 @@ class Balances:
 
 
 class BalanceCache:
-    """LND balances, refreshed in the background (never per status call)."""
+    """LND balances, refreshed in the background (never per status call), and exported as the
+    node's liquidity metrics (:mod:`p2pep.lnd.metrics`, ``node`` = ``name``)."""
 
-    def __init__(self, node: LightningNode) -> None:
+    def __init__(self, node: LightningNode, name: str = "") -> None:
         self.node = node
+        self.name = name
         self.value = Balances()
 
     async def refresh(self) -> Balances:
@@ -173,4 +176,8 @@ class BalanceCache:
             channel_remote_sat=c.remote_balance.sat if c.HasField("remote_balance") else 0,
             refreshed=time.monotonic(),
         )
+        if self.name:
+            v = self.value
+            lnd_metrics.observe_balances(self.name, local_sat=v.channel_local_sat, remote_sat=v.channel_remote_sat,
+                                         wallet_sat=v.wallet_sat)
         return self.value

@@ -75,7 +75,7 @@ class Meter:
         self._settlement_ch = channel(settings.settlement_target, peer="settlement", tls=tls)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(self._settlement_ch)
         self._matcher_ch = channel(settings.matcher_target, peer="matcher", tls=tls) if settings.matcher_target else None
-        self.balances = BalanceCache(lnd)
+        self.balances = BalanceCache(lnd, settings.meter_id)
         self.sender = ReadingSender(store, lambda: self.settlement, key.pubkey_hex)
         self.trader: Trader | None = None
         self.windows: OrderWindows | None = None

@@ -116,6 +116,9 @@ class Metering:
             await self.store.save_tick(regs.snapshot(), signed, attributed)
             metrics.READINGS.inc()
             metrics.UNMET_WH.set(self.sim.unserved_import_wms // WMS_PER_WH)
+            metrics.IMPORT_WH.set(regs.import_wh)
+            metrics.EXPORT_WH.set(regs.export_wh)
+            metrics.SUPPLY_W.set(self.sim.supply_w())
             self.sender.notify()
             if final:
                 self.block_relay(RelayReason.MANUAL_OFF, "meter leaving")
@@ -126,7 +129,9 @@ class Metering:
             self.changed()
 
     def evaluate_relay(self) -> RelayTransition | None:
-        return self.relay_control.evaluate(self.sim.now_ms, self.next_step_wh())
+        demand = self.sim.demand(self.s.tick_sim_ms)
+        metrics.DEMAND_W.set(demand.power_w)
+        return self.relay_control.evaluate(self.sim.now_ms, demand.energy_wh)
 
     def block_relay(self, reason: RelayReason, detail: str) -> None:
         self.relay_control.block(self.sim.now_ms, reason, detail)

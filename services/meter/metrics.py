@@ -1,4 +1,5 @@
-"""The meter's Prometheus metrics (one meter per process)."""
+"""The meter's Prometheus metrics (one meter per process: Prometheus adds the ``meter`` label
+from the scrape target, see monitoring/README.md). Its lnd node's liquidity: :mod:`p2pep.lnd.metrics`."""
 
 from prometheus_client import Counter, Gauge
 
@@ -21,3 +22,13 @@ REFUSED = Counter("p2pep_meter_requests_refused_total", "Settlement requests ref
 ORDERS = Counter("p2pep_meter_orders_total", "Orders placed with the matcher, by side and outcome", ["side", "outcome"])
 UNCOVERED = Counter("p2pep_meter_uncovered_total", "Matcher said a demand of this meter cannot be covered")
 UNMET_WH = Gauge("p2pep_meter_unmet_wh", "Demand not served because the relay was blocked (Wh)")
+DEMAND_UNCOVERED = Gauge(
+    "p2pep_meter_demand_uncovered", "1 while the relay is blocked and the household's next step has demand waiting"
+)
+DEMAND_W = Gauge("p2pep_meter_demand_w", "The household's demand power now (W), served or not")
+SUPPLY_W = Gauge("p2pep_meter_supply_w", "Export power available now (W)")
+IMPORT_WH = Gauge("p2pep_meter_import_wh", "Import register (Wh, as in the last signed reading)")
+EXPORT_WH = Gauge("p2pep_meter_export_wh", "Export register (Wh, as in the last signed reading)")
+
+for _outcome in ("succeeded", "failed"):
+    PAYMENTS_MADE.labels(_outcome)

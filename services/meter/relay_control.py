@@ -39,7 +39,12 @@ class RelayControl:
         self.relay = Relay(sim_ms)
 
     def evaluate(self, sim_ms: int, demand_wh: int) -> RelayTransition | None:
-        """Decide for the next step, which would draw ``demand_wh``."""
+        """Decide for the next step, which would draw ``demand_wh`` (and count demand left waiting)."""
+        t = self._decide(sim_ms, demand_wh)
+        metrics.DEMAND_UNCOVERED.set(1 if demand_wh > 0 and not self.relay.energized else 0)
+        return t
+
+    def _decide(self, sim_ms: int, demand_wh: int) -> RelayTransition | None:
         if self.payment_failed_ms is not None:
             return self._applied(self.relay.block(sim_ms, RelayReason.PAYMENT_FAILED, self.payment_failed_detail))
         why = own_check_blocks(self.book.exposure(), demand_wh)

@@ -16,6 +16,7 @@ from p2pep.settings.settlement import SettlementSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
 from services.settlement.engine import Engine
 from services.settlement.matcher_feed import follow_matcher
+from services.settlement.metrics import install_operator_collector
 from services.settlement.server import SettlementServicer
 from services.settlement.store import Store
 
@@ -38,6 +39,7 @@ async def main(stop: asyncio.Event) -> None:
         anchor = AnchorClient(s.anchor_target, tls=tls)
     engine = Engine(s, store, matcher, anchor)
     await engine.load()
+    install_operator_collector(engine.contracts, engine.meters)
     host = ServiceHost(s, name="settlement")
     if s.enrollment_port >= 0:  # where the operator's CA key is: meters without a certificate enroll here
         enrollment = EnrollmentServer(TlsDir(s.tls_dir), service("settlement"))

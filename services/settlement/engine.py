@@ -246,6 +246,7 @@ class Engine:
         lc.contract = lc.contract.end(EndReason.REJECTED, now_ms())
         lc.finished = True
         await self.save(lc)
+        metrics.CONTRACT_ENDS.labels(EndReason.REJECTED.value).inc()
         await report_end(self.matcher, lc.cid, EndReason.REJECTED, 0, consumer_side=consumer_side)
         log.info("contract rejected", contract_id=lc.cid, why=why)
 
@@ -276,6 +277,8 @@ class Engine:
                                         increments_paid=led.increments_paid, wh_paid=led.paid_wh)
         lc.finished = True
         await self.save(lc)
+        if c.end_reason is not None:
+            metrics.CONTRACT_ENDS.labels(c.end_reason.value).inc()
         log.info("contract settled", contract_id=lc.cid, state=c.state.value,
                  reason=c.end_reason.value if c.end_reason else None, **{k: lc.summary[k] for k in (
                      "wh_delivered", "wh_paid", "msat_paid", "increments_paid")})

@@ -29,7 +29,7 @@ CONSUMER_SIDE_REASONS = {EndReason.ENDED_BY_CONSUMER, EndReason.CONSUMER_GONE,
 @dataclass
 class MeterLink:
     """A registered meter: its registry row, the head of its reading stream, when it was last
-    heard from, and a lazily dialled channel to its MeterService."""
+    heard from (and last sent a reading settlement accepted), and a lazily dialled channel to its MeterService."""
 
     row: MeterRow
     head: StreamHead | None = None
@@ -73,6 +73,7 @@ class LiveContract:
     finished: bool = False
     summary: dict[str, Any] | None = None
     fault: str = ""  # the worker's last unexpected error while it retries; "" when healthy
+    last_payment: float = field(default_factory=time.monotonic)  # its last settled increment (or since loaded)
 
     @property
     def terms(self) -> ContractTerms:

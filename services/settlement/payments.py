@@ -154,6 +154,7 @@ class ContractWorker:
             return False
         await self.store.payment_settled(lc.cid, due.number, paid.preimage, paid.fee_msat, now_ms())
         lc.ledger.record_payment(due.number, due.amount_msat, phash)
+        lc.last_payment = time.monotonic()
         metrics.PAYMENTS.labels("settled").inc()
         metrics.PAID_MSAT.inc(due.amount_msat)
         seconds = time.perf_counter() - t0

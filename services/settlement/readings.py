@@ -83,7 +83,7 @@ class ReadingIngest:
                 attributions = attribute(r, head, self.contracts.values())
                 await self.store.accept_reading(r, signed.signature, attributions)
                 link.head = StreamHead.of(r)
-                link.last_seen = time.monotonic()  # only a new reading shows the meter is alive
+                link.last_seen = time.monotonic()  # only a new reading shows the meter is alive (and metrics)
                 for cid, side, wh in attributions:
                     lc = self.contracts[cid]
                     (lc.ledger.add_consumer_wh if side == "consumer" else lc.ledger.add_supplier_wh)(wh)
