@@ -1,4 +1,8 @@
-"""`p2pep verify CONTRACT.json`: check a contract document and its proofs against btcd.
+"""`p2pep verify CONTRACT.json`: check a contract document, its signatures and its proofs against btcd.
+
+The meters' signatures are checked against the keys the terms name; settlement's signature
+over the summary against the key the document gives, or against ``--settlement-pubkey``
+(the operator's settlement key, printed in settlement's log at start) when given.
 
 Connection defaults, first found wins: command-line flags, then the environment
 (``P2PEP_BTCD_RPC`` host:port, ``P2PEP_BTCD_USER``, ``P2PEP_BTCD_PASS``, ``P2PEP_BTCD_CERT``,
@@ -30,6 +34,7 @@ from p2pep.anchor.verify import (
     verify_offline,
 )
 from p2pep.chain.btcd_rpc import BtcdRpcConfig
+from p2pep.metering.signing import is_valid_pubkey
 from p2pep.servicekit.settings import BadSettings, read_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHAIN = 0, 1, 2, 3
@@ -93,10 +98,10 @@ async def _btcd_chain(config: BtcdRpcConfig) -> tuple[ChainView, Callable[[], Aw
 open_chain: Callable[[BtcdRpcConfig], Awaitable[tuple[ChainView, Callable[[], Awaitable[None]]]]] = _btcd_chain
 
 
-async def _verify_on_chain(doc: Any, config: BtcdRpcConfig, k: int) -> VerifyReport:
+async def _verify_on_chain(doc: Any, config: BtcdRpcConfig, k: int, settlement_pubkey: str | None) -> VerifyReport:
     chain, close = await open_chain(config)
     try:
-        return await verify_document(doc, chain, min_confirmations=k)
+        return await verify_document(doc, chain, min_confirmations=k, settlement_pubkey=settlement_pubkey)
     finally:
         await close()
 
@@ -110,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
     k = args.min_confirmations if args.min_confirmations is not None else settings.min_confirmations
     if k < 1:
         print("p2pep verify: --min-confirmations must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    pinned = args.settlement_pubkey
+    if pinned is not None and not is_valid_pubkey(pinned):
+        print("p2pep verify: --settlement-pubkey must be a 33-byte compressed secp256k1 key in hex", file=sys.stderr)
         return EXIT_USAGE
     try:
         text = Path(args.document).read_text()
@@ -125,14 +134,14 @@ def run(args: argparse.Namespace) -> int:
     if doc is not None:
         if args.offline:
             where = "offline (hashes and Merkle paths only; no chain checks)"
-            report = verify_offline(doc)
+            report = verify_offline(doc, settlement_pubkey=pinned)
         else:
             config = resolve_btcd(args, settings)
             if isinstance(config, str):
                 print(f"p2pep verify: {config}", file=sys.stderr)
                 return EXIT_USAGE
             where = f"against btcd at {config.host}, {k} confirmation(s) required"
-            report = asyncio.run(_verify_on_chain(doc, config, k))
+            report = asyncio.run(_verify_on_chain(doc, config, k, pinned))
     else:
         where = "(document unreadable)"
     if args.json:
@@ -156,7 +165,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--btcd-cert", metavar="PATH", help="btcd's TLS certificate (rpc.cert)")
     p.add_argument("--min-confirmations", type=int, metavar="K",
                    help=f"blocks each proof's block must be deep (default {DEFAULT_MIN_CONFIRMATIONS})")
-    p.add_argument("--offline", action="store_true", help="check hashes and Merkle paths only")
+    p.add_argument("--offline", action="store_true", help="check hashes, signatures and Merkle paths only")
+    p.add_argument("--settlement-pubkey", metavar="HEX",
+                   help="the operator's settlement key: the summary must be signed by it")
     p.add_argument("--run-dir", help="regtest run dir to take btcd defaults from")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
