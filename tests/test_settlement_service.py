@@ -10,6 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,11 @@ class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
         self.paid: list[tuple[str, int]] = []
         self.refuse_pay = False
         self.updates: list[pb.ContractRecord] = []
+        self.asked_to_sign: list[str] = []
 
     async def SignContract(self, req: meter_pb2.SignContractRequest, ctx: Any) -> meter_pb2.SignContractResponse:
         terms = ContractTerms.from_canonical(json.loads(req.terms_json))
+        self.asked_to_sign.append(terms.contract_id)
         return meter_pb2.SignContractResponse(signature=sign_contract(terms, self.key), node_pubkey="02" + "11" * 32)
 
     async def CreateInvoice(self, req: meter_pb2.CreateInvoiceRequest, ctx: Any) -> meter_pb2.CreateInvoiceResponse:
@@ -243,6 +246,21 @@ async def test_contract_paid_per_increment_and_survives_restart(world: Any) -> N
     # Contract.hash is the signed terms' hash; the matcher's match_hash is not settlement's to fill
     assert rec.contract.hash == ContractTerms.from_canonical(json.loads(rec.terms_json)).hash()
     assert rec.contract.match_hash == b""
+
+
+async def test_match_without_usable_nodes_is_rejected_unsigned(world: Any) -> None:
+    """Terms must name two distinct LND nodes: a match whose meters' registered nodes do not
+    give that is rejected at once (the matcher told), and no meter is asked to sign."""
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement()
+    await register(stub, cons, sup)
+    link = engine.meters["supplier"]
+    link.row = replace(link.row, node_pubkey="")
+    await engine.propose(match("n1", energy_wh=50, price=1_000_000))
+    link.row = replace(link.row, node_pubkey=node_of("consumer"))  # the consumer's node as payee
+    await engine.propose(match("n2", energy_wh=50, price=1_000_000))
+    assert "n1" not in engine.contracts and "n2" not in engine.contracts
+    assert cons.asked_to_sign == sup.asked_to_sign == []
 
 
 async def test_failed_payment_defaults_within_one_increment(world: Any) -> None:
