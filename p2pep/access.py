@@ -52,11 +52,19 @@ def settlement_only() -> Rule:
     return Rule(services=SETTLEMENT)
 
 
-def own_meter_record(response: Any, meter_id: str) -> Any:
-    """``ListMeters`` as a meter sees it: its own record only."""
-    own = [m for m in response.meters if m.meter_id == meter_id]
-    del response.meters[:]
-    response.meters.extend(own)
+PUBLIC_METER_FIELDS = ("meter_id", "role", "pubkey", "node_pubkey", "node_address")
+"""What a meter may learn of another meter: its public identity (the keys a counterparty
+checks in the terms it signs) and its lnd node's p2p address (to open a channel to a
+counterparty in ad hoc mode, as Lightning's own gossip would tell). Never its service
+address, sequence or registers (a household's load curve)."""
+
+
+def meter_directory_view(response: Any, meter_id: str) -> Any:
+    """``ListMeters`` as a meter sees it: its own record whole, the others' public fields."""
+    for m in response.meters:
+        if m.meter_id != meter_id:
+            for name in ("address", "last_seq", "import_wh", "export_wh"):
+                m.ClearField(name)
     return response
 
 
@@ -77,7 +85,7 @@ ACCESS: dict[str, Rule] = {
     S + "GetUsage": readers(meter=("meter_id",)),
     S + "GetProduction": readers(meter=("meter_id",)),
     S + "ListPayments": readers(meter=("meter_id",)),
-    S + "ListMeters": readers(meter=(), meter_view=own_meter_record),
+    S + "ListMeters": readers(meter=(), meter_view=meter_directory_view),
     # matcher
     M + "SubmitSupply": Rule(meter=("order.meter_id",)),
     M + "SubmitDemand": Rule(meter=("order.meter_id",)),

@@ -10,13 +10,13 @@ from typing import Any
 
 from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.chain import ChainView
-from p2pep.anchor.document import AnchorProof, build_document
+from p2pep.anchor.document import AnchorProof, ContractDocument, build_document
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.anchor.verify import VerifyReport, verify_document
 from p2pep.chain.btcd_rpc import BtcdRpc
 from p2pep.metering.signing import MeterKey
 from p2pep.regtest import RegtestNetwork
-from p2pep.settling.contracts import ContractTerms
+from p2pep.settling.contracts import ContractTerms, sign_contract
 from services.anchor.anchorer import Anchorer, AnchorerConfig
 
 _KEYS = [MeterKey.generate() for _ in range(8)]
@@ -32,9 +32,16 @@ def contract_terms(n: int, prefix: str) -> list[ContractTerms]:
         out.append(ContractTerms(
             contract_id=f"{prefix}-{i:05d}", consumer=f"meter-{a:03d}", supplier=f"meter-{b:03d}",
             consumer_pubkey=_KEYS[a].pubkey_hex, supplier_pubkey=_KEYS[b].pubkey_hex,
-            energy_wh=100 + 7 * i, price_msat_per_kwh=80_000 + i, start_ms=1_700_000_000_000 + 60_000 * i,
+            consumer_node=f"02{a + 1:064x}", supplier_node=f"02{b + 1:064x}", energy_wh=100 + 7 * i, price_msat_per_kwh=80_000 + i, start_ms=1_700_000_000_000 + 60_000 * i,
             end_ms=1_700_000_900_000 + 60_000 * i, tier=1 + i % 3))
     return out
+
+
+def signed_document(t: ContractTerms, proofs: Sequence[AnchorProof]) -> ContractDocument:
+    """Contract ``t``'s document (no summary) with both made-up meters' signatures."""
+    keys = {k.pubkey_hex: k for k in _KEYS}
+    sigs = {"consumer": sign_contract(t, keys[t.consumer_pubkey]), "supplier": sign_contract(t, keys[t.supplier_pubkey])}
+    return build_document(t.canonical(), None, proofs, sigs)
 
 
 class DedupChain:
@@ -112,7 +119,7 @@ class AnchorStack:
         async def one(t: ContractTerms) -> VerifyReport:
             ps = proofs[t.contract_id] if proofs is not None else await self.proofs(t.contract_id)
             async with sem:
-                return await verify_document(build_document(t.canonical(), None, ps).to_json(), chain, k)
+                return await verify_document(signed_document(t, ps).to_json(), chain, k)
 
         return list(await asyncio.gather(*(one(t) for t in terms)))
 

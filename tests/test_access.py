@@ -116,10 +116,18 @@ def test_a_meter_acts_only_for_itself() -> None:
     assert on_behalf_problem(ACCESS[S + "GetUsage"], settlement_pb2.EnergyQuery(meter_id="meter-1"), "meter-1") is None
 
 
-def test_list_meters_shows_a_meter_only_its_own_record() -> None:
+def test_list_meters_shows_a_meter_its_own_record_and_only_the_others_public_identity() -> None:
     rule = ACCESS["/p2pep.v1.SettlementService/ListMeters"]
     assert rule.meter_view is not None
-    resp = settlement_pb2.ListMetersResponse(meters=[settlement_pb2.MeterInfo(meter_id=m, address=f"{m}:1")
-                                                     for m in ("meter-1", "meter-2", "meter-3")])
-    seen = rule.meter_view(resp, "meter-2")
-    assert [m.meter_id for m in seen.meters] == ["meter-2"]
+    resp = settlement_pb2.ListMetersResponse(meters=[settlement_pb2.MeterInfo(
+        meter_id=m, address=f"{m}:1", pubkey="02" + "aa" * 32, node_pubkey="03" + "bb" * 32, role="producer",
+        node_address=f"{m}:9735", last_seq=7, import_wh=100, export_wh=200) for m in ("meter-1", "meter-2")])
+    own, other = {m.meter_id: m for m in resp.meters}["meter-2"], {m.meter_id: m for m in resp.meters}["meter-1"]
+    own_before = settlement_pb2.MeterInfo()
+    own_before.CopyFrom(own)
+    seen = {m.meter_id: m for m in rule.meter_view(resp, "meter-2").meters}
+    assert seen["meter-2"] == own_before
+    assert (seen["meter-1"].address, seen["meter-1"].last_seq, seen["meter-1"].import_wh,
+            seen["meter-1"].export_wh) == ("", 0, 0, 0)  # no service address, no load curve
+    assert (other.pubkey, other.node_pubkey, other.node_address) == ("02" + "aa" * 32, "03" + "bb" * 32,
+                                                                     "meter-1:9735")

@@ -20,7 +20,7 @@ import tls_helpers
 from matcher_helpers import demand, settings, supply
 from prometheus_client import REGISTRY
 from test_anchor_service import Service as AnchorRig
-from test_settlement_service import FakeMeter, Harness, match, reading
+from test_settlement_service import FakeMeter, Harness, match, node_of, reading
 from tls_helpers import dial, dial_without_certificate
 
 from p2pep.identity import Identity
@@ -70,7 +70,7 @@ def settlement_as(target: str, who: Identity) -> settlement_pb2_grpc.SettlementS
 
 
 def register_req(m: FakeMeter, meter_id: str | None = None, **kw: Any) -> pb.RegisterMeterRequest:
-    base: dict[str, Any] = dict(meter_id=meter_id or m.meter_id, pubkey=m.key.pubkey_hex, node_pubkey="02" + "22" * 32,
+    base: dict[str, Any] = dict(meter_id=meter_id or m.meter_id, pubkey=m.key.pubkey_hex, node_pubkey=node_of(m.meter_id),
                                 address=m.addr, role="consumer" if m.meter_id == "consumer" else "producer")  # type: ignore[attr-defined]
     base.update(kw)
     return pb.RegisterMeterRequest(**base)
@@ -126,8 +126,9 @@ async def test_settlement_refuses_strangers_and_other_meters_and_changes_nothing
     # reads of its own: its own contracts, its own registry record only
     own = await thief.ListContracts(pb.ListSettlementContractsRequest(meter_id="supplier"))
     assert [r.contract.contract_id for r in own.contracts] == ["k-1"]
-    listed = await thief.ListMeters(pb.ListMetersRequest())
-    assert [m.meter_id for m in listed.meters] == ["supplier"]
+    listed = {m.meter_id: m for m in (await thief.ListMeters(pb.ListMetersRequest())).meters}
+    assert listed["supplier"].address and not listed["consumer"].address  # others: public identity only
+    assert listed["consumer"].pubkey == cons.key.pubkey_hex
     # a meter that is not a party of k-1 reads nothing of it
     third = FakeMeter("third")
     third.addr = "127.0.0.1:1"  # type: ignore[attr-defined]

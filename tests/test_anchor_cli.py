@@ -8,17 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from document_helpers import SETTLEMENT_KEY, SUPPLIER_KEY, signed_document, summary, summary_signature, terms
 from fakes.chain import P2WPKH_CHANGE, FakeChain
 
 from p2pep.anchor import cli as anchor_cli
 from p2pep.anchor import opreturn
-from p2pep.anchor.document import AnchorProof, build_document, dumps_document
+from p2pep.anchor.document import AnchorProof, dumps_document
 from p2pep.anchor.merkle import MerkleTree
-from p2pep.canonical import contract_hash
+from p2pep.canonical import contract_hash, settlement_hash
 from p2pep.chain.btcd_rpc import BtcdRpcConfig
 from p2pep.cli import main
 
-TERMS = [{"v": 1, "contract_id": f"c-{i}", "energy_wh": 500 + i} for i in range(3)]
+TERMS = [terms(i) for i in range(3)]
 CONN = ["--btcd-rpc", "127.0.0.1:1", "--btcd-user", "u", "--btcd-pass", "p"]
 
 
@@ -56,7 +57,7 @@ def write_doc(tmp_path: Path, chain: FakeChain, confirmations: int = 2) -> Path:
     proof = AnchorProof("contract", contract_hash(TERMS[1]), 1, 3, tuple(tree.proof(1)), tree.root,
                         txid, chain.blocks[h].hash, h, 1)
     p = tmp_path / "contract.json"
-    p.write_text(dumps_document(build_document(TERMS[1], None, [proof])))
+    p.write_text(dumps_document(signed_document(TERMS[1], None, [proof])))
     return p
 
 
@@ -91,8 +92,44 @@ def test_changed_field_fails_with_hash_mismatch_json(tmp_path: Path, chain: Fake
     doc.write_text(json.dumps(d))
     assert main(["verify", str(doc), *cert(tmp_path), "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
-    assert out["ok"] is False and out["failed"] == ["contract_hash"]
+    # the meters signed other terms, too
+    assert out["ok"] is False and out["failed"] == ["contract_hash", "signatures.consumer", "signatures.supplier"]
     assert next(c for c in out["checks"] if c["name"] == "contract_hash")["message"].startswith("hash mismatch")
+
+
+def test_forged_summary_and_unsigned_terms_exit_one(tmp_path: Path, chain: FakeChain, capsys: Any) -> None:
+    doc = write_doc(tmp_path, chain)
+    d = json.loads(doc.read_text())
+    other = summary(2)  # another contract's summary, signed by settlement
+    d.update(settlement=other, settlement_hash=settlement_hash(other).hex(),
+             settlement_signature=summary_signature(other).to_json())
+    doc.write_text(json.dumps(d))
+    assert main(["verify", str(doc), "--offline"]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("NOT VERIFIED: ") and "settlement.contract: summary of another contract" in last
+    d = json.loads(write_doc(tmp_path, chain).read_text())
+    d["signatures"]["supplier"] = d["signatures"]["consumer"]
+    doc.write_text(json.dumps(d))
+    assert main(["verify", str(doc), "--offline"]) == 1
+    assert "signatures.supplier: bad signature" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_pinned_settlement_key(tmp_path: Path, chain: FakeChain, capsys: Any) -> None:
+    doc = write_doc(tmp_path, chain)
+    d = json.loads(doc.read_text())
+    s = summary(1)
+    d.update(settlement=s, settlement_hash=settlement_hash(s).hex(), settlement_signature=summary_signature(s).to_json())
+    doc.write_text(json.dumps(d))
+    assert main(["verify", str(doc), "--offline", "--settlement-pubkey", SETTLEMENT_KEY.pubkey_hex]) == 1
+    out = capsys.readouterr().out
+    assert "PASS  settlement.signature:" in out and "PASS  settlement.contract:" in out
+    assert out.strip().splitlines()[-1] == "NOT VERIFIED: proofs.settlement: no proof for the settlement hash " \
+                                           "(not anchored yet)"
+    assert main(["verify", str(doc), "--offline", "--settlement-pubkey", SUPPLIER_KEY.pubkey_hex]) == 1
+    assert "settlement.signature: bad signature: the summary is signed by" in capsys.readouterr().out
+    assert main(["verify", str(doc), "--offline", "--settlement-pubkey", "02zz"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("p2pep verify: --settlement-pubkey") and "\n" not in err
 
 
 def test_env_min_confirmations_and_connection(tmp_path: Path, chain: FakeChain, capsys: Any,

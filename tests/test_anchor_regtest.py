@@ -26,14 +26,14 @@ from typing import Any
 import aiohttp
 import pytest
 import tls_helpers
-from anchor_regtest_helpers import AnchorStack, contract_terms, failed, tx_fee_and_vsize
+from anchor_regtest_helpers import AnchorStack, contract_terms, failed, signed_document, tx_fee_and_vsize
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from p2pep.anchor import opreturn
 from p2pep.anchor.batching import BatchPolicy
 from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.client import AnchorClient
-from p2pep.anchor.document import AnchorProof, build_document, dumps_document
+from p2pep.anchor.document import AnchorProof, dumps_document
 from p2pep.anchor.verify import verify_document
 from p2pep.chain.btcd_rpc import BtcdRpc
 from p2pep.identity import Identity
@@ -130,7 +130,7 @@ async def test_thousand_contracts_in_one_transaction(anchored: Anchored) -> None
 async def test_tampering_fails_naming_the_check(anchored: Anchored) -> None:
     chain = anchored.stack.chain
     t = anchored.terms[417]
-    good = build_document(t.canonical(), None, anchored.proofs[t.contract_id]).to_json()
+    good = signed_document(t, anchored.proofs[t.contract_id]).to_json()
     assert (await verify_document(good, chain, 1)).ok
 
     def tampered(edit: Any) -> dict[str, Any]:
@@ -144,7 +144,8 @@ async def test_tampering_fails_naming_the_check(anchored: Anchored) -> None:
     path0 = good["proofs"][0]
     cases: list[tuple[str, dict[str, Any], list[str]]] = [
         ("one contract field changed",
-         tampered(lambda d: d["terms"].update(energy_wh=d["terms"]["energy_wh"] + 1)), ["contract_hash"]),
+         tampered(lambda d: d["terms"].update(energy_wh=d["terms"]["energy_wh"] + 1)),
+         ["contract_hash", "signatures.consumer", "signatures.supplier"]),
         ("one path element changed",
          tampered(lambda d: d["proofs"][0]["path"].__setitem__(4, flip(path0["path"][4]))),
          ["proofs[0].merkle_path"]),
@@ -181,7 +182,7 @@ async def test_verify_cli_on_exported_documents(anchored: Anchored, regtest: Reg
     info = regtest.btcd.info
     conn = ["--btcd-rpc", info.rpchost, "--btcd-user", RPC_USER, "--btcd-pass", RPC_PASS, "--btcd-cert", info.cert]
     t = anchored.terms[3]
-    doc = build_document(t.canonical(), None, anchored.proofs[t.contract_id])
+    doc = signed_document(t, anchored.proofs[t.contract_id])
     good = tmp_path / "good.json"
     good.write_text(dumps_document(doc))
     rc, out = await run_cli(str(good), *conn)
@@ -294,7 +295,7 @@ async def test_anchor_service_process(regtest: RegtestNetwork, tmp_path: Path) -
             for t in terms:
                 proofs = await client.proofs(t.contract_id, confirmed_only=True)
                 assert len(proofs) == 1 and proofs[0].txid == txid and proofs[0].tree_size == 20
-                doc = build_document(t.canonical(), None, proofs).to_json()
+                doc = signed_document(t, proofs).to_json()
                 report = await verify_document(doc, BtcdChain(rpc), K)
                 assert report.ok, report.render()
             _, vsize, _ = await tx_fee_and_vsize(rpc, txid)

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from document_helpers import SETTLEMENT_KEY, SUPPLIER_KEY, signed_document, summary, summary_signature, terms
 from fakes.chain import FakeChain, FakeWallet
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,14 +25,7 @@ from p2pep.anchor.merkle import MerkleTree
 from p2pep.anchor.verify import verify_document, verify_offline
 from p2pep.canonical import contract_hash, settlement_hash
 
-
-def terms(i: int) -> dict[str, Any]:
-    return {"v": 1, "contract_id": f"c-{i}", "seller": "02" + "ab" * 32, "buyer": "03" + "cd" * 32,
-            "energy_wh": 1000 + i, "price_msat_per_kwh": 150_000, "start_ms": 1_700_000_000_000,
-            "end_ms": 1_700_003_600_000}
-
-
-SETTLEMENT = {"v": 1, "contract_id": "c-0", "delivered_wh": 990, "paid_msat": 148_500, "status": "settled"}
+SETTLEMENT = summary(0)
 
 
 async def anchored(n: int = 5, confirmations: int = 3, with_settlement: bool = True
@@ -57,7 +51,7 @@ async def anchored(n: int = 5, confirmations: int = 3, with_settlement: bool = T
             proofs.append(AnchorProof("settlement", settlement_hash(SETTLEMENT), 0, 2,
                                       tuple(st_tree.proof(0)), st_tree.root, st_txid,
                                       chain.blocks[-1].hash, chain.height, 1))
-        docs.append(build_document(t, settlement, proofs).to_json())
+        docs.append(signed_document(t, settlement, proofs).to_json())
     chain.mine(confirmations - 1)  # the newest anchor block now has `confirmations`
     return chain, docs
 
@@ -73,7 +67,8 @@ async def test_valid_documents_verify_on_chain() -> None:
         assert report.ok, report.render()
     report = await verify_document(docs[0], chain, min_confirmations=3)
     names = [c.name for c in report.checks]
-    assert names[:5] == ["document", "contract_hash", "settlement_hash", "proofs.contract", "proofs.settlement"]
+    assert names[:9] == ["document", "contract_hash", "settlement_hash", "proofs.contract", "proofs.settlement",
+                         "signatures.consumer", "signatures.supplier", "settlement.contract", "settlement.signature"]
     for p in ("proofs[0]", "proofs[1]"):
         for n in ("leaf_hash", "merkle_path", "tx_found", "op_return", "root_in_tx", "block",
                   "best_chain", "confirmations"):
@@ -97,7 +92,24 @@ async def test_document_round_trips_through_json_text() -> None:
     "mutate, check, message",
     [
         (lambda d: d["terms"].update(energy_wh=1), "contract_hash", "hash mismatch: canonical terms hash to"),
-        (lambda d: d["settlement"].update(paid_msat=1), "settlement_hash", "hash mismatch: canonical settlement"),
+        (lambda d: d["settlement"].update(msat_paid=1), "settlement_hash", "hash mismatch: canonical settlement"),
+        (lambda d: d["settlement"].update(msat_paid=1), "settlement.signature", "bad signature: settlement's"),
+        (lambda d: d["terms"].update(supplier_node="02" + "ee" * 32), "signatures.supplier",
+         "bad signature: the supplier signature does not verify"),
+        (lambda d: d["terms"].update(supplier_node="02" + "ee" * 32), "signatures.consumer", "bad signature"),
+        (lambda d: d["terms"].update(supplier_pubkey=SETTLEMENT_KEY.pubkey_hex), "signatures.supplier",
+         "bad signature"),
+        (lambda d: d["signatures"].pop("consumer"), "signatures.consumer", "has no consumer signature"),
+        (lambda d: d["signatures"].update(supplier=d["signatures"]["consumer"]), "signatures.supplier",
+         "bad signature"),
+        (lambda d: d["terms"].update(consumer_pubkey="02abcd"), "signatures.consumer", "no valid consumer_pubkey"),
+        (lambda d: d.update(settlement_signature=None), "settlement.signature", "not signed by settlement"),
+        (lambda d: d.update(settlement_signature={"pubkey": SUPPLIER_KEY.pubkey_hex,
+                                                  "signature": d["settlement_signature"]["signature"]}),
+         "settlement.signature", "bad signature: settlement's signature does not verify"),
+        (lambda d: d["signatures"].update(consumer="zz"), "document", "signatures.consumer: expected a DER"),
+        (lambda d: d["signatures"].update(mallory="00"), "document", "signatures.mallory"),
+        (lambda d: d.pop("signatures"), "document", "signatures: expected a JSON object"),
         (lambda d: d.update(settlement=None), "settlement_hash", "both be present or both null"),
         (lambda d: d["proofs"].pop(0), "proofs.contract", "no proof for the contract hash"),
         (lambda d: d["proofs"][0].update(leaf_hash="00" * 32), "proofs[0].leaf_hash", "leaf hash mismatch"),
@@ -118,7 +130,8 @@ async def test_document_round_trips_through_json_text() -> None:
          "no canonical encoding"),
         (lambda d: d["proofs"][0].update(path="ab"), "document", "proofs[0].path: expected a list"),
         (lambda d: d["proofs"][0].update(leaf_index=5), "document", "proofs[0].leaf_index: 5 out of range"),
-        (lambda d: d.update(version=2), "document", "unsupported document version"),
+        (lambda d: d.update(version=1), "document", "unsupported document version"),
+        (lambda d: d.update(version=3), "document", "unsupported document version"),
     ],
 )
 async def test_each_tampering_fails_the_named_check(mutate: Any, check: str, message: str) -> None:
@@ -182,6 +195,40 @@ async def test_chain_unavailable_is_reported() -> None:
     report = await verify_document(docs[0], chain)
     assert report.chain_unavailable and "chain" in failed(report)
     assert report.get("proofs[1].tx_found").status == "skip"
+
+
+async def test_a_forged_summary_does_not_verify() -> None:
+    """The settlement (summary, its hash, its anchored proof, even settlement's signature) of
+    another contract put into this contract's document: its contract hash is not the terms'."""
+    chain, docs = await anchored(n=3, with_settlement=False)
+    other = summary(1)  # contract 1's summary (as if it paid more) ...
+    forged = copy.deepcopy(docs[0])  # ... in contract 0's document
+    forged["settlement"] = other
+    forged["settlement_hash"] = settlement_hash(other).hex()
+    forged["settlement_signature"] = summary_signature(other).to_json()
+    report = verify_offline(forged)
+    assert "settlement.contract" in failed(report), report.render()
+    assert "summary of another contract" in report.get("settlement.contract").message
+    # the same summary rewritten to name contract 0 is not signed by settlement
+    rewritten = {**other, "contract_id": "c-0", "contract_hash": docs[0]["contract_hash"]}
+    forged.update(settlement=rewritten, settlement_hash=settlement_hash(rewritten).hex())
+    report = verify_offline(forged)
+    assert failed(report) >= {"settlement.signature"} and "settlement.contract" not in failed(report)
+    # signed by a key of the forger's: fails when the operator's settlement key is pinned
+    from p2pep.metering.signing import MeterKey
+
+    forged["settlement_signature"] = summary_signature(rewritten, MeterKey.from_hex("77" * 32)).to_json()
+    assert "settlement.signature" not in failed(verify_offline(forged))
+    pinned = verify_offline(forged, settlement_pubkey=SETTLEMENT_KEY.pubkey_hex)
+    assert "settlement.signature" in failed(pinned)
+    assert "not by settlement's key" in pinned.get("settlement.signature").message
+
+
+def test_anchoring_only_checks_skip_signatures() -> None:
+    report = verify_offline(build_document(terms(0)).to_json(), signed=False)
+    assert not any(c.name.startswith("signatures") for c in report.checks)
+    assert failed(verify_offline(build_document(terms(0)).to_json())) >= {"signatures.consumer",
+                                                                          "signatures.supplier"}
 
 
 def test_parse_rejects_duplicate_keys() -> None:

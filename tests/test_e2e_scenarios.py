@@ -12,6 +12,7 @@ see it (settlement's database, its metrics, the chain).
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import sqlite3
@@ -27,10 +28,12 @@ from typing import Any
 import aiohttp
 import logcheck
 import pytest
+from grpc.aio import AioRpcError
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from web_helpers import WebClient
 
+from p2pep.canonical import canonical_json, contract_hash, settlement_hash
 from p2pep.identity import Identity
 from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
@@ -42,8 +45,9 @@ from p2pep.scenario.live import render, snapshot
 from p2pep.scenario.runner import RunOptions, ScenarioRunner
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.tls import Tls
+from p2pep.settling.contracts import ContractTerms
+from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
-from p2pep.v1 import settlement_pb2_grpc
 from services.meter.sender import reading_pb
 
 pytestmark = pytest.mark.regtest
@@ -234,9 +238,69 @@ async def console_view(runner: ScenarioRunner) -> dict[str, Any]:
     return {"overview": overview, "energy": energy, "bad": bad, "unsigned": unsigned, "payments": payments}
 
 
-def verify_cli(doc_path: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "p2pep.cli", "verify", str(doc_path), "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, timeout=120)
+async def attack_consumer_meter(runner: ScenarioRunner) -> dict[str, Any]:
+    """While the scenario runs, against the consumer's real meter process: re-point the payee
+    of a running contract (a report naming another node, other terms, another supplier), and
+    have it sign a fake contract paying a stranger's node. Each must be refused and change
+    nothing in its contract book."""
+    stranger = "02" + "ee" * 32
+    assert runner.tls is not None
+    # the checks hold whoever calls: here even settlement's own certificate (a compromised or
+    # buggy settlement), the only identity the authorization table lets ask a meter to sign
+    as_settlement = Tls.load(runner.layout.tls_dir, Identity("service", "settlement"))
+    meter3 = runner.procs["meter-3"].launch.target
+    async with channel(runner.procs["settlement"].launch.target, peer="settlement", tls=runner.tls) as sch, \
+            channel(meter3, peer="meter-3", tls=as_settlement) as mch, \
+            channel(meter3, peer="meter-3", tls=runner.tls) as rch:
+        settlement = settlement_pb2_grpc.SettlementServiceStub(sch)
+        meter = meter_pb2_grpc.MeterServiceStub(mch)
+        reader = meter_pb2_grpc.MeterServiceStub(rch)
+
+        async def running() -> pb.ContractRecord | None:
+            resp = await settlement.ListContracts(pb.ListSettlementContractsRequest(meter_id="meter-3"), timeout=10)
+            return next((c for c in resp.contracts if c.state == pb.CONTRACT_STATE_ACTIVE), None)
+
+        rec = await wait_for(running, timeout=240, what="an active contract of meter-3")
+        terms = ContractTerms.from_canonical(json.loads(rec.terms_json))
+        before = {c.contract.contract_id: c.terms_json
+                  for c in (await reader.ListContracts(meter_pb2.MeterContractsRequest())).contracts}
+        attempts: dict[str, pb.ContractRecord] = {}
+        for what, edit in {
+            "supplier_node": lambda r: setattr(r, "supplier_node", stranger),
+            "terms_json": lambda r: setattr(r, "terms_json", canonical_json(
+                replace(terms, supplier_node=stranger).canonical()).decode()),
+            "contract.supplier": lambda r: setattr(r.contract, "supplier", "meter-1" if terms.supplier != "meter-1"
+                                                   else "meter-2"),
+        }.items():
+            forged = pb.ContractRecord()
+            forged.CopyFrom(rec)
+            edit(forged)
+            attempts[what] = forged
+        refusals: dict[str, tuple[str, str]] = {}
+        for what, forged in attempts.items():
+            try:
+                await meter.UpdateContract(forged, timeout=10)
+                refusals[what] = ("OK", "")
+            except AioRpcError as e:
+                refusals[what] = (e.code().name, e.details() or "")
+        now = int(time.time() * 1000)
+        fake = replace(terms, contract_id="fake-1", supplier_node=stranger, start_ms=now, end_ms=now + 60_000,
+                       energy_wh=10)
+        try:
+            await meter.SignContract(meter_pb2.SignContractRequest(
+                terms_json=canonical_json(fake.canonical()).decode()), timeout=30)
+            refusals["fake_contract"] = ("OK", "")
+        except AioRpcError as e:
+            refusals["fake_contract"] = (e.code().name, e.details() or "")
+        after = {c.contract.contract_id: c.terms_json
+                 for c in (await reader.ListContracts(meter_pb2.MeterContractsRequest())).contracts}
+    return {"refusals": refusals, "unchanged": all(after.get(cid) == tj for cid, tj in before.items()),
+            "fake_signed": "fake-1" in after, "supplier": terms.supplier}
+
+
+def verify_cli(doc_path: Path, run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "p2pep.cli", "verify", str(doc_path), "--run-dir", str(run_dir),
+                           *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +336,7 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
 
     async def during(r: ScenarioRunner) -> None:
         await attack_settlement(r, found)
+        found["meter_attacks"] = await attack_consumer_meter(r)
         found["app"] = await household_view(r, "meter-3")
         found["console"] = await console_view(r)
 
@@ -311,6 +376,23 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
                 assert all(row[0] != r.import_wh for row in rows), (reason, rows)
         assert_no_reading_lost(runner)  # and the real stream went on undisturbed
 
+        # the consumer's meter: the payee of a signed contract cannot be re-pointed, a fake
+        # contract paying a stranger is not signed, and its contract book did not change
+        attacks = found["meter_attacks"]
+        assert attacks["refusals"] == {
+            "supplier_node": ("INVALID_ARGUMENT", attacks["refusals"]["supplier_node"][1]),
+            "terms_json": ("INVALID_ARGUMENT", attacks["refusals"]["terms_json"][1]),
+            "contract.supplier": ("INVALID_ARGUMENT", attacks["refusals"]["contract.supplier"][1]),
+            "fake_contract": ("FAILED_PRECONDITION", attacks["refusals"]["fake_contract"][1]),
+        }, attacks
+        assert attacks["refusals"]["fake_contract"][1].startswith("terms_json.supplier_node:"), attacks
+        assert attacks["unchanged"] and not attacks["fake_signed"], attacks
+        # every contract's signed terms name the nodes the report saw, and only those were paid
+        pubkeys = {name: n["pubkey"] for name, n in report["nodes"].items()}
+        for c in report["contracts"]:
+            t = json.loads(c["terms_json"])
+            assert (t["consumer_node"], t["supplier_node"]) == (pubkeys[c["consumer"]], pubkeys[c["supplier"]]), c
+
         # contract hashes anchored on-chain; each document's proofs verify against btcd alone
         await net.mine(2)
         signed = {c["contract_id"] for c in report["contracts"] if c["state"] != "CONTRACT_STATE_REJECTED"}
@@ -324,7 +406,44 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
             path.write_text(json.dumps(doc))
             res = verify_cli(path, runner.run_dir)
             assert res.returncode == 0, (cid, res.stdout, res.stderr)
-        cid, doc = next(iter(docs.items()))
+        # pinned to the operator's settlement key (its file in settlement's data dir), too
+        key = MeterKey.load(runner.layout.data_dir("settlement") / "settlement.key")
+        (cid, doc), (other_id, other) = list(docs.items())[:2]
+        res = verify_cli(tmp_path / f"{cid}.json", runner.run_dir, "--settlement-pubkey", key.pubkey_hex)
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        assert doc["settlement_signature"]["pubkey"] == key.pubkey_hex
+        assert set(doc["signatures"]) == {"consumer", "supplier"}
+
+        def last_line(res: subprocess.CompletedProcess[str]) -> str:
+            return res.stdout.strip().splitlines()[-1]
+
+        # a forged summary: another contract's settlement (its summary, hash, settlement's own
+        # signature and its anchored proof, all genuine) passed off as this contract's
+        forged = copy.deepcopy(doc)
+        forged.update(settlement=other["settlement"], settlement_hash=other["settlement_hash"],
+                      settlement_signature=other["settlement_signature"],
+                      proofs=[p for p in doc["proofs"] if p["leaf"] == "contract"]
+                      + [p for p in other["proofs"] if p["leaf"] == "settlement"])
+        (tmp_path / "forged.json").write_text(json.dumps(forged))
+        res = verify_cli(tmp_path / "forged.json", runner.run_dir)
+        assert res.returncode == 1 and last_line(res).startswith("NOT VERIFIED: settlement.contract: summary of "
+                                                                 "another contract"), (res.stdout, res.stderr)
+        # ... or its figures changed (re-hashed): settlement never signed them
+        forged = copy.deepcopy(doc)
+        forged["settlement"]["msat_paid"] *= 2
+        forged["settlement_hash"] = settlement_hash(forged["settlement"]).hex()
+        (tmp_path / "forged2.json").write_text(json.dumps(forged))
+        res = verify_cli(tmp_path / "forged2.json", runner.run_dir)
+        assert res.returncode == 1 and "settlement.signature: bad signature" in last_line(res), res.stdout
+        # the terms' payee re-pointed (re-hashed): neither meter signed that
+        tampered = copy.deepcopy(doc)
+        tampered["terms"]["supplier_node"] = pubkeys["hub"]
+        tampered["contract_hash"] = contract_hash(tampered["terms"]).hex()
+        (tmp_path / "tampered.json").write_text(json.dumps(tampered))
+        res = verify_cli(tmp_path / "tampered.json", runner.run_dir)
+        assert res.returncode == 1 and "signatures.consumer: bad signature" in last_line(res) \
+            and "signatures.supplier: bad signature" in last_line(res), res.stdout
+        assert other_id != cid
         doc["terms"]["energy_wh"] += 1  # one field changed: the hash check says so
         bad = tmp_path / "tampered.json"
         bad.write_text(json.dumps(doc))

@@ -70,10 +70,11 @@ def test_parse_terms_names_only_known_fields() -> None:
 
     a, b = MeterKey.generate().pubkey_hex, MeterKey.generate().pubkey_hex
     good = dict(contract_id="c", consumer="x", supplier="y", consumer_pubkey=a, supplier_pubkey=b, energy_wh=10,
-                price_msat_per_kwh=1, start_ms=0, end_ms=10, tier=1, increment_wh=10, v=1)
+                price_msat_per_kwh=1, start_ms=0, end_ms=10, tier=1, increment_wh=10, v=2,
+                consumer_node="02" + "11" * 32, supplier_node="03" + "22" * 32)
     assert parse_terms(json.dumps(good)).energy_wh == 10
     for bad in ({**good, "zz\ud800": 1}, {**good, "consumer": "\ud800"}, {**good, "start_ms": -1},
-                {**good, "energy_wh": 2**64}, {**good, "end_ms": 253_402_300_800_000}, {**good, "v": 2},
+                {**good, "energy_wh": 2**64}, {**good, "end_ms": 253_402_300_800_000}, {**good, "v": 1},
                 {k: v for k, v in good.items() if k != "tier"}, {**good, "tier": True}, {**good, "tier": 1.0}):
         with pytest.raises(Refusal) as err:
             parse_terms(json.dumps(bad))

@@ -17,9 +17,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from test_e2e_scenarios import run_scenario
 from web_helpers import WebClient
 
+from p2pep.identity import Identity
 from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
 from p2pep.scenario.runner import ScenarioRunner
+from p2pep.servicekit.channels import channel
+from p2pep.servicekit.tls import Tls
 from p2pep.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
 from services.meter.sender import reading_pb
@@ -35,9 +38,16 @@ async def _code(call: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def as_(runner: ScenarioRunner, kind: str, name: str) -> Tls:
+    """A certificate of the run's (the hostile input comes from a caller the table lets in:
+    what is tested here is what the services accept, not who may call them)."""
+    return Tls.load(runner.layout.tls_dir, Identity(kind, name))
+
+
 async def hostile(runner: ScenarioRunner, found: dict[str, Any]) -> None:
     procs = runner.procs
-    async with grpc.aio.insecure_channel(procs["matcher"].launch.target) as ch:
+    meter1 = as_(runner, "meter", "meter-1")
+    async with channel(procs["matcher"].launch.target, peer="matcher", tls=meter1) as ch:
         matcher = matcher_pb2_grpc.MatcherServiceStub(ch)
         far = common_pb2.Order(order_id="h-1", meter_id="meter-1", side=common_pb2.SIDE_SUPPLY, energy_wh=10,
                                price_msat_per_kwh=1, expiry=Timestamp(seconds=2**62))
@@ -45,11 +55,12 @@ async def hostile(runner: ScenarioRunner, found: dict[str, Any]) -> None:
                                                                    timeout=10))
         big = common_pb2.Order(order_id="h-2", meter_id="meter-1", side=common_pb2.SIDE_SUPPLY, energy_wh=10,
                                price_msat_per_kwh=1, partners=["p" * 100] * 20_000)  # > 1 MiB
-        async with grpc.aio.insecure_channel(procs["matcher"].launch.target,
-                                             options=[("grpc.max_send_message_length", -1)]) as raw:
+        async with grpc.aio.secure_channel(procs["matcher"].launch.target, meter1.channel_credentials(),
+                                           options=[("grpc.max_send_message_length", -1),
+                                                    ("grpc.ssl_target_name_override", "matcher")]) as raw:
             found["matcher_size"] = await _code(matcher_pb2_grpc.MatcherServiceStub(raw).SubmitSupply(
                 matcher_pb2.SubmitOrderRequest(order=big), timeout=10))
-    async with grpc.aio.insecure_channel(procs["settlement"].launch.target) as ch:
+    async with channel(procs["settlement"].launch.target, peer="settlement", tls=as_(runner, "meter", "meter-3")) as ch:
         settlement = settlement_pb2_grpc.SettlementServiceStub(ch)
         before = {m.meter_id: m for m in (await settlement.ListMeters(pb.ListMetersRequest(), timeout=10)).meters}
         stolen = MeterKey.load(runner.layout.data_dir("meter-3") / "meter.key")
@@ -69,7 +80,7 @@ async def hostile(runner: ScenarioRunner, found: dict[str, Any]) -> None:
         found["reading"] = [(a.status, a.reason) async for a in settlement.StreamReadings(one(), timeout=30)]
         after = {m.meter_id: m for m in (await settlement.ListMeters(pb.ListMetersRequest(), timeout=10)).meters}
         found["addresses"] = ({k: m.address for k, m in before.items()}, {k: m.address for k, m in after.items()})
-    async with grpc.aio.insecure_channel(procs["meter-3"].launch.target) as ch:
+    async with channel(procs["meter-3"].launch.target, peer="meter-3", tls=as_(runner, "service", "settlement")) as ch:
         meter = meter_pb2_grpc.MeterServiceStub(ch)
         found["terms"] = [await _code(meter.SignContract(meter_pb2.SignContractRequest(terms_json=text), timeout=10))
                           for text in (json.dumps({"contract_id": "x\ud800"}), json.dumps({"\ud800": 1}),

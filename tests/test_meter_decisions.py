@@ -27,9 +27,12 @@ from p2pep.metering.request_checks import (
     Refusal,
     SigningPolicy,
     check_contract_for_billing,
+    check_counterparty_registered,
+    check_counterparty_signature,
     check_increment,
     check_invoice_to_pay,
     check_not_paying_ahead,
+    check_report_matches_terms,
     check_terms,
     fee_limit_msat,
     own_check_allows,
@@ -39,19 +42,22 @@ from p2pep.metering.request_checks import (
 from p2pep.metering.signing import MeterKey
 from p2pep.settings.meter import MeterSettings, parse_node_address
 from p2pep.settling.allocation import AllocationTarget, allocate
-from p2pep.settling.contracts import ContractState, ContractTerms
+from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
 from p2pep.settling.increments import amount_msat
 from services.meter.sources import ConstantPowerSource, build_source
 
 CONSUMER_KEY = MeterKey.from_hex("11" * 32)
 SUPPLIER_KEY = MeterKey.from_hex("22" * 32)
+CONSUMER_NODE = "02" + "c1" * 32
+SUPPLIER_NODE = "03" + "5a" * 32
 NOW = 1_800_000_000_000
 
 
 def terms(**kw: object) -> ContractTerms:
     base: dict[str, object] = dict(
         contract_id="c-1", consumer="home", supplier="solar", consumer_pubkey=CONSUMER_KEY.pubkey_hex,
-        supplier_pubkey=SUPPLIER_KEY.pubkey_hex, energy_wh=500, price_msat_per_kwh=100_000,
+        supplier_pubkey=SUPPLIER_KEY.pubkey_hex, consumer_node=CONSUMER_NODE, supplier_node=SUPPLIER_NODE,
+        energy_wh=500, price_msat_per_kwh=100_000,
         start_ms=NOW, end_ms=NOW + 15_000, tier=1, increment_wh=10,
     )
     base.update(kw)
@@ -59,8 +65,10 @@ def terms(**kw: object) -> ContractTerms:
 
 
 def policy(meter_id: str = "home", key: MeterKey = CONSUMER_KEY, role: str = "consumer",
-           price: int = 120_000) -> SigningPolicy:
-    return SigningPolicy(meter_id, key.pubkey_hex, role, price, 100, 86_400_000)
+           price: int = 120_000, node: str | None = None) -> SigningPolicy:
+    if node is None:
+        node = CONSUMER_NODE if meter_id == "home" else SUPPLIER_NODE
+    return SigningPolicy(meter_id, key.pubkey_hex, node, role, price, 100, 86_400_000)
 
 
 def refused(code: Code, field: str):  # type: ignore[no-untyped-def]
@@ -124,6 +132,9 @@ def test_consumer_signs_terms_within_its_limit() -> None:
         (terms(consumer_pubkey=SUPPLIER_KEY.pubkey_hex, supplier_pubkey=CONSUMER_KEY.pubkey_hex), policy(),
          "terms_json.consumer_pubkey"),
         (terms(), policy(role="producer"), "terms_json.consumer"),
+        (terms(), policy(node="02" + "ee" * 32), "terms_json.consumer_node"),
+        (terms(consumer_node=SUPPLIER_NODE, supplier_node=CONSUMER_NODE), policy(), "terms_json.consumer_node"),
+        (terms(), policy("solar", SUPPLIER_KEY, "producer", 90_000, node=CONSUMER_NODE), "terms_json.supplier_node"),
         (terms(price_msat_per_kwh=130_000), policy(), "terms_json.price_msat_per_kwh"),
         (terms(price_msat_per_kwh=80_000), policy("solar", SUPPLIER_KEY, "producer", 90_000),
          "terms_json.price_msat_per_kwh"),
@@ -194,16 +205,65 @@ def test_increment_must_be_next_and_exact() -> None:
 
 
 def test_invoice_to_pay_must_match_amount_payee_and_time() -> None:
-    inv = DecodedInvoice("02ab", "h", 1000, NOW + 1)
-    check_invoice_to_pay(inv, amount_msat=1000, supplier_node="02AB", now_ms=NOW)
+    t = terms()
+    inv = DecodedInvoice(SUPPLIER_NODE.upper(), "h", 1000, NOW + 1)
+    check_invoice_to_pay(inv, terms=t, amount_msat=1000, now_ms=NOW)
     with refused(Code.INVALID_ARGUMENT, "payment_request"):
-        check_invoice_to_pay(inv, amount_msat=999, supplier_node="02ab", now_ms=NOW)
+        check_invoice_to_pay(inv, terms=t, amount_msat=999, now_ms=NOW)
+    with refused(Code.FAILED_PRECONDITION, "payment_request"):  # the payee is the signed terms' supplier_node
+        check_invoice_to_pay(DecodedInvoice("02" + "ee" * 32, "h", 1000, NOW + 1), terms=t, amount_msat=1000,
+                             now_ms=NOW)
+    with refused(Code.FAILED_PRECONDITION, "payment_request"):  # the consumer's own node is no payee either
+        check_invoice_to_pay(DecodedInvoice(CONSUMER_NODE, "h", 1000, NOW + 1), terms=t, amount_msat=1000,
+                             now_ms=NOW)
     with refused(Code.FAILED_PRECONDITION, "payment_request"):
-        check_invoice_to_pay(inv, amount_msat=1000, supplier_node="03cd", now_ms=NOW)
-    with refused(Code.FAILED_PRECONDITION, "payment_request"):
-        check_invoice_to_pay(inv, amount_msat=1000, supplier_node="", now_ms=NOW)
-    with refused(Code.FAILED_PRECONDITION, "payment_request"):
-        check_invoice_to_pay(inv, amount_msat=1000, supplier_node="02ab", now_ms=NOW + 1)
+        check_invoice_to_pay(inv, terms=t, amount_msat=1000, now_ms=NOW + 1)
+
+
+def test_consumer_signs_only_for_the_supplier_as_registered() -> None:
+    t = terms()
+    check_counterparty_registered(t, Party.CONSUMER, (SUPPLIER_KEY.pubkey_hex, SUPPLIER_NODE))
+    with refused(Code.FAILED_PRECONDITION, "terms_json.supplier"):
+        check_counterparty_registered(t, Party.CONSUMER, None)
+    with refused(Code.FAILED_PRECONDITION, "terms_json.supplier_node"):  # a stranger's node as payee
+        check_counterparty_registered(t, Party.CONSUMER, (SUPPLIER_KEY.pubkey_hex, "02" + "ee" * 32))
+    with refused(Code.FAILED_PRECONDITION, "terms_json.supplier_pubkey"):
+        check_counterparty_registered(t, Party.CONSUMER, (CONSUMER_KEY.pubkey_hex, SUPPLIER_NODE))
+
+
+def test_a_report_changes_state_and_progress_never_terms() -> None:
+    t = terms()
+    same = {"contract_id": "c-1", "consumer": "home", "supplier": "solar", "energy_wh": 500,
+            "price_msat_per_kwh": 100_000, "start_ms": NOW, "end_ms": NOW + 15_000, "increment_wh": 10,
+            "consumer_node": CONSUMER_NODE, "supplier_node": SUPPLIER_NODE.upper()}
+    check_report_matches_terms(t, same, t.hash())
+    check_report_matches_terms(t, {"contract_id": "c-1"}, b"")  # restating nothing is fine
+    for name, value, field in [("supplier_node", "02" + "ee" * 32, "supplier_node"),
+                               ("consumer_node", SUPPLIER_NODE, "consumer_node"),
+                               ("supplier", "mallory", "contract.supplier"),
+                               ("price_msat_per_kwh", 1, "contract.price_msat_per_kwh"),
+                               ("energy_wh", 501, "contract.energy_wh"),
+                               ("end_ms", NOW + 1, "contract.end"),
+                               ("increment_wh", 5, "increment_wh")]:
+        with refused(Code.INVALID_ARGUMENT, field):
+            check_report_matches_terms(t, {**same, name: value}, t.hash())
+    with refused(Code.INVALID_ARGUMENT, "contract.hash"):
+        check_report_matches_terms(t, same, terms(supplier_node="02" + "ee" * 32).hash())
+
+
+def test_a_contract_runs_only_with_the_counterpartys_signature() -> None:
+    t = terms()
+    check_counterparty_signature(t, Party.CONSUMER, sign_contract(t, SUPPLIER_KEY))
+    check_counterparty_signature(t, Party.SUPPLIER, sign_contract(t, CONSUMER_KEY))
+    with refused(Code.FAILED_PRECONDITION, "supplier_signature"):
+        check_counterparty_signature(t, Party.CONSUMER, b"")
+    with refused(Code.FAILED_PRECONDITION, "supplier_signature"):  # its own signature is not the supplier's
+        check_counterparty_signature(t, Party.CONSUMER, sign_contract(t, CONSUMER_KEY))
+    with refused(Code.FAILED_PRECONDITION, "supplier_signature"):  # a stranger's key
+        check_counterparty_signature(t, Party.CONSUMER, sign_contract(t, MeterKey.from_hex("33" * 32)))
+    other = terms(supplier_node="02" + "ee" * 32)
+    with refused(Code.FAILED_PRECONDITION, "consumer_signature"):  # signed other terms
+        check_counterparty_signature(t, Party.SUPPLIER, sign_contract(other, CONSUMER_KEY))
 
 
 def test_never_pays_ahead_of_imports_by_more_than_one_increment() -> None:

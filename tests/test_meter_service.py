@@ -24,7 +24,7 @@ from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.signing import verify_reading
 from p2pep.regtest import wait_for
 from p2pep.settings.meter import MeterSettings
-from p2pep.settling.contracts import ContractTerms, verify_contract_signature
+from p2pep.settling.contracts import ContractTerms, sign_contract, verify_contract_signature
 from p2pep.settling.increments import amount_msat
 from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as S
@@ -186,7 +186,7 @@ def make_terms(rig: Rig, cid: str = "k-1", **kw: object) -> ContractTerms:
     base: dict[str, object] = dict(
         contract_id=cid, consumer="home", supplier="solar",
         consumer_pubkey=rig.apps["home"].meter.key.pubkey_hex, supplier_pubkey=rig.apps["solar"].meter.key.pubkey_hex,
-        energy_wh=500, price_msat_per_kwh=PRICE, start_ms=now, end_ms=now + 60_000, tier=1, increment_wh=10,
+        consumer_node=rig.lnds["home"].pubkey, supplier_node=rig.lnds["solar"].pubkey, energy_wh=500, price_msat_per_kwh=PRICE, start_ms=now, end_ms=now + 60_000, tier=1, increment_wh=10,
     )
     base.update(kw)
     return ContractTerms(**base)  # type: ignore[arg-type]
@@ -202,9 +202,18 @@ def record(rig: Rig, t: ContractTerms, state: int = S.CONTRACT_STATE_ACTIVE) -> 
                                      energy_wh=t.energy_wh, price_msat_per_kwh=t.price_msat_per_kwh),
         state=state, terms_json=tj(t), increment_wh=t.increment_wh,
         consumer_node=rig.lnds["home"].pubkey, supplier_node=rig.lnds["solar"].pubkey,
+        consumer_signature=sign_contract(t, rig.apps["home"].meter.key),
+        supplier_signature=sign_contract(t, rig.apps["solar"].meter.key),
     )
     rig.settlement.contracts[t.contract_id] = rec
     return rec
+
+
+def report_copy(rig: Rig, t: ContractTerms, state: int = S.CONTRACT_STATE_ACTIVE) -> S.ContractRecord:
+    """A report to tamper with (settlement itself keeps listing the true one)."""
+    out = S.ContractRecord()
+    out.CopyFrom(record(rig, t, state))
+    return out
 
 
 async def refused(call, code: grpc.StatusCode, field: str) -> str:  # type: ignore[no-untyped-def]
@@ -300,6 +309,86 @@ async def test_update_contract_is_checked(rig: Rig) -> None:
     forged = record(rig, t)
     forged.terms_json = tj(make_terms(rig, price_msat_per_kwh=1))
     await refused(home.UpdateContract(forged), grpc.StatusCode.INVALID_ARGUMENT, "terms_json")
+
+
+async def test_payee_cannot_be_repointed_after_signing(rig: Rig) -> None:
+    """UpdateContract restating another payee (node, supplier, terms, hash) is refused and
+    changes nothing; the meter pays only the supplier_node of the terms it signed, whatever
+    settlement's registry says now."""
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    await signed_and_active(rig, home, solar, t)
+    m = rig.apps["home"].meter
+    mallory = rig.net.node("mallory")
+    before = await home.ListContracts(meter_pb2.MeterContractsRequest())
+    repointed = report_copy(rig, t)
+    repointed.supplier_node = mallory.pubkey
+    await refused(home.UpdateContract(repointed), grpc.StatusCode.INVALID_ARGUMENT, "supplier_node")
+    other_supplier = report_copy(rig, t)
+    other_supplier.contract.supplier = "mallory"
+    await refused(home.UpdateContract(other_supplier), grpc.StatusCode.INVALID_ARGUMENT, "contract.supplier")
+    evil = make_terms(rig, supplier_node=mallory.pubkey)
+    other_terms = report_copy(rig, t)
+    other_terms.terms_json = tj(evil)
+    await refused(home.UpdateContract(other_terms), grpc.StatusCode.INVALID_ARGUMENT, "terms_json")
+    other_hash = report_copy(rig, t)
+    other_hash.contract.hash = evil.hash()
+    await refused(home.UpdateContract(other_hash), grpc.StatusCode.INVALID_ARGUMENT, "contract.hash")
+    assert await home.ListContracts(meter_pb2.MeterContractsRequest()) == before  # nothing changed
+    assert m.book.get(t.contract_id).supplier_node == rig.lnds["solar"].pubkey  # type: ignore[union-attr]
+    # settlement's registry re-pointed (e.g. a re-registration): no signed contract follows it
+    rig.settlement.meters["solar"].node_pubkey = mallory.pubkey
+    await wait_for(lambda: m.sim_registers().import_wh >= 10, 10, what="an increment imported")
+    stolen = await mallory.add_invoice(value_msat=amount_msat(0, 10, PRICE))
+    msg = await refused(home.PayInvoice(pay_req(t, 1, 0, 10, stolen.payment_request)),
+                        grpc.StatusCode.FAILED_PRECONDITION, "payment_request")
+    assert rig.lnds["solar"].pubkey in msg and "signed terms" in msg
+    assert rig.lnds["home"].calls.get("SendPaymentV2", 0) == 0
+    inv = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    paid = await home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request))
+    assert paid.preimage and rig.lnds["home"].calls["SendPaymentV2"] == 1
+
+
+async def test_fake_contract_never_runs_on_a_consumers_meter(rig: Rig) -> None:
+    """A stranger's contract: the consumer signs only terms whose supplier key and node are
+    the supplier's registered ones and whose consumer node is its own; terms it signed run
+    only with the supplier's own signature in the report, so nothing is paid."""
+    home, solar = await pair(rig)
+    mallory = rig.net.node("mallory")
+    sign = meter_pb2.SignContractRequest
+    await refused(home.SignContract(sign(terms_json=tj(make_terms(rig, "f-1", supplier_node=mallory.pubkey)))),
+                  grpc.StatusCode.FAILED_PRECONDITION, "terms_json.supplier_node")
+    await refused(home.SignContract(sign(terms_json=tj(make_terms(rig, "f-2", consumer_node=mallory.pubkey)))),
+                  grpc.StatusCode.FAILED_PRECONDITION, "terms_json.consumer_node")
+    from p2pep.metering.signing import MeterKey
+
+    mkey = MeterKey.generate()
+    await refused(home.SignContract(sign(terms_json=tj(make_terms(
+        rig, "f-3", supplier="mallory", supplier_pubkey=mkey.pubkey_hex, supplier_node=mallory.pubkey)))),
+        grpc.StatusCode.FAILED_PRECONDITION, "terms_json.supplier")
+    await refused(solar.SignContract(sign(terms_json=tj(make_terms(rig, "f-4", supplier_node=mallory.pubkey)))),
+                  grpc.StatusCode.FAILED_PRECONDITION, "terms_json.supplier_node")
+    # terms as settlement would propose them, but only the consumer was asked to sign
+    t = make_terms(rig, "f-5")
+    await home.SignContract(sign(terms_json=tj(t)))
+    fake = report_copy(rig, t)
+    del rig.settlement.contracts[t.contract_id]  # settlement never proposed it
+    fake.supplier_signature = b""
+    await refused(home.UpdateContract(fake), grpc.StatusCode.FAILED_PRECONDITION, "supplier_signature")
+    fake.supplier_signature = sign_contract(t, mkey)
+    await refused(home.UpdateContract(fake), grpc.StatusCode.FAILED_PRECONDITION, "supplier_signature")
+    fake.supplier_signature = sign_contract(t, rig.apps["home"].meter.key)
+    await refused(home.UpdateContract(fake), grpc.StatusCode.FAILED_PRECONDITION, "supplier_signature")
+    fake.state = S.CONTRACT_STATE_ENDED_EARLY  # straight to a billable final state: the same check
+    await refused(home.UpdateContract(fake), grpc.StatusCode.FAILED_PRECONDITION, "supplier_signature")
+    listed = await home.ListContracts(meter_pb2.MeterContractsRequest())
+    assert [(c.contract.contract_id, c.state) for c in listed.contracts] == [("f-5", S.CONTRACT_STATE_PROPOSED)]
+    inv = await mallory.add_invoice(value_msat=amount_msat(0, 10, PRICE))
+    await refused(home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request)), grpc.StatusCode.FAILED_PRECONDITION,
+                  "contract_id")
+    assert rig.lnds["home"].calls.get("SendPaymentV2", 0) == 0
+    st = await home.GetStatus(meter_pb2.GetStatusRequest())
+    assert not st.relay_energized and st.import_wh == 0  # no contract runs: nothing flows, nothing is owed
 
 
 async def test_relay_follows_cover_and_payments_one_increment_at_a_time(rig: Rig,

@@ -10,6 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import pytest
 from prometheus_client import REGISTRY
 from tls_helpers import dial
 
+from p2pep.anchor.verify import verify_offline
 from p2pep.identity import Identity
 from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
 from p2pep.regtest import wait_for
 from p2pep.servicekit import BaseServiceSettings, ServiceHost
 from p2pep.settings.settlement import SettlementSettings
-from p2pep.settling.contracts import ContractTerms, sign_contract
+from p2pep.settling.contracts import ContractTerms, sign_contract, verify_contract_signature
 from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
 from services.settlement.engine import Engine
@@ -45,9 +47,11 @@ class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
         self.paid: list[tuple[str, int]] = []
         self.refuse_pay = False
         self.updates: list[pb.ContractRecord] = []
+        self.asked_to_sign: list[str] = []
 
     async def SignContract(self, req: meter_pb2.SignContractRequest, ctx: Any) -> meter_pb2.SignContractResponse:
         terms = ContractTerms.from_canonical(json.loads(req.terms_json))
+        self.asked_to_sign.append(terms.contract_id)
         return meter_pb2.SignContractResponse(signature=sign_contract(terms, self.key), node_pubkey="02" + "11" * 32)
 
     async def CreateInvoice(self, req: meter_pb2.CreateInvoiceRequest, ctx: Any) -> meter_pb2.CreateInvoiceResponse:
@@ -147,10 +151,14 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[Harness, FakeMeter, FakeM
     await h.close()
 
 
+def node_of(meter_id: str) -> str:
+    return "02" + hashlib.sha256(meter_id.encode()).hexdigest()
+
+
 async def register(stub: settlement_pb2_grpc.SettlementServiceStub, *meters: FakeMeter) -> None:
     for m in meters:
         await stub.RegisterMeter(pb.RegisterMeterRequest(
-            meter_id=m.meter_id, pubkey=m.key.pubkey_hex, node_pubkey="02" + "22" * 32,
+            meter_id=m.meter_id, pubkey=m.key.pubkey_hex, node_pubkey=node_of(m.meter_id),
             address=m.addr, role="consumer" if m.meter_id == "consumer" else "producer"))  # type: ignore[attr-defined]
 
 
@@ -203,6 +211,17 @@ async def test_contract_paid_per_increment_and_survives_restart(world: Any) -> N
     await send(stub, reading(cons, 2, 25, 0), reading(sup, 2, 0, 30))
     await wait_for(lambda: engine.contracts["c1"].ledger.increments_paid == 2, 10, what="2 increments paid")
     assert cons.paid == [("c1", 1), ("c1", 2)]
+    # the terms name both meters' nodes as registered; both meters' signatures are in the record
+    terms = engine.contracts["c1"].terms
+    assert (terms.consumer_node, terms.supplier_node) == (node_of("consumer"), node_of("supplier"))
+    active = await stub.GetContract(pb.GetContractRequest(contract_id="c1"))
+    assert verify_contract_signature(terms, active.consumer_signature, cons.key.pubkey_hex)
+    assert verify_contract_signature(terms, active.supplier_signature, sup.key.pubkey_hex)
+    assert sup.updates[-1].supplier_signature == active.supplier_signature
+    # a re-registration (same key, another node) re-points no signed contract
+    await stub.RegisterMeter(pb.RegisterMeterRequest(meter_id="supplier", pubkey=sup.key.pubkey_hex,
+                                                     node_pubkey=node_of("mallory"), address=sup.addr, role="producer"))
+    assert (await stub.GetContract(pb.GetContractRequest(contract_id="c1"))).supplier_node == node_of("supplier")
     # settlement dies and comes back: nothing is paid twice, the contract goes on
     await host.stop(0)
     engine, stub, host = await h.start_settlement()
@@ -223,9 +242,30 @@ async def test_contract_paid_per_increment_and_survives_restart(world: Any) -> N
         assert hashlib.sha256(bytes.fromhex(p.preimage)).hexdigest() == p.payment_hash
     doc = json.loads((await stub.ExportContract(pb.GetContractRequest(contract_id="c1"))).json)
     assert doc["settlement"]["wh_delivered"] == 47 and doc["contract_hash"] == rec.contract.hash.hex()
+    # the document carries both meters' signatures and the summary signed by settlement's key:
+    # everything but the (absent) anchoring proofs verifies
+    report = verify_offline(doc, settlement_pubkey=engine.summary_key.pubkey_hex)
+    assert {c.name for c in report.failures} == {"proofs.contract", "proofs.settlement"}, report.render()
+    assert doc["signatures"]["supplier"] == rec.supplier_signature.hex()
+    assert (h.tmp / "settlement.key").stat().st_mode & 0o777 == 0o600
     # Contract.hash is the signed terms' hash; the matcher's match_hash is not settlement's to fill
     assert rec.contract.hash == ContractTerms.from_canonical(json.loads(rec.terms_json)).hash()
     assert rec.contract.match_hash == b""
+
+
+async def test_match_without_usable_nodes_is_rejected_unsigned(world: Any) -> None:
+    """Terms must name two distinct LND nodes: a match whose meters' registered nodes do not
+    give that is rejected at once (the matcher told), and no meter is asked to sign."""
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement()
+    await register(stub, cons, sup)
+    link = engine.meters["supplier"]
+    link.row = replace(link.row, node_pubkey="")
+    await engine.propose(match("n1", energy_wh=50, price=1_000_000))
+    link.row = replace(link.row, node_pubkey=node_of("consumer"))  # the consumer's node as payee
+    await engine.propose(match("n2", energy_wh=50, price=1_000_000))
+    assert "n1" not in engine.contracts and "n2" not in engine.contracts
+    assert cons.asked_to_sign == sup.asked_to_sign == []
 
 
 async def test_failed_payment_defaults_within_one_increment(world: Any) -> None:

@@ -18,12 +18,16 @@ from p2pep.settling.contracts import (
     EndReason,
     settlement_summary,
     sign_contract,
+    sign_summary,
     summary_hash,
     verify_contract_signature,
+    verify_summary_signature,
 )
 
 CONSUMER = MeterKey.from_hex("c1" * 32)
 SUPPLIER = MeterKey.from_hex("51" * 32)
+CONSUMER_NODE = "02" + "c1" * 32
+SUPPLIER_NODE = "03" + "51" * 32
 
 
 def terms(**changes: object) -> ContractTerms:
@@ -33,6 +37,8 @@ def terms(**changes: object) -> ContractTerms:
         supplier="meter-p1",
         consumer_pubkey=CONSUMER.pubkey_hex,
         supplier_pubkey=SUPPLIER.pubkey_hex,
+        consumer_node=CONSUMER_NODE,
+        supplier_node=SUPPLIER_NODE,
         energy_wh=2000,
         price_msat_per_kwh=250_000,
         start_ms=1_750_000_000_000,
@@ -46,10 +52,13 @@ def terms(**changes: object) -> ContractTerms:
 def test_canonical_document_and_hash() -> None:
     t = terms()
     doc = t.canonical()
-    assert doc["v"] == 1 and doc["energy_wh"] == 2000 and set(doc) == {
-        "v", "contract_id", "consumer", "supplier", "consumer_pubkey", "supplier_pubkey",
-        "energy_wh", "price_msat_per_kwh", "start_ms", "end_ms", "tier", "increment_wh",
+    assert doc["v"] == 2 and doc["energy_wh"] == 2000 and set(doc) == {
+        "v", "contract_id", "consumer", "supplier", "consumer_pubkey", "supplier_pubkey", "consumer_node",
+        "supplier_node", "energy_wh", "price_msat_per_kwh", "start_ms", "end_ms", "tier", "increment_wh",
     }
+    # the payee is part of what is signed: another node is another contract
+    assert terms(supplier_node="02" + "ee" * 32).hash() != t.hash()
+    assert terms(consumer_node="02" + "ee" * 32).hash() != t.hash()
     # anyone can recompute it from plain JSON
     assert t.hash() == tagged_hash(CONTRACT_TAG, json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
     assert t.hash() == tagged_hash(CONTRACT_TAG, canonical_json(doc))
@@ -79,6 +88,11 @@ def test_derived_quantities() -> None:
         ({"supplier": "meter-c"}, "supplier"),
         ({"consumer": ""}, "consumer"),
         ({"consumer_pubkey": "02abcd"}, "consumer_pubkey"),
+        ({"supplier_node": ""}, "supplier_node"),
+        ({"supplier_node": "02" + "AB" * 32}, "supplier_node"),  # one spelling per node: lowercase
+        ({"consumer_node": "04" + "ab" * 32}, "consumer_node"),
+        ({"consumer_node": "02" + "ab" * 31}, "consumer_node"),
+        ({"supplier_node": CONSUMER_NODE}, "supplier_node"),
     ],
 )
 def test_invalid_terms_name_the_field(changes: dict[str, object], field: str) -> None:
@@ -91,7 +105,9 @@ def test_from_canonical_rejects_unknown_and_missing_fields() -> None:
     doc = terms().canonical()
     with pytest.raises(ContractError, match="unknown"):
         ContractTerms.from_canonical({**doc, "bonus": 1})
-    del doc["tier"]
+    with pytest.raises(ContractError, match="version"):  # version 1 terms named no nodes
+        ContractTerms.from_canonical({**doc, "v": 1})
+    del doc["supplier_node"]
     with pytest.raises(ContractError, match="missing"):
         ContractTerms.from_canonical(doc)
 
@@ -157,6 +173,18 @@ def test_match_hash_is_the_matchers_contract_hash() -> None:
     )
     assert t.match_hash(2) != t.match_hash(1)
     assert terms(increment_wh=5).match_hash(1) == t.match_hash(1) != terms(increment_wh=5).hash()
+
+
+def test_settlement_signs_the_summary() -> None:
+    t = terms()
+    c = Contract(t, consumer_signature=sign_contract(t, CONSUMER), supplier_signature=sign_contract(t, SUPPLIER))
+    summary = settlement_summary(c.activate(1).end(EndReason.END_TIME, 9), wh_delivered=20, msat_paid=5000,
+                                 increments_paid=2, wh_paid=20)
+    key = MeterKey.from_hex("5e" * 32)
+    sig = sign_summary(summary, key)
+    assert verify_summary_signature(summary, sig, key.pubkey_hex)
+    assert not verify_summary_signature({**summary, "msat_paid": 5001}, sig, key.pubkey_hex)
+    assert not verify_summary_signature(summary, sig, CONSUMER.pubkey_hex)
 
 
 def test_settlement_summary_is_canonical_and_hashed() -> None:

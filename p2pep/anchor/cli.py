@@ -1,4 +1,8 @@
-"""`p2pep verify CONTRACT.json`: check a contract document and its proofs against btcd.
+"""`p2pep verify CONTRACT.json`: check a contract document, its signatures and its proofs against btcd.
+
+The meters' signatures are checked against the keys the terms name; settlement's signature
+over the summary against the key the document gives, or against ``--settlement-pubkey``
+(the operator's settlement key, printed in settlement's log at start) when given.
 
 Connection defaults, first found wins: command-line flags, then the environment
 (``P2PEP_BTCD_RPC`` host:port, ``P2PEP_BTCD_USER``, ``P2PEP_BTCD_PASS``, ``P2PEP_BTCD_CERT``,
@@ -31,6 +35,7 @@ from p2pep.anchor.verify import (
     verify_offline,
 )
 from p2pep.chain.btcd_rpc import BtcdRpcConfig
+from p2pep.metering.signing import is_valid_pubkey
 from p2pep.oneline import one_line
 from p2pep.servicekit.settings import BadSettings, read_settings
 
@@ -96,10 +101,10 @@ async def _btcd_chain(config: BtcdRpcConfig) -> tuple[ChainView, Callable[[], Aw
 open_chain: Callable[[BtcdRpcConfig], Awaitable[tuple[ChainView, Callable[[], Awaitable[None]]]]] = _btcd_chain
 
 
-async def _verify_on_chain(doc: Any, config: BtcdRpcConfig, k: int) -> VerifyReport:
+async def _verify_on_chain(doc: Any, config: BtcdRpcConfig, k: int, settlement_pubkey: str | None) -> VerifyReport:
     chain, close = await open_chain(config)
     try:
-        return await verify_document(doc, chain, min_confirmations=k)
+        return await verify_document(doc, chain, min_confirmations=k, settlement_pubkey=settlement_pubkey)
     finally:
         await close()
 
@@ -135,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
     if k < 1:
         print("p2pep verify: --min-confirmations must be >= 1", file=sys.stderr)
         return EXIT_USAGE
+    pinned = args.settlement_pubkey
+    if pinned is not None and not is_valid_pubkey(pinned):
+        print("p2pep verify: --settlement-pubkey must be a 33-byte compressed secp256k1 key in hex", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with Path(args.document).open("rb") as f:
             data = f.read(MAX_DOCUMENT_BYTES + 1)
@@ -152,14 +161,14 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.offline:
         where = "offline (hashes and Merkle paths only; no chain checks)"
-        report = verify_offline(doc)
+        report = verify_offline(doc, settlement_pubkey=pinned)
     else:
         config = resolve_btcd(args, settings)
         if isinstance(config, str):
             print(f"p2pep verify: {config}", file=sys.stderr)
             return EXIT_USAGE
         where = f"against btcd at {config.host}, {k} confirmation(s) required"
-        report = asyncio.run(_verify_on_chain(doc, config, k))
+        report = asyncio.run(_verify_on_chain(doc, config, k, pinned))
     if args.json:
         print(json.dumps({"document": args.document, **report.to_json()}, indent=2))
     else:
@@ -181,7 +190,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--btcd-cert", metavar="PATH", help="btcd's TLS certificate (rpc.cert)")
     p.add_argument("--min-confirmations", type=int, metavar="K",
                    help=f"blocks each proof's block must be deep (default {DEFAULT_MIN_CONFIRMATIONS})")
-    p.add_argument("--offline", action="store_true", help="check hashes and Merkle paths only")
+    p.add_argument("--offline", action="store_true", help="check hashes, signatures and Merkle paths only")
+    p.add_argument("--settlement-pubkey", metavar="HEX",
+                   help="the operator's settlement key: the summary must be signed by it")
     p.add_argument("--run-dir", help="regtest run dir to take btcd defaults from")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)

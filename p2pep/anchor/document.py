@@ -1,14 +1,18 @@
 """The self-contained contract document: terms, hashes, settlement summary and proofs.
 
 A verifier needs this JSON, the construction in ``docs/anchoring.md`` and a Bitcoin node;
-nothing from P2PEP.  Shape (``version`` 1)::
+nothing from P2PEP.  Shape (``version`` 2)::
 
     {
-      "version": 1,
+      "version": 2,
       "terms": {...canonical contract terms...},
       "contract_hash": "<64 hex>",          # tagged_hash("P2PEP/contract/v1", canonical_json(terms))
+      "signatures": {"consumer": "<DER hex>", "supplier": "<DER hex>"},  # over contract_hash, by the
+                                            # terms' consumer_pubkey / supplier_pubkey
       "settlement": {...summary...} | null,
       "settlement_hash": "<64 hex>" | null, # tagged_hash("P2PEP/settlement/v1", canonical_json(settlement))
+      "settlement_signature": {"pubkey": "<66 hex>", "signature": "<DER hex>"} | null,
+                                            # settlement's key over settlement_hash
       "proofs": [
         {"leaf": "contract" | "settlement",
          "leaf_hash": "<64 hex>",           # the contract_hash or settlement_hash
@@ -36,7 +40,10 @@ from p2pep.anchor import opreturn
 from p2pep.anchor.merkle import MAX_TREE_SIZE, MerkleError, path_length
 from p2pep.canonical import contract_hash, settlement_hash
 
-DOCUMENT_VERSION = 1
+DOCUMENT_VERSION = 2
+"""2: the meters' signatures over the terms and settlement's signature over the summary."""
+PARTIES = ("consumer", "supplier")
+MAX_SIGNATURE_BYTES = 72  # a DER ECDSA signature over secp256k1
 COMPACT_VERSION = 1
 # version u8 | leaf kind u8 (0 contract, 1 settlement) | leaf_index u32 | tree_size u32 | height u32
 # | vout u16 | leaf_hash 32 | root 32 | txid 32 | block_hash 32 | path: path_length(index, size) x 32
@@ -74,6 +81,37 @@ def _int(value: Any, where: str, lo: int = 0, hi: int | None = None) -> int:
     if value < lo or (hi is not None and value > hi):
         raise DocumentError(where, f"{value} out of range {lo}..{'' if hi is None else hi}")
     return value
+
+
+def _sig(value: Any, where: str) -> bytes:
+    if not isinstance(value, str) or not value or len(value) % 2 or len(value) > 2 * MAX_SIGNATURE_BYTES:
+        raise DocumentError(where, f"expected a DER signature in hex (at most {MAX_SIGNATURE_BYTES} bytes)")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise DocumentError(where, "expected a DER signature in hex") from None
+
+
+@dataclass(frozen=True)
+class SummarySignature:
+    """Settlement's signature over the settlement summary's hash, with its public key."""
+
+    pubkey: str
+    signature: bytes
+
+    def to_json(self) -> dict[str, str]:
+        return {"pubkey": self.pubkey, "signature": self.signature.hex()}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> SummarySignature:
+        d = _obj(obj, where)
+        pubkey = d.get("pubkey")
+        if not isinstance(pubkey, str) or len(pubkey) != 66:
+            raise DocumentError(f"{where}.pubkey", "expected 66 hex characters")
+        unknown = set(d) - {"pubkey", "signature"}
+        if unknown:
+            raise DocumentError(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        return cls(pubkey.lower(), _sig(d.get("signature"), f"{where}.signature"))
 
 
 def _obj(value: Any, where: str) -> Mapping[str, Any]:
@@ -186,14 +224,19 @@ class ContractDocument:
     settlement: Mapping[str, Any] | None = None
     settlement_hash: bytes | None = None
     proofs: tuple[AnchorProof, ...] = field(default=())
+    signatures: Mapping[str, bytes] = field(default_factory=dict)
+    """The meters' DER signatures over ``contract_hash``, by party (``consumer``, ``supplier``)."""
+    settlement_signature: SummarySignature | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": DOCUMENT_VERSION,
             "terms": dict(self.terms),
             "contract_hash": self.contract_hash.hex(),
+            "signatures": {k: v.hex() for k, v in self.signatures.items()},
             "settlement": None if self.settlement is None else dict(self.settlement),
             "settlement_hash": None if self.settlement_hash is None else self.settlement_hash.hex(),
+            "settlement_signature": None if self.settlement_signature is None else self.settlement_signature.to_json(),
             "proofs": [p.to_json() for p in self.proofs],
         }
 
@@ -208,6 +251,8 @@ def build_document(
     terms: Mapping[str, Any],
     settlement: Mapping[str, Any] | None = None,
     proofs: Sequence[AnchorProof] = (),
+    signatures: Mapping[str, bytes] | None = None,
+    settlement_signature: SummarySignature | None = None,
 ) -> ContractDocument:
     """A document whose hashes are computed here (via p2pep.canonical) from the content."""
     return ContractDocument(
@@ -216,6 +261,8 @@ def build_document(
         settlement=settlement,
         settlement_hash=None if settlement is None else settlement_hash(settlement),
         proofs=tuple(proofs),
+        signatures=dict(signatures or {}),
+        settlement_signature=settlement_signature,
     )
 
 
@@ -232,12 +279,19 @@ def parse_document(obj: Any) -> ContractDocument:
     proofs = d.get("proofs")
     if not isinstance(proofs, list):
         raise DocumentError("proofs", "expected a list")
+    sigs = _obj(d.get("signatures"), "signatures")
+    unknown = set(sigs) - set(PARTIES)
+    if unknown:
+        raise DocumentError(f"signatures.{sorted(unknown)[0]}", f"expected only {' and '.join(PARTIES)}")
+    ss = d.get("settlement_signature")
     return ContractDocument(
         terms=terms,
         contract_hash=_hex32(d.get("contract_hash"), "contract_hash"),
         settlement=settlement,
         settlement_hash=None if sh is None else _hex32(sh, "settlement_hash"),
         proofs=tuple(AnchorProof.from_json(p, f"proofs[{i}]") for i, p in enumerate(proofs)),
+        signatures={k: _sig(v, f"signatures.{k}") for k, v in sigs.items()},
+        settlement_signature=None if ss is None else SummarySignature.from_json(ss, "settlement_signature"),
     )
 
 

@@ -1,4 +1,12 @@
-"""Check a contract document: its hashes and Merkle proofs offline, then against the chain.
+"""Check a contract document: its hashes, signatures and Merkle proofs offline, then against the chain.
+
+Signatures (``signed=True``, what ``p2pep verify`` always runs): each meter's signature over
+the contract hash verifies against that meter's key as the terms name it (the key it
+registered; the terms are what the hash commits to); the settlement summary is about these
+terms (its ``contract_hash`` is the hash of the terms and its ``contract_id`` theirs); and
+settlement's signature over the summary's hash verifies against the key the document gives
+(or, pinned, the operator's settlement key). ``signed=False`` checks anchoring only (hashes
+and proofs), for callers that anchor leaves of their own.
 
 Every check has a stable name (``contract_hash``, ``proofs[0].merkle_path``,
 ``proofs[0].confirmations``...), a status (pass / fail / skip: not run because a check it
@@ -18,6 +26,7 @@ from typing import Any, Literal
 from p2pep.anchor import opreturn
 from p2pep.anchor.chain import ChainNotFound, ChainUnavailable, ChainView
 from p2pep.anchor.document import (
+    PARTIES,
     AnchorProof,
     ContractDocument,
     DocumentError,
@@ -25,6 +34,7 @@ from p2pep.anchor.document import (
 )
 from p2pep.anchor.merkle import MerkleError, root_from_path
 from p2pep.canonical import CanonicalError, contract_hash, settlement_hash
+from p2pep.metering.signing import is_valid_pubkey, verify_digest
 
 DEFAULT_MIN_CONFIRMATIONS = 1
 Status = Literal["pass", "fail", "skip"]
@@ -140,11 +150,67 @@ def _parse(doc: ContractDocument | Mapping[str, Any], report: VerifyReport) -> C
     except DocumentError as exc:
         report.add("document", False, f"malformed document: {exc}")
         return None
-    report.add("document", True, f"document version 1 with {len(parsed.proofs)} proof(s)")
+    report.add("document", True, f"document version 2 with {len(parsed.proofs)} proof(s)")
     return parsed
 
 
-def _verify_offline(doc: ContractDocument | Mapping[str, Any]) -> tuple[VerifyReport, ContractDocument | None]:
+def _hash_or_none(compute: Any, content: Mapping[str, Any]) -> bytes | None:
+    try:
+        return bytes(compute(content))
+    except CanonicalError:
+        return None
+
+
+def check_signatures(report: VerifyReport, d: ContractDocument, settlement_pubkey: str | None = None) -> None:
+    """``signatures.consumer``, ``signatures.supplier``, and with a summary ``settlement.contract``
+    and ``settlement.signature``."""
+    terms_hash = _hash_or_none(contract_hash, d.terms)
+    for party in PARTIES:
+        name, key = f"signatures.{party}", d.terms.get(f"{party}_pubkey")
+        sig = d.signatures.get(party)
+        if terms_hash is None:
+            report.skip([name], "terms have no canonical encoding")
+        elif not isinstance(key, str) or not is_valid_pubkey(key):
+            report.add(name, False, f"bad signature: the terms give no valid {party}_pubkey")
+        elif sig is None:
+            report.add(name, False, f"bad signature: the document has no {party} signature over the terms")
+        elif verify_digest(sig, terms_hash, key):
+            report.add(name, True, f"the {party}'s key {key[:16]}... signed the terms")
+        else:
+            report.add(name, False, f"bad signature: the {party} signature does not verify against "
+                                    f"{party}_pubkey {key} over the terms' hash")
+    if d.settlement is None:
+        return
+    stated, cid = d.settlement.get("contract_hash"), d.settlement.get("contract_id")
+    if terms_hash is None:
+        report.skip(["settlement.contract"], "terms have no canonical encoding")
+    elif stated != terms_hash.hex():
+        report.add("settlement.contract", False, f"summary of another contract: its contract_hash {stated!r} is "
+                                                 f"not the hash of the terms {terms_hash.hex()}")
+    elif cid != d.terms.get("contract_id"):
+        report.add("settlement.contract", False, f"summary of another contract: its contract_id {cid!r} is not "
+                                                 f"the terms' {d.terms.get('contract_id')!r}")
+    else:
+        report.add("settlement.contract", True, "the summary's contract_hash is the hash of the terms")
+    summary_hash = _hash_or_none(settlement_hash, d.settlement)
+    ss = d.settlement_signature
+    if summary_hash is None:
+        report.skip(["settlement.signature"], "summary has no canonical encoding")
+    elif ss is None:
+        report.add("settlement.signature", False, "bad signature: the summary is not signed by settlement")
+    elif settlement_pubkey is not None and ss.pubkey != settlement_pubkey.lower():
+        report.add("settlement.signature", False, f"bad signature: the summary is signed by {ss.pubkey}, not by "
+                                                  f"settlement's key {settlement_pubkey.lower()}")
+    elif verify_digest(ss.signature, summary_hash, ss.pubkey):
+        pinned = " (the pinned key)" if settlement_pubkey is not None else ""
+        report.add("settlement.signature", True, f"settlement's key {ss.pubkey[:16]}...{pinned} signed the summary")
+    else:
+        report.add("settlement.signature", False, f"bad signature: settlement's signature does not verify against "
+                                                  f"{ss.pubkey} over the summary's hash")
+
+
+def _verify_offline(doc: ContractDocument | Mapping[str, Any], signed: bool = True,
+                    settlement_pubkey: str | None = None) -> tuple[VerifyReport, ContractDocument | None]:
     report = VerifyReport()
     d = _parse(doc, report)
     if d is None:
@@ -164,15 +230,18 @@ def _verify_offline(doc: ContractDocument | Mapping[str, Any]) -> tuple[VerifyRe
         report.add("proofs.settlement", "settlement" in kinds,
                    "settlement hash has a proof" if "settlement" in kinds
                    else "no proof for the settlement hash (not anchored yet)")
+    if signed:
+        check_signatures(report, d, settlement_pubkey)
     for i, proof in enumerate(d.proofs):
         expected = d.contract_hash if proof.leaf == "contract" else d.settlement_hash
         check_proof_offline(report, i, proof, expected)
     return report, d
 
 
-def verify_offline(doc: ContractDocument | Mapping[str, Any]) -> VerifyReport:
-    """Hashes, leaf hashes and Merkle paths; no chain access."""
-    return _verify_offline(doc)[0]
+def verify_offline(doc: ContractDocument | Mapping[str, Any], *, signed: bool = True,
+                   settlement_pubkey: str | None = None) -> VerifyReport:
+    """Hashes, signatures (unless ``signed=False``), leaf hashes and Merkle paths; no chain access."""
+    return _verify_offline(doc, signed, settlement_pubkey)[0]
 
 
 def _find_root(tx: Mapping[str, Any], vout: int) -> bytes:
@@ -260,9 +329,10 @@ async def check_proof_on_chain(report: VerifyReport, i: int, proof: AnchorProof,
 
 
 async def verify_document(doc: ContractDocument | Mapping[str, Any], chain: ChainView,
-                          min_confirmations: int = DEFAULT_MIN_CONFIRMATIONS) -> VerifyReport:
+                          min_confirmations: int = DEFAULT_MIN_CONFIRMATIONS, *, signed: bool = True,
+                          settlement_pubkey: str | None = None) -> VerifyReport:
     """All offline checks, then each proof against the chain."""
-    report, d = _verify_offline(doc)
+    report, d = _verify_offline(doc, signed, settlement_pubkey)
     if d is None or not d.proofs:
         return report
     try:

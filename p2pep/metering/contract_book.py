@@ -53,8 +53,6 @@ class ContractView:
     reported_paid_msat: int = 0
     reported_increments: int = 0
     end_reason: str = ""
-    supplier_node: str = ""
-    consumer_node: str = ""
     matcher_tier: int = 0
     # the meter's own accounting
     attributed_wh: int = 0
@@ -70,6 +68,15 @@ class ContractView:
     @property
     def contract_id(self) -> str:
         return self.terms.contract_id
+
+    @property
+    def supplier_node(self) -> str:
+        """The payee: the supplier's LND node as the signed terms name it (nothing else)."""
+        return self.terms.supplier_node
+
+    @property
+    def consumer_node(self) -> str:
+        return self.terms.consumer_node
 
     @property
     def active(self) -> bool:
@@ -137,15 +144,13 @@ class ContractBook:
         paid_msat: int,
         increments_paid: int,
         end_reason: str = "",
-        supplier_node: str = "",
-        consumer_node: str = "",
         matcher_tier: int = 0,
     ) -> RecordUpdate:
-        """Merge a report into the view. A final state is never left again, and
-        counters never go backwards (reports may arrive out of order)."""
+        """Merge a report into the view: state and progress only (the terms, parties and
+        nodes are the signed ones and no report changes them). A final state is never left
+        again, and counters never go backwards (reports may arrive out of order)."""
         v = self._views[contract_id]
-        before = (v.state, v.delivered_wh, v.reported_paid_wh, v.reported_increments, v.end_reason,
-                  v.supplier_node, v.consumer_node, v.written_off)
+        before = (v.state, v.delivered_wh, v.reported_paid_wh, v.reported_increments, v.end_reason, v.written_off)
         was_active, was_final = v.active, v.final
         if not v.final and state is not ContractState.PROPOSED:
             v.state = state
@@ -154,13 +159,10 @@ class ContractBook:
         v.reported_paid_msat = max(v.reported_paid_msat, paid_msat)
         v.reported_increments = max(v.reported_increments, increments_paid)
         v.end_reason = end_reason or v.end_reason
-        v.supplier_node = supplier_node or v.supplier_node
-        v.consumer_node = consumer_node or v.consumer_node
         v.matcher_tier = matcher_tier or v.matcher_tier
         if v.final and v.party is Party.CONSUMER:
             v.written_off = True
-        after = (v.state, v.delivered_wh, v.reported_paid_wh, v.reported_increments, v.end_reason,
-                 v.supplier_node, v.consumer_node, v.written_off)
+        after = (v.state, v.delivered_wh, v.reported_paid_wh, v.reported_increments, v.end_reason, v.written_off)
         return RecordUpdate(before != after, v.active and not was_active, v.final and not was_final)
 
     # -- the meter's own accounting ------------------------------------------------------

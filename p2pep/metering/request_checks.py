@@ -8,13 +8,13 @@ field's name ("terms_json.price_msat_per_kwh: ...").
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
 from p2pep.metering.contract_book import ContractView, Party
 from p2pep.refusals import Refused
-from p2pep.settling.contracts import ContractError, ContractState, ContractTerms
+from p2pep.settling.contracts import ContractError, ContractState, ContractTerms, verify_contract_signature
 from p2pep.settling.increments import IncrementClaimError, check_increment_claim
 
 
@@ -82,6 +82,8 @@ class SigningPolicy:
 
     meter_id: str
     pubkey_hex: str
+    node_pubkey: str
+    """This meter's own LND node (from its lnd's getinfo): the node the terms must name for it."""
     role: str
     price_msat_per_kwh: int
     """Its ask as supplier (a floor) and its limit as consumer (a ceiling)."""
@@ -112,6 +114,9 @@ def check_terms(
     key_field = f"{party.value}_pubkey"
     refuse_if(getattr(terms, key_field).lower() != policy.pubkey_hex.lower(), Code.FAILED_PRECONDITION,
               f"terms_json.{key_field}", f"is not the key of meter {policy.meter_id}")
+    node_field = f"{party.value}_node"
+    refuse_if(getattr(terms, node_field) != policy.node_pubkey.lower(), Code.FAILED_PRECONDITION,
+              f"terms_json.{node_field}", f"is not the LND node of meter {policy.meter_id} ({policy.node_pubkey})")
     refuse_if(party not in ROLE_PARTIES[policy.role], Code.FAILED_PRECONDITION, f"terms_json.{party.value}",
               f"meter {policy.meter_id} is a {policy.role} and does not act as {party.value}")
     price = terms.price_msat_per_kwh
@@ -134,6 +139,65 @@ def check_terms(
                   f"{terms.energy_wh} Wh exceeds what this meter's recent orders leave open "
                   f"({max(0, ordered_wh - committed_wh)} Wh)")
     return party
+
+
+def check_counterparty_registered(terms: ContractTerms, party: Party, registered: tuple[str, str] | None) -> None:
+    """The consumer's check of whom it would pay: the supplier named in the terms is
+    registered with settlement (asked by this meter itself) with exactly the key and LND
+    node the terms give it. ``registered`` is ``(pubkey, node_pubkey)`` of the counterparty,
+    None when it is not registered. So whoever asks a meter to sign, the payee of what it
+    signs is the supplier meter's own node, never a node the asker chose."""
+    other = Party.SUPPLIER if party is Party.CONSUMER else Party.CONSUMER
+    meter_id = terms.supplier if other is Party.SUPPLIER else terms.consumer
+    refuse_if(registered is None, Code.FAILED_PRECONDITION, f"terms_json.{other.value}",
+              f"meter {meter_id} is not registered with settlement")
+    assert registered is not None
+    pubkey, node = registered
+    refuse_if(pubkey.lower() != getattr(terms, f"{other.value}_pubkey"), Code.FAILED_PRECONDITION,
+              f"terms_json.{other.value}_pubkey", f"is not the key meter {meter_id} registered")
+    refuse_if(node.lower() != getattr(terms, f"{other.value}_node"), Code.FAILED_PRECONDITION,
+              f"terms_json.{other.value}_node", f"is not the LND node meter {meter_id} registered")
+
+
+# -- UpdateContract ------------------------------------------------------------------------
+
+REPORTED_TERMS = {
+    "contract_id": "contract.contract_id", "consumer": "contract.consumer", "supplier": "contract.supplier",
+    "energy_wh": "contract.energy_wh", "price_msat_per_kwh": "contract.price_msat_per_kwh",
+    "start_ms": "contract.start", "end_ms": "contract.end", "increment_wh": "increment_wh",
+    "consumer_node": "consumer_node", "supplier_node": "supplier_node",
+}
+"""Terms a ``ContractRecord`` restates, and the record field that carries each (a report may
+leave them empty)."""
+
+
+def check_report_matches_terms(terms: ContractTerms, reported: Mapping[str, object], contract_hash: bytes) -> None:
+    """A report (``UpdateContract``, a poll) may move a contract's state and progress only:
+    every part of it that restates the signed terms (``reported``: field name to value, an
+    empty or zero value meaning "not stated") must equal them, and so must its contract
+    hash if it states one. INVALID_ARGUMENT names the first field that differs."""
+    for name, field in REPORTED_TERMS.items():
+        value = reported.get(name)
+        if value in (None, "", 0):
+            continue
+        signed = getattr(terms, name)
+        same = value.lower() == signed if isinstance(value, str) and name.endswith("_node") else value == signed
+        refuse_if(not same, Code.INVALID_ARGUMENT, field,
+                  f"{value!r} differs from the signed terms ({signed!r}): a report cannot change them")
+    refuse_if(bool(contract_hash) and contract_hash != terms.hash(), Code.INVALID_ARGUMENT, "contract.hash",
+              "is not the hash of the terms this meter signed")
+
+
+def check_counterparty_signature(terms: ContractTerms, party: Party, signature: bytes) -> None:
+    """Before a meter takes a contract it signed as running (active, or ended with energy
+    to bill), the report must carry the counterparty's valid signature over the same terms:
+    a contract nobody else signed never runs, whoever reports it."""
+    other = Party.SUPPLIER if party is Party.CONSUMER else Party.CONSUMER
+    field = f"{other.value}_signature"
+    refuse_if(not signature, Code.FAILED_PRECONDITION, field,
+              f"the {other.value}'s signature is missing: the contract is not signed by both parties")
+    refuse_if(not verify_contract_signature(terms, signature, getattr(terms, f"{other.value}_pubkey")),
+              Code.FAILED_PRECONDITION, field, f"does not verify against the {other.value}'s key in the terms")
 
 
 # -- CreateInvoice / PayInvoice ------------------------------------------------------------
@@ -188,16 +252,16 @@ class DecodedInvoice:
 
 
 def check_invoice_to_pay(
-    invoice: DecodedInvoice, *, amount_msat: int, supplier_node: str, now_ms: int
+    invoice: DecodedInvoice, *, terms: ContractTerms, amount_msat: int, now_ms: int
 ) -> None:
-    """The invoice asks exactly the increment's amount, from the contract's supplier,
-    and has not expired."""
+    """The invoice pays the ``supplier_node`` of the terms this meter signed (nothing else
+    names the payee), asks exactly ``amount_msat`` (the increment's amount under those
+    terms, from :func:`check_increment`), and has not expired."""
     refuse_if(invoice.amount_msat != amount_msat, Code.INVALID_ARGUMENT, "payment_request",
               f"invoice is for {invoice.amount_msat} msat, the increment is {amount_msat} msat")
-    refuse_if(not supplier_node, Code.FAILED_PRECONDITION, "payment_request",
-              "the supplier's node is not known here")
-    refuse_if(invoice.destination.lower() != supplier_node.lower(), Code.FAILED_PRECONDITION, "payment_request",
-              f"invoice pays node {invoice.destination}, not the supplier's node {supplier_node}")
+    refuse_if(invoice.destination.lower() != terms.supplier_node, Code.FAILED_PRECONDITION, "payment_request",
+              f"invoice pays node {invoice.destination}, not the supplier's node {terms.supplier_node} "
+              "in the signed terms")
     refuse_if(invoice.expires_ms <= now_ms, Code.FAILED_PRECONDITION, "payment_request", "invoice has expired")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -12,6 +14,10 @@ class SettlementSettings(BaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="P2PEP_SETTLEMENT_", extra="ignore")
 
     db_path: str = "settlement.sqlite"
+    key_path: str = Field(
+        default="", description="settlement's secp256k1 key (signs settlement summaries); created 0600 when missing; "
+        "empty: settlement.key next to db_path"
+    )
     matcher_target: str = Field(default="", description="host:port of the matcher; empty: no matcher feed")
     anchor_target: str = Field(default="", description="host:port of the anchor service; empty: no anchoring")
     increment_wh: int = Field(default=10, gt=0)
@@ -31,3 +37,7 @@ class SettlementSettings(BaseServiceSettings):
     sqlite_busy_timeout_ms: int = Field(
         default=5000, ge=0, description="a write waits this long for another process's lock on the database, then fails"
     )
+
+    def summary_key_path(self) -> Path:
+        """Where settlement's summary-signing key lives."""
+        return Path(self.key_path) if self.key_path else Path(self.db_path).parent / "settlement.key"

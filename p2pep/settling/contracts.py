@@ -12,9 +12,11 @@ hash with their reading keys (DER ECDSA, as for readings). Its life::
 
 The signed terms extend the matcher's contract terms
 (:func:`p2pep.market.contracts.contract_terms`, whose hash is ``Contract.match_hash`` in
-common.proto) with both meters' public keys and the increment size, so the
-signatures also commit to who signs readings for each side and to the payment
-granularity. Their hash, :meth:`ContractTerms.hash`, is ``Contract.hash``: what both
+common.proto) with both meters' public keys, both meters' LND node pubkeys and the
+increment size, so the signatures also commit to who signs readings for each side, to
+the payment granularity and to the money's path: the consumer's meter pays only
+invoices whose destination is ``supplier_node`` (nothing after signing can re-point
+the payee: the node is part of what was signed). Their hash, :meth:`ContractTerms.hash`, is ``Contract.hash``: what both
 meters sign and what is anchored. :meth:`ContractTerms.match_hash` recomputes the
 matcher's hash, to check a contract against the match it came from.
 
@@ -24,6 +26,7 @@ When it ends, :func:`settlement_summary` states what was delivered and paid; its
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
@@ -37,13 +40,21 @@ from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.signing import MeterKey, is_valid_pubkey, verify_digest
 
 DEFAULT_INCREMENT_WH = 10
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
+"""2: the terms name both parties' LND nodes (``consumer_node``, ``supplier_node``)."""
 MAX_TIER = 1_000_000
 MAX_STRING_LEN = 2 * MAX_ID_LEN
 """Bounds on the terms, so every number fits a signed 64-bit integer (the stores, lnd's
 msat amounts, a Timestamp) whatever a caller puts in ``terms_json``: energy and price as
 the market bounds them, times within years 0..9999, the whole contract's value in msat
 within int64, strings valid Unicode of at most ``MAX_STRING_LEN`` characters."""
+_NODE_PUBKEY = re.compile(r"0[23][0-9a-f]{64}")
+
+
+def is_node_pubkey(value: object) -> bool:
+    """An LND node's identity pubkey as lnd prints it: 66 lowercase hex digits, 02/03 first
+    (one spelling per node, so comparing strings compares nodes)."""
+    return isinstance(value, str) and _NODE_PUBKEY.fullmatch(value) is not None
 
 
 class ContractError(ValueError):
@@ -66,6 +77,10 @@ class ContractTerms:
     supplier: str
     consumer_pubkey: str
     supplier_pubkey: str
+    consumer_node: str
+    """The consumer's LND node pubkey: the node that pays."""
+    supplier_node: str
+    """The supplier's LND node pubkey: the only payee of this contract's invoices."""
     energy_wh: int
     price_msat_per_kwh: int
     start_ms: int
@@ -105,6 +120,11 @@ class ContractTerms:
         for name in ("consumer_pubkey", "supplier_pubkey"):
             if not is_valid_pubkey(getattr(self, name)):
                 raise ContractError(f"{name} must be a 33-byte compressed secp256k1 key in hex", name)
+        for name in ("consumer_node", "supplier_node"):
+            if not is_node_pubkey(getattr(self, name)):
+                raise ContractError(f"{name} must be an LND node pubkey (66 lowercase hex digits)", name)
+        if self.consumer_node == self.supplier_node:
+            raise ContractError("consumer_node and supplier_node must be different nodes", "supplier_node")
 
     def canonical(self) -> dict[str, Any]:
         """The canonical document that is hashed and signed (with a version)."""
@@ -115,7 +135,7 @@ class ContractTerms:
     @classmethod
     def from_canonical(cls, doc: Mapping[str, Any]) -> ContractTerms:
         names = {f.name for f in fields(cls)}
-        if doc.get("v", CONTRACT_VERSION) != CONTRACT_VERSION:
+        if doc.get("v") != CONTRACT_VERSION:
             raise ContractError(f"unsupported contract version {doc.get('v')!r}", "v")
         unknown = set(doc) - names - {"v"}
         if unknown:  # named escaped and few: the caller chose them (no field label, no raw text)
@@ -299,3 +319,13 @@ def settlement_summary(
 
 def summary_hash(summary: Mapping[str, Any]) -> bytes:
     return settlement_hash(summary)
+
+
+def sign_summary(summary: Mapping[str, Any], key: MeterKey) -> bytes:
+    """Settlement's DER signature over a settlement summary's hash (its statement of what
+    was delivered and paid; see ``docs/anchoring.md``, the contract document)."""
+    return key.sign_digest(settlement_hash(summary))
+
+
+def verify_summary_signature(summary: Mapping[str, Any], signature: bytes, pubkey_hex: str) -> bool:
+    return verify_digest(signature, settlement_hash(summary), pubkey_hex)

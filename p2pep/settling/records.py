@@ -3,6 +3,8 @@
 Settlement builds it from its ledger, a meter from its own accounting of the same contract;
 both go through :func:`contract_record`, so the fields mean the same in either (the terms'
 canonical JSON, the settlement hash of the terms, states mapped by :data:`STATE_TO_PB`).
+The record's ``consumer_node`` / ``supplier_node`` are always the signed terms' nodes, never
+a registry's current value: a node re-registered after signing changes no contract.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ def contract_record(
     increments_paid: int,
     end_reason: str = "",
     ended_ms: int | None = None,
-    consumer_node: str = "",
-    supplier_node: str = "",
     fault: str = "",
+    consumer_signature: bytes | None = None,
+    supplier_signature: bytes | None = None,
 ) -> settlement_pb2.ContractRecord:
     t = terms
     contract = common_pb2.Contract(
@@ -47,8 +49,9 @@ def contract_record(
     rec = settlement_pb2.ContractRecord(
         contract=contract, state=STATE_TO_PB[state], terms_json=canonical_json(t.canonical()).decode(),
         delivered_wh=delivered_wh, paid_wh=paid_wh, paid_msat=paid_msat, increments_paid=increments_paid,
-        increment_wh=t.increment_wh, end_reason=end_reason, consumer_node=consumer_node,
-        supplier_node=supplier_node, fault=fault,
+        increment_wh=t.increment_wh, end_reason=end_reason, consumer_node=t.consumer_node,
+        supplier_node=t.supplier_node, fault=fault, consumer_signature=consumer_signature or b"",
+        supplier_signature=supplier_signature or b"",
     )
     if ended_ms:
         rec.ended.FromMilliseconds(ended_ms)

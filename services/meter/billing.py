@@ -5,7 +5,8 @@ meter's own accounting, idempotent per (contract, increment), recorded in its DB
   (the previous one settled on its own node) or the same as last time (the SAME
   invoice comes back); the amount is exactly the rounding rule's.
 - PayInvoice: a contract it signed as consumer; the invoice asks exactly the
-  increment's amount, from the supplier's node; the increment is the next one; and
+  increment's amount under the signed terms and pays the ``supplier_node`` those terms
+  name (no other source of the payee exists here); the increment is the next one; and
   it never pays for more energy than it imported under contracts, plus the one
   increment being paid while it flows. A payment already made returns its stored
   preimage. A failed payment blocks the relay at once.
@@ -174,8 +175,7 @@ class Billing:
             ended = await self._ended(view, req.to_wh, req.from_wh)
             amount = check_increment(view, increment=req.increment, from_wh=req.from_wh, to_wh=req.to_wh,
                                      amount_msat=None, last_number=last, last_to_wh=last_to, contract_ended=ended)
-            supplier_node = view.supplier_node or (await self.contracts.peer_node(view.terms.supplier))[0]
-            check_invoice_to_pay(decoded, amount_msat=amount, supplier_node=supplier_node, now_ms=now_ms())
+            check_invoice_to_pay(decoded, terms=view.terms, amount_msat=amount, now_ms=now_ms())
             check_not_paying_ahead(paid_wh_total=p.book.paid_wh_total(), increment_wh_to_pay=req.to_wh - req.from_wh,
                                    import_since_first_contract_wh=m.import_since_first_contract_wh,
                                    increment_wh=view.terms.increment_wh)

@@ -1,5 +1,12 @@
 """Contracts from the meter's side: signing what it agrees to, taking settlement's
-reports, polling them, and ending its contracts when it leaves."""
+reports, polling them, and ending its contracts when it leaves.
+
+Money stays bound to what was signed: the terms name both LND nodes and this meter signs
+only terms that name its own node; as consumer, only terms whose supplier key and node are
+the ones the supplier registered with settlement (asked by this meter itself). A report
+(``UpdateContract``, a poll) moves state and progress only: one that restates the terms,
+parties or nodes differently is refused whole, and a contract starts running here only
+when the report carries the counterparty's valid signature over the same terms."""
 
 from __future__ import annotations
 
@@ -15,11 +22,14 @@ from p2pep.metering.request_checks import (
     Code,
     Refusal,
     SigningPolicy,
+    check_counterparty_registered,
+    check_counterparty_signature,
+    check_report_matches_terms,
     check_terms,
     fee_limit_msat,
     parse_terms,
 )
-from p2pep.pbconv import now_ms
+from p2pep.pbconv import now_ms, ts_ms
 from p2pep.settings.meter import parse_node_address
 from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
 from p2pep.settling.increments import amount_msat
@@ -39,7 +49,6 @@ def record_of(v: ContractView) -> S.ContractRecord:
         v.terms, v.state, matcher_tier=v.matcher_tier,
         delivered_wh=max(v.delivered_wh, v.used_wh if v.party is Party.CONSUMER else 0),
         paid_wh=v.paid_wh, paid_msat=v.paid_msat, increments_paid=v.increments, end_reason=v.end_reason,
-        consumer_node=v.consumer_node, supplier_node=v.supplier_node,
     )
 
 
@@ -54,7 +63,7 @@ class ContractDesk:
 
     def policy(self) -> SigningPolicy:
         s = self.p.s
-        return SigningPolicy(s.meter_id, self.p.key.pubkey_hex, s.role, s.price_msat_per_kwh,
+        return SigningPolicy(s.meter_id, self.p.key.pubkey_hex, self.m.node_pubkey, s.role, s.price_msat_per_kwh,
                              s.max_increment_wh, s.max_contract_s * 1000)
 
     async def sign(self, terms_json: str) -> tuple[bytes, str]:
@@ -75,6 +84,7 @@ class ContractDesk:
             ordered, committed = await self._order_bounds(terms, now)
             party = check_terms(terms, self.policy(), now_ms=now, ordered_wh=ordered, committed_wh=committed)
         if party is Party.CONSUMER:
+            check_counterparty_registered(terms, party, await self._registered(terms.supplier))
             await self._ensure_capacity(terms)
         async with self._sign_lock:
             if terms.contract_id in p.book:  # signed meanwhile by a concurrent call
@@ -87,6 +97,16 @@ class ContractDesk:
         log.info("contract signed", contract_id=terms.contract_id, party=party.value, energy_wh=terms.energy_wh,
                  price=terms.price_msat_per_kwh, counterparty=terms.supplier if party is Party.CONSUMER else terms.consumer)
         return view.signature, m.node_pubkey
+
+    async def _registered(self, meter_id: str) -> tuple[str, str] | None:
+        """``(pubkey, node_pubkey)`` settlement holds for ``meter_id`` (None: not registered),
+        asked over this meter's own channel to settlement."""
+        try:
+            info = await self.m.meter_info(meter_id)
+        except grpc.aio.AioRpcError as e:
+            raise Refusal(Code.UNAVAILABLE, "terms_json.supplier",
+                          f"cannot check meter {meter_id}'s registration with settlement: {e.code().name}") from e
+        return None if info is None else (info.pubkey, info.node_pubkey)
 
     async def _order_bounds(self, terms: ContractTerms, now: int) -> tuple[int | None, int]:
         """Energy this meter's recent orders on the contract's side asked for, and what
@@ -113,10 +133,10 @@ class ContractDesk:
         p = self.p
         adhoc = p.s.network_mode == "adhoc"
         if adhoc:
-            node, host = await self.peer_node(terms.supplier)
-            if not node:
-                raise Refusal(Code.FAILED_PRECONDITION, "terms_json.supplier",
-                              f"the LND node of supplier {terms.supplier} is unknown")
+            node = terms.supplier_node
+            peer, host = await self.peer_node(terms.supplier)
+            if peer != node:
+                host = ""  # p2p address of another node: dial nothing, use a channel that exists
         elif p.s.hub:
             parsed = parse_node_address(p.s.hub)
             assert parsed is not None
@@ -174,13 +194,22 @@ class ContractDesk:
             terms = parse_terms(rec.terms_json)
             if terms != view.terms:
                 raise Refusal(Code.INVALID_ARGUMENT, "terms_json", "differs from the terms this meter signed")
+        c = rec.contract
+        check_report_matches_terms(view.terms, {
+            "contract_id": c.contract_id, "consumer": c.consumer, "supplier": c.supplier, "energy_wh": c.energy_wh,
+            "price_msat_per_kwh": c.price_msat_per_kwh, "start_ms": ts_ms(c.start) if c.HasField("start") else None,
+            "end_ms": ts_ms(c.end) if c.HasField("end") else None, "increment_wh": rec.increment_wh,
+            "consumer_node": rec.consumer_node, "supplier_node": rec.supplier_node,
+        }, bytes(c.hash))
         state = STATE_FROM_PB.get(rec.state)
         if state is None:
             raise Refusal(Code.INVALID_ARGUMENT, "state", "must be a contract state")
+        if view.state is ContractState.PROPOSED and state not in (ContractState.PROPOSED, ContractState.REJECTED):
+            check_counterparty_signature(view.terms, view.party, bytes(
+                rec.supplier_signature if view.party is Party.CONSUMER else rec.consumer_signature))
         upd = p.book.apply_report(
             cid, state=state, delivered_wh=rec.delivered_wh, paid_wh=rec.paid_wh, paid_msat=rec.paid_msat,
-            increments_paid=rec.increments_paid, end_reason=rec.end_reason, supplier_node=rec.supplier_node,
-            consumer_node=rec.consumer_node, matcher_tier=int(rec.contract.tier),
+            increments_paid=rec.increments_paid, end_reason=rec.end_reason, matcher_tier=int(rec.contract.tier),
         )
         if upd.changed:
             await p.store.save_contract(view)

@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS orders (
 
 _PUT_KV = "INSERT INTO kv VALUES (?,?) ON CONFLICT(k) DO UPDATE SET v=excluded.v"
 _VIEW_COLUMNS = [f.name for f in fields(ContractView) if f.name not in ("terms", "party", "state")]
+_TERMS_COLUMNS = ["supplier_node", "consumer_node"]
+"""Stored for people reading the database; always the signed terms' nodes, never read back."""
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,8 @@ class MeterStore:
     # -- contracts -------------------------------------------------------------------------------
 
     async def save_contract(self, v: ContractView) -> None:
-        values = [getattr(v, c) for c in _VIEW_COLUMNS]
-        cols = ["contract_id", "party", "terms_json", "state", *_VIEW_COLUMNS]
+        values = [getattr(v, c) for c in _VIEW_COLUMNS + _TERMS_COLUMNS]
+        cols = ["contract_id", "party", "terms_json", "state", *_VIEW_COLUMNS, *_TERMS_COLUMNS]
         row = [v.contract_id, v.party.value, canonical_json(v.terms.canonical()).decode(), v.state.value, *values]
         row = [int(x) if isinstance(x, bool) else x for x in row]
         updates = ",".join(f"{c}=excluded.{c}" for c in cols[1:])

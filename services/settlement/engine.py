@@ -26,6 +26,7 @@ import structlog
 
 from p2pep.canonical import canonical_json, settlement_hash
 from p2pep.identity import service
+from p2pep.metering.signing import MeterKey
 from p2pep.pbconv import now_ms, ts_ms
 from p2pep.servicekit import Backoff, GaveUp, supervised
 from p2pep.servicekit.channels import channel
@@ -57,8 +58,11 @@ __all__ = ["Engine", "LiveContract", "MeterLink"]
 
 class Engine:
     def __init__(self, settings: SettlementSettings, store: Store,
-                 matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None = None, anchor: Any | None = None) -> None:
+                 matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None = None, anchor: Any | None = None,
+                 summary_key: MeterKey | None = None) -> None:
         self.s = settings
+        # signs settlement summaries in contract documents (same key type as a meter's)
+        self.summary_key = summary_key or MeterKey.load_or_create(settings.summary_key_path())
         self.store = store
         self.matcher = matcher
         self.anchor = anchor  # AnchorClient-like: add_leaf(kind, contract_id, leaf_hash), proofs(contract_id)
@@ -69,7 +73,7 @@ class Engine:
         # closes its ledger: a contract never changes state under a reading being stored
         self.ledger_lock = asyncio.Lock()
         self.readings = ReadingIngest(store, self.meters, self.contracts, self.ledger_lock)
-        self.views = SettlementViews(store, self.meters, self.contracts, anchor)
+        self.views = SettlementViews(store, self.meters, self.contracts, anchor, self.summary_key)
         self.worker = ContractWorker(settings, store, self.meters, self, self.ledger_lock)
         self._backoff = Backoff(settings.worker_backoff_initial_s, settings.worker_backoff_max_s)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -104,7 +108,8 @@ class Engine:
             elif c.state is ContractState.PROPOSED:
                 self.spawn(self._reject(lc, "settlement restarted before both parties signed"))
         self._gauge()
-        log.info("settlement loaded", meters=len(self.meters), contracts=len(self.contracts))
+        log.info("settlement loaded", meters=len(self.meters), contracts=len(self.contracts),
+                 summary_pubkey=self.summary_key.pubkey_hex)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background, cancelled at :meth:`stop`, never failing unseen."""
@@ -168,7 +173,10 @@ class Engine:
 
     # --- proposal -------------------------------------------------------------------
     async def propose(self, mc: common_pb2.Contract) -> None:
-        """Turn a match into a contract both meters sign; then deliver and pay."""
+        """Turn a match into a contract both meters sign; then deliver and pay.
+
+        The terms name both meters' keys and LND nodes as they are registered now; what
+        is signed is final (a later re-registration changes no contract's payee)."""
         if mc.contract_id in self.contracts:
             return
         cons, sup = self.meters.get(mc.consumer), self.meters.get(mc.supplier)
@@ -183,12 +191,16 @@ class Engine:
         try:
             terms = ContractTerms(
                 contract_id=mc.contract_id, consumer=mc.consumer, supplier=mc.supplier,
-                consumer_pubkey=cons.row.pubkey, supplier_pubkey=sup.row.pubkey, energy_wh=mc.energy_wh,
+                consumer_pubkey=cons.row.pubkey, supplier_pubkey=sup.row.pubkey,
+                consumer_node=cons.row.node_pubkey, supplier_node=sup.row.node_pubkey, energy_wh=mc.energy_wh,
                 price_msat_per_kwh=mc.price_msat_per_kwh, start_ms=start, end_ms=end, tier=1,
                 increment_wh=self.s.increment_wh,
             )
         except ContractError as exc:
-            log.error("match gives invalid terms", contract_id=mc.contract_id, error=str(exc))
+            # e.g. a meter registered without a usable LND node: nobody could be paid under it
+            log.warning("match gives invalid terms: rejected", contract_id=mc.contract_id, error=str(exc))
+            await report_end(self.matcher, mc.contract_id, EndReason.REJECTED, 0,
+                             consumer_side=exc.field is not None and exc.field.startswith("consumer"))
             return
         lc = LiveContract(Contract(terms), new_ledger(terms), int(mc.tier))
         self.contracts[terms.contract_id] = lc

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from p2pep.anchor.document import build_document, dumps_document
+from p2pep.anchor.document import SummarySignature, build_document, dumps_document
+from p2pep.metering.signing import MeterKey
 from p2pep.servicekit.errors import InvalidArgument, NotFound
+from p2pep.settling.contracts import sign_summary
 from p2pep.settling.records import STATE_TO_PB, contract_record
 from p2pep.v1 import settlement_pb2
 from services.settlement.live import LiveContract
@@ -16,7 +18,8 @@ from services.settlement.store import Store
 
 class SettlementViews:
     def __init__(self, store: Store, meters: MeterRegistry, contracts: Mapping[str, LiveContract],
-                 anchor: Any | None) -> None:
+                 anchor: Any | None, summary_key: MeterKey) -> None:
+        self.summary_key = summary_key
         self.store = store
         self.meters = meters
         self.contracts = contracts
@@ -28,8 +31,7 @@ class SettlementViews:
             lc.terms, c.state, matcher_tier=lc.matcher_tier, delivered_wh=led.delivered_wh, paid_wh=led.paid_wh,
             paid_msat=led.paid_msat, increments_paid=led.increments_paid,
             end_reason=c.end_reason.value if c.end_reason else "", ended_ms=c.ended_at_ms,
-            consumer_node=self.meters.node_of(lc.terms.consumer), supplier_node=self.meters.node_of(lc.terms.supplier),
-            fault=lc.fault,
+            fault=lc.fault, consumer_signature=c.consumer_signature, supplier_signature=c.supplier_signature,
         )
 
     def contract(self, contract_id: str) -> LiveContract:
@@ -56,6 +58,12 @@ class SettlementViews:
         return b - a, await self.store.reading_count(meter_id, t0, t1)
 
     async def document(self, contract_id: str) -> str:
+        """The contract's document: terms with both meters' signatures, the summary signed by
+        settlement's key (signed here; RFC 6979 makes it the same signature each time), proofs."""
         lc = self.contract(contract_id)
         proofs = await self.anchor.proofs(contract_id) if self.anchor is not None else []
-        return dumps_document(build_document(lc.terms.canonical(), lc.summary, proofs))
+        c = lc.contract
+        sigs = {k: v for k, v in (("consumer", c.consumer_signature), ("supplier", c.supplier_signature)) if v}
+        signed = None if lc.summary is None else \
+            SummarySignature(self.summary_key.pubkey_hex, sign_summary(lc.summary, self.summary_key))
+        return dumps_document(build_document(lc.terms.canonical(), lc.summary, proofs, sigs, signed))
