@@ -148,8 +148,8 @@ def test_env_min_confirmations_and_connection(tmp_path: Path, chain: FakeChain, 
 
 
 def test_regtest_state_gives_defaults(tmp_path: Path, chain: FakeChain, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("p2pep.regtest.state")
-    from p2pep.regtest.state import save_state
+    pytest.importorskip("p2pep.regtest.run_dir")
+    from p2pep.regtest.run_dir import save_state
 
     run_dir = tmp_path / "net"
     (run_dir / "btcd").mkdir(parents=True)

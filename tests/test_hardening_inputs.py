@@ -22,7 +22,7 @@ from p2pep.oneline import one_line
 from p2pep.pbconv import duration_ms, int64, ms_ts, ts_ms
 from p2pep.refusals import InvalidArgument
 from p2pep.registration import check_address, check_meter_id, check_node_pubkey
-from p2pep.regtest.state import load_state, save_state
+from p2pep.regtest.run_dir import load_state, save_state
 from p2pep.servicekit.errors import details_of
 from p2pep.servicekit.http import BadParam, int_param
 

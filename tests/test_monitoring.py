@@ -19,8 +19,8 @@ import yaml
 
 from p2pep.monitoring import dashboards
 from p2pep.monitoring.scrape import rule_files, run_targets, scrape_config, write_config
-from p2pep.regtest.state import save_state
-from p2pep.scenario import state as scenario_state
+from p2pep.regtest.run_dir import save_state
+from p2pep.scenario import run_state as scenario_state
 
 ROOT = Path(__file__).resolve().parent.parent
 MON = ROOT / "monitoring"

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from p2pep.canonical import CONTRACT_TAG, canonical_json, settlement_hash, tagged_hash
-from p2pep.market.contracts import terms_hash
+from p2pep.market.active_contracts import terms_hash
 from p2pep.metering.signing import MeterKey
 from p2pep.settling.contracts import (
     Contract,

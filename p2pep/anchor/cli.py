@@ -57,7 +57,7 @@ def regtest_btcd_config(run_dir: str | None = None) -> BtcdRpcConfig | None:
     """btcd connection of the regtest network brought up by `p2pep regtest up`, if any."""
     try:
         from p2pep.regtest.btcd import BtcdInfo
-        from p2pep.regtest.state import load_state
+        from p2pep.regtest.run_dir import load_state
     except ImportError:
         return None
     try:

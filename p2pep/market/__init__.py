@@ -7,9 +7,8 @@
   service and the ``p2pep market clear`` command).
 """
 
+from p2pep.market.active_contracts import ActivePairs, contract_terms, terms_hash
 from p2pep.market.auction import Clearing, clear, uniform_price
-from p2pep.market.contracts import ActivePairs, contract_terms, terms_hash
-from p2pep.market.engine import Market, MatchResult
 from p2pep.market.errors import (
     DuplicateOrder,
     InvalidOrder,
@@ -17,6 +16,7 @@ from p2pep.market.errors import (
     UnknownContract,
     UnknownOrder,
 )
+from p2pep.market.matching import Market, MatchResult
 from p2pep.market.model import Order, Side, Tier, Trade
 from p2pep.market.validation import make_order
 

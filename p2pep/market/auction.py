@@ -28,7 +28,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from p2pep.market.engine import Market
+from p2pep.market.matching import Market
 from p2pep.market.model import Order, Side, Tier, Trade
 
 _I64 = np.int64

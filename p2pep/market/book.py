@@ -13,7 +13,7 @@ Layout, chosen for speed in pure Python:
   and it is compacted in one pass once it holds four times more dead entries than live
   orders (amortised O(1) per removal).
 
-The book only stores; matching lives in :mod:`p2pep.market.engine`.
+The book only stores; matching lives in :mod:`p2pep.market.matching`.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from p2pep.market.auction import clear
-from p2pep.market.engine import Market
 from p2pep.market.errors import InvalidOrder
+from p2pep.market.matching import Market
 from p2pep.market.model import Order, Trade
 from p2pep.market.validation import make_order
 from p2pep.oneline import one_line

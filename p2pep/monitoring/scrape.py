@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from p2pep.regtest.state import load_state
-from p2pep.scenario import state as scenario_state
+from p2pep.regtest.run_dir import load_state
+from p2pep.scenario import run_state as scenario_state
 
 SERVICES = ("matcher", "settlement", "anchor", "console", "meter")
 METER_MODULE = "services.meter"

@@ -1,7 +1,7 @@
 """A real bitcoin regtest network (btcd) with real LND nodes, driven from Python.
 
 ``NetworkSpec`` and ``RegtestNetwork`` are imported on first use: they need the
-generated LND stubs (``p2pep/lndrpc``), and ``p2pep.regtest.errors`` or ``.state``
+generated LND stubs (``p2pep/lndrpc``), and ``p2pep.regtest.errors`` or ``.run_dir``
 must stay importable without them (the CLI's ``--help`` runs before ``make setup``).
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pep.regtest.errors import RegtestError
-from p2pep.regtest.state import default_run_dir
+from p2pep.regtest.run_dir import default_run_dir
 
 
 def _run_dir(args: argparse.Namespace) -> Path:

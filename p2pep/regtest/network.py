@@ -20,7 +20,7 @@ from p2pep.regtest.faucet import Faucet
 from p2pep.regtest.lnd_node import HUB, LndInfo, LndNode
 from p2pep.regtest.ports import free_port
 from p2pep.regtest.process import pid_alive
-from p2pep.regtest.state import default_run_dir, load_state, save_state
+from p2pep.regtest.run_dir import default_run_dir, load_state, save_state
 from p2pep.regtest.waiting import wait_for
 
 SEGWIT_HEIGHT = 432  # 3 BIP9 windows of 144 blocks on regtest

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pep.regtest.errors import RegtestError
-from p2pep.regtest.state import default_run_dir
+from p2pep.regtest.run_dir import default_run_dir
 from p2pep.servicekit.channels import channel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,7 +181,7 @@ async def _down(args: argparse.Namespace) -> int:
 
     from p2pep.regtest.network import RegtestNetwork
     from p2pep.regtest.process import stop_pid
-    from p2pep.scenario import state
+    from p2pep.scenario import run_state as state
 
     run_dir = _run_dir(args)
     live = state.live_services(state.load(run_dir))
@@ -204,7 +204,7 @@ async def _down(args: argparse.Namespace) -> int:
 async def _export(args: argparse.Namespace) -> int:
     import grpc
 
-    from p2pep.scenario import state
+    from p2pep.scenario import run_state as state
     from p2pep.v1 import settlement_pb2, settlement_pb2_grpc
 
     target = args.settlement

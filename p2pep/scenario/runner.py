@@ -42,9 +42,9 @@ from p2pep.regtest.btcd import RPC_PASS, RPC_USER
 from p2pep.regtest.errors import RegtestError
 from p2pep.regtest.network import NetworkSpec, RegtestNetwork
 from p2pep.regtest.ports import free_port
-from p2pep.regtest.state import load_state as load_network_state
+from p2pep.regtest.run_dir import load_state as load_network_state
 from p2pep.regtest.waiting import timeout_scale
-from p2pep.scenario import state as scenario_state
+from p2pep.scenario import run_state as scenario_state
 from p2pep.scenario import tls as run_tls
 from p2pep.scenario.clock import ScenarioClock
 from p2pep.scenario.drain import keep_msat

@@ -11,7 +11,7 @@ hash with their reading keys (DER ECDSA, as for readings). Its life::
 (the states and their names are those of ``ContractState`` in settlement.proto).
 
 The signed terms extend the matcher's contract terms
-(:func:`p2pep.market.contracts.contract_terms`, whose hash is ``Contract.match_hash`` in
+(:func:`p2pep.market.active_contracts.contract_terms`, whose hash is ``Contract.match_hash`` in
 common.proto) with both meters' public keys, both meters' LND node pubkeys and the
 increment size, so the signatures also commit to who signs readings for each side, to
 the payment granularity and to the money's path: the consumer's meter pays only
@@ -34,7 +34,7 @@ from typing import Any
 
 from p2pep.bounds import INT64_MAX, MAX_MS
 from p2pep.canonical import contract_hash, settlement_hash, utf8_text
-from p2pep.market.contracts import contract_terms as match_terms
+from p2pep.market.active_contracts import contract_terms as match_terms
 from p2pep.market.model import MAX_ENERGY_WH, MAX_ID_LEN, MAX_PRICE_MSAT_PER_KWH
 from p2pep.metering.profiles import WMS_PER_WH
 from p2pep.metering.signing import MeterKey, is_valid_pubkey, verify_digest

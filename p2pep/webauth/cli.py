@@ -30,9 +30,9 @@ def _password() -> str:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from p2pep.regtest.state import default_run_dir
+    from p2pep.regtest.run_dir import default_run_dir
     from p2pep.scenario.launch import console_auth_db
-    from p2pep.scenario.state import scenario_dir
+    from p2pep.scenario.run_state import scenario_dir
     from p2pep.webauth.accounts import AccountError, set_account
 
     db = Path(args.db) if args.db else console_auth_db(scenario_dir(Path(args.run_dir) if args.run_dir

@@ -11,6 +11,6 @@ meter), :mod:`p2pep.metering.contract_book` / :mod:`~p2pep.metering.request_chec
 :mod:`~p2pep.metering.ordering` (pure decisions),
 :mod:`.store` (SQLite), :mod:`.lightning` (its LND node), :mod:`.sender` (reading
 stream), :mod:`.trader` (matcher), :mod:`.billing` (invoices and payments),
-:mod:`.contracts` (signing and contract updates), :mod:`.meter` (the tick loop and
+:mod:`.contract_desk` (signing and contract updates), :mod:`.meter` (the tick loop and
 wiring), :mod:`.servicer` (gRPC MeterService), :mod:`.app` (process entry).
 """

@@ -36,7 +36,7 @@ from p2pep.metering.request_checks import (
 from p2pep.pbconv import now_ms
 from p2pep.v1 import meter_pb2
 from services.meter import metrics
-from services.meter.contracts import ContractDesk
+from services.meter.contract_desk import ContractDesk
 from services.meter.parts import MeterParts, MeterState
 from services.meter.store import FAILED, PENDING, SUCCEEDED, InvoiceRow, PaymentRow
 

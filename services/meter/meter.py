@@ -10,7 +10,7 @@ it contracts).
 Each seam has its module: startup's steps :mod:`.startup`, the clock, simulation and tick
 :mod:`.metering`, the background tasks :mod:`.tasks`, when to trade :mod:`.order_windows`,
 when the relay may let usage flow :mod:`.relay_control`. The contract desk
-(:mod:`.contracts`) and the billing desk (:mod:`.billing`) share the meter's parts and see
+(:mod:`.contract_desk`) and the billing desk (:mod:`.billing`) share the meter's parts and see
 the meter itself only through :class:`.parts.MeterState`.
 """
 
@@ -35,7 +35,7 @@ from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2_grpc
 from services.meter import startup
 from services.meter.billing import Billing
-from services.meter.contracts import ContractDesk
+from services.meter.contract_desk import ContractDesk
 from services.meter.lightning import BalanceCache, LightningNode, Stopping, wait_node_ready
 from services.meter.metering import Metering
 from services.meter.order_windows import OrderWindows

@@ -1,6 +1,6 @@
 """gRPC ``MeterService``: the household app's views and settlement's requests.
 
-Settlement's requests are checked by the meter (:mod:`.billing`, :mod:`.contracts`);
+Settlement's requests are checked by the meter (:mod:`.billing`, :mod:`.contract_desk`);
 a refusal becomes the status its :class:`~services.meter.checks.Refusal` names, with a
 message that starts with the request field it is about.
 """
@@ -18,7 +18,7 @@ from p2pep.metering.request_checks import TERMS_FIELDS, Refusal
 from p2pep.refusals import PermissionDenied, ResourceExhausted
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2
 from services.meter import metrics
-from services.meter.contracts import record_of
+from services.meter.contract_desk import record_of
 from services.meter.meter import Meter
 from services.meter.store import SUCCEEDED
 

@@ -23,8 +23,8 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from p2pep.market.active_contracts import ActivePairs
 from p2pep.market.book import BookSide, OrderBook
-from p2pep.market.contracts import ActivePairs
 from p2pep.market.errors import DuplicateOrder, UnknownContract, UnknownOrder
 from p2pep.market.model import Order, Side, Tier, Trade
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pep.regtest.process import pid_alive
-from p2pep.regtest.state import write_private
+from p2pep.regtest.run_dir import write_private
 
 
 def scenario_dir(run_dir: Path) -> Path:
