@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pep.sqlitedb import Database, in_transaction
+from p2pep.sqlitedb import Database, Schema, in_transaction
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS orders (
     id TEXT PRIMARY KEY,
     meter TEXT NOT NULL,
@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_meter ON events(meter, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+SCHEMA = Schema("matcher", 1, TABLES)
+"""Version 1: the tables above. A change to them is a new version with its migration step."""
 
 ORDER_COLUMNS = (
     "id, meter, side, energy_wh, price, expiry_ms, partners, renews, remaining, seq, status, "

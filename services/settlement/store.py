@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pep.metering.readings import Reading
-from p2pep.sqlitedb import Database
+from p2pep.sqlitedb import Database, Schema
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS meters (
   meter_id TEXT PRIMARY KEY, pubkey TEXT NOT NULL, node_pubkey TEXT NOT NULL,
   address TEXT NOT NULL, role TEXT NOT NULL, node_address TEXT NOT NULL DEFAULT ''
@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS payments (
 );
 CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
+SCHEMA = Schema("settlement", 1, TABLES)
+"""Version 1: the tables above. A change to them is a new version with its migration step."""
 
 
 @dataclass(frozen=True)
