@@ -165,6 +165,7 @@ async def _portal(p: str) -> Callable[[], Awaitable[Any]]:
     return s.close
 
 
+VERSIONS = {"settlement": 2, "meter": 1, "matcher": 1, "anchor": 1, "webauth": 1, "portal": 1}
 STORES = {"settlement": _settlement, "meter": _meter, "matcher": _matcher, "anchor": _anchor,
           "webauth": _webauth, "portal": _portal}
 
@@ -174,15 +175,17 @@ async def test_each_store_records_its_version_and_refuses_a_newer_file(tmp_path:
     path = tmp_path / f"{store}.db"
     close = await STORES[store](str(path))
     await close()
-    assert version_of(path) == 1
-    raw(path, "PRAGMA user_version = 0")  # as written before versions were kept
+    current = version_of(path)
+    assert current == VERSIONS[store]
+    raw(path, "PRAGMA user_version = 0")  # as written before versions were kept: version 1, migrated
     close = await STORES[store](str(path))
     await close()
-    assert version_of(path) == 1
-    raw(path, "PRAGMA user_version = 2")
-    with pytest.raises(SchemaVersionError, match=rf"{store} store is at schema version 2, newer than this P2PEP knows \(1\)"):
+    assert version_of(path) == current
+    raw(path, f"PRAGMA user_version = {current + 1}")
+    with pytest.raises(SchemaVersionError, match=rf"{store} store is at schema version {current + 1}, "
+                                                 rf"newer than this P2PEP knows \({current}\)"):
         await STORES[store](str(path))
-    assert version_of(path) == 2
+    assert version_of(path) == current + 1
 
 
 def test_a_service_on_a_newer_store_exits_with_one_clear_line(tmp_path: Path) -> None:
@@ -193,6 +196,6 @@ def test_a_service_on_a_newer_store_exits_with_one_clear_line(tmp_path: Path) ->
     proc = subprocess.run([sys.executable, "-m", "services.settlement"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
-    assert "settlement store is at schema version 7, newer than this P2PEP knows (1)" in proc.stderr
+    assert "settlement store is at schema version 7, newer than this P2PEP knows (2)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert version_of(path) == 7
