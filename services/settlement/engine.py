@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 import structlog
 
+from p2pep.anchor.client import AnchorServiceError
 from p2pep.canonical import canonical_json, settlement_hash
 from p2pep.identity import service
 from p2pep.metering.signing import MeterKey
@@ -373,8 +374,12 @@ class Engine:
                      attempt=n, error=str(exc))
 
         try:
-            await supervised(lambda: self._send(item), on_failure=failed,
-                             backoff=Backoff(self.s.worker_backoff_initial_s, 30.0))
+            try:
+                await supervised(lambda: self._send(item), on_failure=failed,
+                                 backoff=Backoff(self.s.worker_backoff_initial_s, 30.0),
+                                 retry_if=lambda e: not isinstance(e, AnchorServiceError))
+            except AnchorServiceError as exc:  # a permanent refusal: retrying cannot help
+                log.error("anchor refused a leaf", kind=item.kind, contract_id=item.contract_id, error=str(exc))
             await self.store.delivered(item)
         finally:
             self._delivering.discard((item.kind, item.contract_id))
