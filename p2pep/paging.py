@@ -51,10 +51,11 @@ def cut(items: Sequence[T], requested_size: int, token: str) -> tuple[list[T], s
     return page, encode_token(start + size) if start + size < len(items) else ""
 
 
-async def all_pages(fetch: Callable[[str], Awaitable[tuple[Sequence[T], str]]]) -> list[T]:
-    """Every item of a paged list: ``fetch(token)`` returns one page and the next token."""
+async def all_pages(fetch: Callable[[str], Awaitable[tuple[Sequence[T], str]]], start: str = "") -> list[T]:
+    """Every item of a paged list from the page ``start`` names (empty: the first):
+    ``fetch(token)`` returns one page and the next token."""
     out: list[T] = []
-    token = ""
+    token = start
     while True:
         items, token = await fetch(token)
         out.extend(items)
@@ -64,8 +65,8 @@ async def all_pages(fetch: Callable[[str], Awaitable[tuple[Sequence[T], str]]]) 
 
 async def follow(call: Callable[..., Awaitable[Any]], req: Any, field: str, timeout: float) -> list[Any]:
     """Every item of a paged gRPC list: ``call(req, timeout=...)`` page after page, the
-    request's ``page_token`` set from each response's ``next_page_token``; ``field`` is the
-    response's repeated field."""
+    request's ``page_token`` set from each response's ``next_page_token`` (starting from the
+    request's own); ``field`` is the response's repeated field."""
     async def fetch(token: str) -> tuple[list[Any], str]:
         page = type(req)()
         page.CopyFrom(req)
@@ -73,4 +74,4 @@ async def follow(call: Callable[..., Awaitable[Any]], req: Any, field: str, time
         resp = await call(page, timeout=timeout)
         return list(getattr(resp, field)), str(resp.next_page_token)
 
-    return await all_pages(fetch)
+    return await all_pages(fetch, str(req.page_token))

@@ -686,3 +686,20 @@ async def test_consumer_refuses_what_its_channel_balance_shows_but_lnd_cannot_ro
     assert "insufficient funds" in msg and "k-1" not in {v.terms.contract_id for v in rig.apps["home"].meter.book.all()}
     lnd.unroutable_sat = 0  # the same balance, all of it routable: signed
     await home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(t)))
+
+
+async def test_contracts_are_listed_in_pages(rig: Rig) -> None:
+    from p2pep.paging import follow
+
+    home, solar = await pair(rig)
+    for i in range(1, 4):
+        await signed_and_active(rig, home, solar, make_terms(rig, cid=f"k-{i}"))
+    first = await home.ListContracts(meter_pb2.MeterContractsRequest(page_size=2))
+    assert [c.contract.contract_id for c in first.contracts] == ["k-3", "k-2"] and first.next_page_token
+    every = await follow(home.ListContracts, meter_pb2.MeterContractsRequest(page_size=1), "contracts", 10)
+    assert [c.contract.contract_id for c in every] == ["k-3", "k-2", "k-1"]
+    empty = await home.ListPayments(meter_pb2.MeterPaymentsRequest(limit=1))
+    assert list(empty.payments) == [] and empty.next_page_token == ""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await home.ListContracts(meter_pb2.MeterContractsRequest(page_token="forged"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

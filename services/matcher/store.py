@@ -135,16 +135,22 @@ class Store:
             f"SELECT {CONTRACT_COLUMNS} FROM contracts WHERE contract_id = ?", (contract_id,)
         )
 
-    async def contracts(self, meter: str, active_only: bool, now_ms: int, limit: int) -> list[sqlite3.Row]:
+    async def contracts(self, meter: str, active_only: bool, now_ms: int, limit: int,
+                        before: int = 0) -> list[sqlite3.Row]:
+        """Newest first, at most ``limit``, only those stored before row ``before`` (0: all);
+        each row ends with its ``rowid`` (the keyset of the next page)."""
         where: list[str] = []
         args: list[Any] = []
+        if before > 0:
+            where.append("rowid < ?")
+            args.append(before)
         if meter:
             where.append("(consumer = ? OR supplier = ?)")
             args += [meter, meter]
         if active_only:
             where.append("ended = 0 AND end_ms > ?")
             args.append(now_ms)
-        sql = f"SELECT {CONTRACT_COLUMNS} FROM contracts"
+        sql = f"SELECT {CONTRACT_COLUMNS}, rowid FROM contracts"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY rowid DESC LIMIT ?"
