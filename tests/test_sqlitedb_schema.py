@@ -199,3 +199,15 @@ def test_a_service_on_a_newer_store_exits_with_one_clear_line(tmp_path: Path) ->
     assert "settlement store is at schema version 7, newer than this P2PEP knows (2)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert version_of(path) == 7
+
+
+def test_the_cli_on_a_newer_store_says_so_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "console-auth.sqlite"
+    raw(path, "CREATE TABLE accounts (id INTEGER PRIMARY KEY)", "PRAGMA user_version = 5")
+    env = {**os.environ, "P2PEP_OPERATOR_PASSWORD": "a long enough password 123"}
+    proc = subprocess.run([sys.executable, "-m", "p2pep.cli", "operator", "add", "ops", "--db", str(path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: the webauth store is at schema version 5, newer than this P2PEP knows (1); "
+        "run the release that wrote it, or restore a backup"]
