@@ -19,22 +19,63 @@ The concurrency rule, the same for all of them:
 
 ``run`` executes a plain function on the connection's thread, under the same lock, for a
 store that does a whole batch of statements at once (the matcher's write-ahead ``apply``).
+
+Schema versions (one mechanism for every store): each store describes its tables as a
+:class:`Schema` (``version``, the DDL that makes that version from nothing, and one migration
+step per older version), and the file records its version in ``PRAGMA user_version``. At open:
+
+* a fresh file (version 0, no tables) gets ``create`` and the current version, in one transaction;
+* a file written before versions were kept (version 0 with tables) is version 1;
+* an older version is taken forward by its explicit steps, each step and the new version
+  number in one transaction (a crash mid-migration leaves the file at the last whole step);
+* a newer version than the code knows is refused with :class:`SchemaVersionError` and the
+  file is left untouched (an older release must not write into a newer layout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Params = Sequence[Any]
 Row = sqlite3.Row
+
+Migration = str | Callable[[sqlite3.Connection], None]
+"""One step from version ``v`` to ``v + 1``: SQL statements, or a function of the connection
+(run inside the step's transaction; it must not commit)."""
+
+
+class SchemaVersionError(RuntimeError):
+    """The file's schema version is one this code cannot use (the message says which and why)."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A store's tables at ``version``: ``create`` makes them from nothing; ``migrations[v]``
+    takes a file from version ``v`` to ``v + 1`` (one entry for every ``1 <= v < version``)."""
+
+    store: str
+    version: int
+    create: str
+    migrations: Mapping[int, Migration] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.version < 1:
+            raise ValueError(f"{self.store} schema: version must be >= 1, got {self.version}")
+        if set(self.migrations) != set(range(1, self.version)):
+            raise ValueError(f"{self.store} schema: need exactly one migration from each version 1.."
+                             f"{self.version - 1}, have {sorted(self.migrations)}")
 
 
 @dataclass(frozen=True)
@@ -74,27 +115,33 @@ class Database:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: str, schema: str, *, synchronous: str = "FULL",
+    async def open(cls, path: str, schema: Schema, *, synchronous: str = "FULL",
                    foreign_keys: bool = False, busy_timeout_ms: int = 5000) -> Database:
-        """``busy_timeout_ms``: how long a statement waits for another process's lock on the
-        file before it fails with ``database is locked``."""
+        """Open ``path`` at ``schema``'s version (created or migrated; :class:`SchemaVersionError`
+        if the file is newer). ``busy_timeout_ms``: how long a statement waits for another
+        process's lock on the file before it fails with ``database is locked``."""
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous: expected OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
         db = cls(path)
         await db._on_thread(db._connect, schema, synchronous, foreign_keys, busy_timeout_ms)
         return db
 
-    def _connect(self, schema: str, synchronous: str, foreign_keys: bool, busy_timeout_ms: int) -> None:
+    def _connect(self, schema: Schema, synchronous: str, foreign_keys: bool, busy_timeout_ms: int) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        if foreign_keys:
-            conn.execute("PRAGMA foreign_keys=ON")
-        conn.executescript(schema)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            _refuse_newer(conn, self.path, schema)  # before anything writes to the file
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            if foreign_keys:
+                conn.execute("PRAGMA foreign_keys=ON")
+            _bring_to_version(conn, self.path, schema)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
 
     async def close(self) -> None:
@@ -152,6 +199,77 @@ class Database:
         transaction it needs (see :func:`in_transaction`)."""
         async with self._lock:
             return await self._on_thread(fn, self._connection, *args)
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _refuse_newer(conn: sqlite3.Connection, path: str, schema: Schema) -> int:
+    found = user_version(conn)
+    if found > schema.version:
+        raise SchemaVersionError(
+            f"{path}: the {schema.store} store is at schema version {found}, newer than this P2PEP "
+            f"knows ({schema.version}); run the release that wrote it, or restore a backup")
+    return found
+
+
+def _bring_to_version(conn: sqlite3.Connection, path: str, schema: Schema) -> None:
+    """Create or migrate the file to ``schema.version`` (see the module docstring)."""
+    if user_version(conn) == schema.version:
+        return  # the usual case: nothing to write
+    conn.execute("BEGIN IMMEDIATE")  # another process may be opening the same file: decide under its lock
+    try:
+        found = _refuse_newer(conn, path, schema)
+        if found == 0:
+            if conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0:
+                _run_script(conn, schema.create)
+                _set_version(conn, schema.version)
+                conn.execute("COMMIT")
+                log.info("store created", store=schema.store, path=path, schema_version=schema.version)
+                return
+            found = 1  # tables but no version: written before schema versions were kept, i.e. version 1
+            _set_version(conn, found)
+        conn.execute("COMMIT")
+        for step in range(found, schema.version):
+            conn.execute("BEGIN IMMEDIATE")
+            if user_version(conn) == step:  # else another process did this step meanwhile
+                migration = schema.migrations[step]
+                if callable(migration):
+                    migration(conn)
+                else:
+                    _run_script(conn, migration)
+                _set_version(conn, step + 1)
+                log.info("store migrated", store=schema.store, path=path, from_version=step, to_version=step + 1)
+            conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _set_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Each statement of ``script`` on ``conn``, inside the caller's transaction (unlike
+    ``executescript``, which commits first)."""
+    for statement in split_statements(script):
+        conn.execute(statement)
+
+
+def split_statements(script: str) -> Iterator[str]:
+    """The complete SQL statements of ``script`` (a ``;`` inside a literal or a trigger body
+    does not end one)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip().strip(";").strip():
+                yield pending.strip()
+            pending = ""
+    if pending.strip().strip(";").strip():
+        raise ValueError(f"incomplete SQL statement at the end of the script: {pending.strip()[:80]!r}")
 
 
 def in_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:

@@ -92,7 +92,7 @@ METER_CALLS: dict[str, tuple[Any, ...]] = {
     "lookup_invoice": ("00" * 32,),
     "decode_pay_req": ("lnbcrt1",),
     "pay": ("lnbcrt1",),
-    "list_payments": (),
+    "track_payment": ("00" * 32,),
     "list_channels": (False, PUBKEY),
     "pending_channels": (),
     "channel_balance": (),

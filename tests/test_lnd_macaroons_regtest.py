@@ -72,7 +72,8 @@ async def test_a_meters_macaroon_does_what_the_meter_needs_and_no_more(
     assert await m1.can_send(decoded.destination, 3_500)
     paid = await m1.pay(inv.payment_request)
     assert paid.status == "SUCCEEDED" and paid.value_msat == 3_500
-    assert any(p.payment_hash == paid.payment_hash for p in await m1.list_payments())
+    found = await m1.track_payment(paid.payment_hash)  # the outcome of a payment, by its hash
+    assert found is not None and found.status == ln.Payment.SUCCEEDED and found.payment_preimage == paid.preimage
 
     async def settled() -> bool:
         return (await m2.lookup_invoice(inv.r_hash)).state == ln.Invoice.SETTLED
@@ -93,6 +94,7 @@ async def test_a_meters_macaroon_does_what_the_meter_needs_and_no_more(
     (chan,) = [c for c in await m1.list_channels(peer=hub)]
     await refused(lambda: m1.close_channel(chan.channel_point))
     await refused(lambda: m2.list_invoices())
+    await refused(lambda: m1.list_payments())  # one payment by its hash, not the household's history
     await refused(lambda: m1.sign_message(b"I am meter-1's node"))
     await refused(lambda: m1.bake_macaroon([("onchain", "write")], 1101))
     # ... and nothing moved

@@ -249,3 +249,24 @@ async def test_batch_is_all_or_nothing_and_matches_in_order(client: Client) -> N
     assert [x.status for x in r.results] == [matcher_pb2.ORDER_STATUS_RESTING,
                                              matcher_pb2.ORDER_STATUS_PARTIALLY_FILLED]
     assert r.results[1].contracts[0].energy_wh == 50
+
+
+async def test_contracts_are_listed_in_pages_newest_first(client: Client) -> None:
+    from p2pep.paging import follow
+
+    stub = client.stub
+    for i in range(5):
+        await stub.SubmitSupply(supply(f"s{i}", f"P{i}", 100, 100_000))
+        await stub.SubmitDemand(demand(f"d{i}", "C", 100, 150_000))
+    every = await follow(stub.ListContracts, matcher_pb2.ListContractsRequest(meter_id="C", limit=2), "contracts", 10)
+    assert [c.supplier for c in every] == [f"P{i}" for i in reversed(range(5))]
+    first = await stub.ListContracts(matcher_pb2.ListContractsRequest(limit=2))
+    assert [c.supplier for c in first.contracts] == ["P4", "P3"] and first.next_page_token
+    await stub.SubmitSupply(supply("s9", "P9", 100, 100_000))  # matched meanwhile: not on the later pages
+    await stub.SubmitDemand(demand("d9", "C", 100, 150_000))
+    rest = await follow(stub.ListContracts, matcher_pb2.ListContractsRequest(limit=2, page_token=first.next_page_token),
+                        "contracts", 10)
+    assert [c.supplier for c in rest] == ["P2", "P1", "P0"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListContracts(matcher_pb2.ListContractsRequest(page_token="forged"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in (err.value.details() or "")

@@ -571,6 +571,33 @@ async def test_restart_resumes_sequence_and_leaving_ends_contracts(rig: Rig) -> 
     assert again.meter.book.get("k-1") is not None  # its contracts survive the restart
 
 
+async def test_leaving_during_a_slow_tick_skips_no_sequence_number(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM while a tick is storing its reading (a slow disk): shutdown waits for that tick
+    instead of cancelling it halfway (registers advanced in memory, reading never stored), so
+    the final reading takes the next seq and settlement holds 1..N without a gap."""
+    app = await rig.meter("home", "consumer")
+    store = app.meter.store
+    real_save = store.save_tick
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_save(*args: object, **kw: object) -> None:
+        inside.set()
+        await release.wait()
+        await real_save(*args, **kw)  # type: ignore[arg-type]
+
+    await wait_for(lambda: len(rig.settlement.readings.get("home", {})) >= 3, 30, what="first readings")
+    monkeypatch.setattr(store, "save_tick", slow_save)
+    await wait_for(inside.is_set, 30, what="a tick storing its reading")
+    stopping = asyncio.create_task(rig.apps.pop("home").stop())
+    await wait_for(lambda: app.meter.leaving, 10, what="shutdown begun")
+    assert not stopping.done()  # it waits for the tick
+    release.set()
+    await stopping
+    seqs = sorted(rig.settlement.readings["home"])
+    assert seqs == list(range(1, seqs[-1] + 1)), seqs
+    assert seqs[-1] == app.meter.sim_registers().seq
+
+
 async def test_hub_channel_opened_at_startup_when_missing(rig: Rig) -> None:
     hub = "02" + "33" * 32
     app = await rig.meter("home", "consumer", hub=f"{hub}@127.0.0.1:9736", channel_sat=1_000_000)
@@ -693,3 +720,20 @@ async def test_consumer_refuses_what_its_channel_balance_shows_but_lnd_cannot_ro
     assert "insufficient funds" in msg and "k-1" not in {v.terms.contract_id for v in rig.apps["home"].meter.book.all()}
     lnd.unroutable_sat = 0  # the same balance, all of it routable: signed
     await home.SignContract(meter_pb2.SignContractRequest(terms_json=tj(t)))
+
+
+async def test_contracts_are_listed_in_pages(rig: Rig) -> None:
+    from p2pep.paging import follow
+
+    home, solar = await pair(rig)
+    for i in range(1, 4):
+        await signed_and_active(rig, home, solar, make_terms(rig, cid=f"k-{i}"))
+    first = await home.ListContracts(meter_pb2.MeterContractsRequest(page_size=2))
+    assert [c.contract.contract_id for c in first.contracts] == ["k-3", "k-2"] and first.next_page_token
+    every = await follow(home.ListContracts, meter_pb2.MeterContractsRequest(page_size=1), "contracts", 10)
+    assert [c.contract.contract_id for c in every] == ["k-3", "k-2", "k-1"]
+    empty = await home.ListPayments(meter_pb2.MeterPaymentsRequest(limit=1))
+    assert list(empty.payments) == [] and empty.next_page_token == ""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await home.ListContracts(meter_pb2.MeterContractsRequest(page_token="forged"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

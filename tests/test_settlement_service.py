@@ -87,12 +87,12 @@ class Harness:
         self.hosts.append(host)
         return host.grpc_target
 
-    async def start_settlement(self, **settings: Any) -> tuple[Engine, settlement_pb2_grpc.SettlementServiceStub,
-                                                               ServiceHost]:
+    async def start_settlement(self, matcher: Any = None, anchor: Any = None, **settings: Any) -> \
+            tuple[Engine, settlement_pb2_grpc.SettlementServiceStub, ServiceHost]:
         s = SettlementSettings(db_path=str(self.tmp / "s.sqlite"), increment_wh=10, sweep_interval_s=0.05,
                                party_silence_s=30, **settings)
         store = await Store.open(s.db_path)
-        engine = Engine(s, store)
+        engine = Engine(s, store, matcher, anchor)
         await engine.load()
         host = ServiceHost(s, name="settlement")
         settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(engine), host.grpc_server)

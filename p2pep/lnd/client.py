@@ -350,9 +350,37 @@ class LndClient:
             )
         )
 
-    async def list_payments(self, max_payments: int = 10_000) -> list[ln.Payment]:
-        req = ln.ListPaymentsRequest(max_payments=max_payments, include_incomplete=True)
-        return list((await self._call("ListPayments", self.ln.ListPayments, req)).payments)
+    async def track_payment(self, payment_hash: str, timeout: float | None = None) -> ln.Payment | None:
+        """This node's payment of ``payment_hash`` as it is now (routerrpc TrackPaymentV2, whose
+        first update is the payment's current state), or None if the node never started one.
+        Found by its hash in lnd's payment index, however many payments the node has made."""
+        req = router.TrackPaymentRequest(payment_hash=bytes.fromhex(payment_hash), no_inflight_updates=False)
+        stream = self.router.TrackPaymentV2(req, timeout=timeout or self.timeout)
+        try:
+            async for update in stream:
+                return update
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise LndError(self.name, "TrackPaymentV2", err) from err
+        finally:
+            stream.cancel()
+        raise LndError(self.name, "TrackPaymentV2", "the stream ended without the payment's state")
+
+    async def list_payments(self, page_size: int = 1000) -> list[ln.Payment]:
+        """Every payment of this node, oldest first (incomplete ones included), read in pages
+        of ``page_size`` by lnd's payment index (``index_offset``), so none is cut off."""
+        if page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        out: list[ln.Payment] = []
+        offset = 0
+        while True:
+            req = ln.ListPaymentsRequest(include_incomplete=True, index_offset=offset, max_payments=page_size)
+            page = await self._call("ListPayments", self.ln.ListPayments, req)
+            out.extend(page.payments)
+            if len(page.payments) < page_size or page.last_index_offset <= offset:
+                return out
+            offset = page.last_index_offset
 
     # --- macaroons ----------------------------------------------------------------
     async def bake_macaroon(self, permissions: Sequence[tuple[str, str]], root_key_id: int = 0) -> bytes:

@@ -26,7 +26,7 @@ meter       its household's   ``Lightning/GetInfo``                wait for its 
                               ``Lightning/DecodePayReq``           consumer: read an invoice's payee and
                                                                    amount before paying it
                               ``Router/SendPaymentV2``             consumer: pay an increment's invoice
-                              ``Lightning/ListPayments``           consumer: the outcome of a payment it
+                              ``Router/TrackPaymentV2``            consumer: the outcome of a payment it
                                                                    started before a timeout or restart
                               ``Lightning/ListChannels``,          is there an active channel to the hub (or
                               ``Lightning/PendingChannels``        the counterparty), one still opening
@@ -117,7 +117,8 @@ METER = ServiceMacaroon(
         Grant(_ln("LookupInvoice"), "supplier: whether an increment's invoice is paid"),
         Grant(_ln("DecodePayReq"), "consumer: an invoice's payee and amount, checked before paying"),
         Grant("/routerrpc.Router/SendPaymentV2", "consumer: pay an increment's invoice"),
-        Grant(_ln("ListPayments"), "consumer: the outcome of a payment started before a timeout or restart"),
+        Grant("/routerrpc.Router/TrackPaymentV2",
+              "consumer: the outcome of a payment started before a timeout or restart, by its hash"),
         Grant(_ln("ListChannels"), "an active channel to the hub or counterparty, and what it can send"),
         Grant(_ln("PendingChannels"), "a channel still opening is not opened twice"),
         Grant(_ln("QueryRoutes"), "whether an increment's payment can leave the node now"),

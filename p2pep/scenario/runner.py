@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import grpc
 
 from p2pep.anchor.document import DocumentError, parse_document
+from p2pep.paging import follow
 from p2pep.regtest.btcd import RPC_PASS, RPC_USER
 from p2pep.regtest.errors import RegtestError
 from p2pep.regtest.network import NetworkSpec, RegtestNetwork
@@ -444,7 +445,7 @@ class ScenarioRunner:
         await self._wait_settled(f.errors)
         f.contracts = await self._contracts(f.errors, "final")
         try:
-            f.payments = list((await stub.ListPayments(settlement_pb2.ListPaymentsRequest(), timeout=15)).payments)
+            f.payments = await follow(stub.ListPayments, settlement_pb2.ListPaymentsRequest(), "payments", 15)
             f.registry = list((await stub.ListMeters(settlement_pb2.ListMetersRequest(), timeout=15)).meters)
         except grpc.aio.AioRpcError as e:
             f.errors.append(f"settlement: {e.code().name}: {e.details()}")
@@ -496,12 +497,11 @@ class ScenarioRunner:
 
     async def _contracts(self, errors: list[str], when: str) -> list[settlement_pb2.ContractRecord]:
         try:
-            resp = await self.watcher.settlement.ListContracts(settlement_pb2.ListSettlementContractsRequest(),
-                                                               timeout=15)
+            return await follow(self.watcher.settlement.ListContracts,
+                                settlement_pb2.ListSettlementContractsRequest(), "contracts", 15)
         except grpc.aio.AioRpcError as e:
             errors.append(f"settlement ListContracts ({when}): {e.code().name}: {e.details()}")
             return []
-        return list(resp.contracts)
 
     async def _wait_settled(self, errors: list[str], timeout: float = 30.0) -> None:
         """Wait until settlement holds no proposed or active contract (the meters have left)."""
@@ -510,12 +510,13 @@ class ScenarioRunner:
         left: list[str] = []
         while time.monotonic() < end:
             try:
-                resp = await self.watcher.settlement.ListContracts(
-                    settlement_pb2.ListSettlementContractsRequest(states=list(open_states)), timeout=10)
+                contracts = await follow(self.watcher.settlement.ListContracts,
+                                         settlement_pb2.ListSettlementContractsRequest(states=list(open_states)),
+                                         "contracts", 10)
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.5)
                 continue
-            left = [r.contract.contract_id for r in resp.contracts if r.state in open_states]
+            left = [r.contract.contract_id for r in contracts if r.state in open_states]
             if not left:
                 return
             await asyncio.sleep(0.5)

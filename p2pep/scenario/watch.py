@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from p2pep.paging import follow
 from p2pep.pbconv import ts_ms_or_none
 from p2pep.scenario.clock import ScenarioClock
 from p2pep.scenario.report import RelaySample
@@ -86,12 +87,13 @@ class Watcher:
 
     async def poll_books(self) -> None:
         try:
-            cs = await self.settlement.ListContracts(settlement_pb2.ListSettlementContractsRequest(), timeout=5)
-            ps = await self.settlement.ListPayments(settlement_pb2.ListPaymentsRequest(), timeout=5)
+            cs = await follow(self.settlement.ListContracts, settlement_pb2.ListSettlementContractsRequest(),
+                              "contracts", 5)
+            ps = await follow(self.settlement.ListPayments, settlement_pb2.ListPaymentsRequest(), "payments", 5)
         except grpc.aio.AioRpcError as e:
             self.books.error = f"{e.code().name}: {e.details()}"
             return
-        self.books = Books(list(cs.contracts), list(ps.payments), "", time.monotonic() - self.t0)
+        self.books = Books(cs, ps, "", time.monotonic() - self.t0)
 
     async def _status_loop(self) -> None:
         while True:

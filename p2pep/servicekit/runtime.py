@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from p2pep.sqlitedb import SchemaVersionError
+
 log = structlog.get_logger(__name__)
 
 MainFactory = Callable[[asyncio.Event], Awaitable[None]]
@@ -45,7 +47,7 @@ def run_service(main: MainFactory) -> int:
 
     ``main`` starts its servers, awaits ``stop`` and shuts down gracefully (usually via
     :meth:`ServiceHost.wait_and_stop`). Returns a process exit code: 0 after a clean
-    stop, 1 if ``main`` raised.
+    stop, 1 if ``main`` raised (a store of a newer schema version: one error line, no traceback).
     """
 
     async def runner() -> None:
@@ -58,6 +60,9 @@ def run_service(main: MainFactory) -> int:
 
     try:
         asyncio.run(runner())
+    except SchemaVersionError as exc:  # the operator's mistake, not the program's: one line, no traceback
+        log.error("cannot open the store", error=str(exc))
+        return 1
     except Exception:
         log.exception("service failed")
         return 1

@@ -33,6 +33,7 @@ def _add(args: argparse.Namespace) -> int:
     from p2pep.regtest.run_dir import default_run_dir
     from p2pep.scenario.launch import console_auth_db
     from p2pep.scenario.run_state import scenario_dir
+    from p2pep.sqlitedb import SchemaVersionError
     from p2pep.webauth.accounts import AccountError, set_account
 
     db = Path(args.db) if args.db else console_auth_db(scenario_dir(Path(args.run_dir) if args.run_dir
@@ -40,7 +41,7 @@ def _add(args: argparse.Namespace) -> int:
     try:
         password = _password()
         name = asyncio.run(set_account(str(db), args.name, password))
-    except (AccountError, ValueError, EOFError) as exc:
+    except (AccountError, ValueError, EOFError, SchemaVersionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"operator {name} can sign in to the console ({db})")

@@ -6,7 +6,8 @@
   gone: :meth:`AuthStore.session` deletes it when it finds it, :meth:`purge_expired`
   deletes the rest.
 
-A service may add its own tables to the same file (``extra_schema``; the portal's meters).
+A service may keep its own tables in the same file: it opens it with its own :class:`Schema`
+whose tables include :data:`TABLES` (the portal's meters, :mod:`services.portal.store`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import secrets
 import sqlite3
 from dataclasses import dataclass
 
-from p2pep.sqlitedb import Database
+from p2pep.sqlitedb import Database, Schema
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS accounts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
@@ -34,6 +35,8 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expires_ms);
 """
+SCHEMA = Schema("webauth", 1, TABLES)
+"""Version 1: the tables above. A change to them is a new version with its migration step."""
 
 
 class NameTaken(Exception):
@@ -69,8 +72,8 @@ class AuthStore:
         self.db = db
 
     @classmethod
-    async def open(cls, path: str, extra_schema: str = "") -> AuthStore:
-        return cls(await Database.open(path, SCHEMA + extra_schema, foreign_keys=True))
+    async def open(cls, path: str, schema: Schema = SCHEMA) -> AuthStore:
+        return cls(await Database.open(path, schema, foreign_keys=True))
 
     async def close(self) -> None:
         await self.db.close()

@@ -40,7 +40,7 @@ from p2pep.anchor.chain import AnchorWallet, ChainError, ChainNotFound, ChainVie
 from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
 from p2pep.anchor.merkle import MerkleTree
 from p2pep.anchor.records import BatchInfo, StoredProof
-from p2pep.sqlitedb import Database
+from p2pep.sqlitedb import Database, Schema
 from services.anchor.metrics import (
     ANCHOR_REORGS,
     ANCHOR_TXS,
@@ -55,7 +55,7 @@ from services.anchor.metrics import (
 
 log = structlog.get_logger(__name__)
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS anchor_batches (
   id INTEGER PRIMARY KEY,
   root BLOB NOT NULL,
@@ -92,6 +92,8 @@ CREATE TABLE IF NOT EXISTS anchor_proofs (
 CREATE INDEX IF NOT EXISTS anchor_proofs_contract ON anchor_proofs(contract_id);
 CREATE INDEX IF NOT EXISTS anchor_proofs_batch ON anchor_proofs(batch_id);
 """
+SCHEMA = Schema("anchor", 1, TABLES)
+"""Version 1: the tables above. A change to them is a new version with its migration step."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import grpc
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from p2pep.paging import follow
 from p2pep.servicekit.http import BadParam, pb_json, static_page
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
@@ -78,8 +79,8 @@ class Console:
 
     async def overview(self, req: web.Request) -> web.Response:
         meters = await self.settlement.ListMeters(pb.ListMetersRequest(), timeout=self.timeout)
-        contracts = (await self.settlement.ListContracts(pb.ListSettlementContractsRequest(),
-                                                         timeout=self.timeout)).contracts
+        contracts = await follow(self.settlement.ListContracts, pb.ListSettlementContractsRequest(), "contracts",
+                                 self.timeout)
         out: dict[str, Any] = {
             "meters": [pb_json(m) for m in meters.meters],
             "contracts_by_state": dict(Tally(pb.ContractState.Name(c.state).removeprefix("CONTRACT_STATE_")
@@ -98,9 +99,9 @@ class Console:
         return web.json_response(out)
 
     async def contracts(self, req: web.Request) -> web.Response:
-        resp = await self.settlement.ListContracts(pb.ListSettlementContractsRequest(
-            meter_id=req.query.get("meter_id", ""), states=parse_states(req)), timeout=self.timeout)
-        return web.json_response({"contracts": [pb_json(c) for c in resp.contracts]})
+        contracts = await follow(self.settlement.ListContracts, pb.ListSettlementContractsRequest(
+            meter_id=req.query.get("meter_id", ""), states=parse_states(req)), "contracts", self.timeout)
+        return web.json_response({"contracts": [pb_json(c) for c in contracts]})
 
     async def energy(self, req: web.Request) -> web.Response:
         meter = req.query.get("meter_id", "")
@@ -118,10 +119,10 @@ class Console:
                                   "readings": usage.readings})
 
     async def payments(self, req: web.Request) -> web.Response:
-        resp = await self.settlement.ListPayments(pb.ListPaymentsRequest(
+        payments = await follow(self.settlement.ListPayments, pb.ListPaymentsRequest(
             contract_id=req.query.get("contract_id", ""), meter_id=req.query.get("meter_id", "")),
-            timeout=self.timeout)
-        return web.json_response(without_secrets({"payments": [pb_json(p) for p in resp.payments]}))
+            "payments", self.timeout)
+        return web.json_response(without_secrets({"payments": [pb_json(p) for p in payments]}))
 
     async def document(self, req: web.Request) -> web.Response:
         cid = req.match_info["contract_id"]

@@ -493,9 +493,14 @@ class Matcher:
                 resp.next_clearing.CopyFrom(ms_ts(self.next_clearing_ms))
             return resp
 
-    async def contracts(self, meter: str, active_only: bool, limit: int) -> list[ContractRec]:
-        rows = await self.store.contracts(meter, active_only, self.clock(), limit)
-        return [ContractRec.from_row(r) for r in rows]
+    async def contracts(self, meter: str, active_only: bool, limit: int,
+                        before: int = 0) -> tuple[list[ContractRec], int]:
+        """A page of contracts, newest first, stored before row ``before`` (0: from the newest),
+        and the row to continue before (0: this was the last page)."""
+        rows = await self.store.contracts(meter, active_only, self.clock(), limit + 1, before)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [ContractRec.from_row(r) for r in rows], (rows[-1]["rowid"] if more and rows else 0)
 
     async def events_since(self, from_seq: int, meters: frozenset[str]) -> list[tuple[int, bytes]]:
         return await self.store.events_since(from_seq, sorted(meters))

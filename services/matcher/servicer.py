@@ -15,6 +15,7 @@ from p2pep.market import (
     MarketError,
     Side,
 )
+from p2pep.paging import decode_token, encode_token, page_size
 from p2pep.pbconv import int64
 from p2pep.refusals import ResourceExhausted, Unavailable
 from p2pep.servicekit.auth import acting_meter
@@ -107,8 +108,10 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
     async def ListContracts(self, request: matcher_pb2.ListContractsRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> matcher_pb2.ListContractsResponse:
         with _errors("ListContracts"):
-            recs = await self.m.contracts(request.meter_id, request.active_only, min(request.limit or 100, 10_000))
-            return matcher_pb2.ListContractsResponse(contracts=[r.msg() for r in recs])
+            recs, next_before = await self.m.contracts(request.meter_id, request.active_only,
+                                                       page_size(request.limit), decode_token(request.page_token))
+            return matcher_pb2.ListContractsResponse(contracts=[r.msg() for r in recs],
+                                                     next_page_token=encode_token(next_before) if next_before else "")
 
     async def StreamEvents(self, request: matcher_pb2.StreamEventsRequest,
                            context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[matcher_pb2.MatchEvent]:

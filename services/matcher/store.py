@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pep.sqlitedb import Database, in_transaction
+from p2pep.sqlitedb import Database, Schema, in_transaction
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS orders (
     id TEXT PRIMARY KEY,
     meter TEXT NOT NULL,
@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_meter ON events(meter, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+SCHEMA = Schema("matcher", 1, TABLES)
+"""Version 1: the tables above. A change to them is a new version with its migration step."""
 
 ORDER_COLUMNS = (
     "id, meter, side, energy_wh, price, expiry_ms, partners, renews, remaining, seq, status, "
@@ -133,16 +135,22 @@ class Store:
             f"SELECT {CONTRACT_COLUMNS} FROM contracts WHERE contract_id = ?", (contract_id,)
         )
 
-    async def contracts(self, meter: str, active_only: bool, now_ms: int, limit: int) -> list[sqlite3.Row]:
+    async def contracts(self, meter: str, active_only: bool, now_ms: int, limit: int,
+                        before: int = 0) -> list[sqlite3.Row]:
+        """Newest first, at most ``limit``, only those stored before row ``before`` (0: all);
+        each row ends with its ``rowid`` (the keyset of the next page)."""
         where: list[str] = []
         args: list[Any] = []
+        if before > 0:
+            where.append("rowid < ?")
+            args.append(before)
         if meter:
             where.append("(consumer = ? OR supplier = ?)")
             args += [meter, meter]
         if active_only:
             where.append("ended = 0 AND end_ms > ?")
             args.append(now_ms)
-        sql = f"SELECT {CONTRACT_COLUMNS} FROM contracts"
+        sql = f"SELECT {CONTRACT_COLUMNS}, rowid FROM contracts"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY rowid DESC LIMIT ?"

@@ -233,13 +233,12 @@ class Billing:
             await asyncio.sleep(0.2)
 
     async def _lookup_payment(self, payment_hash: str) -> ln.Payment | None:
+        """This node's payment of ``payment_hash`` (by its hash: found however many payments the
+        node has made), or None if it has none or cannot say now."""
         try:
-            payments = await self.p.lnd.list_payments()
+            return await self.p.lnd.track_payment(payment_hash)
         except LndError:
             return None
-        found = [p for p in payments if p.payment_hash == payment_hash]
-        ok = [p for p in found if p.status == ln.Payment.SUCCEEDED]
-        return (ok or found)[-1] if found else None
 
 
 def _already_paid(e: LndError) -> bool:

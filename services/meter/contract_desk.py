@@ -29,6 +29,7 @@ from p2pep.metering.request_checks import (
     fee_limit_msat,
     parse_terms,
 )
+from p2pep.paging import follow
 from p2pep.pbconv import now_ms, ts_ms
 from p2pep.settings.meter import parse_node_address
 from p2pep.settling.contracts import ContractState, ContractTerms, sign_contract
@@ -245,15 +246,15 @@ class ContractDesk:
             if not any(not v.final for v in p.book.all()):
                 continue
             try:
-                resp = await p.settlement.ListContracts(
-                    S.ListSettlementContractsRequest(meter_id=p.s.meter_id), timeout=5)
+                contracts = await follow(p.settlement.ListContracts,
+                                         S.ListSettlementContractsRequest(meter_id=p.s.meter_id), "contracts", 5)
             except grpc.aio.AioRpcError as e:
                 log.debug("contract poll failed", code=e.code().name)
                 continue
             except Exception:
                 log.exception("contract poll failed")
                 continue
-            for rec in resp.contracts:
+            for rec in contracts:
                 view = p.book.get(rec.contract.contract_id)
                 if view is None or view.final:
                     continue
@@ -262,7 +263,7 @@ class ContractDesk:
                 except Refusal as r:
                     log.error("settlement lists a contract unlike the one signed",
                               contract_id=rec.contract.contract_id, error=str(r))
-            await self._forget_unknown({rec.contract.contract_id for rec in resp.contracts})
+            await self._forget_unknown({rec.contract.contract_id for rec in contracts})
 
     async def _forget_unknown(self, known: set[str], grace_ms: int = 120_000) -> None:
         """A contract it signed that settlement no longer lists (e.g. it restarted before

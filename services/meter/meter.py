@@ -278,7 +278,9 @@ class Meter:
         SignContract refused), flush the outbox, end its contracts (settlement pays what
         was delivered, which needs this meter's gRPC server: it is stopped after this)."""
         self._stop.set()
-        await self.tasks.cancel("startup", "orders", "match-events", "ticks")
+        await self.tasks.cancel("startup", "orders", "match-events")
+        if self.metering is not None:
+            await self.metering.stop(self.tasks)
         if self.ready.is_set():
             try:
                 await self.tick(final=True)

@@ -102,6 +102,13 @@ class Metering:
             await asyncio.sleep(max(0.0, delay))
             await self.tick()
 
+    async def stop(self, tasks: MeterTasks, name: str = "ticks") -> None:
+        """Stop the tick loop (the task ``name``) between two ticks, never inside one: a tick
+        cancelled after it advanced the registers but before its reading was stored would
+        leave a sequence number that no reading carries (the next tick takes the one after)."""
+        async with self._lock:
+            await tasks.cancel(name)
+
     async def tick(self, *, final: bool = False) -> None:
         """One metering step (see the module docstring)."""
         async with self._lock:

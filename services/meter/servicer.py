@@ -15,6 +15,7 @@ import structlog
 
 from p2pep.metering.pairing import PairingCodes, PairingRefused
 from p2pep.metering.request_checks import TERMS_FIELDS, Refusal
+from p2pep.paging import cut
 from p2pep.refusals import PermissionDenied, ResourceExhausted
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2
 from services.meter import metrics
@@ -50,7 +51,7 @@ def contract_records(m: Meter, active_only: bool = False) -> list[settlement_pb2
     return [record_of(v) for v in reversed(views)]
 
 
-async def recent_payments(m: Meter, limit: int = 100) -> list[meter_pb2.MeterPayment]:
+async def recent_payments(m: Meter, limit: int | None = 100) -> list[meter_pb2.MeterPayment]:
     """Payments made (succeeded) and received (settled invoices), newest first."""
     out: list[tuple[int, meter_pb2.MeterPayment]] = []
     for p in await m.store.payments():
@@ -68,7 +69,7 @@ async def recent_payments(m: Meter, limit: int = 100) -> list[meter_pb2.MeterPay
             mp.time.FromMilliseconds(t)
             out.append((t, mp))
     out.sort(key=lambda x: x[0], reverse=True)
-    return [mp for _, mp in out[:limit]]
+    return [mp for _, mp in (out if limit is None else out[:limit])]
 
 
 class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
@@ -102,11 +103,13 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
 
     async def ListContracts(self, request: meter_pb2.MeterContractsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.MeterContractsResponse:
-        return meter_pb2.MeterContractsResponse(contracts=contract_records(self.m, request.active_only))
+        page, token = cut(contract_records(self.m, request.active_only), request.page_size, request.page_token)
+        return meter_pb2.MeterContractsResponse(contracts=page, next_page_token=token)
 
     async def ListPayments(self, request: meter_pb2.MeterPaymentsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.MeterPaymentsResponse:
-        return meter_pb2.MeterPaymentsResponse(payments=await recent_payments(self.m, request.limit or 100))
+        page, token = cut(await recent_payments(self.m, None), request.limit, request.page_token)
+        return meter_pb2.MeterPaymentsResponse(payments=page, next_page_token=token)
 
     # -- settlement's requests ------------------------------------------------------------------------
 

@@ -19,9 +19,9 @@ from p2pep.metering.ordering import PlacedOrder
 from p2pep.metering.readings import Reading, SignedReading
 from p2pep.metering.registers import RegisterSnapshot
 from p2pep.settling.contracts import ContractState, ContractTerms
-from p2pep.sqlitedb import Database
+from p2pep.sqlitedb import Database, Schema
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
   seq INTEGER PRIMARY KEY, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL,
@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS orders (
   placed_ms INTEGER NOT NULL, expiry_ms INTEGER NOT NULL
 );
 """
+SCHEMA = Schema("meter", 1, TABLES)
+"""Version 1: the tables above. A change to them is a new version with its migration step."""
 
 _PUT_KV = "INSERT INTO kv VALUES (?,?) ON CONFLICT(k) DO UPDATE SET v=excluded.v"
 _VIEW_COLUMNS = [f.name for f in fields(ContractView) if f.name not in ("terms", "party", "state")]

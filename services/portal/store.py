@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from p2pep.sqlitedb import Schema
+from p2pep.webauth.store import TABLES as AUTH_TABLES
 from p2pep.webauth.store import AuthStore
 
 METERS_SCHEMA = """
@@ -20,6 +22,10 @@ CREATE TABLE IF NOT EXISTS meters (
 );
 CREATE INDEX IF NOT EXISTS meters_account ON meters(account_id);
 """
+
+SCHEMA = Schema("portal", 1, AUTH_TABLES + METERS_SCHEMA)
+"""Version 1: accounts and sessions (:mod:`p2pep.webauth.store`) and the meters above; its own
+version, since the portal's file and the console's evolve apart."""
 
 
 class PairedElsewhere(Exception):
@@ -35,7 +41,7 @@ class PairedMeter:
 class PortalStore(AuthStore):
     @classmethod
     async def open_portal(cls, path: str) -> PortalStore:
-        base = await AuthStore.open(path, METERS_SCHEMA)
+        base = await AuthStore.open(path, SCHEMA)
         return cls(base.db)
 
     async def meters(self, account_id: int) -> list[PairedMeter]:

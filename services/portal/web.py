@@ -23,6 +23,7 @@ import grpc
 import structlog
 from aiohttp import web
 
+from p2pep.paging import follow
 from p2pep.servicekit.http import BadParam, int_param, pb_json, static_page
 from p2pep.v1 import meter_pb2
 from p2pep.webauth.ratelimit import RateLimiter
@@ -125,18 +126,18 @@ class Portal:
         n = _int_param(req, "payments", 20)
         stub = await self.links.stub(meter_id)
         st = await stub.GetStatus(meter_pb2.GetStatusRequest(), timeout=self.timeout)
-        cs = await stub.ListContracts(meter_pb2.MeterContractsRequest(), timeout=self.timeout)
-        ps = await stub.ListPayments(meter_pb2.MeterPaymentsRequest(limit=n), timeout=self.timeout)
+        cs = await follow(stub.ListContracts, meter_pb2.MeterContractsRequest(), "contracts", self.timeout)
+        ps = await stub.ListPayments(meter_pb2.MeterPaymentsRequest(limit=n), timeout=self.timeout)  # the newest n
         return web.json_response(without_secrets({
-            "status": pb_json(st), "contracts": [pb_json(c) for c in cs.contracts],
+            "status": pb_json(st), "contracts": [pb_json(c) for c in cs],
             "payments": [pb_json(p) for p in ps.payments]}))
 
     async def contracts(self, req: web.Request) -> web.Response:
         meter_id = await self._owned(req)
         stub = await self.links.stub(meter_id)
-        cs = await stub.ListContracts(meter_pb2.MeterContractsRequest(active_only=_bool_param(req, "active_only")),
-                                      timeout=self.timeout)
-        return web.json_response(without_secrets({"contracts": [pb_json(c) for c in cs.contracts]}))
+        cs = await follow(stub.ListContracts, meter_pb2.MeterContractsRequest(active_only=_bool_param(req, "active_only")),
+                          "contracts", self.timeout)
+        return web.json_response(without_secrets({"contracts": [pb_json(c) for c in cs]}))
 
     async def payments(self, req: web.Request) -> web.Response:
         meter_id = await self._owned(req)

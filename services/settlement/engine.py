@@ -7,6 +7,13 @@ when fully delivered, when a party goes silent (:meth:`Engine.sweep_forever`), w
 ends it, or when its consumer does not pay; once its last increment is settled it is
 finished: summary stored, matcher and meters told (:mod:`.outbound`), settlement hash anchored.
 
+Durability across a crash: what a contract owes others (its contract and settlement leaves for
+the anchor, its end for the matcher) is written to the store's outbox in the same transaction as
+the state change that owes it, and delivered from there, retried until it is (each delivery is
+idempotent at its receiver); a restarted settlement delivers whatever is still queued
+(:meth:`Engine.load`). A match is stored (as a proposed contract, or a queued rejection) before
+the matcher feed's position moves past it (:meth:`Engine.admit`).
+
 The parts share only what they must: the store, the meter registry (:mod:`.registry`) and the
 contracts in memory (:mod:`.live`). Every proposal is supervised like a worker: a failed
 write is retried (the meters sign idempotently), and a contract that cannot be proposed is
@@ -24,6 +31,7 @@ from typing import Any
 import grpc
 import structlog
 
+from p2pep.anchor.client import AnchorServiceError
 from p2pep.canonical import canonical_json, settlement_hash
 from p2pep.identity import service
 from p2pep.metering.signing import MeterKey
@@ -44,11 +52,11 @@ from p2pep.settling.contracts import (
 from p2pep.v1 import common_pb2, matcher_pb2_grpc, meter_pb2, settlement_pb2
 from services.settlement import metrics
 from services.settlement.live import LiveContract, MeterLink, new_ledger
-from services.settlement.outbound import notify_meters, report_end
+from services.settlement.outbound import notify_meters, outcome_of, send_end
 from services.settlement.payments import ContractWorker
 from services.settlement.readings import ReadingIngest
 from services.settlement.registry import MeterRegistry
-from services.settlement.store import Store, dumps
+from services.settlement.store import OutboxItem, Store, dumps
 from services.settlement.views import SettlementViews
 
 log = structlog.get_logger("settlement")
@@ -78,6 +86,7 @@ class Engine:
         self._backoff = Backoff(settings.worker_backoff_initial_s, settings.worker_backoff_max_s)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._delivering: set[tuple[str, str]] = set()
 
     # --- start / stop ---------------------------------------------------------------
     async def load(self) -> None:
@@ -108,6 +117,7 @@ class Engine:
             elif c.state is ContractState.PROPOSED:
                 self.spawn(self._reject(lc, "settlement restarted before both parties signed"))
         self._gauge()
+        self._deliver_soon(await self.store.outbox())
         log.info("settlement loaded", meters=len(self.meters), contracts=len(self.contracts),
                  summary_pubkey=self.summary_key.pubkey_hex)
 
@@ -173,12 +183,20 @@ class Engine:
 
     # --- proposal -------------------------------------------------------------------
     async def propose(self, mc: common_pb2.Contract) -> None:
-        """Turn a match into a contract both meters sign; then deliver and pay.
+        """Turn a match into a contract both meters sign; then deliver and pay."""
+        lc = await self.admit(mc)
+        if lc is not None:
+            await self.sign(lc)
+
+    async def admit(self, mc: common_pb2.Contract) -> LiveContract | None:
+        """Store a match durably: as a proposed contract (returned, for :meth:`sign`), or, if
+        it cannot become one, as a rejection queued for the matcher (None). None also for a
+        match already known. Raises (nothing stored) if the store fails.
 
         The terms name both meters' keys and LND nodes as they are registered now; what
         is signed is final (a later re-registration changes no contract's payee)."""
         if mc.contract_id in self.contracts:
-            return
+            return None
         cons, sup = self.meters.get(mc.consumer), self.meters.get(mc.supplier)
         start = ts_ms(mc.start) if mc.HasField("start") else now_ms()
         end = ts_ms(mc.end) if mc.HasField("end") else 0
@@ -186,8 +204,8 @@ class Engine:
             end = start + self.s.contract_period_s * 1000
         if cons is None or sup is None:
             log.warning("match for an unregistered meter", contract_id=mc.contract_id)
-            await report_end(self.matcher, mc.contract_id, EndReason.REJECTED, 0, consumer_side=cons is None)
-            return
+            await self._owe(self._matcher_end(mc.contract_id, EndReason.REJECTED, 0, consumer_side=cons is None))
+            return None
         try:
             terms = ContractTerms(
                 contract_id=mc.contract_id, consumer=mc.consumer, supplier=mc.supplier,
@@ -199,12 +217,17 @@ class Engine:
         except ContractError as exc:
             # e.g. a meter registered without a usable LND node: nobody could be paid under it
             log.warning("match gives invalid terms: rejected", contract_id=mc.contract_id, error=str(exc))
-            await report_end(self.matcher, mc.contract_id, EndReason.REJECTED, 0,
-                             consumer_side=exc.field is not None and exc.field.startswith("consumer"))
-            return
+            await self._owe(self._matcher_end(mc.contract_id, EndReason.REJECTED, 0,
+                                              consumer_side=exc.field is not None and exc.field.startswith("consumer")))
+            return None
         lc = LiveContract(Contract(terms), new_ledger(terms), int(mc.tier))
+        await self.save(lc)
         self.contracts[terms.contract_id] = lc
+        return lc
 
+    async def sign(self, lc: LiveContract) -> None:
+        """Both meters sign an admitted contract, then it is active (retried; rejected if it
+        cannot be)."""
         def failed(n: int, exc: Exception) -> None:
             lc.fault = f"{type(exc).__name__}: {exc}"[:300]
             metrics.TASK_FAILURES.labels("proposal").inc()
@@ -245,21 +268,18 @@ class Engine:
                 await self._reject(lc, str(exc), consumer_side=party == "consumer")
                 return
         lc.contract = lc.contract.activate(now_ms())
-        await self.save(lc)
         t = lc.terms
+        await self.save(lc, self._anchor_leaf("anchor_contract", lc.cid, t.hash()))
         log.info("contract active", contract_id=lc.cid, consumer=t.consumer, supplier=t.supplier,
                  energy_wh=t.energy_wh, price=t.price_msat_per_kwh, tier=lc.matcher_tier)
-        if self.anchor is not None:
-            self.spawn(self.anchor.add_leaf("contract", lc.cid, t.hash()))
         self._start_worker(lc)
         await self.notify(lc)
 
     async def _reject(self, lc: LiveContract, why: str, consumer_side: bool = True) -> None:
         lc.contract = lc.contract.end(EndReason.REJECTED, now_ms())
         lc.finished = True
-        await self.save(lc)
+        await self.save(lc, self._matcher_end(lc.cid, EndReason.REJECTED, 0, consumer_side=consumer_side))
         metrics.CONTRACT_ENDS.labels(EndReason.REJECTED.value).inc()
-        await report_end(self.matcher, lc.cid, EndReason.REJECTED, 0, consumer_side=consumer_side)
         log.info("contract rejected", contract_id=lc.cid, why=why)
 
     def _start_worker(self, lc: LiveContract) -> None:
@@ -288,23 +308,23 @@ class Engine:
         lc.summary = settlement_summary(c, wh_delivered=led.delivered_wh, msat_paid=led.paid_msat,
                                         increments_paid=led.increments_paid, wh_paid=led.paid_wh)
         lc.finished = True
-        await self.save(lc)
+        assert c.end_reason is not None
+        await self.save(lc, [*self._matcher_end(lc.cid, c.end_reason, led.delivered_wh),
+                             *self._anchor_leaf("anchor_settlement", lc.cid, settlement_hash(lc.summary))])
         if c.end_reason is not None:
             metrics.CONTRACT_ENDS.labels(c.end_reason.value).inc()
         log.info("contract settled", contract_id=lc.cid, state=c.state.value,
                  reason=c.end_reason.value if c.end_reason else None, **{k: lc.summary[k] for k in (
                      "wh_delivered", "wh_paid", "msat_paid", "increments_paid")})
-        assert c.end_reason is not None
-        await report_end(self.matcher, lc.cid, c.end_reason, led.delivered_wh)
-        if self.anchor is not None:
-            self.spawn(self.anchor.add_leaf("settlement", lc.cid, settlement_hash(lc.summary)))
         await self.notify(lc)
         self._gauge()
 
     async def notify(self, lc: LiveContract) -> None:
         await notify_meters(self.meters, self.record(lc))
 
-    async def save(self, lc: LiveContract) -> None:
+    async def save(self, lc: LiveContract, owed: list[OutboxItem] | None = None) -> None:
+        """Store the contract's state and, in the same transaction, what it now owes others
+        (``owed``), then start delivering that."""
         c, led = lc.contract, lc.ledger
         await self.store.save_contract({
             "contract_id": lc.cid,
@@ -320,8 +340,61 @@ class Engine:
             "closed_at_wh": led.delivered_wh if led.closed else None,
             "summary_json": dumps(lc.summary) if lc.summary else None,
             "matcher_tier": lc.matcher_tier,
-        })
+        }, owed or [])
         self._gauge()
+        self._deliver_soon(owed or [])
+
+    # --- the outbox: what contracts owe others, durable until delivered ---------------
+    def _matcher_end(self, cid: str, reason: EndReason, delivered_wh: int,
+                     consumer_side: bool | None = None) -> list[OutboxItem]:
+        if self.matcher is None:
+            return []
+        return [OutboxItem("matcher_end", cid, {"outcome": int(outcome_of(reason, consumer_side)),
+                                                "delivered_wh": delivered_wh})]
+
+    def _anchor_leaf(self, kind: str, cid: str, leaf: bytes) -> list[OutboxItem]:
+        return [] if self.anchor is None else [OutboxItem(kind, cid, {"leaf": leaf.hex()})]
+
+    async def _owe(self, items: list[OutboxItem]) -> None:
+        await self.store.enqueue(items)
+        self._deliver_soon(items)
+
+    def _deliver_soon(self, items: Iterable[OutboxItem]) -> None:
+        for item in items:
+            key = (item.kind, item.contract_id)
+            if key not in self._delivering:
+                self._delivering.add(key)
+                self.spawn(self._deliver(item))
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        """Deliver one queued item, retrying (with backoff, for as long as it takes) while its
+        receiver is unreachable; then delete it from the outbox."""
+        def failed(n: int, exc: Exception) -> None:
+            log.info("outbox delivery failed, will retry", kind=item.kind, contract_id=item.contract_id,
+                     attempt=n, error=str(exc))
+
+        try:
+            try:
+                await supervised(lambda: self._send(item), on_failure=failed,
+                                 backoff=Backoff(self.s.worker_backoff_initial_s, 30.0),
+                                 retry_if=lambda e: not isinstance(e, AnchorServiceError))
+            except AnchorServiceError as exc:  # a permanent refusal: retrying cannot help
+                log.error("anchor refused a leaf", kind=item.kind, contract_id=item.contract_id, error=str(exc))
+            await self.store.delivered(item)
+        finally:
+            self._delivering.discard((item.kind, item.contract_id))
+
+    async def _send(self, item: OutboxItem) -> None:
+        p = item.payload
+        if item.kind == "matcher_end":
+            if self.matcher is not None:
+                await send_end(self.matcher, item.contract_id, p["outcome"], p["delivered_wh"])
+        elif item.kind in ("anchor_contract", "anchor_settlement"):
+            if self.anchor is not None:
+                leaf_kind = "contract" if item.kind == "anchor_contract" else "settlement"
+                await self.anchor.add_leaf(leaf_kind, item.contract_id, bytes.fromhex(p["leaf"]))
+        else:
+            log.error("unknown outbox item dropped", kind=item.kind, contract_id=item.contract_id)
 
     async def sweep_forever(self) -> None:
         """End contracts at their end time, when fully delivered, or when a party went silent."""

@@ -1,7 +1,9 @@
 """Follows the matcher's event stream (all meters) and turns each new match into a contract.
 
 The last handled event's sequence number is stored, so a restarted settlement
-resumes the stream where it left off and misses no match.
+resumes the stream where it left off and misses no match: a match is stored (as a proposed
+contract, or a rejection queued for the matcher) before the position moves past it, and a
+repeated event is a no-op.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ async def _follow(engine: Engine, stub: matcher_pb2_grpc.MatcherServiceAsyncStub
     log.info("following matcher events", from_seq=last + 1)
     async for ev in stream:
         if ev.kind in CONTRACT_KINDS and ev.HasField("contract"):
-            engine.spawn(engine.propose(ev.contract))
+            lc = await engine.admit(ev.contract)  # durable before the position moves on
+            if lc is not None:
+                engine.spawn(engine.sign(lc))
         await engine.store.put("matcher_seq", str(ev.seq))
     raise ConnectionError("the matcher ended its event stream")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import structlog
 
-from p2pep.servicekit import Backoff, GaveUp, supervised
 from p2pep.settling.contracts import EndReason
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2
 from services.settlement.live import CONSUMER_SIDE_REASONS
@@ -25,30 +24,17 @@ def outcome_of(reason: EndReason, consumer_side: bool | None = None) -> matcher_
     return matcher_pb2.CONTRACT_OUTCOME_SUPPLIER_DEFAULTED
 
 
-async def report_end(matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None, cid: str, reason: EndReason,
-                     delivered_wh: int, consumer_side: bool | None = None, attempts: int = 5) -> None:
-    """Tell the matcher a contract ended (so it releases or reopens the rest), retrying while
-    it is unreachable; a refusal (unknown contract, bad value) is final."""
-    if matcher is None:
-        return
-    req = matcher_pb2.ReportContractEndRequest(contract_id=cid, outcome=outcome_of(reason, consumer_side),
-                                               delivered_wh=delivered_wh)
-
-    async def report() -> None:
-        try:
-            await matcher.ReportContractEnd(req, timeout=10)
-        except grpc.aio.AioRpcError as err:
-            if err.code() not in FINAL_MATCHER_CODES:
-                raise
-            log.warning("matcher refused contract end", contract_id=cid, detail=err.details())
-
-    def failed(n: int, exc: Exception) -> None:
-        log.info("matcher not reached for contract end", contract_id=cid, attempt=n, error=str(exc))
-
+async def send_end(matcher: matcher_pb2_grpc.MatcherServiceAsyncStub, cid: str,
+                   outcome: matcher_pb2.ContractOutcome.ValueType, delivered_wh: int) -> None:
+    """One ReportContractEnd; raises on a failure worth retrying (the matcher unreachable), logs
+    and returns on a final refusal (unknown contract, bad value). The matcher takes a repeat."""
+    req = matcher_pb2.ReportContractEndRequest(contract_id=cid, outcome=outcome, delivered_wh=delivered_wh)
     try:
-        await supervised(report, on_failure=failed, backoff=Backoff(0.5, 2.5, 1.5), attempts=attempts)
-    except GaveUp:
-        log.error("matcher unreachable for contract end", contract_id=cid)
+        await matcher.ReportContractEnd(req, timeout=10)
+    except grpc.aio.AioRpcError as err:
+        if err.code() not in FINAL_MATCHER_CODES:
+            raise
+        log.warning("matcher refused contract end", contract_id=cid, detail=err.details())
 
 
 async def notify_meters(meters: MeterRegistry, rec: settlement_pb2.ContractRecord) -> None:

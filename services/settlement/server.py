@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import structlog
 
+from p2pep.paging import cut
 from p2pep.pbconv import ts_ms
 from p2pep.servicekit.auth import acting_meter, caller
 from p2pep.servicekit.errors import PermissionDenied
@@ -75,7 +76,8 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def ListContracts(
         self, req: pb.ListSettlementContractsRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListSettlementContractsResponse:
-        return pb.ListSettlementContractsResponse(contracts=self.e.list_contracts(req.meter_id, req.states))
+        page, token = cut(self.e.list_contracts(req.meter_id, req.states), req.page_size, req.page_token)
+        return pb.ListSettlementContractsResponse(contracts=page, next_page_token=token)
 
     async def _energy(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext[Any, Any], column: str) -> pb.EnergyTotal:
         wh, n = await self.e.energy(req.meter_id, column, ts_ms(getattr(req, "from"), "from"),
@@ -104,7 +106,8 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
             )
             pay.settled.FromMilliseconds(p["settled_ms"])
             out.append(pay)
-        return pb.ListPaymentsResponse(payments=out)
+        page, token = cut(out, req.page_size, req.page_token)
+        return pb.ListPaymentsResponse(payments=page, next_page_token=token)
 
     async def ExportContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractDocument:
         lc = self.e.views.contract(req.contract_id)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pep.metering.readings import Reading
-from p2pep.sqlitedb import Database
+from p2pep.sqlitedb import Database, Schema, Transaction
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS meters (
   meter_id TEXT PRIMARY KEY, pubkey TEXT NOT NULL, node_pubkey TEXT NOT NULL,
   address TEXT NOT NULL, role TEXT NOT NULL, node_address TEXT NOT NULL DEFAULT ''
@@ -33,6 +33,25 @@ CREATE TABLE IF NOT EXISTS payments (
 );
 CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
+
+OUTBOX = """
+CREATE TABLE IF NOT EXISTS outbox (
+  kind TEXT NOT NULL, contract_id TEXT NOT NULL, payload_json TEXT NOT NULL, PRIMARY KEY (kind, contract_id)
+);
+"""
+"""What settlement still owes others for a contract (an anchor leaf, the matcher's
+ReportContractEnd): written in the transaction that changes the contract, deleted once
+delivered. One row per (kind, contract), so a delivery is never queued twice."""
+
+SCHEMA = Schema("settlement", 2, TABLES + OUTBOX, {1: OUTBOX})
+"""Version 1: the tables above but the outbox; version 2 adds the outbox (migration step 1)."""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    kind: str  # "anchor_contract", "anchor_settlement", "matcher_end"
+    contract_id: str
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -121,14 +140,29 @@ class Store:
         ))
 
     # --- contracts ------------------------------------------------------------------
-    async def save_contract(self, row: dict[str, Any]) -> None:
+    async def save_contract(self, row: dict[str, Any], outbox: Iterable[OutboxItem] = ()) -> None:
+        """Store the contract and queue ``outbox`` (what it now owes others), in one transaction."""
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         updates = ", ".join(f"{c}=excluded.{c}" for c in row if c != "contract_id")
-        await self.db.execute(
-            f"INSERT INTO contracts ({cols}) VALUES ({marks}) ON CONFLICT(contract_id) DO UPDATE SET {updates}",
-            tuple(row.values()),
-        )
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                f"INSERT INTO contracts ({cols}) VALUES ({marks}) ON CONFLICT(contract_id) DO UPDATE SET {updates}",
+                tuple(row.values()),
+            )
+            await _enqueue(tx, outbox)
+
+    # --- outbox ---------------------------------------------------------------------
+    async def enqueue(self, items: Iterable[OutboxItem]) -> None:
+        async with self.db.transaction() as tx:
+            await _enqueue(tx, items)
+
+    async def outbox(self) -> list[OutboxItem]:
+        rows = await self.db.fetchall("SELECT kind, contract_id, payload_json FROM outbox ORDER BY rowid")
+        return [OutboxItem(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    async def delivered(self, item: OutboxItem) -> None:
+        await self.db.execute("DELETE FROM outbox WHERE kind=? AND contract_id=?", (item.kind, item.contract_id))
 
     async def contracts(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.db.fetchall("SELECT * FROM contracts ORDER BY rowid")]
@@ -176,6 +210,11 @@ class Store:
 
     async def put(self, k: str, v: str) -> None:
         await self.db.execute("INSERT INTO kv VALUES (?,?) ON CONFLICT(k) DO UPDATE SET v=excluded.v", (k, v))
+
+
+async def _enqueue(tx: Transaction, items: Iterable[OutboxItem]) -> None:
+    await tx.executemany("INSERT OR IGNORE INTO outbox (kind, contract_id, payload_json) VALUES (?,?,?)",
+                         [(i.kind, i.contract_id, dumps(i.payload)) for i in items])
 
 
 def dumps(obj: Any) -> str:

@@ -112,9 +112,14 @@ class FakeLnd:
         return PaymentResult(pay.payment_hash, pay.payment_preimage, pay.value_msat, pay.fee_msat, "SUCCEEDED",
                              "FAILURE_REASON_NONE", 2)
 
-    async def list_payments(self, max_payments: int = 10_000) -> list[ln.Payment]:
+    async def track_payment(self, payment_hash: str, timeout: float | None = None) -> ln.Payment | None:
+        self._call("TrackPaymentV2")
+        found = [p for p in self.payments if p.payment_hash == payment_hash]
+        return found[-1] if found else None  # lnd keeps one payment per hash: its latest attempt
+
+    async def list_payments(self, page_size: int = 1000) -> list[ln.Payment]:
         self._call("ListPayments")
-        return list(self.payments[-max_payments:])
+        return list(self.payments)
 
     def _channel(self) -> ln.Channel:
         return ln.Channel(active=True, remote_pubkey="03" + "11" * 32, capacity=2 * self.local_sat,
