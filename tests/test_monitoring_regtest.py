@@ -86,7 +86,8 @@ async def test_prometheus_scrapes_hackathon_every_target_up_every_panel_has_data
     assert_suppliers_paid_as_delivered(report)
     # the targets: every service and every lnd node of the run, with the documented labels
     jobs = {job for job, _ in found["expected_targets"]}
-    assert jobs == {"p2pep-matcher", "p2pep-settlement", "p2pep-anchor", "p2pep-console", "p2pep-meter", "lnd"}
+    assert jobs == {"p2pep-matcher", "p2pep-settlement", "p2pep-anchor", "p2pep-console", "p2pep-portal", "p2pep-meter",
+                    "lnd"}
     meters = {lab.get("meter") for lab in found["labels"] if lab["job"] == "p2pep-meter"}
     nodes = {lab.get("node") for lab in found["labels"] if lab["job"] == "lnd"}
     assert meters == {"meter-1", "meter-2", "meter-3"} and nodes == {"hub", "meter-1", "meter-2", "meter-3"}
