@@ -1,0 +1,94 @@
+"""The hostile-caller enumeration without a network (the regtest suite that calls the real
+services is tests/test_hostile_callers_regtest.py).
+
+* every RPC of every P2PEP proto gets a hostile request that names the victim, and the
+  authorization table (the real checks of ``p2pep.servicekit.auth``) refuses it for a caller
+  without certificate (UNAUTHENTICATED; on a real port the TLS handshake refuses it first) and
+  for another meter (PERMISSION_DENIED), except the RPCs whose rule lets any meter through to
+  the service's own check (party of a contract, consumer of a contract, ``ListMeters``' view);
+* the HTTP routes of the portal and the console, read from their aiohttp routers, are exactly
+  the routes the regtest suite knows an answer for.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from hostile_callers import (
+    PORTAL_OTHER_ACCOUNT,
+    PUBLIC_ANSWERS,
+    Victim,
+    console_app,
+    hostile_request,
+    no_session_answer,
+    p2pep_methods,
+    portal_app,
+    public_routes,
+    web_routes,
+)
+
+from p2pep.access import ACCESS
+from p2pep.identity import Identity
+from p2pep.servicekit.auth import Caller, Denied, check, check_message
+
+ATTACKER = Caller(Identity("meter", "meter-1"), 1, None)
+SERVICE_CHECKED = {"/p2pep.v1.SettlementService/GetContract", "/p2pep.v1.SettlementService/ExportContract",
+                   "/p2pep.v1.SettlementService/ListMeters", "/p2pep.v1.MatcherService/ExtendContract"}
+
+
+def refusal(method: str, who: Caller | None, request: object) -> grpc.StatusCode | None:
+    try:
+        rule = ACCESS.get(method)
+        check(rule, who, None)
+        assert rule is not None and who is not None
+        check_message(rule, who, request)
+    except Denied as d:
+        return d.code
+    return None
+
+
+def test_every_rpc_is_enumerated_from_the_descriptors() -> None:
+    methods = dict(p2pep_methods())
+    assert len(methods) > 25
+    assert set(methods) == {m for m in ACCESS if not m.startswith("/grpc.health")}
+
+
+def test_every_hostile_request_names_the_victim_and_is_refused_by_the_table() -> None:
+    victim = Victim("meter-3", "meter-1", contract_id="c-of-meter-2-and-meter-3")
+    admitted = set()
+    for path, method in p2pep_methods():
+        req = hostile_request(method, victim)
+        assert refusal(path, None, req) == grpc.StatusCode.UNAUTHENTICATED, path
+        code = refusal(path, ATTACKER, req)
+        if code is None:
+            admitted.add(path)
+            assert ACCESS[path].meter == (), path  # only where the service itself checks the rest
+        else:
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (path, code)
+    assert admitted == SERVICE_CHECKED
+
+
+def test_hostile_requests_name_the_victim_in_every_meter_field() -> None:
+    victim = Victim("meter-3", "meter-1")
+    for path, method in p2pep_methods():
+        for field_path in ACCESS[path].meter or ():
+            from p2pep.access import field_values
+
+            values, _ = field_values(hostile_request(method, victim), field_path)
+            assert values and set(values) == {"meter-3"}, (path, field_path, values)
+
+
+@pytest.mark.parametrize("site", ["portal", "console"])
+def test_every_web_route_has_a_known_answer_for_hostile_callers(site: str) -> None:
+    routes = web_routes(portal_app() if site == "portal" else console_app())
+    assert ("GET", "/") in routes and ("GET", "/metrics") in routes
+    public = public_routes(site)
+    for method, path in routes:
+        answer = no_session_answer(site, method, path)
+        assert answer in (200, 303, 401, 409), (method, path)
+        if path not in public:
+            assert answer in (303, 401), (method, path)  # nothing without a session
+    signed_in = {(m, p) for m, p in routes if p not in public and m != "HEAD"}
+    if site == "portal":
+        assert signed_in == set(PORTAL_OTHER_ACCOUNT)
+    assert {(m, p) for m, p in routes if p in public and m != "HEAD"} <= set(PUBLIC_ANSWERS)
