@@ -12,12 +12,15 @@ services is tests/test_hostile_callers_regtest.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from hostile_callers import (
     PORTAL_OTHER_ACCOUNT,
     PUBLIC_ANSWERS,
     Victim,
+    call_any,
     console_app,
     hostile_request,
     no_session_answer,
@@ -26,10 +29,14 @@ from hostile_callers import (
     public_routes,
     web_routes,
 )
+from matcher_helpers import settings
+from test_settlement_service import FakeMeter, Harness
+from tls_helpers import dial, dial_without_certificate
 
 from p2pep.access import ACCESS
 from p2pep.identity import Identity
 from p2pep.servicekit.auth import Caller, Denied, check, check_message
+from services.matcher.app import start_matcher
 
 ATTACKER = Caller(Identity("meter", "meter-1"), 1, None)
 SERVICE_CHECKED = {"/p2pep.v1.SettlementService/GetContract", "/p2pep.v1.SettlementService/ExportContract",
@@ -92,3 +99,43 @@ def test_every_web_route_has_a_known_answer_for_hostile_callers(site: str) -> No
     if site == "portal":
         assert signed_in == set(PORTAL_OTHER_ACCOUNT)
     assert {(m, p) for m, p in routes if p in public and m != "HEAD"} <= set(PUBLIC_ANSWERS)
+
+
+async def test_the_enumerated_calls_against_in_process_services(tmp_path: Path) -> None:
+    """The same calls as the regtest suite, against settlement, the matcher and a meter in
+    process (real mTLS and interceptors): without a certificate the handshake refuses every
+    one (UNAVAILABLE); with another meter's, every one but ``ListMeters`` is refused, and each
+    streaming kind (unary, server, client and bidirectional streams) goes through ``call_any``.
+    The victim's contract does not exist here: the service's own party checks may answer
+    NOT_FOUND (the regtest suite names a real contract of the victim)."""
+    h = Harness(tmp_path / "settlement")
+    victim_meter = FakeMeter("meter-3")
+    meter_target = await h.start_meter(victim_meter)
+    _, _, settlement = await h.start_settlement()
+    matcher = await start_matcher(settings(tmp_path))
+    targets = {"p2pep.v1.SettlementService": (settlement.grpc_target, "settlement"),
+               "p2pep.v1.MatcherService": (matcher.target, "matcher"),
+               "p2pep.v1.MeterService": (meter_target, "meter-3"),
+               "p2pep.v1.EnrollmentService": (settlement.grpc_target, "settlement")}
+    victim = Victim("meter-3", "meter-1", contract_id="c-1")
+    try:
+        for path, method in p2pep_methods():
+            service = path.split("/")[1]
+            if service not in targets:
+                continue  # the anchor needs btcd and lnd: the regtest suite calls it
+            target, peer = targets[service]
+            req = hostile_request(method, victim)
+            async with dial_without_certificate(target, peer) as ch:
+                assert (await call_any(ch, path, method, req, timeout=5)).code == grpc.StatusCode.UNAVAILABLE, path
+            async with dial(target, peer, as_=Identity("meter", "meter-1")) as ch:
+                got = await call_any(ch, path, method, req, timeout=5)
+            want = {"/p2pep.v1.SettlementService/ListMeters": {grpc.StatusCode.OK},
+                    "/p2pep.v1.EnrollmentService/Enroll": {grpc.StatusCode.UNIMPLEMENTED}}.get(
+                        path, {grpc.StatusCode.PERMISSION_DENIED})
+            if path in SERVICE_CHECKED:  # no contract c-1 here (the regtest suite names a real one)
+                want |= {grpc.StatusCode.NOT_FOUND}
+            assert got.code in want, (path, got)
+        assert victim_meter.paid == [] and victim_meter.updates == []
+    finally:
+        await matcher.stop(grace=0.5)
+        await h.close()
