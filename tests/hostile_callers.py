@@ -239,6 +239,59 @@ def no_session_answer(site: str, method: str, path: str) -> int:
     """What a caller without a session gets (with a pre-session CSRF token on unsafe methods)."""
     if path in public_routes(site):
         return PUBLIC_ANSWERS[("GET" if method == "HEAD" else method, path)]
-    if path.startswith("/api/") or method not in ("GET", "HEAD"):
-        return 401
+    if path.startswith("/api/") or method != "GET":
+        return 401  # (HEAD of a page too: WebAuth redirects only a GET)
     return 303  # a page: to /signin
+
+
+async def hit(c: Any, method: str, path: str, body: Mapping[str, str], csrf: bool = True) -> int:
+    """The status ``method path`` answers ``c`` (a ``web_helpers.WebClient``), its CSRF token sent or not."""
+    headers = {"X-CSRF-Token": c.csrf} if csrf and c.csrf else {}
+    unsafe = method not in ("GET", "HEAD")
+    async with c.http.request(method, path, json=dict(body) if unsafe else None, headers=headers,
+                              allow_redirects=False) as r:
+        await r.read()
+        return int(r.status)
+
+
+async def no_session_wrong(site: str, base: str, routes: list[tuple[str, str]], values: Mapping[str, str],
+                           body: Mapping[str, str]) -> list[str]:
+    """Every route without a session (with a pre-session CSRF token, and without any token for
+    unsafe methods): what answered otherwise than :func:`no_session_answer` / 403."""
+    from web_helpers import WebClient
+
+    wrong = []
+    async with WebClient(base) as bare, WebClient(base) as stranger:
+        await stranger.refresh()  # a pre-session CSRF token: unsafe calls reach the sign-in check
+        for method, path in routes:
+            url = expand(path, values)
+            got = await hit(stranger, method, url, body)
+            if got != no_session_answer(site, method, path):
+                wrong.append(f"(c) no session: {site} {method} {path}: {got}")
+            if method not in ("GET", "HEAD") and (got := await hit(bare, method, url, body, csrf=False)) != 403:
+                wrong.append(f"(c) no CSRF token: {site} {method} {path}: {got}")
+    return wrong
+
+
+async def other_household_wrong(b: Any, routes: list[tuple[str, str]], values: Mapping[str, str],
+                                body: Mapping[str, str]) -> list[str]:
+    """Every portal route as household ``b`` (a signed-in ``WebClient``) on another account's
+    meter ``values["meter_id"]``: what answered otherwise than :data:`PORTAL_OTHER_ACCOUNT` (sign-out last)."""
+    import json
+
+    wrong = []
+    ordered = [r for r in routes if r[1] != "/api/signout"] + [r for r in routes if r[1] == "/api/signout"]
+    for method, path in ordered:
+        key = ("GET" if method == "HEAD" else method, path)
+        want = PORTAL_OTHER_ACCOUNT.get(key) or PUBLIC_ANSWERS[key]
+        if key == ("GET", "/signin"):
+            want = 303  # signed in: to the app
+        url = expand(path, values)
+        got = await hit(b, method, url, body)
+        if got != want:
+            wrong.append(f"(c) another household: portal {method} {path}: {got} (want {want})")
+        if key == ("GET", "/api/meters"):
+            _, listed = await b.get(url)
+            if values["meter_id"] in json.dumps(listed):
+                wrong.append(f"(c) another household sees the meter: {listed}")
+    return wrong

@@ -24,14 +24,19 @@ from hostile_callers import (
     console_app,
     hostile_request,
     no_session_answer,
+    no_session_wrong,
+    other_household_wrong,
     p2pep_methods,
     portal_app,
     public_routes,
     web_routes,
 )
 from matcher_helpers import settings
+from test_meter_service import rig  # noqa: F401 - the fixture of test_portal's
+from test_portal import PW, PortalRig, portal  # noqa: F401 - the fixture
 from test_settlement_service import FakeMeter, Harness
 from tls_helpers import dial, dial_without_certificate
+from web_helpers import WebClient
 
 from p2pep.access import ACCESS
 from p2pep.identity import Identity
@@ -139,3 +144,20 @@ async def test_the_enumerated_calls_against_in_process_services(tmp_path: Path) 
     finally:
         await matcher.stop(grace=0.5)
         await h.close()
+
+
+async def test_every_portal_route_refuses_a_stranger_and_another_household(portal: PortalRig) -> None:  # noqa: F811
+    """The portal's routes (from its router) against the portal in process over real meter
+    services: without a session, and as household B on household A's meter."""
+    routes = [r for r in web_routes(portal_app()) if r[1] not in ("/metrics", "/healthz")]  # the rig has no probes
+    async with WebClient(portal.base) as a, WebClient(portal.base) as b:
+        assert (await a.register("alice", PW))[0] == 201
+        assert (await b.register("bob", PW))[0] == 201
+        assert (await a.send("POST", "/api/meters", {"meter_id": "home", "code": await portal.code("home")}))[0] == 201
+        code = await portal.code("home")
+        body = {"name": "alice", "password": "not alice's password", "meter_id": "home", "code": code}
+        assert await no_session_wrong("portal", portal.base, routes, {"meter_id": "home"}, body) == []
+        assert await other_household_wrong(b, routes, {"meter_id": "home"}, body) == []
+        assert await portal.code("home") == code  # not used up
+        assert (await a.get("/api/meters/home/status"))[0] == 200
+        assert [m["meter_id"] for m in (await a.get("/api/meters"))[1]["meters"]] == ["home"]

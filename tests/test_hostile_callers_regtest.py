@@ -48,15 +48,16 @@ import aiohttp
 import grpc
 import pytest
 from hostile_callers import (
-    PORTAL_OTHER_ACCOUNT,
-    PUBLIC_ANSWERS,
     TAG,
     Victim,
     call_any,
     console_app,
     expand,
+    hit,
     hostile_request,
     no_session_answer,
+    no_session_wrong,
+    other_household_wrong,
     p2pep_methods,
     portal_app,
     web_routes,
@@ -258,15 +259,6 @@ async def enroll_port(runner: ScenarioRunner, victim: Victim) -> grpc.StatusCode
 # --- HTTP ----------------------------------------------------------------------------------------
 
 
-async def hit(c: WebClient, method: str, path: str, body: dict[str, str], csrf: bool = True) -> int:
-    headers = {"X-CSRF-Token": c.csrf} if csrf and c.csrf else {}
-    unsafe = method not in ("GET", "HEAD")
-    async with c.http.request(method, path, json=body if unsafe else None, headers=headers,
-                              allow_redirects=False) as r:
-        await r.read()
-        return r.status
-
-
 async def web_attacks(runner: ScenarioRunner, victim: Victim, code: str, found: dict[str, Any]) -> None:
     procs = runner.procs
     portal = f"http://127.0.0.1:{procs['portal'].launch.metrics_port}"
@@ -277,33 +269,11 @@ async def web_attacks(runner: ScenarioRunner, victim: Victim, code: str, found: 
     sites = {"portal": (portal, web_routes(portal_app())), "console": (console, web_routes(console_app()))}
     found["routes"] = {site: len(routes) for site, (_, routes) in sites.items()}
     for site, (base, routes) in sites.items():
-        async with WebClient(base) as bare, WebClient(base) as stranger:
-            await stranger.refresh()  # a pre-session CSRF token: unsafe calls reach the sign-in check
-            for method, path in routes:
-                url = expand(path, values)
-                got = await hit(stranger, method, url, body)
-                if got != no_session_answer(site, method, path):
-                    wrong.append(f"(c) no session: {site} {method} {path}: {got}")
-                if method not in ("GET", "HEAD") and (got := await hit(bare, method, url, body, csrf=False)) != 403:
-                    wrong.append(f"(c) no CSRF token: {site} {method} {path}: {got}")
+        wrong += await no_session_wrong(site, base, routes, values, body)
     # another household: B, signed in on the portal, on A's meter
     async with WebClient(portal) as b:
         assert (await b.signin(*HOUSEHOLD_B))[0] == 200
-        routes = sites["portal"][1]
-        signout = [r for r in routes if r[1] == "/api/signout"]
-        for method, path in [r for r in routes if r[1] != "/api/signout"] + signout:
-            key = ("GET" if method == "HEAD" else method, path)
-            want = PORTAL_OTHER_ACCOUNT.get(key) or PUBLIC_ANSWERS[key]
-            if key == ("GET", "/signin"):
-                want = 303  # signed in: to the app
-            url = expand(path, values)
-            got = await hit(b, method, url, body)
-            if got != want:
-                wrong.append(f"(c) household B: portal {method} {path}: {got} (want {want})")
-            if key == ("GET", "/api/meters"):
-                _, listed = await b.get(url)
-                if victim.meter_id in json.dumps(listed):
-                    wrong.append(f"(c) household B sees A's meter: {listed}")
+        wrong += await other_household_wrong(b, sites["portal"][1], values, body)
     # B's session (cookie) at the console, and B's name and password there
     async with WebClient(portal) as b2:
         await b2.signin(*HOUSEHOLD_B)
