@@ -102,10 +102,11 @@ def _fill(msg: Message, v: Victim, tag: str, depth: int) -> None:
             sub = getattr(msg, f.name).add() if repeated else getattr(msg, f.name)
             _fill(sub, v, tag, depth + 1)
             continue
-        if f.name in v.overrides and f.type != FieldDescriptor.TYPE_STRING:
-            value: Any = v.overrides[f.name]
-        elif f.type == FieldDescriptor.TYPE_STRING:
-            value = _string(f, v, tag)
+        override = v.overrides.get(f.name)
+        if f.type == FieldDescriptor.TYPE_STRING:
+            value: Any = _string(f, v, tag)
+        elif isinstance(override, int) and f.type not in (FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_BOOL):
+            value = override
         elif f.type == FieldDescriptor.TYPE_BYTES:
             value = b"\x01" * 32
         elif f.type == FieldDescriptor.TYPE_BOOL:

@@ -75,7 +75,7 @@ from p2pep.regtest import RegtestNetwork, wait_for
 from p2pep.scenario.runner import ScenarioRunner
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.tls import Tls
-from p2pep.settling.contracts import ContractTerms
+from p2pep.settling.contracts import ContractTerms, EndReason
 from p2pep.v1 import enrollment_pb2, matcher_pb2, matcher_pb2_grpc, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
 
@@ -114,7 +114,8 @@ async def snapshot(runner: ScenarioRunner, net: RegtestNetwork) -> dict[str, Any
         s["contracts"] = {r.contract.contract_id: r for r in
                           (await st.ListContracts(pb.ListSettlementContractsRequest(), timeout=10)).contracts}
         s["payments"] = {(p.contract_id, p.increment): (p.payment_hash, p.amount_msat, p.payer, p.payee)
-                         for p in (await st.ListPayments(pb.ListPaymentsRequest(), timeout=10)).payments}
+                         for p in (await st.ListPayments(pb.ListPaymentsRequest(), timeout=10)).payments
+                         if p.HasField("settled")}  # settled: final
     async with channel(procs["matcher"].launch.target, peer="matcher", tls=runner.tls) as ch:
         mt = matcher_pb2_grpc.MatcherServiceStub(ch)
         s["matcher_contracts"] = {c.contract_id: c for c in
@@ -151,10 +152,11 @@ def changes(before: dict[str, Any], after: dict[str, Any], attacker_invoice: str
     out = []
     if before["meters"] != after["meters"]:
         out.append(f"registrations: {before['meters']} -> {after['meters']}")
-    for cid, rec in before["contracts"].items():
+    for cid, rec in before["contracts"].items():  # terms never change; signatures once given neither
         now = after["contracts"].get(cid)
-        if now is None or (now.terms_json, now.consumer_signature, now.supplier_signature) != (
-                rec.terms_json, rec.consumer_signature, rec.supplier_signature):
+        if now is None or now.terms_json != rec.terms_json or any(
+                getattr(rec, sig) and getattr(now, sig) != getattr(rec, sig)
+                for sig in ("consumer_signature", "supplier_signature")):
             out.append(f"settlement contract {cid} changed")
     for cid, rec in after["contracts"].items():
         if TAG in cid or TAG in rec.end_reason:
@@ -165,10 +167,13 @@ def changes(before: dict[str, Any], after: dict[str, Any], attacker_invoice: str
             if after["matcher_contracts"].get(k) != v]
     out += [f"matcher contract {k}" for k in after["matcher_contracts"] if TAG in k]
     out += [f"order {o}" for o in after["orders"] if TAG in o]
-    for m, book in before["books"].items():
-        out += [f"{m}'s book: {k} changed" for k, v in book.items() if after["books"][m].get(k) != v]
+    for m, book in before["books"].items():  # the signed terms and their nodes, once there, stay
+        for k, v in book.items():
+            now = after["books"][m].get(k)
+            if now is None or any(x and y != x for x, y in zip(v, now, strict=True)):
+                out.append(f"{m}'s book: {k} {v} -> {now}")
         out += [f"{m}'s book: {k}" for k in after["books"][m] if TAG in k]
-    moves_on = {(0, 1), (0, 2), (3, 1), (3, 2)}  # invoice OPEN/ACCEPTED -> SETTLED/CANCELED
+    moves_on = {(0, 1), (0, 2), (0, 3), (3, 1), (3, 2)}  # invoice OPEN -> ACCEPTED -> SETTLED/CANCELED
     for name, b in before["lnd"].items():
         a = after["lnd"][name]
         if a["channels"] != b["channels"]:
@@ -179,7 +184,7 @@ def changes(before: dict[str, Any], after: dict[str, Any], attacker_invoice: str
                 out.append(f"{name}: invoice {h} {b['invoices'][h]} -> {now}")
         for h, v in b["payments"].items():
             now = a["payments"].get(h)
-            if now is None or (now != v and v[0] != 1):  # IN_FLIGHT may finish
+            if now is None or (now != v and v[0] not in (0, 1, 4)):  # one in flight may finish
                 out.append(f"{name}: payment {h} {v} -> {now}")
         out += [f"{name}: invoice {h} {v}" for h, v in a["invoices"].items() if TAG in v[2] and h != attacker_invoice]
     attacker = after["lnd"][ATTACKER]["invoices"][attacker_invoice]
@@ -204,6 +209,10 @@ def expected_b(path: str) -> set[grpc.StatusCode]:
         return {C.UNIMPLEMENTED}  # not served on an mTLS port (its own port: enroll_port below)
     if path == "/p2pep.v1.SettlementService/ListMeters":
         return {C.OK}  # any meter reads the directory; what it sees is checked below
+    if path == "/p2pep.v1.MatcherService/ExtendContract":
+        # the matcher finds the active contract, then checks the caller is its consumer: if the
+        # victim's contract ended meanwhile (a window is 30 s here), NOT_FOUND refuses it first
+        return {C.PERMISSION_DENIED, C.NOT_FOUND}
     return {C.PERMISSION_DENIED, C.UNAUTHENTICATED}
 
 
@@ -414,16 +423,20 @@ def final_checks(runner: ScenarioRunner, lnd: dict[str, Any], invoice: str, vict
                     f"OR end_reason LIKE '%{TAG}%'")
     assert not rows("matcher", "matcher.db", f"SELECT id FROM orders WHERE id LIKE '%{TAG}%'")
     assert not rows("matcher", "matcher.db", f"SELECT contract_id FROM contracts WHERE contract_id LIKE '%{TAG}%'")
-    ended = rows("matcher", "matcher.db", f"SELECT ended, outcome, delivered_wh FROM contracts "
-                 f"WHERE contract_id = '{victim.contract_id}'")
-    assert ended and ended[0][1] != matcher_pb2.CONTRACT_OUTCOME_SUPPLIER_DEFAULTED, ended
+    # the victim's contract ended in the matcher as settlement ended it (not as the attacker reported)
+    [(outcome,)] = rows("matcher", "matcher.db", f"SELECT outcome FROM contracts WHERE contract_id = '{victim.contract_id}'")
+    [(reason,)] = rows("settlement", "settlement.db",
+                       f"SELECT end_reason FROM contracts WHERE contract_id = '{victim.contract_id}'")
+    if reason in (EndReason.END_TIME, EndReason.ENERGY_DELIVERED):
+        assert outcome == matcher_pb2.CONTRACT_OUTCOME_COMPLETED, (reason, outcome)
     for m in METERS:
         for table in ("contracts", "invoices", "payments"):
             assert not rows(m, "meter.db", f"SELECT contract_id FROM {table} WHERE contract_id LIKE '%{TAG}%'"), (m, table)
         assert not rows(m, "meter.db", f"SELECT order_id FROM orders WHERE order_id LIKE '%{TAG}%'"), m
         for cid, supplier_node, consumer_node in rows(m, "meter.db",
                                                       "SELECT contract_id, supplier_node, consumer_node FROM contracts"):
-            t = contracts[cid]
+            t = contracts.get(cid)
+            assert t is not None, (m, "a contract settlement never proposed", cid)
             assert (supplier_node, consumer_node) == (t["supplier_node"], t["consumer_node"]), (m, cid)
         hashes = {h for (h,) in rows(m, "meter.db", "SELECT payment_hash FROM payments WHERE preimage != ''")}
         assert hashes <= paid, (m, "payments settlement never asked for", hashes - paid)
