@@ -296,3 +296,22 @@ async def other_household_wrong(b: Any, routes: list[tuple[str, str]], values: M
             if values["meter_id"] in json.dumps(listed):
                 wrong.append(f"(c) another household sees the meter: {listed}")
     return wrong
+
+
+async def foreign_session_wrong(base: str, routes: list[tuple[str, str]], values: Mapping[str, str],
+                                body: Mapping[str, str], token: str) -> list[str]:
+    """Every console route with ``token`` (a household's portal session) as the console's
+    session cookie: it must be no session at all there (the stores are apart)."""
+    from web_helpers import WebClient
+
+    wrong = []
+    async with WebClient(base) as c:
+        await c.refresh()
+        c.http.cookie_jar.update_cookies({"p2pep_console_session": token})
+        sent = [k.key for k in c.http.cookie_jar]
+        assert "p2pep_console_session" in sent, sent
+        for method, path in routes:
+            got = await hit(c, method, expand(path, values), body)
+            if got != no_session_answer("console", method, path):
+                wrong.append(f"(c) a household's session at the console: {method} {path}: {got}")
+    return wrong

@@ -13,6 +13,7 @@ services is tests/test_hostile_callers_regtest.py).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ from hostile_callers import (
     Victim,
     call_any,
     console_app,
+    foreign_session_wrong,
     hostile_request,
     no_session_answer,
     no_session_wrong,
@@ -32,6 +34,7 @@ from hostile_callers import (
     web_routes,
 )
 from matcher_helpers import settings
+from test_console import console  # noqa: F401 - the fixture
 from test_meter_service import rig  # noqa: F401 - the fixture of test_portal's
 from test_portal import PW, PortalRig, portal  # noqa: F401 - the fixture
 from test_settlement_service import FakeMeter, Harness
@@ -161,3 +164,15 @@ async def test_every_portal_route_refuses_a_stranger_and_another_household(porta
         assert await portal.code("home") == code  # not used up
         assert (await a.get("/api/meters/home/status"))[0] == 200
         assert [m["meter_id"] for m in (await a.get("/api/meters"))[1]["meters"]] == ["home"]
+
+
+async def test_every_console_route_refuses_a_stranger_and_a_household_session(
+        console: tuple[str, Any, Any]) -> None:  # noqa: F811
+    """The console's routes (from its router) in process: without a session, and with a
+    household's session token as the console's cookie."""
+    base = console[0]
+    routes = [r for r in web_routes(console_app()) if r[1] not in ("/metrics", "/healthz")]  # the rig has no probes
+    values = {"contract_id": "c-1"}
+    body = {"name": "ops", "password": "not the operator's password", "meter_id": "meter-3", "code": "ABCD-EFGH"}
+    assert await no_session_wrong("console", base, routes, values, body) == []
+    assert await foreign_session_wrong(base, routes, values, body, "a-portal-session-token") == []

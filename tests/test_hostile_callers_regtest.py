@@ -52,10 +52,8 @@ from hostile_callers import (
     Victim,
     call_any,
     console_app,
-    expand,
-    hit,
+    foreign_session_wrong,
     hostile_request,
-    no_session_answer,
     no_session_wrong,
     other_household_wrong,
     p2pep_methods,
@@ -287,15 +285,10 @@ async def web_attacks(runner: ScenarioRunner, victim: Victim, code: str, found: 
     async with WebClient(portal) as b2:
         await b2.signin(*HOUSEHOLD_B)
         token = next(c.value for c in b2.http.cookie_jar if c.key == "p2pep_portal_session")
-        async with WebClient(console) as b_at_console:
-            await b_at_console.refresh()
-            b_at_console.http.cookie_jar.update_cookies({"p2pep_console_session": token})
-            for method, path in sites["console"][1]:
-                got = await hit(b_at_console, method, expand(path, values), body)
-                if got != no_session_answer("console", method, path):
-                    wrong.append(f"(c) household session at the console: {method} {path}: {got}")
-            if (got := (await b_at_console.signin(*HOUSEHOLD_B))[0]) != 401:
-                wrong.append(f"(c) a household signs in to the console: {got}")
+    wrong += await foreign_session_wrong(console, sites["console"][1], values, body, token)
+    async with WebClient(console) as b_at_console:
+        if (got := (await b_at_console.signin(*HOUSEHOLD_B))[0]) != 401:
+            wrong.append(f"(c) a household signs in to the console: {got}")
     # A still owns and reads its meter; the operator still signs in
     async with WebClient(portal) as a, WebClient(console) as op:
         assert (await a.signin(*HOUSEHOLD_A))[0] == 200
