@@ -47,6 +47,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hostile_callers import (
     TAG,
     Victim,
@@ -227,8 +228,15 @@ async def grpc_attacks(runner: ScenarioRunner, victim: Victim, found: dict[str, 
                 if got.code != C.UNAVAILABLE:
                     wrong.append(f"(a) {name} {path}: {got.code.name} {got.details}")
     found["a_calls"] = len(runner.procs) * len(methods)
-    # (b) the attacker's valid certificate, every method on the processes serving it
+    # ... while the same port, name and CA with a certificate answer (health: anyone of the CA)
     attacker = Tls.load(runner.layout.tls_dir, Identity("meter", victim.attacker))
+    for name, proc in runner.procs.items():
+        async with channel(proc.launch.target, peer=name, tls=attacker) as ch:
+            try:
+                await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            except grpc.aio.AioRpcError as e:
+                wrong.append(f"(a) {name} does not answer a certificate either: {e.code().name}")
+    # (b) the attacker's valid certificate, every method on the processes serving it
     calls = 0
     for path, method in methods:
         for name in SERVES[path.split("/")[1]]:
