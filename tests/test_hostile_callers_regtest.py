@@ -37,6 +37,7 @@ would leave a trace the normal flow never makes, so the checks look for exactly 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -375,7 +376,12 @@ async def test_every_rpc_and_route_refuses_hostile_callers_and_nothing_changes(t
         finally:
             await net.close()
 
-    report, runner = await run_scenario("hackathon", tmp_path, during, keep_network=True)
+    try:
+        report, runner = await run_scenario("hackathon", tmp_path, during, keep_network=True)
+    except BaseException:  # the kept network would outlive the test
+        with contextlib.suppress(Exception):
+            await RegtestNetwork.attach(tmp_path / "run").down()
+        raise
     net = RegtestNetwork.attach(runner.run_dir)
     try:
         assert report["ok"]
