@@ -22,6 +22,7 @@ from p2pep.settings import SERVICE_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.33.0"
+PY_IMAGES = ("p2pep-services:", "p2pep-meter:")  # containers/services.Containerfile, without and with `sim`
 CENTRAL = {"settlement", "matcher", "anchor", "console", "portal"}
 EXPECTED = {"regtest": CENTRAL | set(HOUSEHOLDS) | {"btcd", "lnd-hub"} | {f"lnd-{m}" for m in HOUSEHOLDS},
             "production": CENTRAL}
@@ -73,7 +74,7 @@ def test_containers_have_probes_resources_pinned_images_and_a_locked_down_contex
             sc = c["securityContext"]
             assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                           "capabilities": {"drop": ["ALL"]}}, name
-            if image.startswith("p2pep-services:"):
+            if image.startswith(PY_IMAGES):
                 # gRPC health needs a client certificate (mTLS): probes read /healthz on the metrics port
                 for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                     assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, (name, probe)
@@ -86,7 +87,7 @@ def test_every_p2pep_variable_is_a_setting(overlay: str) -> None:
     maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
     for name, w in workloads(docs).items():
         for c in w["spec"]["template"]["spec"]["containers"]:
-            if not c["image"].startswith("p2pep-services:"):
+            if not c["image"].startswith(PY_IMAGES):
                 continue
             cls = SERVICE_SETTINGS[c["args"][0].removeprefix("services.")]
             names = [e["name"] for e in c.get("env", [])]
@@ -163,3 +164,31 @@ def test_secrets_are_emitted_from_a_run_dir(tmp_path: Path, capsys: pytest.Captu
     assert wanted - names == {"p2pep-btcd-server"}
     for d in docs:
         kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+
+
+def test_network_policies_keep_households_apart() -> None:
+    docs = render("regtest")
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+    def callers(policy: str, port: int) -> list[dict[str, Any]]:
+        return [f for rule in policies[policy]["ingress"] if {"port": port} in rule.get("ports", [])
+                for f in rule.get("from", [{"anywhere": True}])]
+
+    for m in HOUSEHOLDS:
+        # only settlement reaches a meter's payment RPCs; only its own meter reaches its lnd's RPC
+        assert callers(m, 50051) == [{"podSelector": {"matchExpressions": [
+            {"key": "app.kubernetes.io/component", "operator": "In", "values": ["settlement"]}]}}]
+        assert callers(f"lnd-{m}", 10009) == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": m}}}]
+
+
+def test_a_simulating_meter_runs_the_image_with_the_sim_extra() -> None:
+    docs = render("regtest")
+    maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    for name, w in workloads(docs).items():
+        c = w["spec"]["template"]["spec"]["containers"][0]
+        source = maps.get(f"{name}-config", {}).get("P2PEP_METER_SOURCE")
+        if source in ("pv", "h0"):
+            assert c["image"].startswith("p2pep-meter:"), name
+        elif c["image"].startswith(PY_IMAGES) and c["args"] != ["services.meter"]:
+            assert c["image"].startswith("p2pep-services:"), name  # no pandas/pvlib
