@@ -27,10 +27,10 @@ CENTRAL = {"settlement", "matcher", "anchor", "console", "portal"}
 EXPECTED = {"regtest": CENTRAL | set(HOUSEHOLDS) | {"btcd", "lnd-hub"} | {f"lnd-{m}" for m in HOUSEHOLDS},
             "production": CENTRAL}
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
+    assert shutil.which("kubectl"), "kubectl is missing (scripts/install-system-deps.sh says how to get it)"
     out = subprocess.run(["kubectl", "kustomize", str(REPO / "k8s" / "overlays" / overlay)],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     return [d for d in yaml.safe_load_all(out) if d]
