@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,22 @@ def test_a_simulating_meter_runs_the_image_with_the_sim_extra() -> None:
             assert c["image"].startswith("p2pep-meter:"), name
         elif c["image"].startswith(PY_IMAGES) and c["args"] != ["services.meter"]:
             assert c["image"].startswith("p2pep-services:"), name  # no pandas/pvlib
+
+
+def test_services_start_without_the_sim_extra() -> None:
+    """The p2pep-services image leaves out pandas/pvlib/demandlib: no service imports them at start."""
+    code = ("import sys\n"
+            "for s in ('settlement', 'matcher', 'anchor', 'console', 'portal', 'meter'):\n"
+            "    __import__(f'services.{s}.__main__')\n"
+            "import services.meter.app\n"
+            "print(sorted(m for m in ('pandas', 'pvlib', 'demandlib') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_services_containerfile_is_non_root_without_build_tools() -> None:
+    text = (REPO / "containers" / "services.Containerfile").read_text()
+    final = text[text.rindex("\nFROM "):]
+    assert "USER 10001:10001" in final and 'ENTRYPOINT ["python", "-m"]' in final
+    for tool in ("gcc", "build-essential", "golang", "python3-dev"):
+        assert tool not in text, tool
