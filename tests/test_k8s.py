@@ -78,7 +78,7 @@ def test_containers_have_probes_resources_pinned_images_and_a_locked_down_contex
             if image.startswith(PY_IMAGES):
                 # gRPC health needs a client certificate (mTLS): probes read /healthz on the metrics port
                 for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-                    assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, (name, probe)
+                    assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, (name, probe)
                 assert w["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
 
 
@@ -179,8 +179,8 @@ def test_network_policies_keep_households_apart() -> None:
     for m in HOUSEHOLDS:
         # only settlement reaches a meter's payment RPCs; only its own meter reaches its lnd's RPC
         assert callers(m, 50051) == [{"podSelector": {"matchExpressions": [
-            {"key": "app.kubernetes.io/component", "operator": "In", "values": ["settlement"]}]}}]
-        assert callers(f"lnd-{m}", 10009) == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": m}}}]
+            {"key": "app.kubernetes.io/name", "operator": "In", "values": ["settlement"]}]}}]
+        assert callers(f"lnd-{m}", 10009) == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": m}}}]
 
 
 def test_a_simulating_meter_runs_the_image_with_the_sim_extra() -> None:
@@ -212,3 +212,21 @@ def test_services_containerfile_is_non_root_without_build_tools() -> None:
     assert "USER 10001:10001" in final and 'ENTRYPOINT ["python", "-m"]' in final
     for tool in ("gcc", "build-essential", "golang", "python3-dev"):
         assert tool not in text, tool
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_carry_the_labels_monitoring_scrapes_by(overlay: str) -> None:
+    """monitoring/k8s: part-of p2pep, name = the kind (job p2pep-<name> or lnd), a port named
+    `metrics`, p2pep.io/meter on meters and p2pep.io/node on lnd nodes."""
+    for name, w in workloads(render(overlay)).items():
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "p2pep" and labels["app.kubernetes.io/instance"] == name
+        assert w["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/instance": name}
+        kind = labels["app.kubernetes.io/name"]
+        ports = {p["name"] for c in w["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        if kind != "btcd":
+            assert "metrics" in ports, name
+        if kind == "meter":
+            assert labels["p2pep.io/meter"] == name
+        if kind == "lnd":
+            assert labels["p2pep.io/node"] == name.removeprefix("lnd-")
