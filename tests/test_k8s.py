@@ -114,6 +114,9 @@ def test_no_secret_data_in_the_repo() -> None:
     for overlay in OVERLAYS:
         for doc in render(overlay):
             assert doc["kind"] != "Secret", overlay
+    tracked = subprocess.run(["git", "ls-files", "k8s", "containers"], cwd=REPO, capture_output=True, text=True).stdout
+    material = [f for f in tracked.split() if f.endswith((".key", ".crt", ".cert", ".macaroon", ".pem", ".whl"))]
+    assert not material, f"key material or wheels committed: {material}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
