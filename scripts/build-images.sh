@@ -43,7 +43,7 @@ if ! podman image exists "$base"; then
   say "base image from Debian's packages (mmdebstrap, a few minutes)"
   mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' bookworm "$root/base.tar"
-  podman import "$root/base.tar" "$base" >/dev/null
+  podman import --quiet "$root/base.tar" "$base" >/dev/null
   rm -f "$root/base.tar"
 fi
 build() { podman build --pull=never --isolation=chroot -q "$@" . >/dev/null; }
