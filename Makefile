@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: setup proto binaries lock lint test test-unit test-regtest up bench clean
+.PHONY: setup proto binaries lock lint test test-unit test-regtest up bench clean images k8s-config k8s-check
 
 setup: $(STAMP) binaries proto
 
@@ -46,6 +46,17 @@ test-unit: setup
 
 test-regtest: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m regtest tests
+
+# container images, built here with podman (no registry, no Docker engine): scripts/build-images.sh
+images: setup
+	bash scripts/build-images.sh
+
+# k8s/overlays/*/config/ from the settings classes; k8s-check renders and validates every overlay
+k8s-config: setup
+	$(BIN)/p2pep k8s config
+
+k8s-check: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_k8s.py
 
 up: setup
 	$(BIN)/p2pep up

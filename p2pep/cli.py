@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "p2pep.scenario.cli",
     "p2pep.webauth.cli",
     "p2pep.pki.cli",
+    "p2pep.k8s.cli",
 ]
 STUB_PACKAGES = ("p2pep.v1", "p2pep.lndrpc")
 

@@ -15,6 +15,13 @@ need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 { command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
+# kubectl >= 1.27 (kustomize v5; tests/test_k8s.py renders k8s/ with `kubectl kustomize`): the
+# `kubectl` package of the Kubernetes or Google Cloud apt repository when one is configured
+# (Debian's own `kubernetes-client` is 1.20, too old); otherwise say how to get it.
+if ! command -v kubectl >/dev/null; then
+  if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then need+=(kubectl)
+  else echo "install-system-deps: kubectl missing: add the apt repository of https://pkgs.k8s.io and install kubectl" >&2; fi
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

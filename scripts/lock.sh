@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pins every Python dependency of pyproject.toml (with the `dev` extra), with
+# Pins every Python dependency of pyproject.toml (with the `dev` and `sim` extras), with
 # hashes, into requirements.lock: what `make setup` and CI install, so a fresh
 # machine gets exactly the versions CI tested. Resolved for Python 3.11 on
 # linux x86_64. Pins already in the lock are kept unless pyproject.toml rules
@@ -16,7 +16,7 @@ if [ ! -x "$tools/bin/uv" ]; then
   "$tools/bin/pip" install -q "uv==$UV_VERSION"
 fi
 cd "$here"
-"$tools/bin/uv" pip compile pyproject.toml --extra dev --generate-hashes \
+"$tools/bin/uv" pip compile pyproject.toml --extra dev --extra sim --generate-hashes \
   --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
   --custom-compile-command "make lock" --quiet -o requirements.lock "$@"
 echo "lock: requirements.lock has $(grep -c '^[a-z0-9].*==' requirements.lock) pinned packages" >&2

@@ -34,7 +34,8 @@ def _requirement_name(req: str) -> str:
 def _pyproject() -> dict[str, set[str]]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     return {
-        "runtime": {_requirement_name(r) for r in project["dependencies"]},
+        # the `sim` extra is runtime too: a simulating meter's (the services' image leaves it out)
+        "runtime": {_requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["sim"]},
         "dev": {_requirement_name(r) for r in project["optional-dependencies"]["dev"]},
     }
 

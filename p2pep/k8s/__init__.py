@@ -1,0 +1,129 @@
+"""Kubernetes deployment: the services' ConfigMaps, generated from their settings classes.
+
+Invariants:
+
+* Every variable in a generated ConfigMap is written by
+  :func:`p2pep.servicekit.settings.settings_env` from field values, so its name is one the
+  service's settings class reads and its value one the class accepts (read back on generation).
+* Secret fields (:data:`SECRET_FIELDS`) never go into a ConfigMap: they are validated with a
+  placeholder, then dropped; the workload reads them from a Secret (``p2pep k8s secrets``).
+* The paths below are the mount points the manifests in ``k8s/base`` use; they are the one
+  place those paths are spelled on the Python side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from p2pep.servicekit.settings import BaseServiceSettings, settings_env
+from p2pep.settings import SERVICE_SETTINGS
+
+GRPC_PORT = 50051
+METRICS_PORT = 9100
+LND_RPC_PORT = 10009
+LND_P2P_PORT = 9735
+BTCD_RPC_PORT = 18334
+
+DATA = "/data"  # the PersistentVolumeClaim of a StatefulSet
+TLS = "/etc/p2pep/tls"  # Secret p2pep-tls-<component>: ca.crt, <component>.crt/.key
+LND = "/etc/p2pep/lnd"  # Secret p2pep-lnd-<component>: tls.cert, p2pep-<service>.macaroon
+BTCD = "/etc/p2pep/btcd"  # Secret p2pep-btcd-client: rpc.cert, user, pass
+METER_KEY = "/etc/p2pep/meter-key"  # Secret p2pep-meterkey-<meter>: meter.key
+
+#: fields read from a Secret (env valueFrom), never a ConfigMap: service -> field -> placeholder
+SECRET_FIELDS: dict[str, dict[str, str]] = {
+    "anchor": {"btcd_user": "x", "btcd_pass": "x"},
+}
+
+OVERLAYS = ("regtest", "production")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One deployed P2PEP service: ``name`` is its workload, Service and certificate name."""
+
+    name: str
+    service: str  # key of SERVICE_SETTINGS; the image runs `python -m services.<service>`
+    values: Mapping[str, object] = field(default_factory=dict)
+
+
+def _common() -> dict[str, object]:
+    return {"grpc_host": "0.0.0.0", "grpc_port": GRPC_PORT, "http_host": "0.0.0.0",
+            "metrics_port": METRICS_PORT, "log_json": True, "tls_dir": TLS}
+
+
+def _target(name: str, port: int = GRPC_PORT) -> str:
+    return f"{name}:{port}"
+
+
+# the hackathon scenario's households (scenarios/hackathon.toml)
+HOUSEHOLDS: dict[str, dict[str, object]] = {
+    "meter-1": {"role": "producer", "source": "pv", "pv_kwp": "1.6", "price_msat_per_kwh": 250_000},
+    "meter-2": {"role": "producer", "source": "constant", "constant_w": 1200, "price_msat_per_kwh": 250_000},
+    "meter-3": {"role": "consumer", "source": "constant", "constant_w": 2000, "price_msat_per_kwh": 300_000},
+}
+
+
+def components(overlay: str) -> list[Component]:
+    """The P2PEP services of ``overlay`` with the settings each gets from its ConfigMap."""
+    if overlay not in OVERLAYS:
+        raise ValueError(f"unknown overlay {overlay!r} (known: {', '.join(OVERLAYS)})")
+    # production: the operator's own lnd and bitcoind (btcd-compatible JSON-RPC with --txindex)
+    hub_lnd = "lnd-hub" if overlay == "regtest" else "hub-lnd.operator.svc"
+    chain = "btcd" if overlay == "regtest" else "bitcoin-rpc.operator.svc"
+    out = [
+        Component("settlement", "settlement", {
+            "db_path": f"{DATA}/settlement.sqlite", "key_path": f"{DATA}/settlement.key",
+            "matcher_target": _target("matcher"), "anchor_target": _target("anchor")}),
+        Component("matcher", "matcher", {"db_path": f"{DATA}/matcher.sqlite"}),
+        Component("anchor", "anchor", {
+            "db_path": f"{DATA}/anchor.sqlite", "lnd_rpcserver": _target(hub_lnd, LND_RPC_PORT),
+            "lnd_tls_cert": f"{LND}/tls.cert", "lnd_macaroon": f"{LND}/p2pep-anchor.macaroon",
+            "btcd_rpchost": _target(chain, BTCD_RPC_PORT), "btcd_cert": f"{BTCD}/rpc.cert",
+            "min_confirmations": 1 if overlay == "regtest" else 6}),
+        Component("console", "console", {
+            "auth_db_path": f"{DATA}/auth.db", "settlement_target": _target("settlement"),
+            "matcher_target": _target("matcher"), "allowed_hosts": "console,localhost",
+            "cookie_secure": overlay == "production"}),
+        Component("portal", "portal", {
+            "auth_db_path": f"{DATA}/auth.db", "settlement_target": _target("settlement"),
+            "allowed_hosts": "portal,localhost", "cookie_secure": overlay == "production"}),
+    ]
+    if overlay == "regtest":
+        for meter, own in HOUSEHOLDS.items():
+            out.append(Component(meter, "meter", {
+                "meter_id": meter, **own, "state_dir": DATA, "db_path": f"{DATA}/meter.sqlite",
+                "key_path": f"{METER_KEY}/meter.key", "advertise_address": _target(meter),
+                "lnd_rpcserver": _target(f"lnd-{meter}", LND_RPC_PORT), "lnd_tls_cert": f"{LND}/tls.cert",
+                "lnd_macaroon": f"{LND}/p2pep-meter.macaroon", "lnd_p2p": _target(f"lnd-{meter}", LND_P2P_PORT),
+                "matcher_target": _target("matcher"), "settlement_target": _target("settlement"),
+                "display_allowed_hosts": f"{meter},localhost"}))
+    return out
+
+
+def component_env(c: Component) -> dict[str, str]:
+    """The ConfigMap data of ``c``: its settings as variables, secret fields left out."""
+    cls: type[BaseServiceSettings] = SERVICE_SETTINGS[c.service]
+    secret = SECRET_FIELDS.get(c.service, {})
+    env = settings_env(cls, **_common(), **c.values, **secret)
+    for name in secret:
+        env.pop(f"{cls.model_config.get('env_prefix', '')}{name.upper()}")
+    return dict(sorted(env.items()))
+
+
+def configmap_yaml(c: Component) -> str:
+    """One ConfigMap ``p2pep-<name>-config`` as YAML text (stable: keys sorted, values quoted)."""
+    import json
+
+    lines = ["# generated by `p2pep k8s config`: do not edit (tests/test_k8s.py compares)",
+             "apiVersion: v1", "kind: ConfigMap", "metadata:", f"  name: {c.name}-config",
+             "  labels:", f"    app.kubernetes.io/name: {c.name}", "    app.kubernetes.io/part-of: p2pep",
+             "data:"]
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in component_env(c).items()]
+    return "\n".join(lines) + "\n"
+
+
+def configmaps(overlay: str) -> dict[str, str]:
+    """File name -> YAML text of every ConfigMap of ``overlay``."""
+    return {f"{c.name}.yaml": configmap_yaml(c) for c in components(overlay)}

@@ -1,0 +1,122 @@
+"""`p2pep k8s config|secrets`: the Kubernetes ConfigMaps and Secrets of the services.
+
+``p2pep k8s config [--overlay O] [--check]`` writes ``k8s/overlays/<O>/config/<component>.yaml``
+from the settings classes (:mod:`p2pep.k8s`); ``--check`` writes nothing and exits 1 if a
+committed file differs. ``p2pep k8s secrets --run-dir DIR`` prints, as Secret YAML on stdout
+(for ``kubectl apply -f -``; never commit it), each component's TLS folder, its lnd node's
+``tls.cert`` and baked macaroon, btcd's client material and the meters' signing keys, read
+from a run dir laid out as ``p2pep up`` leaves it. A missing file is a one-line error, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+from pathlib import Path
+
+from p2pep.k8s import HOUSEHOLDS, OVERLAYS, components, configmaps
+
+REPO = Path(__file__).resolve().parents[2]
+MACAROON_SUBDIR = Path("data/chain/bitcoin/regtest")
+
+
+class MissingFile(Exception):
+    pass
+
+
+def config_dir(overlay: str, root: Path = REPO) -> Path:
+    return root / "k8s" / "overlays" / overlay / "config"
+
+
+def _config(args: argparse.Namespace) -> int:
+    stale: list[str] = []
+    for overlay in [args.overlay] if args.overlay else list(OVERLAYS):
+        out = config_dir(overlay, Path(args.root))
+        want = configmaps(overlay)
+        have = {p.name for p in out.glob("*.yaml")} if out.is_dir() else set()
+        for name, text in want.items():
+            path = out / name
+            if args.check:
+                if not path.is_file() or path.read_text() != text:
+                    stale.append(str(path))
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+        stale += [str(out / n) for n in sorted(have - set(want))] if args.check else []
+    if stale:
+        print(f"p2pep k8s config: out of date (run `p2pep k8s config`): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    if not path.is_file():
+        raise MissingFile(f"missing {path}")
+    return path.read_bytes()
+
+
+def secret_yaml(name: str, files: dict[str, bytes]) -> str:
+    lines = ["---", "apiVersion: v1", "kind: Secret", "type: Opaque", "metadata:", f"  name: {name}",
+             "  labels:", "    app.kubernetes.io/part-of: p2pep", "data:"]
+    lines += [f"  {k}: {base64.b64encode(v).decode()}" for k, v in sorted(files.items())]
+    return "\n".join(lines) + "\n"
+
+
+def secrets(run_dir: Path, overlay: str, btcd_user: str, btcd_pass: str) -> str:
+    """Every Secret the workloads of ``overlay`` mount, from ``run_dir``'s files."""
+    tls = run_dir / "tls"
+    out: list[str] = []
+    names = [c.name for c in components(overlay)]
+    for name in names:
+        files = {"ca.crt": _read(tls / "ca.crt"), f"{name}.crt": _read(tls / f"{name}.crt"),
+                 f"{name}.key": _read(tls / f"{name}.key")}
+        if (tls / "revoked.txt").is_file():
+            files["revoked.txt"] = _read(tls / "revoked.txt")
+        out.append(secret_yaml(f"p2pep-tls-{name}", files))
+    lnd_of = {"anchor": ("hub", "anchor")} | {m: (m, "meter") for m in HOUSEHOLDS if m in names}
+    for name, (node, service) in lnd_of.items():
+        d = run_dir / node
+        mac = f"p2pep-{service}.macaroon"
+        out.append(secret_yaml(f"p2pep-lnd-{name}", {
+            "tls.cert": _read(d / "tls.cert"), mac: _read(d / MACAROON_SUBDIR / mac)}))
+    out.append(secret_yaml("p2pep-btcd-client", {
+        "rpc.cert": _read(run_dir / "btcd" / "rpc.cert"), "user": btcd_user.encode(), "pass": btcd_pass.encode()}))
+    for meter in HOUSEHOLDS:
+        if meter in names:
+            out.append(secret_yaml(f"p2pep-meterkey-{meter}",
+                                   {"meter.key": _read(run_dir / "scenario" / meter / "meter.key")}))
+    return "".join(out)
+
+
+def _secrets(args: argparse.Namespace) -> int:
+    user = args.btcd_user or os.environ.get("P2PEP_BTCD_USER", "")
+    password = args.btcd_pass or os.environ.get("P2PEP_BTCD_PASS", "")
+    if not user or not password:
+        print("p2pep k8s secrets: btcd's RPC user and password are needed (--btcd-user/--btcd-pass or "
+              "P2PEP_BTCD_USER/P2PEP_BTCD_PASS)", file=sys.stderr)
+        return 2
+    try:
+        text = secrets(Path(args.run_dir), args.overlay, user, password)
+    except MissingFile as exc:
+        print(f"p2pep k8s secrets: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    k8s = sub.add_parser("k8s", help="Kubernetes ConfigMaps (generated) and Secrets (from a run dir)")
+    ks = k8s.add_subparsers(dest="k8s_command", required=True)
+    c = ks.add_parser("config", help="write k8s/overlays/*/config/ from the settings classes")
+    c.add_argument("--overlay", choices=OVERLAYS)
+    c.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed file differs")
+    c.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
+    c.set_defaults(func=_config)
+    s = ks.add_parser("secrets", help="print the Secrets (TLS, macaroons, meter keys) as YAML; never commit it")
+    s.add_argument("--run-dir", required=True, help="a run dir as `p2pep up` leaves it (tls/, hub/, meter-N/, btcd/)")
+    s.add_argument("--overlay", choices=OVERLAYS, default="regtest")
+    s.add_argument("--btcd-user", default="")
+    s.add_argument("--btcd-pass", default="")
+    s.set_defaults(func=_secrets)
