@@ -147,6 +147,17 @@ def test_defaulted_contract_owes_at_most_one_increment() -> None:
     assert [d["ok"] for d in detail] == [True, False]
 
 
+def test_a_defaulted_contract_may_owe_the_failed_increment_and_part_of_the_next() -> None:
+    """The increment whose payment failed (10 Wh) and what flowed of the next while it was
+    being paid (seen in CI: 11 Wh) is at most one complete increment; two complete ones is not."""
+    part = contract("c-1", "meter-1", 350_000, delivered=61, paid_wh=50, state=DEFAULTED)
+    two = contract("c-2", "meter-2", 350_000, delivered=70, paid_wh=50, state=DEFAULTED)
+    r = build_report(facts(contracts=[part, two], payments=payments_for(part) + payments_for(two), invoices={}))
+    assert [d["ok"] for d in r["checks"]["defaulted_owe_at_most_one_increment"]["detail"]] == [True, False]
+    owed = r["checks"]["suppliers_owed_at_most_one_increment"]["detail"]
+    assert owed["meter-1"]["ok"] and not owed["meter-2"]["ok"]
+
+
 def test_producer_leaves_checks() -> None:
     s = load_scenario("producer-leaves")
     gone = contract("c-2", "meter-2", 250_000, 60, 60, state=DEFAULTED, end_min=45)
