@@ -35,6 +35,7 @@ from p2pep.access import ACCESS, Rule, on_behalf_problem
 from p2pep.identity import Identity, from_certificate
 from p2pep.pki.ca import meter_key_of
 from p2pep.pki.tlsdir import Revocations
+from p2pep.servicekit.handlers import rewrap
 
 AUTH_REFUSALS = Counter("p2pep_grpc_auth_refusals_total", "Calls refused by authorization, by method and code",
                         ["method", "code"])
@@ -133,17 +134,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         rule = self.table.get(full)
         label = full.rsplit("/", 1)[-1] if rule is not None else "unlisted"
         gate = _Gate(self, rule, label, full)
-        codec = {"request_deserializer": handler.request_deserializer,
-                 "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(gate.unary(handler.unary_unary), **codec)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(gate.unary_stream(handler.unary_stream), **codec)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(gate.stream_unary(handler.stream_unary), **codec)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(gate.stream_stream(handler.stream_stream), **codec)
-        return handler
+        return rewrap(handler, lambda behaviour, kind: getattr(gate, "unary" if kind == "unary_unary" else kind)(
+            behaviour))
 
 
 class _Gate:

@@ -33,6 +33,7 @@ from p2pep.refusals import (
     Unauthenticated,
     Unavailable,
 )
+from p2pep.servicekit.handlers import rewrap
 
 __all__ = ["AlreadyExists", "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied",
            "Refused", "RefusalInterceptor", "ResourceExhausted", "Unauthenticated", "Unavailable"]
@@ -87,17 +88,8 @@ class RefusalInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        codec = {"request_deserializer": handler.request_deserializer,
-                 "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **codec)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, method), **codec)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, method), **codec)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, method), **codec)
-        return handler
+        return rewrap(handler, lambda behaviour, kind: (
+            _unary(behaviour, method) if kind.endswith("unary") else _streaming(behaviour, method)))
 
 
 def _unary(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:

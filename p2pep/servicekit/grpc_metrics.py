@@ -29,6 +29,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
+from p2pep.servicekit.handlers import Behaviour, Kind, rewrap
+
 LABELS = ["grpc_type", "grpc_service", "grpc_method"]
 
 STARTED = Counter("grpc_server_started", "RPCs started on the server", LABELS)
@@ -117,21 +119,14 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         service, method = split_method(handler_call_details.method)
-        codec = {"request_deserializer": handler.request_deserializer,
-                 "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, UNARY, service, method, stream_in=False), **codec)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, CLIENT_STREAM, service, method, stream_in=True), **codec)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, SERVER_STREAM, service, method, stream_in=False), **codec)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _streaming(handler.stream_stream, BIDI_STREAM, service, method, stream_in=True), **codec)
-        return handler
+        kinds = {"unary_unary": UNARY, "stream_unary": CLIENT_STREAM, "unary_stream": SERVER_STREAM,
+                 "stream_stream": BIDI_STREAM}
+
+        def wrap(behaviour: Behaviour, kind: Kind) -> Behaviour:
+            counted = _unary if kind.endswith("unary") else _streaming
+            return counted(behaviour, kinds[kind], service, method, stream_in=kind.startswith("stream"))
+
+        return rewrap(handler, wrap)
 
 
 def _unary(behaviour: Callable[..., Any], kind: str, service: str, method: str, *,
