@@ -220,7 +220,8 @@ def test_the_five_dashboards_every_panel_has_a_query() -> None:
                     reason="prometheus missing: `make setup` installs Debian's prometheus package")
 async def test_p2pep_up_starts_prometheus_beside_the_run_and_stops_it(tmp_path: Path) -> None:
     """`p2pep up`'s Prometheus (p2pep.monitoring.prometheus.serve_beside): started once the run's
-    services run, with the run's configuration and the rules, its URL said; stopped at the end."""
+    services run, with the run's configuration and the rules, its URL said and shown beside the
+    console's (the live view's line of URLs: ``extra_urls``); stopped at the end."""
     import asyncio
     from types import SimpleNamespace
 
@@ -229,7 +230,7 @@ async def test_p2pep_up_starts_prometheus_beside_the_run_and_stops_it(tmp_path: 
 
     fake_run(tmp_path)
     said: list[str] = []
-    run = SimpleNamespace(phase="network", run_dir=tmp_path, say=said.append)
+    run = SimpleNamespace(phase="network", run_dir=tmp_path, say=said.append, extra_urls={})
     finished = asyncio.Event()
     task = asyncio.create_task(serve_beside(run, finished, scrape_interval="1s"))  # type: ignore[arg-type]
     await asyncio.sleep(0.3)
@@ -238,6 +239,8 @@ async def test_p2pep_up_starts_prometheus_beside_the_run_and_stops_it(tmp_path: 
     await wait_for(lambda: said, timeout=60, what="prometheus started")
     url = said[0].split()[1]
     assert said[0].startswith("prometheus: http://127.0.0.1:")
+    await wait_for(lambda: run.extra_urls, timeout=10, what="its URL beside the console's")
+    assert run.extra_urls == {"prometheus": url}
     api = PrometheusApi(url)
     async def targets() -> bool:  # every service and lnd node of the run (down here: nothing runs)
         return len(await api.targets()) == 9
@@ -246,5 +249,6 @@ async def test_p2pep_up_starts_prometheus_beside_the_run_and_stops_it(tmp_path: 
     assert {g["name"] for g in await api.rules()} >= {"p2pep-settlement", "p2pep-recording"}
     finished.set()
     assert await task == url
+    assert not run.extra_urls  # stopped: no longer shown
     with pytest.raises(Exception):  # noqa: B017 - stopped: nothing answers
         await PrometheusApi(url, timeout_s=2).targets()

@@ -34,14 +34,16 @@ def test_render_shows_meters_contracts_payments() -> None:
                      ("meter-3", "consumer", st, True)],
              contracts=[rec], payments=[pay], messages=[(1.0, "network up")], blocks_mined=7,
              urls={"console": "http://127.0.0.1:4100/", "portal": "http://127.0.0.1:4101/",
-                   "meter-3": "http://127.0.0.1:4103/"}, login="operator / s3cret")
+                   "meter-3": "http://127.0.0.1:4103/", "prometheus": "http://127.0.0.1:9090"},
+             login="operator / s3cret")
     console = Console(record=True, width=160)
     console.print(render(v))
     out = console.export_text()
     for needle in ["hackathon", "sim 11:45", "50%", "meter-3", "energized", "1.53", "382.500", "stopped",
                    "meter-3 → meter-1", "0.12 / 0.30", "defaulted", "110–120", "network up", "7 blocks",
                    "console http://127.0.0.1:4100/ (sign in: operator / s3cret)",
-                   "household portal http://127.0.0.1:4101/", "meter-3 display http://127.0.0.1:4103/"]:
+                   "household portal http://127.0.0.1:4101/", "meter-3 display http://127.0.0.1:4103/",
+                   "prometheus http://127.0.0.1:9090"]:
         assert needle in out, needle
 
 

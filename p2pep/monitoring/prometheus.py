@@ -112,6 +112,8 @@ class Run(Protocol):
 
     phase: str
     run_dir: Path
+    extra_urls: dict[str, str]
+    """Pages shown beside the run's own (the live view's line of URLs, next to the console's)."""
 
     def say(self, msg: str) -> None: ...
 
@@ -119,8 +121,9 @@ class Run(Protocol):
 async def serve_beside(run: Run, finished: asyncio.Event, scrape_interval: str = "5s") -> str | None:
     """``p2pep up``'s Prometheus: once the run's services run, write its scrape configuration
     (``<run dir>/prometheus/prometheus.yml``), start Prometheus on loopback with the rules,
-    say its URL, and stop it when ``finished`` is set. Returns the URL (None: not started,
-    e.g. not installed, which is said, never an error)."""
+    say its URL and show it beside the console's (``run.extra_urls["prometheus"]``), and stop
+    it when ``finished`` is set. Returns the URL (None: not started, e.g. not installed, which
+    is said, never an error)."""
     if shutil.which("prometheus") is None:
         run.say("prometheus is not installed (`make setup` installs it): no metrics server for this run")
         return None
@@ -137,10 +140,12 @@ async def serve_beside(run: Run, finished: asyncio.Event, scrape_interval: str =
     try:
         await prom.wait_ready(60)
         run.say(f"prometheus: {prom.url} (alerts: {prom.url}/alerts; dashboards: monitoring/grafana/)")
+        run.extra_urls["prometheus"] = prom.url
         await finished.wait()
     except Exception as exc:  # noqa: BLE001 - monitoring never stops the demo
         run.say(f"prometheus did not start: {exc} (log: {prom.proc.log})")
         return None
     finally:
+        run.extra_urls.pop("prometheus", None)
         await asyncio.to_thread(prom.stop)
     return prom.url

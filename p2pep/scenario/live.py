@@ -156,10 +156,13 @@ def render(v: View) -> RenderableType:
             parts.append(Text(f"⚠ settlement is failing to pay contract {r.contract.contract_id} and retries: "
                               f"{r.fault}", style="bold red"))
     if v.urls:
-        label = {"console": "console", "portal": "household portal"}
-        parts.append(Text("  ".join(f"{label.get(n, n + ' display')} {u}"
-                                    + (f" (sign in: {v.login})" if n == "console" and v.login else "")
-                                    for n, u in v.urls.items()), style="cyan"))
+        label = {"console": "console", "portal": "household portal", "prometheus": "prometheus"}
+        operator = ("console", "prometheus")  # the operator's pages on one line, the households' on the next
+        for names in ([n for n in operator if n in v.urls], [n for n in v.urls if n not in operator]):
+            if names:
+                parts.append(Text("  ".join(f"{label.get(n, n + ' display')} {v.urls[n]}"
+                                            + (f" (sign in: {v.login})" if n == "console" and v.login else "")
+                                            for n in names), style="cyan"))
     return Group(Panel(Group(*parts)), mt, ct, pt, Panel(log, title="runner", title_align="left"))
 
 

@@ -131,6 +131,7 @@ class ScenarioRunner:
         self.miner_stats: dict[str, Any] = {"blocks": 0, "errors": 0, "last_error": ""}
         self._tasks: list[asyncio.Task[Any]] = []
         self.operator: tuple[str, str] = ("operator", secrets.token_urlsafe(12))  # the demo's console sign-in
+        self.extra_urls: dict[str, str] = {}  # pages beside the run, e.g. `p2pep up`'s Prometheus
 
     # --- reporting progress ----------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -263,9 +264,11 @@ class ScenarioRunner:
 
     def web_urls(self) -> dict[str, str]:
         """The web pages people look at: the operator's console, the household portal and
-        each meter's display (served on the services' HTTP ports, beside /metrics)."""
-        return {n: f"http://127.0.0.1:{p.launch.metrics_port}/" for n, p in self.procs.items()
-                if n in ("console", "portal") or n in self.scenario.meter_names}
+        each meter's display (served on the services' HTTP ports, beside /metrics), and the
+        pages started beside the run (``extra_urls``: `p2pep up`'s Prometheus)."""
+        own = {n: f"http://127.0.0.1:{p.launch.metrics_port}/" for n, p in self.procs.items()
+               if n in ("console", "portal") or n in self.scenario.meter_names}
+        return {**own, **self.extra_urls}
 
     def endpoints(self) -> dict[str, NodeEndpoint]:
         assert self.net is not None
