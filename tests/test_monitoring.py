@@ -123,6 +123,23 @@ def test_every_alert_has_runbook_text_and_a_test_that_fires_it_and_one_that_stay
         assert name in silent, f"{name}: no unit test shows it silent"
 
 
+
+def test_the_alerts_of_a_meter_that_leaves_and_comes_back_have_unit_tests_that_fire_and_then_clear() -> None:
+    """P2PEPMeterSilent and P2PEPServiceDown (what producer-leaves fires on the real network,
+    tests/test_monitoring_regtest.py): in one unit test each fires and is then silent again."""
+    def seconds(d: str) -> float:
+        return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"([0-9.]+)([hms])", d))
+
+    cleared: set[str] = set()
+    for path in sorted((PROM / "tests").glob("*.yml")):
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            cases = test.get("alert_rule_test", [])
+            for fire in (c for c in cases if c.get("exp_alerts")):
+                if any(c["alertname"] == fire["alertname"] and not c.get("exp_alerts")
+                       and seconds(c["eval_time"]) > seconds(fire["eval_time"]) for c in cases):
+                    cleared.add(fire["alertname"])
+    assert {"P2PEPMeterSilent", "P2PEPServiceDown"} <= cleared, cleared
+
 # --- Kubernetes: the same target labels from pod labels ----------------------------------------------
 
 def relabel(rules: list[dict[str, Any]], labels: dict[str, str], operator: bool = False) -> dict[str, str] | None:
