@@ -1,7 +1,10 @@
 """The operator's monitoring on the real regtest network (issue 12's acceptance): a real
 Prometheus (Debian's) scrapes a ``hackathon`` run through the generated configuration and
 rules; every target is up, every dashboard panel's query returns data, and no alert fires
-(Prometheus watches the whole run, to the end of its simulated time).
+(Prometheus watches the whole run, to the end of its simulated time). In
+``consumer-cannot-pay`` the consumer-default alert fires; in ``producer-leaves`` the alert
+that fits a producer leaving, P2PEPMeterSilent, fires while it is away and clears once it is
+back. The rules are the shipped ones, unchanged (no shortened ``for:``).
 
 No Grafana server can be installed here, so the dashboards are proved by their queries: each
 one is evaluated through Prometheus's HTTP API against what it scraped from the run.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from p2pep.monitoring.dashboards import all_queries
 from p2pep.monitoring.prometheus import LocalPrometheus, PrometheusApi
 from p2pep.monitoring.scrape import run_targets, write_config
 from p2pep.regtest import wait_for
+from p2pep.scenario.report import EventOutcome
 from p2pep.scenario.runner import ScenarioRunner
 
 pytestmark = [
@@ -129,3 +134,88 @@ async def test_consumer_cannot_pay_fires_the_consumer_default_alert(tmp_path: Pa
     (alert,) = found["alerts"]
     assert alert["annotations"]["summary"] == "Consumer meter-3 defaulted on a contract"
     assert "runbook" in alert["annotations"]
+
+
+def outcome(r: ScenarioRunner, action: str) -> EventOutcome | None:
+    """The scenario event ``action`` once it has been applied (None before)."""
+    return next((o for o in r.outcomes if o.action == action and o.applied_real_s is not None), None)
+
+
+async def test_producer_leaves_meter_silent_fires_while_it_is_away_and_clears_once_it_is_back(tmp_path: Path) -> None:
+    """producer-leaves: meter-2 leaves (SIGTERM) at sim+15m and comes back at sim+60m (90 s
+    later). What an operator must learn is that a meter stopped reporting: settlement gets no
+    readings of meter-2, so P2PEPMeterSilent{meter="meter-2"} (silence over 30 s, for 30 s)
+    fires while it is away, read from Prometheus's alerts API, and is gone from it once the
+    meter is back and settlement accepts its readings again. Nothing else fires but what is
+    about meter-2 being away (its scrape target down: P2PEPServiceDown), and that clears too.
+    The scenario's own checks hold as well: the contracts it held when it left ended, paid
+    only for what was delivered, and the consumer was re-matched to meter-1 or blocked."""
+    found: dict[str, Any] = {"timeline": []}
+
+    async def during(r: ScenarioRunner) -> None:
+        prom_dir = tmp_path / "prometheus"
+        prom = LocalPrometheus(write_config(r.run_dir, prom_dir / "prometheus.yml", scrape_interval="2s"), prom_dir)
+        prom.start()
+        timeline: list[tuple[float, str, frozenset[tuple[str, str, str]]]] = found["timeline"]
+
+        def elapsed() -> float:
+            return round(time.monotonic() - r.t0, 1)
+
+        async def about_meter_2() -> frozenset[tuple[str, str, str]]:
+            """(alertname, state, severity) of the alerts about meter-2; the timeline records changes."""
+            now = frozenset((a["labels"]["alertname"], a["state"], a["labels"].get("severity", ""))
+                            for a in await api.alerts() if a["labels"].get("meter") == "meter-2")
+            if not timeline or timeline[-1][2] != now:
+                back = outcome(r, "start")
+                timeline.append((elapsed(), "back" if back else "away" if outcome(r, "stop") else "before", now))
+            return now
+
+        try:
+            await prom.wait_ready(60)
+            api = PrometheusApi(prom.url)
+            timing = r.scenario.timing
+            back_ms = timing.sim_start_ms + r.scenario.events[1].at_s * 1000
+
+            def until_back() -> float:
+                return r.clock.real_until(time.monotonic(), back_ms)
+
+            async def silent_firing() -> bool:
+                return ("P2PEPMeterSilent", "firing", "warning") in await about_meter_2()
+
+            # it fires while meter-2 is away: before the scenario starts it again
+            await wait_for(silent_firing, timeout=until_back() + 10, interval=1,
+                           what="P2PEPMeterSilent firing for meter-2")
+            found["fired_at"], found["left"] = elapsed(), outcome(r, "stop")
+            found["back_when_fired"] = outcome(r, "start")
+
+            async def cleared() -> bool:
+                return not await about_meter_2() and outcome(r, "start") is not None
+
+            await wait_for(cleared, timeout=until_back() + 90, interval=1,
+                           what="no alert about meter-2 once it is back")
+            found["cleared_at"], found["back"] = elapsed(), outcome(r, "start")
+            await wait_for(lambda: r.phase != "running", timeout=timing.real_duration_s * 1.5 + 120,
+                           interval=1, what="the end of the simulated time")
+            await about_meter_2()
+            found["alerts_at_end"] = await api.alerts()
+            found["fired"] = await api.query('max_over_time(ALERTS{alertstate="firing"}[1h])')
+        finally:
+            prom.stop()
+
+    report, runner = await run_scenario("producer-leaves", tmp_path, during)
+    story = found["timeline"]
+    # the scenario's own checks (in the report's expected checks too)
+    held = set(report["events"][0]["detail"]["delivered_wh_before"])  # every contract when it left
+    left = [c for c in report["contracts"] if c["supplier"] == "meter-2" and c["contract_id"] in held]
+    assert left and all(c["state"] != "CONTRACT_STATE_ACTIVE" for c in left), left
+    for c in report["contracts"]:  # nothing paid for energy not delivered
+        assert c["paid_wh"] <= c["delivered_wh"], c
+    leave, back = report["events"]
+    assert leave["ok"] and back["ok"] and runner.procs["meter-2"].starts == 2, report["events"]
+    # fired while it was away, cleared once it was back
+    assert found["left"] is not None and found["back_when_fired"] is None, story
+    assert found["back"] is not None and found["cleared_at"] > found["back"].applied_real_s, story
+    fired = {(s["metric"]["alertname"], s["metric"].get("meter", "")) for s in found["fired"]}
+    assert ("P2PEPMeterSilent", "meter-2") in fired, (fired, story)
+    assert fired <= {("P2PEPMeterSilent", "meter-2"), ("P2PEPServiceDown", "meter-2")}, (fired, story)
+    assert not [a for a in found["alerts_at_end"] if a["state"] == "firing"], (found["alerts_at_end"], story)

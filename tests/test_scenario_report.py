@@ -170,6 +170,12 @@ def test_producer_leaves_checks() -> None:
     r = build_report(f)
     assert r["checks"]["supplier_left_and_contracts_ended"]["ok"]
     assert r["checks"]["consumer_rematched_or_blocked"]["detail"][0]["served_by_after"] == ["c-5"]
+    # it came back and signed a new contract, active at the end: not one it held when it left
+    again = contract("c-9", "meter-2", 250_000, 20, 20, state=ACTIVE, start_min=72, end_min=87)
+    r = build_report(facts(scenario=s, contracts=[gone, after, again],
+                           payments=payments_for(gone) + payments_for(after) + payments_for(again),
+                           events=[leave], invoices={}))
+    assert r["checks"]["supplier_left_and_contracts_ended"]["ok"], r["checks"]["supplier_left_and_contracts_ended"]
     still = contract("c-2", "meter-2", 250_000, 60, 60, state=ACTIVE, end_min=45)
     # at the end of the simulated period meter-2's contract was still active; later all ended
     ended = contract("c-2", "meter-2", 250_000, 60, 60, state=COMPLETED, end_min=45)

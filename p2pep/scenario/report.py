@@ -409,12 +409,14 @@ def evaluate_checks(f: RunFacts, suppliers: dict[str, dict[str, Any]]) -> dict[s
     rematch_ok = bool(stops)
     rematch_detail = []
     for e in stops:
-        theirs = [r for r in at_end if r.contract.supplier == e.target]
+        before: dict[str, int] = e.detail.get("delivered_wh_before", {})
+        # the contracts it held when it left (a producer that comes back signs new ones)
+        theirs = [r for r in at_end if r.contract.supplier == e.target
+                  and (not before or r.contract.contract_id in before)]
         still = [r.contract.contract_id for r in theirs
                  if _enum(settlement_pb2.ContractState, r.state) in ACTIVE_STATES]
         left_ok = left_ok and bool(theirs) and not still  # it served someone, and stopped serving
         left_detail.append({"supplier": e.target, "contracts": len(theirs), "still_active_at_sim_end": still})
-        before: dict[str, int] = e.detail.get("delivered_wh_before", {})
         for m in s.consumers:
             # served after the stop: a contract with another supplier delivered more than it had then
             others = [r.contract.contract_id for r in at_end
