@@ -55,9 +55,11 @@ def test_ca(path: Path) -> Iterator[Path]:
     TlsDir(path).issue(OPERATOR)
     original_load = tls_mod.Tls.__dict__["load"]
 
-    def load_default(cls: type[Tls], tls_dir: str | Path, identity: Identity, *, setting: str = "") -> Tls:
+    def load_default(cls: type[Tls], tls_dir: str | Path, identity: Identity, *, setting: str = "",
+                     plaintext_loopback: bool = False) -> Tls:
         # a settings class of a test's own (its own prefix) reads no TLS variable: the test CA
-        return original_load.__func__(cls, tls_dir or path, identity, setting=setting)
+        return original_load.__func__(cls, tls_dir or path, identity, setting=setting,
+                                      plaintext_loopback=plaintext_loopback)
 
     saved = {n: os.environ.get(n) for n in _env_names()}
     tls_mod.load_credentials = issuing
