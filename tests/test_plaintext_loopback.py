@@ -38,6 +38,8 @@ def test_settings_refuse_plaintext_off_loopback_in_one_line() -> None:
             "P2PEP_METER_ROLE": "consumer", "P2PEP_METER_PRICE_MSAT_PER_KWH": "1000",
             "P2PEP_METER_GRPC_PLAINTEXT_LOOPBACK": "true", "P2PEP_METER_TLS_DIR": "/x"}
     assert settings_from_env(MeterSettings, base).grpc_plaintext_loopback
+    for host in ("::1", "localhost", "127.0.0.2"):
+        assert settings_from_env(MeterSettings, {**base, "P2PEP_METER_GRPC_HOST": host}).grpc_host == host
     for var, value in (("P2PEP_METER_GRPC_HOST", "0.0.0.0"), ("P2PEP_METER_SETTLEMENT_TARGET", "10.1.2.3:7"),
                        ("P2PEP_METER_MATCHER_TARGET", "matcher:50051"), ("P2PEP_METER_ADVERTISE_ADDRESS", "[::]:1")):
         with pytest.raises(BadSettings) as err:

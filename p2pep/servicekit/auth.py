@@ -132,7 +132,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.revocations = revocations
         self.table = table
         self.claims = claims
-        self._claimed: dict[str, Caller | None] = {}
+        self._claimed: dict[str, Caller] = {}
 
     def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
         auth = context.auth_context()
@@ -148,15 +148,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if not agent.startswith(CLAIM_PREFIX):
             return None
         claim = agent[len(CLAIM_PREFIX):].split(" ", 1)[0]
-        if claim not in self._claimed:
-            assert self.claims is not None
-            try:
-                pem = self.claims.crt(Identity.parse(claim).name).read_bytes()
-            except (ValueError, TlsDirError, OSError):
-                pem = b""
-            who = _parse(pem) if pem else None
-            self._claimed[claim] = who if who is not None and str(who.identity) == claim else None
-        return self._claimed[claim]
+        if claim in self._claimed:
+            return self._claimed[claim]
+        assert self.claims is not None
+        try:
+            pem = self.claims.crt(Identity.parse(claim).name).read_bytes()
+        except (ValueError, TlsDirError, OSError):
+            return None
+        who = _parse(pem)
+        if who is None or str(who.identity) != claim:
+            return None
+        if len(self._claimed) < 4096:  # names with a certificate only: bounded by the folder
+            self._claimed[claim] = who
+        return who
 
     async def intercept_service(
         self,

@@ -64,15 +64,14 @@ class BaseServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _plaintext_only_on_loopback(self) -> BaseServiceSettings:
-        # docs/trust-boundary.md "Measuring the cost of TLS": a plaintext port anyone off this
-        # host could reach, or a plaintext dial leaving it, is refused here, before anything binds
+        # docs/trust-boundary.md "What mutual TLS costs": a plaintext port anyone off this host
+        # could reach, or a plaintext dial leaving it, is refused here, before anything binds
         if not self.grpc_plaintext_loopback:
             return self
-        addresses = {"grpc_host": f"{self.grpc_host}:0",
+        addresses = {"grpc_host": self.grpc_host,
                      **{f: v for f, v in self.__dict__.items()
                         if isinstance(v, str) and v and (f.endswith("_target") or f == "advertise_address")}}
-        bad = [f"{env_name(type(self), f)}={v.removesuffix(':0') if f == 'grpc_host' else v}"
-               for f, v in addresses.items() if not is_loopback_target(v)]
+        bad = [f"{env_name(type(self), f)}={v}" for f, v in addresses.items() if not is_loopback_target(v)]
         if bad:
             raise ValueError(f"{env_name(type(self), 'grpc_plaintext_loopback')} allows loopback addresses only, "
                              f"not {', '.join(bad)}")
