@@ -13,8 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from matcher_helpers import settings, supply
 from test_access_services import meter, refused
+from tls_helpers import served_serial
 
 from p2pep.identity import Identity
 from p2pep.pki.material import problem
@@ -58,8 +60,10 @@ async def test_a_running_service_and_its_clients_take_a_new_ca_and_certificates(
         await stub(t, m1).SubmitSupply(supply("s1", "meter-1", 100, 100))
         await stub(t, old_m2).SubmitSupply(supply("s2", "meter-2", 100, 100))
 
+        old_serial = await served_serial(live.path, t, "matcher", "meter-1")
         new = folder(tmp_path / "new", MATCHER, meter("meter-1"), meter("meter-2"))
         rotate(live, new, "matcher", "meter-1")
+        assert await served_serial(live.path, t, "matcher", "meter-1") != old_serial
 
         # the server now presents the new CA's certificate and trusts only the new CA: the old
         # material is refused at the handshake, both ways ...
@@ -98,6 +102,11 @@ async def test_half_written_or_wrong_material_keeps_the_current_one(tmp_path: Pa
         shutil.copyfile(other.ca_crt, live.ca_crt)
         assert server.material.current()[1] == 2
         assert server.key_pem == other.key("matcher").read_bytes()
+        # and the running server presents it (its own Material read the same files)
+        shutil.copyfile(other.key("meter-1"), live.key("meter-1"))
+        shutil.copyfile(other.crt("meter-1"), live.crt("meter-1"))
+        assert await served_serial(live.path, app.target, "matcher", "meter-1") == x509.load_pem_x509_certificate(
+            other.crt("matcher").read_bytes()).serial_number
     finally:
         await app.stop()
 
