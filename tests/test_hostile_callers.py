@@ -3,7 +3,8 @@ services is tests/test_hostile_callers_regtest.py).
 
 * every RPC of every P2PEP proto gets a hostile request that names the victim, and the
   authorization table (the real checks of ``p2pep.servicekit.auth``) refuses it for a caller
-  without certificate (UNAUTHENTICATED; on a real port the TLS handshake refuses it first) and
+  without certificate (UNAUTHENTICATED; on a real port the TLS handshake refuses it first:
+  grpcio cannot ask for an optional client certificate, pinned by a test here) and
   for another meter (PERMISSION_DENIED), except the RPCs whose rule lets any meter through to
   the service's own check (party of a contract, consumer of a contract, ``ListMeters``' view);
 * the HTTP routes of the portal and the console, read from their aiohttp routers, are exactly
@@ -17,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hostile_callers import (
     PORTAL_OTHER_ACCOUNT,
     PUBLIC_ANSWERS,
@@ -34,11 +36,12 @@ from hostile_callers import (
     web_routes,
 )
 from matcher_helpers import settings
+from prometheus_client import REGISTRY
 from test_console import console  # noqa: F401 - the fixture
 from test_meter_service import rig  # noqa: F401 - the fixture of test_portal's
 from test_portal import PW, PortalRig, portal  # noqa: F401 - the fixture
 from test_settlement_service import FakeMeter, Harness
-from tls_helpers import dial, dial_without_certificate
+from tls_helpers import dial, dial_without_certificate, tls_as
 from web_helpers import WebClient
 
 from p2pep.access import ACCESS
@@ -49,6 +52,12 @@ from services.matcher.app import start_matcher
 ATTACKER = Caller(Identity("meter", "meter-1"), 1, None)
 SERVICE_CHECKED = {"/p2pep.v1.SettlementService/GetContract", "/p2pep.v1.SettlementService/ExportContract",
                    "/p2pep.v1.SettlementService/ListMeters", "/p2pep.v1.MatcherService/ExtendContract"}
+
+
+def server_calls_seen() -> float:
+    """Every call any in-process server's interceptors saw (started, and refused by authorization)."""
+    return sum(s.value for m in REGISTRY.collect() if m.name in ("grpc_server_started", "p2pep_grpc_auth_refusals")
+               for s in m.samples if s.name.endswith("_total"))
 
 
 def refusal(method: str, who: Caller | None, request: object) -> grpc.StatusCode | None:
@@ -133,10 +142,14 @@ async def test_the_enumerated_calls_against_in_process_services(tmp_path: Path) 
                 continue  # the anchor needs btcd and lnd: the regtest suite calls it
             target, peer = targets[service]
             req = hostile_request(method, victim)
+            seen = server_calls_seen()
             async with dial_without_certificate(target, peer) as ch:
                 assert (await call_any(ch, path, method, req, timeout=5)).code == grpc.StatusCode.UNAVAILABLE, path
+            assert server_calls_seen() == seen, path  # refused at the handshake: no interceptor, no handler ran
             async with dial(target, peer, as_=Identity("meter", "meter-1")) as ch:
                 got = await call_any(ch, path, method, req, timeout=5)
+            if got.code != grpc.StatusCode.UNIMPLEMENTED:  # ... while a call with a certificate is seen
+                assert server_calls_seen() > seen, path
             want = {"/p2pep.v1.SettlementService/ListMeters": {grpc.StatusCode.OK},
                     "/p2pep.v1.EnrollmentService/Enroll": {grpc.StatusCode.UNIMPLEMENTED}}.get(
                         path, {grpc.StatusCode.PERMISSION_DENIED})
@@ -176,3 +189,30 @@ async def test_every_console_route_refuses_a_stranger_and_a_household_session(
     body = {"name": "ops", "password": "not the operator's password", "meter_id": "meter-3", "code": "ABCD-EFGH"}
     assert await no_session_wrong("console", base, routes, values, body) == []
     assert await foreign_session_wrong(base, routes, values, body, "a-portal-session-token") == []
+
+
+async def test_grpcio_cannot_ask_for_an_optional_client_certificate() -> None:
+    """Why a caller without a certificate sees UNAVAILABLE (the handshake) and not
+    UNAUTHENTICATED from the auth interceptor (docs/trust-boundary.md): grpcio's server
+    credentials map ``require_client_auth`` to "request, require and verify" or to "do not
+    request" (nothing in between), and a server that does not request a certificate learns
+    nothing of a caller that has one. If a grpcio upgrade changes this, this test says so."""
+    seen: list[bool] = []
+
+    class Health(health_pb2_grpc.HealthServicer):
+        async def Check(self, request: Any, context: Any) -> health_pb2.HealthCheckResponse:
+            seen.append("x509_pem_cert" in context.auth_context())
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    me = tls_as(Identity("service", "settlement"))
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(Health(), server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(me.key_pem, me.cert_pem)], root_certificates=me.ca_pem, require_client_auth=False))
+    await server.start()
+    try:
+        async with dial(f"127.0.0.1:{port}", "settlement", as_=Identity("meter", "meter-1")) as ch:
+            await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    finally:
+        await server.stop(0)
+    assert seen == [False]  # a valid client certificate, never asked for: the caller is anonymous

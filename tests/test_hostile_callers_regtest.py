@@ -16,6 +16,9 @@ While the scenario runs (real btcd and lnd, every service its own process, mutua
   (c) without a session, and with another household's session (the portal: household B on
       household A's meter gets 404/409; the console: a household's session is no operator's).
 
+Then, the run still going: the matcher's certificate is rotated in the run's TLS folder, and
+the same matcher process presents the new one at the next handshake (no restart).
+
 "Nothing changed" while the scenario keeps changing state: a hostile call that got through
 would leave a trace the normal flow never makes, so the checks look for exactly those:
 
@@ -63,6 +66,7 @@ from hostile_callers import (
     web_routes,
 )
 from test_e2e_scenarios import assert_no_reading_lost, run_scenario
+from tls_helpers import served_serial
 from web_helpers import WebClient
 
 from p2pep.canonical import canonical_json
@@ -73,6 +77,7 @@ from p2pep.pki.service import EnrollmentServer
 from p2pep.pki.tlsdir import TlsDir
 from p2pep.regtest import RegtestNetwork, wait_for
 from p2pep.scenario.runner import ScenarioRunner
+from p2pep.scenario.tls import OPERATOR as OPERATOR_NAME
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.tls import Tls
 from p2pep.settling.contracts import ContractTerms, EndReason
@@ -255,6 +260,28 @@ async def grpc_attacks(runner: ScenarioRunner, victim: Victim, found: dict[str, 
     found["grpc_wrong"] = wrong
 
 
+async def rotate_a_service_certificate(runner: ScenarioRunner) -> list[str]:
+    """Rotation without a restart, on the real processes (docs/trust-boundary.md): a new
+    certificate for the matcher in the run's TLS folder while the run goes on; the same matcher
+    process presents it from its next handshake, and a new channel verifies and uses it (the
+    run, which must still end ok, keeps its connections)."""
+    lay, proc = runner.layout, runner.procs["matcher"]
+    target, pid = proc.launch.target, proc.pid
+    old = await served_serial(lay.tls_dir, target, "matcher", OPERATOR_NAME)
+    new = TlsDir(lay.tls_dir).issue(Identity("service", "matcher")).serial_number
+    got = await served_serial(lay.tls_dir, target, "matcher", OPERATOR_NAME)
+    wrong = [] if got == new != old else [f"the matcher presents serial {got:x}, not the new {new:x} (old {old:x})"]
+    assert runner.tls is not None
+    async with channel(target, peer="matcher", tls=runner.tls) as ch:
+        try:
+            await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            wrong.append(f"a new channel to the rotated matcher: {e.code().name} {e.details()}")
+    if proc.pid != pid or not proc.alive():
+        wrong.append("the matcher was restarted")
+    return wrong
+
+
 async def enroll_port(runner: ScenarioRunner, victim: Victim) -> grpc.StatusCode:
     """The enrollment port, as ``P2PEP_SETTLEMENT_ENROLLMENT_PORT`` serves it over the run's CA
     (no client certificate by design): the victim's id with a guessed token and a new key."""
@@ -373,6 +400,7 @@ async def test_every_rpc_and_route_refuses_hostile_callers_and_nothing_changes(t
             await web_attacks(runner, victim, code, found)
             after = await snapshot(runner, net)
             found["changes"] = changes(before, after, invoice)
+            found["rotation_wrong"] = await rotate_a_service_certificate(runner)  # after: it adds to the issue log
         finally:
             await net.close()
 
@@ -392,6 +420,7 @@ async def test_every_rpc_and_route_refuses_hostile_callers_and_nothing_changes(t
         assert found["web_wrong"] == [], "\n".join(found["web_wrong"])
         assert found["routes"]["portal"] >= 10 and found["routes"]["console"] >= 8, found["routes"]
         assert found["changes"] == [], "\n".join(found["changes"])
+        assert found["rotation_wrong"] == [], found["rotation_wrong"]
         final_checks(runner, await final_lnd(net), found["invoice"], found["victim"])
     finally:
         await net.down()

@@ -10,13 +10,16 @@ the first key it sees); the enrollment path has its own tests.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
 
 import p2pep.servicekit.tls as tls_mod
 from p2pep.identity import Identity
@@ -55,9 +58,11 @@ def test_ca(path: Path) -> Iterator[Path]:
     TlsDir(path).issue(OPERATOR)
     original_load = tls_mod.Tls.__dict__["load"]
 
-    def load_default(cls: type[Tls], tls_dir: str | Path, identity: Identity, *, setting: str = "") -> Tls:
+    def load_default(cls: type[Tls], tls_dir: str | Path, identity: Identity, *, setting: str = "",
+                     plaintext_loopback: bool = False) -> Tls:
         # a settings class of a test's own (its own prefix) reads no TLS variable: the test CA
-        return original_load.__func__(cls, tls_dir or path, identity, setting=setting)
+        return original_load.__func__(cls, tls_dir or path, identity, setting=setting,
+                                      plaintext_loopback=plaintext_loopback)
 
     saved = {n: os.environ.get(n) for n in _env_names()}
     tls_mod.load_credentials = issuing
@@ -137,3 +142,20 @@ class StubAsAllowed:
     async def close(self) -> None:
         for ch in self.channels:
             await ch.close()
+
+
+async def served_serial(tls_dir: Path, target: str, peer: str, as_: str) -> int:
+    """The serial number of the certificate the gRPC server at ``target`` presents in a new
+    handshake, read with Python's own TLS (grpcio shows a client nothing of the server's
+    certificate), dialled with the client certificate ``as_`` of ``tls_dir`` and checked
+    against its ``ca.crt`` and the name ``peer``."""
+    ctx = ssl.create_default_context(cafile=str(tls_dir / "ca.crt"))
+    ctx.load_cert_chain(tls_dir / f"{as_}.crt", tls_dir / f"{as_}.key")
+    ctx.set_alpn_protocols(["h2"])
+    host, port = target.rsplit(":", 1)
+    _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), ssl=ctx, server_hostname=peer), 10)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.transport.abort()  # no TLS shutdown: the server has HTTP/2 frames on the way
+    return x509.load_der_x509_certificate(der).serial_number

@@ -12,7 +12,7 @@ scenario's state file.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from p2pep.servicekit.settings import (
     settings_from_env,
 )
 from p2pep.settings import (
+    SERVICE_SETTINGS,
     AnchorSettings,
     ConsoleSettings,
     MatcherSettings,
@@ -36,6 +37,8 @@ from p2pep.settings import (
 )
 
 HOST = "127.0.0.1"
+#: settings a scenario's ``services_env`` / meter ``env`` may not set, and why
+NOT_FROM_SCENARIOS = {"grpc_plaintext_loopback": "mutual TLS is not optional; bench/bench_mtls.py measures without it"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,10 @@ def service_env(cls: type[BaseServiceSettings], service: str, values: Mapping[st
         return env
     for variable, text in overrides.items():
         try:
-            env[env_name(cls, setting_of(cls, variable))] = text
+            name = setting_of(cls, variable)
+            if name in NOT_FROM_SCENARIOS:
+                raise ValueError(f"{variable} is not a scenario's to set ({NOT_FROM_SCENARIOS[name]})")
+            env[env_name(cls, name)] = text
         except ValueError as exc:
             raise ScenarioError(f"{where}.{variable}", str(exc)) from None
     try:
@@ -128,6 +134,19 @@ def service_env(cls: type[BaseServiceSettings], service: str, values: Mapping[st
     except BadSettings as exc:
         raise ScenarioError(where, str(exc)) from None
     return env
+
+
+def with_plaintext_loopback(launch: ServiceLaunch) -> ServiceLaunch:
+    """``launch`` in the TLS benchmark's plaintext loopback mode (:mod:`p2pep.servicekit.tls`;
+    only ``RunOptions.grpc_plaintext_loopback`` asks for it). Its settings refuse any address
+    that is not loopback, checked here before a process starts."""
+    cls = SERVICE_SETTINGS[launch.module.removeprefix("services.")]
+    env = {**launch.env, env_name(cls, "grpc_plaintext_loopback"): "true"}
+    try:
+        settings_from_env(cls, env)
+    except BadSettings as exc:
+        raise ScenarioError(launch.name, str(exc)) from None
+    return replace(launch, env=env)
 
 
 def kwp(wp: int) -> Decimal:

@@ -62,6 +62,7 @@ from p2pep.scenario.launch import (
     meter_launch,
     portal_launch,
     settlement_launch,
+    with_plaintext_loopback,
 )
 from p2pep.scenario.model import Event, Scenario
 from p2pep.scenario.processes import ServiceProcess
@@ -106,6 +107,9 @@ class RunOptions:
     startup_timeout_s: float = 90.0
     anchor_wait_s: float = 90.0  # for the last settlement summaries to be anchored
     say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+    # bench/bench_mtls.py only: every gRPC port and channel of the run plaintext over loopback,
+    # to measure what TLS costs (p2pep.servicekit.tls); no scenario, CLI or `p2pep up` sets it
+    grpc_plaintext_loopback: bool = False
 
 
 class ScenarioRunner:
@@ -301,7 +305,11 @@ class ScenarioRunner:
                                          settlement.target, eps.get("hub") if s.network.hub else None,
                                          meter_nodes, lvl))
         meter_keys = {m.name: lay.data_dir(m.name) / "meter.key" for m in s.meters}
-        self.tls = run_tls.prepare(lay.tls_dir, [ln.name for ln in launches if ln.kind != "meter"], meter_keys)
+        plain = self.opts.grpc_plaintext_loopback
+        if plain:
+            launches = [with_plaintext_loopback(ln) for ln in launches]
+        self.tls = run_tls.prepare(lay.tls_dir, [ln.name for ln in launches if ln.kind != "meter"], meter_keys,
+                                   plaintext_loopback=plain)
         self.procs = {ln.name: ServiceProcess(ln, self.tls) for ln in launches}
 
     async def _start_and_wait(self, names: list[str]) -> None:

@@ -22,10 +22,12 @@ from p2pep.settings.tls import ToolTlsSettings
 OPERATOR = "p2pep"
 
 
-def prepare(tls_dir: Path, services: Iterable[str], meter_keys: Mapping[str, Path]) -> Tls:
+def prepare(tls_dir: Path, services: Iterable[str], meter_keys: Mapping[str, Path], *,
+            plaintext_loopback: bool = False) -> Tls:
     """Make (or complete) a run's TLS folder; the operator's :class:`Tls`.
 
-    ``meter_keys``: each meter's key file (created if missing, as the meter itself would)."""
+    ``meter_keys``: each meter's key file (created if missing, as the meter itself would).
+    ``plaintext_loopback``: the TLS benchmark's measuring mode (:mod:`p2pep.servicekit.tls`)."""
     tls = TlsDir(tls_dir)
     tls.ensure_ca()
     for name in services:
@@ -39,7 +41,7 @@ def prepare(tls_dir: Path, services: Iterable[str], meter_keys: Mapping[str, Pat
         if tls.crt(meter_id).exists() and book.enrolled_key(meter_id) == key.pubkey_hex:
             continue
         enroll_local(tls, meter_id, book.allow(meter_id), key)
-    return Tls.load(tls_dir, Identity("operator", OPERATOR))
+    return Tls.load(tls_dir, Identity("operator", OPERATOR), plaintext_loopback=plaintext_loopback)
 
 
 def operator_tls(run_dir: Path) -> Tls:

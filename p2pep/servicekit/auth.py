@@ -11,6 +11,11 @@ checked against it, never trusted. Refusals:
   from the table: default deny), or a meter's request is not on its own behalf (for a
   client stream: any message that is not ends the call).
 
+In the plaintext loopback mode that only the TLS benchmark uses (:mod:`p2pep.servicekit.tls`),
+a connection gRPC's local credentials admitted carries no certificate; the caller's certificate
+is then the one in the TLS folder named by the client's claim, and from there on every check
+is the same (:meth:`AuthInterceptor.claimed`).
+
 Each refusal has a message and is counted in ``p2pep_grpc_auth_refusals_total{method,code}``
 (method: a name from the table, or ``unlisted``; code: the two above). Handlers learn on
 whose behalf a meter acts from :func:`acting_meter` and the meter's enrolled key from
@@ -34,8 +39,9 @@ from prometheus_client import Counter
 from p2pep.access import ACCESS, Rule, on_behalf_problem
 from p2pep.identity import Identity, from_certificate
 from p2pep.pki.ca import meter_key_of
-from p2pep.pki.tlsdir import Revocations
+from p2pep.pki.tlsdir import Revocations, TlsDir, TlsDirError
 from p2pep.servicekit.handlers import rewrap
+from p2pep.servicekit.tls import CLAIM_PREFIX
 
 AUTH_REFUSALS = Counter("p2pep_grpc_auth_refusals_total", "Calls refused by authorization, by method and code",
                         ["method", "code"])
@@ -116,11 +122,45 @@ def check_message(rule: Rule, who: Caller, request: Any) -> None:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Enforces ``table`` (default :data:`p2pep.access.ACCESS`) on every method of a server."""
+    """Enforces ``table`` (default :data:`p2pep.access.ACCESS`) on every method of a server.
 
-    def __init__(self, revocations: Revocations | None, table: Mapping[str, Rule] = ACCESS) -> None:
+    ``claims``: the TLS folder whose certificates plaintext loopback callers may claim
+    (measuring mode only; ``None``, the default, accepts no claim)."""
+
+    def __init__(self, revocations: Revocations | None, table: Mapping[str, Rule] = ACCESS,
+                 claims: TlsDir | None = None) -> None:
         self.revocations = revocations
         self.table = table
+        self.claims = claims
+        self._claimed: dict[str, Caller] = {}
+
+    def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
+        auth = context.auth_context()
+        who = caller_of(auth)
+        if who is None and self.claims is not None and auth.get("transport_security_type") == [b"local"]:
+            return self.claimed(context.invocation_metadata())
+        return who
+
+    def claimed(self, metadata: Any) -> Caller | None:
+        """The caller a plaintext loopback client claims to be: the certificate in
+        :attr:`claims` of the identity its user agent names (parsed once, like a handshake's)."""
+        agent = next((str(v) for k, v in metadata or () if k == "user-agent"), "")
+        if not agent.startswith(CLAIM_PREFIX):
+            return None
+        claim = agent[len(CLAIM_PREFIX):].split(" ", 1)[0]
+        if claim in self._claimed:
+            return self._claimed[claim]
+        assert self.claims is not None
+        try:
+            pem = self.claims.crt(Identity.parse(claim).name).read_bytes()
+        except (ValueError, TlsDirError, OSError):
+            return None
+        who = _parse(pem)
+        if who is None or str(who.identity) != claim:
+            return None
+        if len(self._claimed) < 4096:  # names with a certificate only: bounded by the folder
+            self._claimed[claim] = who
+        return who
 
     async def intercept_service(
         self,
@@ -149,7 +189,7 @@ class _Gate:
         await context.abort(d.code, d.message)
 
     async def _admit(self, context: grpc.aio.ServicerContext[Any, Any], request: Any | None) -> Caller:
-        who = caller_of(context.auth_context())
+        who = self.owner.caller(context)
         try:
             check(self.rule, who, self.owner.revocations)
             assert who is not None and self.rule is not None

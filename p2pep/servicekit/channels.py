@@ -13,7 +13,9 @@ link or a restarting peer is decided here, once:
 
 * mutual TLS: the caller presents its own certificate (``tls``) and checks that the server's
   certificate names ``peer`` (``grpc.ssl_target_name_override``): a server is verified by
-  its name, never by the host it happens to run on. There is no plaintext channel.
+  its name, never by the host it happens to run on. The only plaintext channel is the
+  measuring mode of :mod:`p2pep.servicekit.tls` (``tls.plaintext_loopback``), which dials
+  loopback targets only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 import grpc
 
 from p2pep.servicekit.limits import channel_options
-from p2pep.servicekit.tls import Tls
+from p2pep.servicekit.loopback import is_loopback_target
+from p2pep.servicekit.tls import CLAIM_PREFIX, Tls
 
 RETRY_POLICY = {
     "maxAttempts": 4,
@@ -50,4 +53,8 @@ def channel(target: str, *, peer: str, tls: Tls) -> grpc.aio.Channel:
     """A channel to the P2PEP component named ``peer`` (e.g. ``settlement``, ``meter-7``)
     at ``host:port``, dialled as ``tls.identity``."""
     options = [*OPTIONS, ("grpc.ssl_target_name_override", peer)]
+    if tls.plaintext_loopback:
+        if not is_loopback_target(target):
+            raise ValueError(f"plaintext gRPC (grpc_plaintext_loopback) dials loopback addresses only, not {target}")
+        options.append(("grpc.primary_user_agent", f"{CLAIM_PREFIX}{tls.identity}"))
     return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)

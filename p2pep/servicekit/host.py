@@ -42,7 +42,9 @@ class ServiceHost:
 
     The gRPC port is mutual TLS only, as ``identity`` (default ``service/<name>``) with the
     material in ``settings.tls_dir`` (:class:`~p2pep.servicekit.tls.Tls`; no folder, no
-    service), and every call passes :class:`~p2pep.servicekit.auth.AuthInterceptor` first.
+    service), and every call passes :class:`~p2pep.servicekit.auth.AuthInterceptor` first
+    (``grpc_plaintext_loopback``, the TLS benchmark's mode, is the one exception to TLS:
+    :mod:`p2pep.servicekit.tls`).
     """
 
     def __init__(
@@ -62,7 +64,9 @@ class ServiceHost:
         # others answer with), then authorized (p2pep.servicekit.auth, p2pep.access), and every
         # server answers a Refused with its status (p2pep.servicekit.errors)
         self.grpc_server: grpc.aio.Server = grpc.aio.server(
-            interceptors=[GrpcMetricsInterceptor(), AuthInterceptor(self.tls.revocations), RefusalInterceptor(),
+            interceptors=[GrpcMetricsInterceptor(),
+                          AuthInterceptor(self.tls.revocations, claims=self.tls.dir if self.tls.plaintext_loopback else None),
+                          RefusalInterceptor(),
                           *interceptors],
             options=[*server_options(settings.grpc_max_request_bytes, settings.grpc_max_response_bytes),
                      *grpc_options],
@@ -112,6 +116,9 @@ class ServiceHost:
                                                           self.tls.server_credentials())
         if self.grpc_port == 0:
             raise OSError(f"could not bind gRPC to {s.grpc_host}:{s.grpc_port}")
+        if self.tls.plaintext_loopback:
+            log.warning("plaintext loopback gRPC: measuring mode, any local process can claim any identity",
+                        name=self.name, grpc=self.grpc_target)
         await self.grpc_server.start()
         self._runner = web.AppRunner(self.http_app, access_log=None)
         await self._runner.setup()

@@ -18,7 +18,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 from pydantic_settings import (
     BaseSettings,
@@ -30,6 +30,7 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as SourceError
 
 from p2pep.servicekit.limits import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
+from p2pep.servicekit.loopback import is_loopback_target
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -56,6 +57,25 @@ class BaseServiceSettings(BaseSettings):
                                         description="larger requests are refused (RESOURCE_EXHAUSTED)")
     grpc_max_response_bytes: int = Field(default=MAX_RESPONSE_BYTES, ge=1024, le=1 << 30)
     tls_dir: str = Field(default="", description="TLS folder: ca.crt, <name>.crt/.key, revoked.txt (required)")
+    grpc_plaintext_loopback: bool = Field(
+        default=False,
+        description="measurement only (bench/bench_mtls.py): plaintext gRPC over loopback, refused unless the "
+                    "bind address and every *_target are loopback; never set by p2pep up, scenarios or k8s")
+
+    @model_validator(mode="after")
+    def _plaintext_only_on_loopback(self) -> BaseServiceSettings:
+        # docs/trust-boundary.md "What mutual TLS costs": a plaintext port anyone off this host
+        # could reach, or a plaintext dial leaving it, is refused here, before anything binds
+        if not self.grpc_plaintext_loopback:
+            return self
+        addresses = {"grpc_host": self.grpc_host,
+                     **{f: v for f, v in self.__dict__.items()
+                        if isinstance(v, str) and v and (f.endswith("_target") or f == "advertise_address")}}
+        bad = [f"{env_name(type(self), f)}={v}" for f, v in addresses.items() if not is_loopback_target(v)]
+        if bad:
+            raise ValueError(f"{env_name(type(self), 'grpc_plaintext_loopback')} allows loopback addresses only, "
+                             f"not {', '.join(bad)}")
+        return self
 
 
 S = TypeVar("S", bound=BaseSettings)
