@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_settlement import demand_to_energized, hackathon, increments
+from save import save_results
 
 from p2pep.scenario.runner import RunOptions, ScenarioRunner
 
@@ -99,7 +100,4 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     out = asyncio.run(main(a.runs, a.accel, a.seconds))
     out["bench_seconds"] = time.perf_counter() - t0
-    results = Path("bench/results")
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "mtls.json").write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    save_results("mtls", out)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from save import save_results
 
 from p2pep.regtest import NetworkSpec, RegtestNetwork
 
@@ -71,7 +72,4 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=30)
     a = ap.parse_args()
     res = asyncio.run(main(a.runs, a.seconds))
-    out = Path("bench/results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "regtest.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    save_results("regtest", res)

@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_regtest import payments, pct
+from save import save_results
 
 from p2pep.regtest import NetworkSpec, RegtestNetwork
 from p2pep.scenario.catalog import SCENARIO_DIR
@@ -143,7 +144,4 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     out = asyncio.run(main(a.runs, a.fast_accel, a.seconds))
     out["bench_seconds"] = time.perf_counter() - t0
-    results = Path("bench/results")
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "settlement.json").write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    save_results("settlement", out)
