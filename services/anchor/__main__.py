@@ -2,7 +2,8 @@
 
 Wires the pieces: btcd (JSON-RPC) as the chain view, the hub's LND wallet as the payer,
 the Anchorer (SQLite at ``db_path``), the block watcher, and the gRPC AnchorService with
-health checking and ``/metrics``.  SIGTERM: health goes NOT_SERVING, in-flight calls
+health checking and ``/metrics``. Ready (health SERVING) once its store is open and while the
+hub's lnd (its wallet: ``WalletBalance``) and btcd (``getblockcount``) answer. SIGTERM: health goes NOT_SERVING, in-flight calls
 finish, the watcher finishes the block it is handling, then connections and the store close.
 """
 
@@ -59,6 +60,8 @@ async def main(stop: asyncio.Event) -> None:
             log.warning("anchor.watcher_cancelled")  # crash-safe: at worst a root is anchored twice
 
     host = ServiceHost(settings, name="anchor")
+    host.readiness.watch("lnd", wallet.client.wallet_balance)
+    host.readiness.watch("btcd", chain.get_best_height)
     pb_grpc.add_AnchorServiceServicer_to_server(
         AnchorServicer(anchorer, settings.max_request_leaves), host.grpc_server)
     # Hooks run in reverse order, after gRPC has drained: watcher, then the store, then connections.
