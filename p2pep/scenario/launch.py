@@ -12,7 +12,7 @@ scenario's state file.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from p2pep.servicekit.settings import (
     settings_from_env,
 )
 from p2pep.settings import (
+    SERVICE_SETTINGS,
     AnchorSettings,
     ConsoleSettings,
     MatcherSettings,
@@ -68,10 +69,16 @@ class ServiceLaunch:
     log_path: Path
     data_dir: Path
     env: Mapping[str, str] = field(default_factory=dict)
+    health_port: int = -1
+    """Its plaintext health-only port (:func:`with_health_port`); -1: none."""
 
     @property
     def target(self) -> str:
         return f"{HOST}:{self.grpc_port}"
+
+    @property
+    def health_target(self) -> str:
+        return f"{HOST}:{self.health_port}"
 
     @property
     def kind(self) -> str:
@@ -128,6 +135,14 @@ def service_env(cls: type[BaseServiceSettings], service: str, values: Mapping[st
     except BadSettings as exc:
         raise ScenarioError(where, str(exc)) from None
     return env
+
+
+def with_health_port(launch: ServiceLaunch, port: int) -> ServiceLaunch:
+    """``launch`` with its plaintext health-only port (what a Kubernetes probe dials) set to ``port``."""
+    cls = SERVICE_SETTINGS[launch.module.removeprefix("services.")]
+    env = {**launch.env, env_name(cls, "health_port"): str(port)}
+    settings_from_env(cls, env)  # read back, as the service will: a port it refuses fails here
+    return replace(launch, health_port=port, env=env)
 
 
 def kwp(wp: int) -> Decimal:
