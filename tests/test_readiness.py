@@ -335,3 +335,38 @@ async def test_service_ready_while_its_dependencies_answer(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+# -- the anchor: its lnd wallet and btcd ---------------------------------------------------------------
+
+
+async def test_anchor_ready_while_its_wallet_and_btcd_answer() -> None:
+    from services.anchor.__main__ import watch_dependencies
+
+    down = {"lnd": True, "btcd": False}
+
+    class Hub:
+        async def wallet_balance(self) -> object:
+            if down["lnd"]:
+                raise OSError("connection refused")
+            return object()
+
+    class Chain:
+        async def get_best_height(self) -> int:
+            if down["btcd"]:
+                raise OSError("connection refused")
+            return 101
+
+    r = Readiness("anchor", interval_s=0.02, timeout_s=0.5)
+    watch_dependencies(r, Hub(), Chain())
+    r.start()
+    try:
+        await wait_for(lambda: r.unmet == {"lnd": "OSError: connection refused"}, 5, what="lnd down")
+        down["lnd"] = False
+        await wait_for(lambda: r.ready, 5, what="ready")
+        down["btcd"] = True
+        await wait_for(lambda: set(r.unmet) == {"btcd"}, 5, what="btcd lost")
+        down["btcd"] = False
+        await wait_for(lambda: r.ready, 5, what="ready again")
+    finally:
+        await r.stop()

@@ -10,6 +10,7 @@ finish, the watcher finishes the block it is handling, then connections and the 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import structlog
 
@@ -18,6 +19,7 @@ from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.chain.btcd_rpc import BtcdRpc, BtcdRpcConfig
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
+from p2pep.servicekit.readiness import Readiness
 from p2pep.settings.anchor import AnchorSettings
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 from services.anchor.anchorer import Anchorer, AnchorerConfig
@@ -27,6 +29,20 @@ from services.anchor.wallet import CountingWallet
 from services.anchor.watcher import BlockWatcher
 
 log = structlog.get_logger(__name__)
+
+
+class _Wallet(Protocol):
+    async def wallet_balance(self) -> object: ...
+
+
+class _Chain(Protocol):
+    async def get_best_height(self) -> int: ...
+
+
+def watch_dependencies(readiness: Readiness, hub: _Wallet, chain: _Chain) -> None:
+    """Ready while the hub's wallet (what anchoring pays from) and btcd (what it watches) answer."""
+    readiness.watch("lnd", hub.wallet_balance)
+    readiness.watch("btcd", chain.get_best_height)
 
 
 async def main(stop: asyncio.Event) -> None:
@@ -60,8 +76,7 @@ async def main(stop: asyncio.Event) -> None:
             log.warning("anchor.watcher_cancelled")  # crash-safe: at worst a root is anchored twice
 
     host = ServiceHost(settings, name="anchor")
-    host.readiness.watch("lnd", wallet.client.wallet_balance)
-    host.readiness.watch("btcd", chain.get_best_height)
+    watch_dependencies(host.readiness, wallet.client, chain)
     pb_grpc.add_AnchorServiceServicer_to_server(
         AnchorServicer(anchorer, settings.max_request_leaves), host.grpc_server)
     # Hooks run in reverse order, after gRPC has drained: watcher, then the store, then connections.
