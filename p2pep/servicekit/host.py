@@ -94,6 +94,7 @@ class ServiceHost:
         self.http_app: web.Application = build_http_app(lambda: self._serving, self._waiting_for,
                                                         lambda: self._started and not self._stopped.is_set())
         self._publishing: set[asyncio.Task[None]] = set()
+        self._publish_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._hooks: list[ShutdownHook] = []
         self._stopping_hooks: list[ShutdownHook] = []
@@ -181,11 +182,13 @@ class ServiceHost:
         task.add_done_callback(self._publishing.discard)
 
     async def _publish(self) -> None:
-        """Health from the current readiness (each publish reads it afresh: the last one wins)."""
-        serving = self._started and not self._stopped.is_set() and self.readiness.ready
-        self._serving = serving
-        for name in self._health_names:
-            await self.health.set(name, SERVING if serving else NOT_SERVING)
+        """Health from the current readiness, one publish at a time, each reading it afresh
+        (so the last one wins, whatever the order the flips came in)."""
+        async with self._publish_lock:
+            serving = self._started and not self._stopped.is_set() and self.readiness.ready
+            self._serving = serving
+            for name in self._health_names:
+                await self.health.set(name, SERVING if serving else NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop; idempotent."""
