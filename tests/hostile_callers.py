@@ -216,6 +216,7 @@ def expand(path: str, values: Mapping[str, str]) -> str:
 PUBLIC_ANSWERS: dict[tuple[str, str], int] = {
     ("GET", "/metrics"): 200,  # Prometheus (no household data)
     ("GET", "/healthz"): 200,
+    ("GET", "/livez"): 200,
     ("GET", "/signin"): 200,  # the sign-in page (303 to / once signed in)
     ("GET", "/api/session"): 200,  # signed_in false (or the caller's own account) and a CSRF token
     ("POST", "/api/signin"): 401,  # the victim's name with a wrong password

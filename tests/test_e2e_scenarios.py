@@ -20,15 +20,17 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import logcheck
 import pytest
 from grpc.aio import AioRpcError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from web_helpers import WebClient
@@ -44,6 +46,7 @@ from p2pep.scenario.catalog import load_scenario
 from p2pep.scenario.live import render, snapshot
 from p2pep.scenario.runner import RunOptions, ScenarioRunner
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.host import LIVENESS
 from p2pep.servicekit.tls import Tls
 from p2pep.settling.contracts import ContractTerms
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
@@ -555,8 +558,48 @@ async def test_consumer_cannot_pay_defaults_within_one_increment(tmp_path: Path)
     assert transitions and not transitions[-1]["energized"], transitions  # blocked once it could not pay
 
 
+@dataclass
+class HealthLog:
+    """Each service's health on its plaintext health-only port (what a Kubernetes probe sees),
+    polled with a real grpc.health.v1 client while the scenario runs: ``(real s, ready, alive)``
+    each time either changed."""
+
+    seen: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)
+
+    async def poll(self, runner: ScenarioRunner, names: Sequence[str]) -> None:
+        async def status(ch: grpc.aio.Channel, service: str) -> str:
+            try:
+                resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service),
+                                                                  timeout=1)
+                return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+            except AioRpcError as e:
+                return e.code().name  # not listening (killed): UNAVAILABLE
+
+        channels = {n: grpc.aio.insecure_channel(runner.procs[n].launch.health_target) for n in names}
+        try:
+            while runner.phase == "running":
+                for n, ch in channels.items():
+                    now = (await status(ch, ""), await status(ch, LIVENESS))
+                    log = self.seen.setdefault(n, [])
+                    if not log or log[-1][1:] != now:
+                        log.append((round(time.monotonic() - runner.t0, 2), *now))
+                await asyncio.sleep(0.2)
+        finally:
+            for ch in channels.values():
+                await ch.close()
+
+    def states(self, name: str) -> list[str]:
+        return [ready for _, ready, _ in self.seen[name]]
+
+
 async def test_settlement_killed_and_restarted_loses_nothing_pays_nothing_twice(tmp_path: Path) -> None:
-    report, runner = await run_scenario("settlement-restart", tmp_path)
+    health = HealthLog()
+    meters = ("meter-1", "meter-2", "meter-3")
+
+    async def probe(runner: ScenarioRunner) -> None:
+        await health.poll(runner, ("settlement", *meters))
+
+    report, runner = await run_scenario("settlement-restart", tmp_path, during=probe)
     kill, start = report["events"]
     assert kill["ok"] and kill["detail"]["signal"] == "SIGKILL" and start["ok"], report["events"]
     assert runner.procs["settlement"].starts == 2
@@ -569,3 +612,15 @@ async def test_settlement_killed_and_restarted_loses_nothing_pays_nothing_twice(
     before = {cid for cid, t in settled if t < killed_at}
     after = {cid for cid, t in settled if t > back_at}
     assert before & after, (sorted(before), sorted(after))
+    # readiness that means ready, as a probe sees it: each meter was SERVING, went NOT_SERVING
+    # while settlement was gone (still alive: "liveness" SERVING throughout), and SERVING again
+    for m in meters:
+        states = health.states(m)
+        assert states[0] == "SERVING", (m, health.seen[m])
+        assert "NOT_SERVING" in states and states[-1] == "SERVING", (m, health.seen[m])
+        lost = states.index("NOT_SERVING")
+        assert "SERVING" in states[lost:], (m, health.seen[m])
+        assert {alive for _, _, alive in health.seen[m]} == {"SERVING"}, (m, health.seen[m])
+    # settlement itself: gone (killed), then SERVING again once restarted
+    assert health.states("settlement")[0] == "SERVING" and health.states("settlement")[-1] == "SERVING"
+    assert "UNAVAILABLE" in health.states("settlement"), health.seen["settlement"]

@@ -165,7 +165,7 @@ async def test_the_enumerated_calls_against_in_process_services(tmp_path: Path) 
 async def test_every_portal_route_refuses_a_stranger_and_another_household(portal: PortalRig) -> None:  # noqa: F811
     """The portal's routes (from its router) against the portal in process over real meter
     services: without a session, and as household B on household A's meter."""
-    routes = [r for r in web_routes(portal_app()) if r[1] not in ("/metrics", "/healthz")]  # the rig has no probes
+    routes = [r for r in web_routes(portal_app()) if r[1] not in ("/metrics", "/healthz", "/livez")]  # the rig has no probes
     async with WebClient(portal.base) as a, WebClient(portal.base) as b:
         assert (await a.register("alice", PW))[0] == 201
         assert (await b.register("bob", PW))[0] == 201
@@ -184,7 +184,7 @@ async def test_every_console_route_refuses_a_stranger_and_a_household_session(
     """The console's routes (from its router) in process: without a session, and with a
     household's session token as the console's cookie."""
     base = console[0]
-    routes = [r for r in web_routes(console_app()) if r[1] not in ("/metrics", "/healthz")]  # the rig has no probes
+    routes = [r for r in web_routes(console_app()) if r[1] not in ("/metrics", "/healthz", "/livez")]  # the rig has no probes
     values = {"contract_id": "c-1"}
     body = {"name": "ops", "password": "not the operator's password", "meter_id": "meter-3", "code": "ABCD-EFGH"}
     assert await no_session_wrong("console", base, routes, values, body) == []

@@ -1,6 +1,7 @@
 """k8s/: both overlays render with `kubectl kustomize`, validate strictly offline against a current
 Kubernetes schema (kubernetes-validate), and keep the deployment's invariants: every P2PEP
-service present, stateful ones StatefulSets with PVCs, probes on /healthz, the security context,
+service present, stateful ones StatefulSets with PVCs, gRPC probes on the plaintext health port
+(its number the one the service's ConfigMap sets), the security context,
 no Secret in the repo, every P2PEP variable one the settings classes read, and the committed
 ConfigMaps exactly `p2pep k8s config`'s output."""
 
@@ -16,9 +17,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from p2pep.k8s import HOUSEHOLDS, OVERLAYS, SECRET_FIELDS, configmaps
+from p2pep.k8s import HEALTH_PORT, HOUSEHOLDS, OVERLAYS, SECRET_FIELDS, configmaps
 from p2pep.k8s.cli import config_dir
-from p2pep.servicekit.settings import setting_of
+from p2pep.servicekit.host import LIVENESS
+from p2pep.servicekit.settings import env_name, setting_of
 from p2pep.settings import SERVICE_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,10 +78,35 @@ def test_containers_have_probes_resources_pinned_images_and_a_locked_down_contex
             assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                           "capabilities": {"drop": ["ALL"]}}, name
             if image.startswith(PY_IMAGES):
-                # gRPC health needs a client certificate (mTLS): probes read /healthz on the metrics port
-                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-                    assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, (name, probe)
+                # the kubelet's gRPC probe is plaintext: the health-only port; "" = ready, LIVENESS = alive
+                assert c["startupProbe"]["grpc"] == {"port": HEALTH_PORT, "service": LIVENESS}, name
+                assert c["livenessProbe"]["grpc"] == {"port": HEALTH_PORT, "service": LIVENESS}, name
+                assert c["readinessProbe"]["grpc"] == {"port": HEALTH_PORT}, name
+                assert {"name": "health", "containerPort": HEALTH_PORT} in c["ports"], name
                 assert w["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_probed_port_is_the_one_each_service_serves_health_on_and_no_policy_opens_it(overlay: str) -> None:
+    docs = render(overlay)
+    maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    for name, w in workloads(docs).items():
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            if not c["image"].startswith(PY_IMAGES):
+                continue
+            cls = SERVICE_SETTINGS[c["args"][0].removeprefix("services.")]
+            (config,) = [r["configMapRef"]["name"] for r in c["envFrom"] if not r["configMapRef"].get("optional")]
+            assert maps[config][env_name(cls, "health_port")] == str(c["readinessProbe"]["grpc"]["port"]), name
+    # kubelet probes come from the pod's node, which NetworkPolicy always allows: no rule opens the
+    # plaintext health port to other pods
+    for d in docs:
+        if d["kind"] == "NetworkPolicy":
+            ports = [p.get("port") for rule in d["spec"].get("ingress", []) for p in rule.get("ports", [])]
+            assert HEALTH_PORT not in ports, d["metadata"]["name"]
+    # callers dial a not-ready peer all the same (single replicas: leaving it out of DNS helps nobody)
+    for d in docs:
+        if d["kind"] == "Service" and d["metadata"]["name"] in {"settlement", "matcher", "anchor", *HOUSEHOLDS}:
+            assert d["spec"]["publishNotReadyAddresses"] is True, d["metadata"]["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -26,6 +26,7 @@ from p2pep.scenario.launch import (
     matcher_launch,
     meter_launch,
     settlement_launch,
+    with_health_port,
 )
 from p2pep.scenario.model import Scenario, ScenarioError
 from p2pep.servicekit.settings import settings_env, settings_from_env
@@ -35,6 +36,18 @@ NODE = NodeEndpoint("meter-3", "02" + "ab" * 32, "127.0.0.1:10009", "/x/tls.cert
                     "127.0.0.1:9735")
 HUB = NodeEndpoint("hub", "03" + "cd" * 32, "127.0.0.1:10010", "/h/tls.cert", {"anchor": "/h/anchor.macaroon"},
                    "127.0.0.1:9736")
+
+
+def test_every_service_gets_its_plaintext_health_port(tmp_path: Path) -> None:
+    s = load_scenario("hackathon")
+    layout = Layout(tmp_path)
+    m = with_health_port(matcher_launch(s, layout, 5001, 5002), 5009)
+    assert m.health_port == 5009 and m.health_target == "127.0.0.1:5009"
+    assert m.env["P2PEP_MATCHER_HEALTH_PORT"] == "5009" and m.env["P2PEP_MATCHER_GRPC_PORT"] == "5001"
+    meter = with_health_port(meter_launch(s, s.meter("meter-1"), layout, 5003, 5004, NODE, m.target, "127.0.0.1:1",
+                                          HUB), 5010)
+    assert meter.env["P2PEP_METER_HEALTH_PORT"] == "5010"
+    assert matcher_launch(s, layout, 5001, 5002).health_port == -1  # none unless given
 
 
 def test_service_envs(tmp_path: Path) -> None:

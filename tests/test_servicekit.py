@@ -20,6 +20,7 @@ from pydantic_settings import SettingsConfigDict
 from tls_helpers import dial, tls_as
 
 from p2pep.identity import Identity
+from p2pep.regtest import wait_for
 from p2pep.servicekit import BaseServiceSettings, ServiceHost, configure_logging, install_signal_handlers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,12 +102,19 @@ async def test_dummy_service_serves_then_stops_on_sigterm() -> None:
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_set_serving_flips_healthz() -> None:
+async def test_readiness_flips_health_and_healthz() -> None:
     host = ServiceHost(DummySettings(), name="dummy2")
+    host.readiness.require("store")
     await host.start()
     try:
-        await host.set_serving(False)
         assert await health_status(host.grpc_target, peer="dummy2") == health_pb2.HealthCheckResponse.NOT_SERVING
+        async with aiohttp.ClientSession() as http, http.get(f"{host.http_url}/healthz") as r:
+            assert r.status == 503 and (await r.json())["waiting_for"] == ["store"]
+        host.readiness.mark("store", True)
+        await wait_for(lambda: host.serving, 5, what="serving")
+        assert await health_status(host.grpc_target, peer="dummy2") == health_pb2.HealthCheckResponse.SERVING
+        host.readiness.mark("store", False, "disk gone")
+        await wait_for(lambda: not host.serving, 5, what="not serving")
         async with aiohttp.ClientSession() as http, http.get(f"{host.http_url}/healthz") as r:
             assert r.status == 503
     finally:

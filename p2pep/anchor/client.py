@@ -56,6 +56,10 @@ class AnchorClient:
         self._channel = channel(target, peer=peer, tls=tls)
         self.stub = pb_grpc.AnchorServiceStub(self._channel)
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._channel
+
     async def close(self) -> None:
         await self._channel.close()
 

@@ -21,6 +21,7 @@ from p2pep.settings import SERVICE_SETTINGS
 
 GRPC_PORT = 50051
 METRICS_PORT = 9100
+HEALTH_PORT = 9101  # plaintext, grpc.health.v1 only: the kubelet's gRPC probes (the manifests' `grpc:` probes)
 LND_RPC_PORT = 10009
 LND_P2P_PORT = 9735
 BTCD_RPC_PORT = 18334
@@ -50,7 +51,7 @@ class Component:
 
 def _common() -> dict[str, object]:
     return {"grpc_host": "0.0.0.0", "grpc_port": GRPC_PORT, "http_host": "0.0.0.0",
-            "metrics_port": METRICS_PORT, "log_json": True, "tls_dir": TLS}
+            "metrics_port": METRICS_PORT, "health_port": HEALTH_PORT, "log_json": True, "tls_dir": TLS}
 
 
 def _target(name: str, port: int = GRPC_PORT) -> str:

@@ -71,10 +71,16 @@ class ServiceLaunch:
     log_path: Path
     data_dir: Path
     env: Mapping[str, str] = field(default_factory=dict)
+    health_port: int = -1
+    """Its plaintext health-only port (:func:`with_health_port`); -1: none."""
 
     @property
     def target(self) -> str:
         return f"{HOST}:{self.grpc_port}"
+
+    @property
+    def health_target(self) -> str:
+        return f"{HOST}:{self.health_port}"
 
     @property
     def kind(self) -> str:
@@ -147,6 +153,14 @@ def with_plaintext_loopback(launch: ServiceLaunch) -> ServiceLaunch:
     except BadSettings as exc:
         raise ScenarioError(launch.name, str(exc)) from None
     return replace(launch, env=env)
+
+
+def with_health_port(launch: ServiceLaunch, port: int) -> ServiceLaunch:
+    """``launch`` with its plaintext health-only port (what a Kubernetes probe dials) set to ``port``."""
+    cls = SERVICE_SETTINGS[launch.module.removeprefix("services.")]
+    env = {**launch.env, env_name(cls, "health_port"): str(port)}
+    settings_from_env(cls, env)  # read back, as the service will: a port it refuses fails here
+    return replace(launch, health_port=port, env=env)
 
 
 def kwp(wp: int) -> Decimal:

@@ -6,7 +6,11 @@ Order of things:
    the run dir (:meth:`RegtestNetwork.up`);
 2. the matcher, settlement and one meter service per meter start as subprocesses
    (``python -m services.X``, env from :mod:`p2pep.scenario.launch`, logs under
-   ``<run dir>/scenario/logs``), each awaited on its gRPC health check;
+   ``<run dir>/scenario/logs``), in dependency order (matcher and anchor, then settlement,
+   console and portal, then the meters), each awaited until its gRPC health is SERVING, which
+   means ready (:mod:`p2pep.servicekit.readiness`: a meter is registered, has its baseline
+   reading and its hub channel); each also has a plaintext health-only port (``health`` in
+   ``state.json``), as a Kubernetes probe sees it;
 3. while the simulated time runs: an auto-miner mines a block every few seconds
    (channels the meters open need confirmations), the scenario's events fire at
    their simulated times, the meters' statuses are sampled;
@@ -62,6 +66,7 @@ from p2pep.scenario.launch import (
     meter_launch,
     portal_launch,
     settlement_launch,
+    with_health_port,
     with_plaintext_loopback,
 )
 from p2pep.scenario.model import Event, Scenario
@@ -159,6 +164,7 @@ class ScenarioRunner:
             "services": {
                 name: {"module": p.launch.module, "target": p.launch.target, "pid": p.pid if p.alive() else None,
                        "metrics": f"http://127.0.0.1:{p.launch.metrics_port}/metrics",
+                       "health": p.launch.health_target,
                        "log": str(p.launch.log_path)}
                 for name, p in self.procs.items()
             },
@@ -310,6 +316,7 @@ class ScenarioRunner:
             launches = [with_plaintext_loopback(ln) for ln in launches]
         self.tls = run_tls.prepare(lay.tls_dir, [ln.name for ln in launches if ln.kind != "meter"], meter_keys,
                                    plaintext_loopback=plain)
+        launches = [with_health_port(ln, free_port()) for ln in launches]
         self.procs = {ln.name: ServiceProcess(ln, self.tls) for ln in launches}
 
     async def _start_and_wait(self, names: list[str]) -> None:

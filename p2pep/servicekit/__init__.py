@@ -2,8 +2,10 @@
 
 A service process is: settings from the environment (:class:`BaseServiceSettings`),
 structured logs (:func:`configure_logging`), one gRPC server with health checking
-and one small HTTP server with ``/metrics`` and ``/healthz`` (:class:`ServiceHost`),
-run under :func:`run_service`, which turns SIGTERM/SIGINT into a graceful stop.
+and one small HTTP server with ``/metrics``, ``/healthz`` and ``/livez`` (:class:`ServiceHost`;
+health means ready: the conditions the service declares on ``host.readiness``,
+:mod:`p2pep.servicekit.readiness`), run under :func:`run_service`, which turns SIGTERM/SIGINT
+into a graceful stop.
 
 A typical ``services/<name>/__main__.py``::
 
@@ -12,7 +14,8 @@ A typical ``services/<name>/__main__.py``::
         configure_logging(settings.log_level, json=settings.log_json)
         host = ServiceHost(settings, name="my-service")
         my_pb2_grpc.add_MyServiceServicer_to_server(MyServicer(), host.grpc_server)
-        await host.start(serving=["p2pep.v1.MyService"])
+        host.readiness.watch("settlement", grpc_peer_check(settlement_channel))  # what it needs
+        await host.start(serving=["p2pep.v1.MyService"])  # NOT_SERVING until ready
         await host.wait_and_stop(stop)
 
     if __name__ == "__main__":

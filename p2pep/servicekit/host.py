@@ -1,4 +1,5 @@
-"""One service's servers: a grpc.aio server with health checking plus the HTTP side."""
+"""One service's servers: a grpc.aio server with health checking, the HTTP side, and a
+plaintext port that serves only ``grpc.health.v1`` (for the kubelet's gRPC probes)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from p2pep.servicekit.errors import RefusalInterceptor
 from p2pep.servicekit.grpc_metrics import GrpcMetricsInterceptor
 from p2pep.servicekit.http import build_http_app
 from p2pep.servicekit.limits import server_options
+from p2pep.servicekit.readiness import Readiness
 from p2pep.servicekit.settings import BaseServiceSettings
 from p2pep.servicekit.tls import service_tls
 
@@ -26,6 +28,10 @@ ShutdownHook = Callable[[], Awaitable[None]]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+LIVENESS = "liveness"
+"""The health service name that is SERVING while the process is alive (its event loop answers),
+whether or not it is ready: the liveness and startup probes ask for it; readiness is ``""``."""
 
 
 class ServiceHost:
@@ -45,6 +51,14 @@ class ServiceHost:
     service), and every call passes :class:`~p2pep.servicekit.auth.AuthInterceptor` first
     (``grpc_plaintext_loopback``, the TLS benchmark's mode, is the one exception to TLS:
     :mod:`p2pep.servicekit.tls`).
+
+    Health means ready: ``""`` and the names given to :meth:`start` are SERVING only while every
+    condition of :attr:`readiness` holds (declared by the service before :meth:`start`: startup
+    work, dependencies it must reach; :mod:`p2pep.servicekit.readiness`), NOT_SERVING before
+    and whenever one is lost. :data:`LIVENESS` is SERVING from start to stop. The same states
+    are on the mutual-TLS port, on ``/healthz`` (ready) and ``/livez`` (alive), and, when
+    ``settings.health_port`` >= 0, on a plaintext port that serves nothing but
+    ``grpc.health.v1`` (the kubelet's gRPC probe cannot present a client certificate).
     """
 
     def __init__(
@@ -73,7 +87,18 @@ class ServiceHost:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        self.http_app: web.Application = build_http_app(lambda: self._serving)
+        # the probes' port: the same health states, nothing else, no interceptor (nothing to authorize)
+        self.health_server: grpc.aio.Server | None = None
+        if settings.health_port >= 0:
+            self.health_server = grpc.aio.server(options=server_options(4096, 4096))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        self.readiness = Readiness(name, interval_s=settings.readiness_interval_s,
+                                   timeout_s=settings.readiness_timeout_s)
+        self.readiness.subscribe(self._readiness_changed)
+        self.http_app: web.Application = build_http_app(lambda: self._serving, self._waiting_for,
+                                                        lambda: self._started and not self._stopped.is_set())
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._publish_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._hooks: list[ShutdownHook] = []
         self._stopping_hooks: list[ShutdownHook] = []
@@ -83,6 +108,8 @@ class ServiceHost:
         self._health_names: list[str] = [""]
         self.grpc_port: int = 0
         self.http_port: int = 0
+        self.health_port: int = -1
+        """The plaintext health port once started (-1: none, ``settings.health_port`` < 0)."""
 
     @property
     def grpc_target(self) -> str:
@@ -94,8 +121,21 @@ class ServiceHost:
         return f"http://{self.settings.http_host}:{self.http_port}"
 
     @property
+    def health_target(self) -> str:
+        """``host:port`` of the plaintext health port once started."""
+        return f"{self.settings.grpc_host}:{self.health_port}"
+
+    @property
     def serving(self) -> bool:
+        """Started, not stopping, and ready."""
         return self._serving
+
+    def _waiting_for(self) -> list[str]:
+        if not self._started:
+            return ["start"]
+        if self._stopped.is_set():
+            return ["stopping"]
+        return sorted(self.readiness.unmet)
 
     def add_shutdown_hook(self, hook: ShutdownHook) -> None:
         """Run ``await hook()`` while stopping, after the gRPC server has drained."""
@@ -106,12 +146,22 @@ class ServiceHost:
         self._stopping_hooks.append(hook)
 
     async def start(self, serving: Iterable[str] = ()) -> None:
-        """Bind both servers (port 0 = a free port; see :attr:`grpc_port`, :attr:`http_port`)
-        and mark ``""`` and every name in ``serving`` as SERVING in the health service."""
+        """Bind the servers (port 0 = a free port; see :attr:`grpc_port`, :attr:`http_port`,
+        :attr:`health_port`), start the readiness checks, and publish health: ``""`` and every
+        name in ``serving`` NOT_SERVING until :attr:`readiness` holds, :data:`LIVENESS` SERVING."""
         if self._started:
             raise RuntimeError("service host already started")
         self._started = True
         s = self.settings
+        self._health_names = ["", *serving]
+        for name in self._health_names:  # the health servicer starts with "" SERVING: not before it is ready
+            await self.health.set(name, NOT_SERVING)
+        await self.health.set(LIVENESS, SERVING)
+        if self.health_server is not None:
+            self.health_port = self.health_server.add_insecure_port(f"{s.grpc_host}:{s.health_port}")
+            if self.health_port == 0:
+                raise OSError(f"could not bind the health port to {s.grpc_host}:{s.health_port}")
+            await self.health_server.start()
         self.grpc_port = self.grpc_server.add_secure_port(f"{s.grpc_host}:{s.grpc_port}",
                                                           self.tls.server_credentials())
         if self.grpc_port == 0:
@@ -125,17 +175,27 @@ class ServiceHost:
         site = web.TCPSite(self._runner, s.http_host, s.metrics_port)
         await site.start()
         self.http_port = int(self._runner.addresses[0][1])
-        self._health_names = ["", *serving]
-        for name in self._health_names:
-            await self.health.set(name, SERVING)
-        self._serving = True
-        log.info("service started", name=self.name, grpc=self.grpc_target, http=self.http_url)
+        await self._publish()
+        self.readiness.start()
+        log.info("service started", name=self.name, grpc=self.grpc_target, http=self.http_url,
+                 health_port=self.health_port, ready=self.readiness.ready,
+                 waiting_for=sorted(self.readiness.unmet))
 
-    async def set_serving(self, serving: bool) -> None:
-        """Flip health (gRPC and ``/healthz``) without stopping, e.g. while a dependency is down."""
-        self._serving = serving
-        for name in self._health_names:
-            await self.health.set(name, SERVING if serving else NOT_SERVING)
+    def _readiness_changed(self, ready: bool) -> None:
+        if not self._started or self._stopped.is_set():
+            return
+        task = asyncio.get_running_loop().create_task(self._publish())
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self) -> None:
+        """Health from the current readiness, one publish at a time, each reading it afresh
+        (so the last one wins, whatever the order the flips came in)."""
+        async with self._publish_lock:
+            serving = self._started and not self._stopped.is_set() and self.readiness.ready
+            self._serving = serving
+            for name in self._health_names:
+                await self.health.set(name, SERVING if serving else NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop; idempotent."""
@@ -146,9 +206,12 @@ class ServiceHost:
         log.info("service stopping", name=self.name, grace_s=grace)
         self._serving = False
         await self.health.enter_graceful_shutdown()
+        await self.readiness.stop()
         await self._run_hooks(self._stopping_hooks)
         if self._started:
             await self.grpc_server.stop(grace)
+        if self._started and self.health_server is not None:  # probes see NOT_SERVING while it drains
+            await self.health_server.stop(0)
         await self._run_hooks(reversed(self._hooks))
         if self._runner is not None:
             await self._runner.cleanup()

@@ -17,11 +17,18 @@ from prometheus_client import (
 
 
 def build_http_app(
-    is_serving: Callable[[], bool], registry: CollectorRegistry = REGISTRY
+    is_serving: Callable[[], bool],
+    waiting_for: Callable[[], list[str]] = list,
+    is_alive: Callable[[], bool] = lambda: True,
+    registry: CollectorRegistry = REGISTRY,
 ) -> web.Application:
-    """An app with ``GET /metrics`` (the default Prometheus registry) and ``GET /healthz``.
+    """An app with ``GET /metrics`` (the default Prometheus registry), ``GET /healthz`` (ready)
+    and ``GET /livez`` (alive).
 
-    ``/healthz`` answers 200 ``{"status": "SERVING"}`` or 503 ``{"status": "NOT_SERVING"}``.
+    ``/healthz`` answers 200 ``{"status": "SERVING"}`` or 503 ``{"status": "NOT_SERVING",
+    "waiting_for": [...]}`` (the names of the unmet readiness conditions; their reasons are in
+    the log, not on a public page). ``/livez`` answers 200 ``{"status": "SERVING"}`` while the
+    service runs (its event loop answered), 503 once it stops.
     Services may add their own routes before the host starts.
     """
 
@@ -30,12 +37,18 @@ def build_http_app(
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        ok = is_serving()
+        if is_serving():
+            return web.json_response({"status": "SERVING"})
+        return web.json_response({"status": "NOT_SERVING", "waiting_for": waiting_for()}, status=503)
+
+    async def livez(_: web.Request) -> web.Response:
+        ok = is_alive()
         return web.json_response({"status": "SERVING" if ok else "NOT_SERVING"}, status=200 if ok else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
     return app
 
 

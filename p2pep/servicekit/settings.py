@@ -50,6 +50,13 @@ class BaseServiceSettings(BaseSettings):
     grpc_port: int = Field(default=0, ge=0, le=65535)
     http_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535, description="HTTP port of /metrics and /healthz")
+    health_port: int = Field(default=-1, ge=-1, le=65535,
+                             description="plaintext port serving only grpc.health.v1 (the kubelet's gRPC probes) "
+                                         "on grpc_host; -1: none, 0: any free port")
+    readiness_interval_s: float = Field(default=1.0, gt=0, le=60,
+                                        description="how often the dependencies readiness needs are checked")
+    readiness_timeout_s: float = Field(default=2.0, gt=0, le=60,
+                                       description="a dependency not answering a check within this is unreachable")
     log_level: LogLevel = "INFO"
     log_json: bool = True
     shutdown_grace_s: float = Field(default=5.0, ge=0)

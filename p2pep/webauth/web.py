@@ -4,8 +4,8 @@
 
 1. **security headers** on every answer (no framing, no sniffing, same-origin referrer);
 2. **Host check**: a request for a host not in the allowed list is answered 421 (400 if the
-   Host header is missing or malformed) before anything else runs; ``/metrics`` and
-   ``/healthz`` are exempt (probes and scrapers dial addresses, not names);
+   Host header is missing or malformed) before anything else runs; ``/metrics``,
+   ``/healthz`` and ``/livez`` are exempt (probes and scrapers dial addresses, not names);
 3. **session**: the session cookie is looked up (server side) and put on the request
    (``request["session"]``, or None);
 4. **CSRF**: every POST/PUT/PATCH/DELETE needs the ``X-CSRF-Token`` header equal to the
@@ -47,7 +47,7 @@ log = structlog.get_logger("webauth")
 
 SIGNIN_PAGE = Path(__file__).with_name("static") / "signin.html"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-ALWAYS_PUBLIC = frozenset({"/metrics", "/healthz"})
+ALWAYS_PUBLIC = frozenset({"/metrics", "/healthz", "/livez"})
 AUTH_PUBLIC = frozenset({"/signin", "/api/session", "/api/signin", "/api/register"})
 SESSION_KEY = web.RequestKey[Session | None]("session")
 MAX_FIELD = 1024

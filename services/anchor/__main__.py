@@ -2,13 +2,15 @@
 
 Wires the pieces: btcd (JSON-RPC) as the chain view, the hub's LND wallet as the payer,
 the Anchorer (SQLite at ``db_path``), the block watcher, and the gRPC AnchorService with
-health checking and ``/metrics``.  SIGTERM: health goes NOT_SERVING, in-flight calls
+health checking and ``/metrics``. Ready (health SERVING) once its store is open and while the
+hub's lnd (its wallet: ``WalletBalance``) and btcd (``getblockcount``) answer. SIGTERM: health goes NOT_SERVING, in-flight calls
 finish, the watcher finishes the block it is handling, then connections and the store close.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import structlog
 
@@ -17,6 +19,7 @@ from p2pep.anchor.btcd_chain import BtcdChain
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
 from p2pep.chain.btcd_rpc import BtcdRpc, BtcdRpcConfig
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
+from p2pep.servicekit.readiness import Readiness
 from p2pep.settings.anchor import AnchorSettings
 from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 from services.anchor.anchorer import Anchorer, AnchorerConfig
@@ -26,6 +29,20 @@ from services.anchor.wallet import CountingWallet
 from services.anchor.watcher import BlockWatcher
 
 log = structlog.get_logger(__name__)
+
+
+class _Wallet(Protocol):
+    async def wallet_balance(self) -> object: ...
+
+
+class _Chain(Protocol):
+    async def get_best_height(self) -> int: ...
+
+
+def watch_dependencies(readiness: Readiness, hub: _Wallet, chain: _Chain) -> None:
+    """Ready while the hub's wallet (what anchoring pays from) and btcd (what it watches) answer."""
+    readiness.watch("lnd", hub.wallet_balance)
+    readiness.watch("btcd", chain.get_best_height)
 
 
 async def main(stop: asyncio.Event) -> None:
@@ -59,6 +76,7 @@ async def main(stop: asyncio.Event) -> None:
             log.warning("anchor.watcher_cancelled")  # crash-safe: at worst a root is anchored twice
 
     host = ServiceHost(settings, name="anchor")
+    watch_dependencies(host.readiness, wallet.client, chain)
     pb_grpc.add_AnchorServiceServicer_to_server(
         AnchorServicer(anchorer, settings.max_request_leaves), host.grpc_server)
     # Hooks run in reverse order, after gRPC has drained: watcher, then the store, then connections.

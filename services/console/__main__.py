@@ -1,4 +1,7 @@
-"""`python -m services.console`: the operator's console (HTTP), over settlement and the matcher."""
+"""`python -m services.console`: the operator's console (HTTP), over settlement and the matcher.
+
+Ready (health SERVING) once its sign-in store is open and while settlement (and the matcher,
+when configured) answer: without them its pages would show nothing but errors."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.readiness import grpc_peer_check
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.console import ConsoleSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
@@ -28,6 +32,8 @@ async def main(stop: asyncio.Event) -> None:
     store = await AuthStore.open(s.auth_db_path)
     auth = WebAuth(store, AuthConfig.from_settings(s, "console", "P2PEP operator console", can_register=False))
     host = ServiceHost(s, name="console")
+    for peer, ch in zip(("settlement", "matcher"), channels, strict=False):
+        host.readiness.watch(peer, grpc_peer_check(ch))
     add_console_routes(host.http_app, console, auth)
 
     async def close() -> None:

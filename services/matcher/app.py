@@ -1,4 +1,7 @@
-"""Wiring: store + the matcher core + gRPC servicer + background loops on a ServiceHost."""
+"""Wiring: store + the matcher core + gRPC servicer + background loops on a ServiceHost.
+
+The matcher depends on nothing but its store: it is ready once the store is open and its
+book loaded (both before it listens), and stays ready until it stops."""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
 """The meter process: settings -> key, DB, LND client -> gRPC server -> meter running
-until SIGTERM -> leave gracefully."""
+until SIGTERM -> leave gracefully.
+
+Ready (health SERVING) when the meter can do its job: it is registered with settlement, has
+resumed its registers and taken its baseline reading (``started``: :attr:`Meter.ready`), and
+while its lnd, settlement and the matcher answer and (hub mode) it has an active channel with
+the hub. Before that, or while one of them is lost, it is NOT_SERVING and still alive: it
+keeps retrying on its own (:mod:`p2pep.servicekit.readiness`)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ from p2pep.metering.pairing import PairingCodes
 from p2pep.metering.signing import MeterKey
 from p2pep.pki.service import ensure_enrolled
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings
-from p2pep.settings.meter import MeterSettings
+from p2pep.servicekit.readiness import Check, NotMet, Readiness, grpc_peer_check
+from p2pep.settings.meter import MeterSettings, parse_node_address
 from p2pep.v1 import meter_pb2_grpc
 from services.meter.display import add_display_routes
 from services.meter.lightning import LightningNode
@@ -58,9 +65,32 @@ async def start_meter(settings: MeterSettings, lnd: LightningNode) -> MeterApp:
     pairing = PairingCodes(settings.pairing_ttl_s, settings.pairing_max_failures, settings.pairing_lockout_s)
     meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(meter, pairing), host.grpc_server)
     add_display_routes(host.http_app, settings.meter_id, pairing, settings.display_allowed_hosts)
+    watch_dependencies(host.readiness, meter, settings)
     await host.start(serving=[SERVICE])
     meter.start(settings.advertise_address or host.grpc_target)
     return MeterApp(meter, host)
+
+
+def watch_dependencies(readiness: Readiness, meter: Meter, settings: MeterSettings) -> None:
+    """The meter's readiness conditions (see the module's docstring)."""
+    readiness.watch("lnd", meter.lnd.get_info)
+    readiness.watch("settlement", grpc_peer_check(meter.settlement_channel))
+    if meter.matcher_channel is not None:
+        readiness.watch("matcher", grpc_peer_check(meter.matcher_channel))
+    readiness.after("started", meter.ready)
+    hub = parse_node_address(settings.hub) if settings.network_mode == "hub" else None
+    if hub is not None:
+        readiness.watch("hub-channel", active_channel_with(meter.lnd, hub[0]))
+
+
+def active_channel_with(lnd: LightningNode, peer: str) -> Check:
+    """A check that ``lnd`` has an active channel with ``peer`` (one that can carry payments now)."""
+
+    async def check() -> None:
+        if not await lnd.list_channels(active_only=True, peer=peer):
+            raise NotMet(f"no active channel with {peer[:16]}")
+
+    return check
 
 
 def lnd_client(s: MeterSettings) -> LndClient:

@@ -22,7 +22,7 @@ from p2pep.servicekit.http import static_page
 from p2pep.webauth.hosts import host_verdict
 
 PAGE = Path(__file__).with_name("static") / "display.html"
-UNCHECKED = frozenset({"/metrics", "/healthz"})
+UNCHECKED = frozenset({"/metrics", "/healthz", "/livez"})
 
 
 def add_display_routes(app: web.Application, meter_id: str, pairing: PairingCodes,

@@ -121,6 +121,14 @@ class Meter:
         return self.tasks.failed
 
     @property
+    def settlement_channel(self) -> grpc.aio.Channel:
+        return self._settlement_ch
+
+    @property
+    def matcher_channel(self) -> grpc.aio.Channel | None:
+        return self._matcher_ch
+
+    @property
     def fatal(self) -> BaseException | None:
         return self.tasks.fatal
 

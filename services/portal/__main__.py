@@ -1,5 +1,9 @@
 """`python -m services.portal`: the household portal (HTTP), over settlement's registry and
-the meters' gRPC APIs."""
+the meters' gRPC APIs.
+
+Ready (health SERVING) once its store is open and while settlement answers (it finds the
+meters there); a household's meter is not a readiness dependency (one meter offline is one
+household's page saying so, not the portal down)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import asyncio
 from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.readiness import grpc_peer_check
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.portal import PortalSettings
 from p2pep.v1 import settlement_pb2_grpc
@@ -26,6 +31,7 @@ async def main(stop: asyncio.Event) -> None:
     links = MeterLinks(settlement_pb2_grpc.SettlementServiceStub(settlement), s.rpc_timeout_s, tls)
     auth = WebAuth(store, AuthConfig.from_settings(s, "portal", "P2PEP household portal", can_register=True))
     host = ServiceHost(s, name="portal")
+    host.readiness.watch("settlement", grpc_peer_check(settlement))
     auth.install(host.http_app)
     add_portal_routes(host.http_app, Portal(store, auth, links, s.rpc_timeout_s, s.pairing_failures_per_account,
                                             s.pairing_failures_per_client, s.limit_window_s))

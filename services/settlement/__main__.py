@@ -1,4 +1,8 @@
-"""`python -m services.settlement`: contracts, readings and Lightning payments per increment."""
+"""`python -m services.settlement`: contracts, readings and Lightning payments per increment.
+
+Ready (health SERVING) once its store is open, migrated and loaded (before it listens at all)
+and while the matcher and the anchor service it is configured with answer; a meter is never a
+readiness dependency (meters come and go; settlement serves the others meanwhile)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from p2pep.pki.service import EnrollmentServer
 from p2pep.pki.tlsdir import TlsDir
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.readiness import grpc_peer_check
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.settlement import SettlementSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
@@ -41,6 +46,10 @@ async def main(stop: asyncio.Event) -> None:
     await engine.load()
     install_operator_collector(engine.contracts, engine.meters)
     host = ServiceHost(s, name="settlement")
+    if s.matcher_target:
+        host.readiness.watch("matcher", grpc_peer_check(channels[0]))
+    if anchor is not None:
+        host.readiness.watch("anchor", grpc_peer_check(anchor.channel))
     if s.enrollment_port >= 0:  # where the operator's CA key is: meters without a certificate enroll here
         enrollment = EnrollmentServer(TlsDir(s.tls_dir), service("settlement"))
         await enrollment.start(s.grpc_host, s.enrollment_port)
