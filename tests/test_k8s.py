@@ -164,7 +164,8 @@ def test_secrets_are_emitted_from_a_run_dir(tmp_path: Path, capsys: pytest.Captu
         pod = w["spec"]["template"]["spec"]
         wanted |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
         for c in pod["containers"]:
-            wanted |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "valueFrom" in e}
+            wanted |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                       if "secretKeyRef" in e.get("valueFrom", {})}
     assert wanted - names == {"p2pep-btcd-server"}
     for d in docs:
         kubernetes_validate.validate(d, K8S_VERSION, strict=True)
