@@ -234,3 +234,43 @@ def test_pods_carry_the_labels_monitoring_scrapes_by(overlay: str) -> None:
             assert labels["p2pep.io/meter"] == name
         if kind == "lnd":
             assert labels["p2pep.io/node"] == name.removeprefix("lnd-")
+
+
+def test_the_regtest_overlay_translates_for_podman_kube_play(tmp_path: Path) -> None:
+    """p2pep/k8s/podman.py: every StatefulSet a Pod of its name with its PVC, nothing podman
+    cannot play, Secrets as folders, secret and ConfigMap key references inlined, $(VAR) expanded."""
+    from p2pep.k8s.podman import translate
+
+    docs = render("regtest")
+    names = set()
+    for w in workloads(docs).values():
+        pod = w["spec"]["template"]["spec"]
+        names |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    data = {"rpc.cert": b"cert", "rpc.key": b"key", "user": b"u", "pass": b"p w"}
+    given = {n: data for n in names | {"p2pep-btcd-client"}}
+    miner = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p2pep-btcd-miner"},
+             "data": {"mining_addr": "bcrt1qfaucet"}}
+    played = translate(docs, given, tmp_path, "p2pep-pods-", [miner])
+    assert set(played) == EXPECTED["regtest"]
+    for name, p in played.items():
+        kinds = [d["kind"] for d in p.docs]
+        assert kinds[-1] == "Pod" and set(kinds) <= {"Pod", "PersistentVolumeClaim", "ConfigMap"}, (name, kinds)
+        pod = p.docs[-1]
+        assert pod["metadata"]["name"] == name
+        assert p.volumes == [f"p2pep-pods-{name}-data"]
+        text = yaml.safe_dump(pod)
+        assert "secretKeyRef" not in text and "configMapKeyRef" not in text and "$(" not in text, name
+        assert "emptyDir" not in text and "Probe" not in text, name
+        for c in pod["spec"]["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            for ref in c.get("envFrom", []):  # podman reads a ConfigMap only from the same play
+                assert ref["configMapRef"]["name"] in {d["metadata"]["name"] for d in p.docs}, name
+            assert "p2pep-hub" not in yaml.safe_dump(c.get("envFrom", []))  # optional and not made yet
+        for folder in p.secret_dirs:
+            assert Path(folder).parent == tmp_path
+    btcd = played["btcd"].docs[-1]["spec"]["containers"][0]["args"]
+    assert "--miningaddr=bcrt1qfaucet" in btcd and "--rpcpass=p w" in btcd
+    assert played["anchor"].secret_dirs[str(tmp_path / "anchor-btcd")] == {"rpc.cert": b"cert"}  # items only
+    hub = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p2pep-hub"}, "data": {"P2PEP_METER_HUB": "x"}}
+    meter = translate(docs, given, tmp_path, "p2pep-pods-", [miner, hub], only=["meter-1"])
+    assert list(meter) == ["meter-1"] and hub in meter["meter-1"].docs

@@ -112,12 +112,15 @@ def _container(c: Doc, secrets: Mapping[str, Mapping[str, bytes]], configmaps: M
 
 
 def translate(docs: Iterable[Doc], secrets: Mapping[str, Mapping[str, bytes]], secret_root: Path,
-              volume_prefix: str, configmaps: Iterable[Doc] = ()) -> dict[str, Played]:
+              volume_prefix: str, configmaps: Iterable[Doc] = (), only: Iterable[str] | None = None,
+              ) -> dict[str, Played]:
     """Each StatefulSet of ``docs`` (``kubectl kustomize`` output) as a pod to play:
     name -> :class:`Played`. ``secrets``: Secret name -> key -> bytes (what the cluster would
     hold); each Secret volume is a folder ``secret_root/<pod>-<volume>`` whose files
     :attr:`Played.secret_dirs` lists (the caller writes them). ``configmaps``: ConfigMaps made
-    at bootstrap (the hub's address, btcd's mining address), besides the rendered ones."""
+    at bootstrap (the hub's address, btcd's mining address), besides the rendered ones.
+    ``only``: translate these workloads, skip the others."""
+    wanted = set(only) if only is not None else None
     docs = list(docs)
     cms = {d["metadata"]["name"]: d for d in [*docs, *configmaps] if d["kind"] == "ConfigMap"}
     out: dict[str, Played] = {}
@@ -128,6 +131,8 @@ def translate(docs: Iterable[Doc], secrets: Mapping[str, Mapping[str, bytes]], s
         if kind != "StatefulSet":
             raise TranslationError(f"{kind} {d['metadata']['name']}: no translation for podman")
         name = d["metadata"]["name"]
+        if wanted is not None and name not in wanted:
+            continue
         if d["spec"].get("replicas", 1) != 1:
             raise TranslationError(f"StatefulSet {name}: only one replica plays as a pod")
         played = Played(name)

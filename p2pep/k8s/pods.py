@@ -379,7 +379,7 @@ class PodCluster:
                                              "pass": self.btcd_pass.encode()}
 
     async def _play(self, names: list[str], phase: str) -> None:
-        played = translate(self.docs, self.secrets, self.work / "secrets", PREFIX, self.configmaps)
+        played = translate(self.docs, self.secrets, self.work / "secrets", PREFIX, self.configmaps, names)
         docs: list[Doc] = []
         for n in names:
             p = played[n]
