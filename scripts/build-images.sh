@@ -52,7 +52,10 @@ for t in "${targets[@]}"; do
       extras=""; [ "$t" = meter ] && extras=sim
       say "wheels on the host (containers/wheels)"
       sed -e '/--hash=/d' -e 's/ \\$//' requirements.lock > "$root/constraints.txt"
-      .venv/bin/pip wheel -q -w containers/wheels -c "$root/constraints.txt" ".${extras:+[$extras]}"
+      # a fixed SOURCE_DATE_EPOCH makes the project's wheel the same bytes when its sources are
+      # (its metadata files would carry the build's time): the image layers stay cached
+      SOURCE_DATE_EPOCH=315532800 .venv/bin/pip wheel -q -w containers/wheels -c "$root/constraints.txt" \
+        ".${extras:+[$extras]}"
       say "p2pep-$t:$version"
       build -f containers/services.Containerfile --build-arg EXTRAS="$extras" -t "p2pep-$t:$version" ;;
     lnd|btcd)

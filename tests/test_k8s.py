@@ -260,7 +260,7 @@ def test_the_regtest_overlay_translates_for_podman_kube_play(tmp_path: Path) -> 
         assert p.volumes == [f"p2pep-pods-{name}-data"]
         text = yaml.safe_dump(pod)
         assert "secretKeyRef" not in text and "configMapKeyRef" not in text and "$(" not in text, name
-        assert "emptyDir" not in text and "Probe" not in text, name
+        assert "emptyDir" not in text and "Probe" not in text and "containerPort" not in text, name
         for c in pod["spec"]["containers"]:
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
             for ref in c.get("envFrom", []):  # podman reads a ConfigMap only from the same play

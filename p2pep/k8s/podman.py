@@ -27,10 +27,15 @@ secretKeyRef``              the run's temporary folder, never committed).
                             does (podman 4.3 passes them on verbatim).
 ``emptyDir`` (``/tmp``)     dropped with its mount: podman mounts a tmpfs on ``/tmp`` of a
                             read-only root itself (``read_only_tmpfs``).
+container ``ports``          dropped: podman 4.3 publishes each on the host (four lnd pods'
+                            metrics port 8989 collide); pods reach each other's ports on
+                            the network without them.
 probes                      dropped: podman 4.3 turns a ``livenessProbe`` into a
-                            healthcheck command run inside the container (by a systemd
-                            timer, which this machine does not have), ignores readiness
-                            and startup probes and knows no ``grpc`` probe; the harness
+                            healthcheck command run inside the container by a systemd
+                            timer (``httpGet`` becomes ``curl -f http://localhost:...``,
+                            which the images lack; without systemd, as here, it is never
+                            run), ignores readiness and startup probes and drops a
+                            ``grpc`` probe (no healthcheck at all); the harness
                             waits on each service's gRPC health itself, as the cluster's
                             readiness probe would.
 ==========================  ===========================================================
@@ -76,6 +81,7 @@ def _container(c: Doc, secrets: Mapping[str, Mapping[str, bytes]], configmaps: M
     c = copy.deepcopy(c)
     for probe in PROBES:
         c.pop(probe, None)
+    c.pop("ports", None)
     literal: dict[str, str] = {}
     for e in c.get("env", []):
         ref = e.get("valueFrom", {})

@@ -498,8 +498,8 @@ class PodScenarioRunner(ScenarioRunner):
         self._set_phase("network")
         t = time.monotonic()
         self.say("pods: btcd and four lnd nodes, bootstrapped (mined, funded, channels, macaroons)")
+        self.net = self.cluster.net  # closed by the teardown, also if the bring-up fails
         await self.cluster.up(s)
-        self.net = self.cluster.net
         self.say(f"network up in {time.monotonic() - t:.0f}s ({self.cluster.timings})")
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self._set_phase("services")
