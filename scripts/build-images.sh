@@ -6,28 +6,24 @@
 # The base `debian:bookworm-slim` is made from Debian's packages with mmdebstrap and imported
 # once; the Python wheels are built on the host (pip inside a build container has no index
 # here) into containers/wheels/. podman runs with runc, cgroupfs, no default ulimits and its
-# own storage under $P2PEP_PODMAN_ROOT (default ~/.cache/p2pep/podman): no system file changes.
+# own storage and network definitions under $P2PEP_PODMAN_ROOT (default ~/.cache/p2pep/podman):
+# no system file changes. netavark (with aardvark-dns) gives a podman network DNS names.
 # Usage: scripts/build-images.sh [services|meter|lnd|btcd ...]  (default: all); prints sizes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 root=${P2PEP_PODMAN_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/p2pep/podman}
 mkdir -p "$root"
-need=()
-command -v podman >/dev/null || need+=(podman)
-command -v runc >/dev/null || need+=(runc)
-command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+bash scripts/install-system-deps.sh  # podman, runc, netavark, aardvark-dns, catatonit, mmdebstrap
 cat > "$root/containers.conf" <<CONF
 [containers]
 default_ulimits = []
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
+[network]
+network_backend = "netavark"
+network_config_dir = "$root/networks"
 CONF
 cat > "$root/storage.conf" <<CONF
 [storage]
@@ -56,7 +52,10 @@ for t in "${targets[@]}"; do
       extras=""; [ "$t" = meter ] && extras=sim
       say "wheels on the host (containers/wheels)"
       sed -e '/--hash=/d' -e 's/ \\$//' requirements.lock > "$root/constraints.txt"
-      .venv/bin/pip wheel -q -w containers/wheels -c "$root/constraints.txt" ".${extras:+[$extras]}"
+      # a fixed SOURCE_DATE_EPOCH makes the project's wheel the same bytes when its sources are
+      # (its metadata files would carry the build's time): the image layers stay cached
+      SOURCE_DATE_EPOCH=315532800 .venv/bin/pip wheel -q -w containers/wheels -c "$root/constraints.txt" \
+        ".${extras:+[$extras]}"
       say "p2pep-$t:$version"
       build -f containers/services.Containerfile --build-arg EXTRAS="$extras" -t "p2pep-$t:$version" ;;
     lnd|btcd)

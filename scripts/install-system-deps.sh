@@ -22,6 +22,13 @@ if ! command -v kubectl >/dev/null; then
   if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then need+=(kubectl)
   else echo "install-system-deps: kubectl missing: add the apt repository of https://pkgs.k8s.io and install kubectl" >&2; fi
 fi
+# Container images and the pod-level run (`make images`, tests/test_k8s_pods.py): podman with
+# runc (crun fails on this kind of host's hybrid cgroups), netavark + aardvark-dns (the podman
+# network's DNS: pods reach each other by name; Debian's CNI plugins have no DNS), catatonit
+# (the pods' pause process) and mmdebstrap (the base image from Debian's packages, no registry).
+for pkg in podman runc netavark aardvark-dns catatonit mmdebstrap; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from p2pep.k8s import HEALTH_PORT, HOUSEHOLDS, OVERLAYS, SECRET_FIELDS, configmaps
+from p2pep.k8s import HEALTH_PORT, OVERLAYS, SECRET_FIELDS, configmaps, households
 from p2pep.k8s.cli import config_dir
 from p2pep.servicekit.host import LIVENESS
 from p2pep.servicekit.settings import env_name, setting_of
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.33.0"
 PY_IMAGES = ("p2pep-services:", "p2pep-meter:")  # containers/services.Containerfile, without and with `sim`
 CENTRAL = {"settlement", "matcher", "anchor", "console", "portal"}
-EXPECTED = {"regtest": CENTRAL | set(HOUSEHOLDS) | {"btcd", "lnd-hub"} | {f"lnd-{m}" for m in HOUSEHOLDS},
+EXPECTED = {"regtest": CENTRAL | set(households()) | {"btcd", "lnd-hub"} | {f"lnd-{m}" for m in households()},
             "production": CENTRAL}
 
 
@@ -105,7 +105,7 @@ def test_the_probed_port_is_the_one_each_service_serves_health_on_and_no_policy_
             assert HEALTH_PORT not in ports, d["metadata"]["name"]
     # callers dial a not-ready peer all the same (single replicas: leaving it out of DNS helps nobody)
     for d in docs:
-        if d["kind"] == "Service" and d["metadata"]["name"] in {"settlement", "matcher", "anchor", *HOUSEHOLDS}:
+        if d["kind"] == "Service" and d["metadata"]["name"] in {"settlement", "matcher", "anchor", *households()}:
             assert d["spec"]["publishNotReadyAddresses"] is True, d["metadata"]["name"]
 
 
@@ -171,17 +171,17 @@ def test_secrets_are_emitted_from_a_run_dir(tmp_path: Path, capsys: pytest.Captu
     tls = tmp_path / "tls"
     tls.mkdir()
     (tls / "ca.crt").write_text("CA")
-    for name in CENTRAL | set(HOUSEHOLDS):
+    for name in CENTRAL | set(households()):
         (tls / f"{name}.crt").write_text(f"crt {name}")
         (tls / f"{name}.key").write_text(f"key {name}")
-    for node, service in [("hub", "anchor")] + [(m, "meter") for m in HOUSEHOLDS]:
+    for node, service in [("hub", "anchor")] + [(m, "meter") for m in households()]:
         mac = tmp_path / node / "data/chain/bitcoin/regtest"
         mac.mkdir(parents=True)
         (tmp_path / node / "tls.cert").write_text("lnd cert")
         (mac / f"p2pep-{service}.macaroon").write_bytes(b"\x02mac")
     (tmp_path / "btcd").mkdir()
     (tmp_path / "btcd" / "rpc.cert").write_text("btcd cert")
-    for m in HOUSEHOLDS:
+    for m in households():
         (tmp_path / "scenario" / m).mkdir(parents=True)
         (tmp_path / "scenario" / m / "meter.key").write_bytes(b"k" * 32)
     assert main(["k8s", "secrets", "--run-dir", str(tmp_path), "--btcd-user", "u", "--btcd-pass", "p"]) == 0
@@ -193,7 +193,8 @@ def test_secrets_are_emitted_from_a_run_dir(tmp_path: Path, capsys: pytest.Captu
         pod = w["spec"]["template"]["spec"]
         wanted |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
         for c in pod["containers"]:
-            wanted |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "valueFrom" in e}
+            wanted |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                       if "secretKeyRef" in e.get("valueFrom", {})}
     assert wanted - names == {"p2pep-btcd-server"}
     for d in docs:
         kubernetes_validate.validate(d, K8S_VERSION, strict=True)
@@ -208,7 +209,7 @@ def test_network_policies_keep_households_apart() -> None:
         return [f for rule in policies[policy]["ingress"] if {"port": port} in rule.get("ports", [])
                 for f in rule.get("from", [{"anywhere": True}])]
 
-    for m in HOUSEHOLDS:
+    for m in households():
         # only settlement reaches a meter's payment RPCs; only its own meter reaches its lnd's RPC
         assert callers(m, 50051) == [{"podSelector": {"matchExpressions": [
             {"key": "app.kubernetes.io/name", "operator": "In", "values": ["settlement"]}]}}]
@@ -262,3 +263,43 @@ def test_pods_carry_the_labels_monitoring_scrapes_by(overlay: str) -> None:
             assert labels["p2pep.io/meter"] == name
         if kind == "lnd":
             assert labels["p2pep.io/node"] == name.removeprefix("lnd-")
+
+
+def test_the_regtest_overlay_translates_for_podman_kube_play(tmp_path: Path) -> None:
+    """p2pep/k8s/podman.py: every StatefulSet a Pod of its name with its PVC, nothing podman
+    cannot play, Secrets as folders, secret and ConfigMap key references inlined, $(VAR) expanded."""
+    from p2pep.k8s.podman import translate
+
+    docs = render("regtest")
+    names = set()
+    for w in workloads(docs).values():
+        pod = w["spec"]["template"]["spec"]
+        names |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    data = {"rpc.cert": b"cert", "rpc.key": b"key", "user": b"u", "pass": b"p w"}
+    given = {n: data for n in names | {"p2pep-btcd-client"}}
+    miner = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p2pep-btcd-miner"},
+             "data": {"mining_addr": "bcrt1qfaucet"}}
+    played = translate(docs, given, tmp_path, "p2pep-pods-", [miner])
+    assert set(played) == EXPECTED["regtest"]
+    for name, p in played.items():
+        kinds = [d["kind"] for d in p.docs]
+        assert kinds[-1] == "Pod" and set(kinds) <= {"Pod", "PersistentVolumeClaim", "ConfigMap"}, (name, kinds)
+        pod = p.docs[-1]
+        assert pod["metadata"]["name"] == name
+        assert p.volumes == [f"p2pep-pods-{name}-data"]
+        text = yaml.safe_dump(pod)
+        assert "secretKeyRef" not in text and "configMapKeyRef" not in text and "$(" not in text, name
+        assert "emptyDir" not in text and "Probe" not in text and "containerPort" not in text, name
+        for c in pod["spec"]["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            for ref in c.get("envFrom", []):  # podman reads a ConfigMap only from the same play
+                assert ref["configMapRef"]["name"] in {d["metadata"]["name"] for d in p.docs}, name
+            assert "p2pep-hub" not in yaml.safe_dump(c.get("envFrom", []))  # optional and not made yet
+        for folder in p.secret_dirs:
+            assert Path(folder).parent == tmp_path
+    btcd = played["btcd"].docs[-1]["spec"]["containers"][0]["args"]
+    assert "--miningaddr=bcrt1qfaucet" in btcd and "--rpcpass=p w" in btcd
+    assert played["anchor"].secret_dirs[str(tmp_path / "anchor-btcd")] == {"rpc.cert": b"cert"}  # items only
+    hub = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p2pep-hub"}, "data": {"P2PEP_METER_HUB": "x"}}
+    meter = translate(docs, given, tmp_path, "p2pep-pods-", [miner, hub], only=["meter-1"])
+    assert list(meter) == ["meter-1"] and hub in meter["meter-1"].docs

@@ -13,11 +13,16 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from p2pep.servicekit.settings import BaseServiceSettings, settings_env
 from p2pep.settings import SERVICE_SETTINGS
+
+if TYPE_CHECKING:
+    from p2pep.scenario.model import Scenario
 
 GRPC_PORT = 50051
 METRICS_PORT = 9100
@@ -58,12 +63,36 @@ def _target(name: str, port: int = GRPC_PORT) -> str:
     return f"{name}:{port}"
 
 
-# the hackathon scenario's households (scenarios/hackathon.toml)
-HOUSEHOLDS: dict[str, dict[str, object]] = {
-    "meter-1": {"role": "producer", "source": "pv", "pv_kwp": "1.6", "price_msat_per_kwh": 250_000},
-    "meter-2": {"role": "producer", "source": "constant", "constant_w": 1200, "price_msat_per_kwh": 250_000},
-    "meter-3": {"role": "consumer", "source": "constant", "constant_w": 2000, "price_msat_per_kwh": 300_000},
-}
+#: the scenario the regtest overlay is: its households, prices, clock and settlement increment
+#: (the pod-level run, tests/test_k8s_pods.py, runs it against the overlay's pods)
+REGTEST_SCENARIO = "hackathon"
+
+
+def _scenario() -> Scenario:
+    from p2pep.scenario.catalog import load_scenario
+
+    return load_scenario(REGTEST_SCENARIO)
+
+
+def _households(s: Scenario) -> dict[str, dict[str, object]]:
+    """Each meter's own settings in the regtest overlay: the scenario's, as the scenario
+    launcher gives them (:func:`p2pep.scenario.launch.meter_source_values`)."""
+    from p2pep.scenario.launch import meter_source_values
+
+    t = s.timing
+    return {m.name: {"role": m.role, "price_msat_per_kwh": m.price_msat_per_kwh, "sim_start": t.sim_start,
+                     "accel": t.accel, "tick_s": t.tick_s, "window_s": t.window_s, "network_mode": "hub",
+                     **meter_source_values(m)}
+            for m in s.meters}
+
+
+@functools.cache
+def households() -> dict[str, dict[str, object]]:
+    """The regtest overlay's households (meter name -> its settings), from :data:`REGTEST_SCENARIO`.
+
+    A function, not a constant: reading the scenario imports the scenario launcher, which
+    imports the lnd client and its generated stubs, and ``p2pep --help`` must work without them."""
+    return _households(_scenario())
 
 
 def components(overlay: str) -> list[Component]:
@@ -73,11 +102,15 @@ def components(overlay: str) -> list[Component]:
     # production: the operator's own lnd and bitcoind (btcd-compatible JSON-RPC with --txindex)
     hub_lnd = "lnd-hub" if overlay == "regtest" else "hub-lnd.operator.svc"
     chain = "btcd" if overlay == "regtest" else "bitcoin-rpc.operator.svc"
+    # regtest: settlement's increment and the matcher's mode of the scenario (production: defaults)
+    s = _scenario() if overlay == "regtest" else None
+    market: dict[str, object] = {"increment_wh": s.increment_wh, "payment_timeout_s": s.payment_timeout_s} if s else {}
+    matching: dict[str, object] = {"mode": s.matcher_mode} if s else {}
     out = [
         Component("settlement", "settlement", {
             "db_path": f"{DATA}/settlement.sqlite", "key_path": f"{DATA}/settlement.key",
-            "matcher_target": _target("matcher"), "anchor_target": _target("anchor")}),
-        Component("matcher", "matcher", {"db_path": f"{DATA}/matcher.sqlite"}),
+            "matcher_target": _target("matcher"), "anchor_target": _target("anchor"), **market}),
+        Component("matcher", "matcher", {"db_path": f"{DATA}/matcher.sqlite", **matching}),
         Component("anchor", "anchor", {
             "db_path": f"{DATA}/anchor.sqlite", "lnd_rpcserver": _target(hub_lnd, LND_RPC_PORT),
             "lnd_tls_cert": f"{LND}/tls.cert", "lnd_macaroon": f"{LND}/p2pep-anchor.macaroon",
@@ -92,7 +125,7 @@ def components(overlay: str) -> list[Component]:
             "allowed_hosts": "portal,localhost", "cookie_secure": overlay == "production"}),
     ]
     if overlay == "regtest":
-        for meter, own in HOUSEHOLDS.items():
+        for meter, own in households().items():
             out.append(Component(meter, "meter", {
                 "meter_id": meter, **own, "state_dir": DATA, "db_path": f"{DATA}/meter.sqlite",
                 "key_path": f"{METER_KEY}/meter.key", "advertise_address": _target(meter),

@@ -2,7 +2,9 @@
 
 ``p2pep k8s config [--overlay O] [--check]`` writes ``k8s/overlays/<O>/config/<component>.yaml``
 from the settings classes (:mod:`p2pep.k8s`); ``--check`` writes nothing and exits 1 if a
-committed file differs. ``p2pep k8s secrets --run-dir DIR`` prints, as Secret YAML on stdout
+committed file differs. ``p2pep k8s pods --run-dir DIR`` plays the regtest overlay as pods
+on podman, bootstraps it and runs a scenario against it (:mod:`p2pep.k8s.pods`); it removes
+the pods, their volumes and the network at the end. ``p2pep k8s secrets --run-dir DIR`` prints, as Secret YAML on stdout
 (for ``kubectl apply -f -``; never commit it), each component's TLS folder, its lnd node's
 ``tls.cert`` and baked macaroon, btcd's client material and the meters' signing keys, read
 from a run dir laid out as ``p2pep up`` leaves it. A missing file is a one-line error, exit 2.
@@ -16,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from p2pep.k8s import HOUSEHOLDS, OVERLAYS, components, configmaps
+from p2pep.k8s import OVERLAYS, components, configmaps, households
 
 REPO = Path(__file__).resolve().parents[2]
 MACAROON_SUBDIR = Path("data/chain/bitcoin/regtest")
@@ -75,7 +77,7 @@ def secrets(run_dir: Path, overlay: str, btcd_user: str, btcd_pass: str) -> str:
         if (tls / "revoked.txt").is_file():
             files["revoked.txt"] = _read(tls / "revoked.txt")
         out.append(secret_yaml(f"p2pep-tls-{name}", files))
-    lnd_of = {"anchor": ("hub", "anchor")} | {m: (m, "meter") for m in HOUSEHOLDS if m in names}
+    lnd_of = {"anchor": ("hub", "anchor")} | {m: (m, "meter") for m in households() if m in names}
     for name, (node, service) in lnd_of.items():
         d = run_dir / node
         mac = f"p2pep-{service}.macaroon"
@@ -83,7 +85,7 @@ def secrets(run_dir: Path, overlay: str, btcd_user: str, btcd_pass: str) -> str:
             "tls.cert": _read(d / "tls.cert"), mac: _read(d / MACAROON_SUBDIR / mac)}))
     out.append(secret_yaml("p2pep-btcd-client", {
         "rpc.cert": _read(run_dir / "btcd" / "rpc.cert"), "user": btcd_user.encode(), "pass": btcd_pass.encode()}))
-    for meter in HOUSEHOLDS:
+    for meter in households():
         if meter in names:
             out.append(secret_yaml(f"p2pep-meterkey-{meter}",
                                    {"meter.key": _read(run_dir / "scenario" / meter / "meter.key")}))
@@ -106,6 +108,38 @@ def _secrets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pods(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    import signal
+
+    from p2pep.k8s.pods import PodError, PodScenarioRunner
+    from p2pep.regtest.errors import RegtestError
+    from p2pep.scenario.catalog import load_scenario
+    from p2pep.scenario.runner import RunOptions
+
+    run_dir = Path(args.run_dir)
+    report_path = Path(args.report) if args.report else run_dir / "report.json"
+
+    async def main() -> dict[str, object] | None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        runner = PodScenarioRunner(load_scenario(args.scenario), RunOptions(run_dir=run_dir, report_path=report_path))
+        return await runner.run(stop)
+
+    try:
+        report = asyncio.run(main())
+    except (PodError, RegtestError) as exc:
+        print(f"p2pep k8s pods: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    if report is None:
+        return 130
+    print(json.dumps({"ok": report["ok"], "failed_checks": report["failed_checks"], "report": str(report_path)}))
+    return 0 if report["ok"] else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     k8s = sub.add_parser("k8s", help="Kubernetes ConfigMaps (generated) and Secrets (from a run dir)")
     ks = k8s.add_subparsers(dest="k8s_command", required=True)
@@ -120,3 +154,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--btcd-user", default="")
     s.add_argument("--btcd-pass", default="")
     s.set_defaults(func=_secrets)
+    p = ks.add_parser("pods", help="the regtest overlay as pods on podman: bootstrap, run a scenario, remove them")
+    p.add_argument("--scenario", default="hackathon")
+    p.add_argument("--run-dir", required=True, help="where the run's secrets, played files, logs and report go")
+    p.add_argument("--report", default="", help="report path (default RUN_DIR/report.json)")
+    p.set_defaults(func=_pods)
