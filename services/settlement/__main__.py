@@ -39,7 +39,7 @@ async def main(stop: asyncio.Event) -> None:
         anchor = AnchorClient(s.anchor_target, tls=tls)
     engine = Engine(s, store, matcher, anchor)
     await engine.load()
-    install_operator_collector(engine.contracts, engine.meters)
+    install_operator_collector(engine.contracts, engine.meters, settled_defaults=engine.settled_defaults)
     host = ServiceHost(s, name="settlement")
     if s.enrollment_port >= 0:  # where the operator's CA key is: meters without a certificate enroll here
         enrollment = EnrollmentServer(TlsDir(s.tls_dir), service("settlement"))
