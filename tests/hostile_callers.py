@@ -66,6 +66,8 @@ def _string(f: FieldDescriptor, v: Victim, tag: str) -> str:
     name = f.name
     if name in v.overrides:
         return str(v.overrides[name])
+    if name == "page_token":  # the first page (a token it never got is refused as INVALID_ARGUMENT)
+        return ""
     if name in ("meter_id", "meter_ids", "consumer", "payer"):
         return v.meter_id
     if name in ("supplier", "payee"):

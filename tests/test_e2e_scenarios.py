@@ -44,6 +44,7 @@ from p2pep.regtest import RegtestNetwork, wait_for
 from p2pep.regtest.errors import RegtestError
 from p2pep.scenario.catalog import load_scenario
 from p2pep.scenario.live import render, snapshot
+from p2pep.scenario.model import Scenario
 from p2pep.scenario.runner import RunOptions, ScenarioRunner
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.host import LIVENESS
@@ -63,8 +64,10 @@ async def run_scenario(name: str, tmp_path: Path, during: During | None = None, 
                        run_dir: Path | None = None, reuse_network: bool = False,
                        services_env: dict[str, dict[str, str]] | None = None,
                        books_interval_s: float | None = None,
-                       expected_log_errors: Sequence[str] = ()) -> tuple[dict[str, Any], ScenarioRunner]:
-    """Run a shipped scenario to its end; ``during`` runs once the services are up.
+                       expected_log_errors: Sequence[str] = (),
+                       adjust: Callable[[Scenario], Scenario] | None = None) -> tuple[dict[str, Any], ScenarioRunner]:
+    """Run a shipped scenario to its end; ``during`` runs once the services are up;
+    ``adjust`` changes the scenario first (e.g. a shorter window of its timing).
     ``reuse_network``: on the network a kept earlier run left in ``run_dir``.
     The run's service logs must then hold no ERROR or traceback but those matching
     ``expected_log_errors`` (or the test's marker)."""
@@ -72,6 +75,8 @@ async def run_scenario(name: str, tmp_path: Path, during: During | None = None, 
     scenario = load_scenario(name)
     if services_env:
         scenario = replace(scenario, services_env={**scenario.services_env, **services_env})
+    if adjust is not None:
+        scenario = adjust(scenario)
     runner = ScenarioRunner(scenario, RunOptions(
         run_dir=run_dir or tmp_path / "run", report_path=tmp_path / "report.json", keep_network=keep_network,
         reuse_network=reuse_network, books_interval_s=books_interval_s,

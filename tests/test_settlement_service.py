@@ -231,7 +231,7 @@ async def test_contract_paid_per_increment_and_survives_restart(world: Any) -> N
     # the consumer ends it early: the final 7 Wh (partial increment) is paid, nothing more
     rec = await stub.EndContract(pb.EndContractRequest(contract_id="c1", meter_id="consumer", reason="leaving"))
     assert rec.state == pb.CONTRACT_STATE_ENDED_EARLY
-    await wait_for(lambda: engine.contracts["c1"].finished, 10, what="contract settled")
+    await wait_for(lambda: settled(engine, "c1"), 10, what="contract settled")
     rec = await stub.GetContract(pb.GetContractRequest(contract_id="c1"))
     assert (rec.delivered_wh, rec.paid_wh, rec.increments_paid) == (47, 47, 5)
     assert rec.paid_msat == 47 * 2_000_000 // 1000
@@ -278,7 +278,7 @@ async def test_failed_payment_defaults_within_one_increment(world: Any) -> None:
     await wait_for(lambda: engine.contracts["c2"].ledger.increments_paid == 1, 10, what="first increment paid")
     cons.refuse_pay = True
     await send(stub, reading(cons, 3, 20, 0), reading(sup, 3, 0, 20))
-    await wait_for(lambda: engine.contracts["c2"].finished, 10, what="contract defaulted")
+    await wait_for(lambda: settled(engine, "c2"), 10, what="contract defaulted")
     rec = await stub.GetContract(pb.GetContractRequest(contract_id="c2"))
     assert rec.state == pb.CONTRACT_STATE_DEFAULTED and rec.end_reason == "PAYMENT_FAILED"
     assert rec.delivered_wh - rec.paid_wh <= rec.increment_wh  # owed at most one increment
@@ -292,10 +292,17 @@ async def test_contract_ends_at_its_end_time_paying_what_was_delivered(world: An
     await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
     await engine.propose(match("c3", energy_wh=1000, price=1_500_000, seconds=1.0))
     await send(stub, reading(cons, 2, 13, 0), reading(sup, 2, 0, 13))
-    await wait_for(lambda: engine.contracts["c3"].finished, 15, what="contract completed at end time")
+    await wait_for(lambda: settled(engine, "c3"), 15, what="contract completed at end time")
     rec = await stub.GetContract(pb.GetContractRequest(contract_id="c3"))
     assert rec.state == pb.CONTRACT_STATE_COMPLETED and rec.end_reason == "END_TIME"
     assert (rec.delivered_wh, rec.paid_wh, rec.paid_msat) == (13, 13, 13 * 1_500_000 // 1000)
+
+
+async def settled(engine: Engine, contract_id: str) -> bool:
+    """The contract is settled: stored with its summary (or rejected) and no longer in memory."""
+    row = await engine.store.contract(contract_id)
+    return row is not None and contract_id not in engine.contracts and (
+        row["summary_json"] is not None or row["state"] == "rejected")
 
 
 def metric(name: str, labels: dict[str, str] | None = None) -> float:
@@ -358,7 +365,7 @@ async def test_worker_that_cannot_go_on_ends_its_contract_cleanly(world: Any) ->
     engine.store.payment_intent = broken  # type: ignore[method-assign]
     abandoned = metric("p2pep_settlement_contracts_abandoned_total")
     await send(stub, reading(cons, 3, 25, 0), reading(sup, 3, 0, 25))
-    await wait_for(lambda: engine.contracts["c10"].finished, 10, what="contract ended after 3 failures")
+    await wait_for(lambda: settled(engine, "c10"), 10, what="contract ended after 3 failures")
     rec = await stub.GetContract(pb.GetContractRequest(contract_id="c10"))
     assert rec.state == pb.CONTRACT_STATE_ENDED_EARLY and rec.end_reason == "SETTLEMENT_FAULT"
     assert (rec.paid_wh, rec.increments_paid) == (10, 1)  # closed at what was paid: nothing more is due

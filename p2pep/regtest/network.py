@@ -3,6 +3,10 @@
 Layout: one btcd, a ``hub`` (the operator's node) and meters ``meter-1`` …
 ``meter-N``. Every meter opens a channel to the hub and pushes half of it, so
 each side can pay and be paid; direct meter↔meter channels on request.
+
+Made for a dozen nodes and more: the nodes start side by side, every wallet is funded by one
+transaction in one block, every channel opened at once and confirmed by the same six
+blocks, and every wait (sync, channel active, gossip) watches all nodes at once.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class NetworkSpec:
     channel_sat: int = 10_000_000
     push_sat: int = 5_000_000
     direct_channels: list[tuple[str, str]] = field(default_factory=list)
+    utxos: int = 1  # funding outputs per node (all in one transaction, one block)
 
 
 class RegtestNetwork:
@@ -103,8 +108,9 @@ class RegtestNetwork:
         self.nodes[name] = node
         return node
 
-    async def add_nodes(self, names: list[str], fund_sat: int = 0) -> list[LndNode]:
-        """Start lnd nodes side by side, wait until synced, fund each (one block mined)."""
+    async def add_nodes(self, names: list[str], fund_sat: int = 0, utxos: int = 1) -> list[LndNode]:
+        """Start lnd nodes side by side, wait until synced, fund each with ``utxos`` outputs
+        (one transaction, one block mined)."""
         assert self.btcd is not None
         nodes = [self._new_node(n) for n in names]
         try:
@@ -115,7 +121,7 @@ class RegtestNetwork:
         finally:
             self.save()
         if fund_sat:
-            await self.fund(nodes, fund_sat)
+            await self.fund(nodes, fund_sat, utxos)
         return nodes
 
     async def bake_service_macaroons(self) -> None:
@@ -123,27 +129,36 @@ class RegtestNetwork:
         before they existed, or whose table changed since; see :mod:`p2pep.lnd.macaroons`)."""
         await asyncio.gather(*(n.bake_service_macaroons() for n in self.nodes.values() if n.proc.alive()))
 
-    async def fund(self, nodes: list[LndNode], sats: int) -> None:
+    async def fund(self, nodes: list[LndNode], sats: int, utxos: int = 1) -> None:
+        """Send each node ``utxos`` outputs of ``sats`` in one transaction, confirmed in one block."""
         assert self.btcd is not None
-        before = {n.name: (await n.client.wallet_balance()).confirmed_balance for n in nodes}
-        await self.faucet.send_many(self.btcd, {await n.client.new_address(): sats for n in nodes})
+        before = dict(zip((n.name for n in nodes), await asyncio.gather(
+            *(n.client.wallet_balance() for n in nodes))))
+        addresses = await asyncio.gather(*(n.client.new_address() for n in nodes for _ in range(utxos)))
+        await self.faucet.send_many(self.btcd, dict.fromkeys(addresses, sats))
         await self.mine(1)
-        for n in nodes:
-            async def funded(n: LndNode = n) -> bool:
-                return (await n.client.wallet_balance()).confirmed_balance >= before[n.name] + sats
-            await wait_for(funded, 60, what=f"{n.name} wallet funded")
+
+        async def funded(n: LndNode) -> None:
+            async def enough() -> bool:
+                return (await n.client.wallet_balance()).confirmed_balance >= \
+                    before[n.name].confirmed_balance + utxos * sats
+            await wait_for(enough, 60, what=f"{n.name} wallet funded")
+
+        await asyncio.gather(*(funded(n) for n in nodes))
 
     async def mine(self, n: int) -> list[str]:
-        """Mine and wait until every lnd node has seen the new tip."""
+        """Mine and wait until every lnd node has seen the new tip (all nodes watched at once)."""
         assert self.btcd is not None
         hashes = await self.btcd.mine(n)
         tip = await self.btcd.height()
-        for node in self.nodes.values():
-            if node.proc.alive():
-                async def synced(node: LndNode = node) -> bool:
-                    info = await node.client.get_info()
-                    return info.block_height >= tip and info.synced_to_chain
-                await wait_for(synced, 60, what=f"{node.name} synced to height {tip}")
+
+        async def synced(node: LndNode) -> None:
+            async def at_tip() -> bool:
+                info = await node.client.get_info()
+                return info.block_height >= tip and info.synced_to_chain
+            await wait_for(at_tip, 60, what=f"{node.name} synced to height {tip}")
+
+        await asyncio.gather(*(synced(node) for node in self.nodes.values() if node.proc.alive()))
         return hashes
 
     async def connect(self, a: LndNode, b: LndNode) -> None:
@@ -154,8 +169,7 @@ class RegtestNetwork:
     ) -> list[str]:
         """Open channels a→b (pushing ``push_sat`` to b), confirm them, wait until active and announced."""
         assert self.btcd is not None
-        for a, b in pairs:
-            await self.connect(self.nodes[a], self.nodes[b])
+        await asyncio.gather(*(self.connect(self.nodes[a], self.nodes[b]) for a, b in pairs))
         points = await asyncio.gather(
             *(self.nodes[a].client.open_channel(self.nodes[b].info.pubkey, local_sat, push_sat, private)
               for a, b in pairs)
@@ -167,9 +181,8 @@ class RegtestNetwork:
 
         await wait_for(in_mempool, 30, what="funding transactions in btcd's mempool")
         await self.mine(6)  # 1 conf to be usable, 6 to be announced
-        for (a, b), point in zip(pairs, points):
-            await self.wait_channel_active(a, point)
-            await self.wait_channel_active(b, point)
+        await asyncio.gather(*(self.wait_channel_active(x, point)
+                               for (a, b), point in zip(pairs, points) for x in (a, b)))
         if not private:
             await self.wait_graph()
         return list(points)
@@ -183,20 +196,24 @@ class RegtestNetwork:
         await wait_for(active, timeout, what=f"channel {channel_point} active at {name}")
 
     async def public_channel_count(self) -> int:
+        alive = [n for n in self.nodes.values() if n.proc.alive()]
         seen: set[int] = set()
-        for n in self.nodes.values():
-            if n.proc.alive():
-                seen |= {c.chan_id for c in await n.client.list_channels() if not c.private}
+        for channels in await asyncio.gather(*(n.client.list_channels() for n in alive)):
+            seen |= {c.chan_id for c in channels if not c.private}
         return len(seen)
 
     async def wait_graph(self, timeout: float = 90) -> None:
-        """Wait until every node knows every public channel with both policies (so it can route)."""
+        """Wait until every node knows every public channel with both policies (so it can
+        route); every node watched at once."""
         expected = await self.public_channel_count()
-        for node in self.nodes.values():
-            async def knows_all(node: LndNode = node) -> bool:
+
+        async def learned(node: LndNode) -> None:
+            async def knows_all() -> bool:
                 g = await node.client.describe_graph()
                 return sum(1 for e in g.edges if e.node1_policy.ListFields() and e.node2_policy.ListFields()) >= expected
             await wait_for(knows_all, timeout, interval=0.25, what=f"{node.name} to learn {expected} channels")
+
+        await asyncio.gather(*(learned(node) for node in self.nodes.values()))
 
     @classmethod
     async def up(cls, spec: NetworkSpec | None = None, run_dir: Path | None = None) -> RegtestNetwork:
@@ -210,7 +227,7 @@ class RegtestNetwork:
         try:
             await net.start_btcd()
             names = ([HUB] if spec.hub else []) + [f"meter-{i}" for i in range(1, spec.meters + 1)]
-            await net.add_nodes(names, spec.fund_sat)
+            await net.add_nodes(names, spec.fund_sat, spec.utxos)
             pairs = [(f"meter-{i}", HUB) for i in range(1, spec.meters + 1)] if spec.hub else []
             pairs += list(spec.direct_channels)
             if pairs:

@@ -227,14 +227,11 @@ class ScenarioRunner:
         else:
             self.say(f"starting regtest network in {self.run_dir}: btcd, {len(s.meters)} meter nodes, {kind}")
             self.net = await RegtestNetwork.up(
+                # utxos > 1: more funding outputs, so a meter can open channels back to back
                 NetworkSpec(meters=len(s.meters), hub=s.network.hub, fund_sat=s.network.fund_sat,
-                            channel_sat=s.network.channel_sat, push_sat=s.network.push_sat),
+                            channel_sat=s.network.channel_sat, push_sat=s.network.push_sat, utxos=s.network.utxos),
                 self.run_dir,
             )
-            if s.network.utxos > 1:  # more funding outputs, so a meter can open channels back to back
-                meter_nodes = [self.net.nodes[m] for m in s.meter_names]
-                for _ in range(s.network.utxos - 1):
-                    await self.net.fund(meter_nodes, s.network.fund_sat)
             self.say(f"network up in {time.monotonic() - t:.0f}s")
         if self.layout.root.exists():  # an earlier run's services: keep their logs, start afresh
             aside = self.layout.root.with_name(f"{self.layout.root.name}.{int(time.time() * 1000)}")
@@ -464,7 +461,7 @@ class ScenarioRunner:
         f.contracts = await self._contracts(f.errors, "final")
         try:
             f.payments = await follow(stub.ListPayments, settlement_pb2.ListPaymentsRequest(), "payments", 15)
-            f.registry = list((await stub.ListMeters(settlement_pb2.ListMetersRequest(), timeout=15)).meters)
+            f.registry = await follow(stub.ListMeters, settlement_pb2.ListMetersRequest(), "meters", 15)
         except grpc.aio.AioRpcError as e:
             f.errors.append(f"settlement: {e.code().name}: {e.details()}")
         f.documents = await self._documents(f.contracts, f.errors)

@@ -30,7 +30,7 @@ import grpc
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from p2pep.paging import follow
+from p2pep.paging import MAX_PAGE_SIZE, follow
 from p2pep.servicekit.http import BadParam, pb_json, static_page
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
@@ -78,11 +78,12 @@ class Console:
         self.settlement, self.matcher, self.timeout = settlement, matcher, timeout
 
     async def overview(self, req: web.Request) -> web.Response:
-        meters = await self.settlement.ListMeters(pb.ListMetersRequest(), timeout=self.timeout)
+        meters = await follow(self.settlement.ListMeters, pb.ListMetersRequest(page_size=MAX_PAGE_SIZE), "meters",
+                              self.timeout)
         contracts = await follow(self.settlement.ListContracts, pb.ListSettlementContractsRequest(), "contracts",
                                  self.timeout)
         out: dict[str, Any] = {
-            "meters": [pb_json(m) for m in meters.meters],
+            "meters": [pb_json(m) for m in meters],
             "contracts_by_state": dict(Tally(pb.ContractState.Name(c.state).removeprefix("CONTRACT_STATE_")
                                              for c in contracts)),
             "delivered_wh": sum(c.delivered_wh for c in contracts),

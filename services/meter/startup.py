@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from p2pep.metering.registers import RegisterSnapshot
+from p2pep.paging import MAX_PAGE_SIZE, follow
 from p2pep.servicekit.supervise import Backoff, supervised
 from p2pep.settings.meter import MeterSettings, parse_node_address
 from p2pep.v1 import settlement_pb2, settlement_pb2_grpc
@@ -56,8 +57,8 @@ async def register(settlement: settlement_pb2_grpc.SettlementServiceAsyncStub,
 
 async def meter_info(settlement: settlement_pb2_grpc.SettlementServiceAsyncStub,
                      meter_id: str) -> settlement_pb2.MeterInfo | None:
-    resp = await settlement.ListMeters(settlement_pb2.ListMetersRequest(), timeout=5)
-    return next((m for m in resp.meters if m.meter_id == meter_id), None)
+    meters = await follow(settlement.ListMeters, settlement_pb2.ListMetersRequest(page_size=MAX_PAGE_SIZE), "meters", 5)
+    return next((m for m in meters if m.meter_id == meter_id), None)
 
 
 async def resume_registers(store: MeterStore, meter_id: str, settlement_last_seq: int,

@@ -10,6 +10,7 @@ import time
 
 import grpc
 
+from p2pep.paging import MAX_PAGE_SIZE, follow
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.tls import Tls
 from p2pep.v1 import meter_pb2_grpc, settlement_pb2, settlement_pb2_grpc
@@ -33,8 +34,9 @@ class MeterLinks:
     async def _address(self, meter_id: str) -> str:
         age = time.monotonic() - self._fetched
         if age > REGISTRY_TTL_S or (meter_id not in self._addresses and age > UNKNOWN_RETRY_S):
-            resp = await self.settlement.ListMeters(settlement_pb2.ListMetersRequest(), timeout=self.timeout)
-            self._addresses = {m.meter_id: m.address for m in resp.meters if m.address}
+            meters = await follow(self.settlement.ListMeters, settlement_pb2.ListMetersRequest(page_size=MAX_PAGE_SIZE),
+                                  "meters", self.timeout)
+            self._addresses = {m.meter_id: m.address for m in meters if m.address}
             self._fetched = time.monotonic()
         if meter_id not in self._addresses:
             raise MeterUnknown(meter_id)

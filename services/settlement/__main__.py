@@ -44,7 +44,7 @@ async def main(stop: asyncio.Event) -> None:
         anchor = AnchorClient(s.anchor_target, tls=tls)
     engine = Engine(s, store, matcher, anchor)
     await engine.load()
-    install_operator_collector(engine.contracts, engine.meters)
+    install_operator_collector(engine.contracts, engine.meters, settled_defaults=engine.settled_defaults)
     host = ServiceHost(s, name="settlement")
     if s.matcher_target:
         host.readiness.watch("matcher", grpc_peer_check(channels[0]))

@@ -23,8 +23,8 @@ rejected rather than left proposed.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from collections import Counter
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
@@ -51,7 +51,7 @@ from p2pep.settling.contracts import (
 )
 from p2pep.v1 import common_pb2, matcher_pb2_grpc, meter_pb2, settlement_pb2
 from services.settlement import metrics
-from services.settlement.live import LiveContract, MeterLink, new_ledger
+from services.settlement.live import LiveContract, MeterLink, from_row, new_ledger
 from services.settlement.outbound import notify_meters, outcome_of, send_end
 from services.settlement.payments import ContractWorker
 from services.settlement.readings import ReadingIngest
@@ -76,7 +76,10 @@ class Engine:
         self.anchor = anchor  # AnchorClient-like: add_leaf(kind, contract_id, leaf_hash), proofs(contract_id)
         self._tls: Tls | None = None
         self.meters = MeterRegistry(store, self.dial_meter)
-        self.contracts: dict[str, LiveContract] = {}
+        self.contracts: dict[str, LiveContract] = {}  # the open ones only (see services.settlement.live)
+        # what left memory, as counts: contracts by state, defaulted ones by consumer (gauges)
+        self.settled_states: Counter[str] = Counter()
+        self.settled_defaults: Counter[str] = Counter()
         # held from a reading's attribution to its ledgers, and by whatever ends a contract or
         # closes its ledger: a contract never changes state under a reading being stored
         self.ledger_lock = asyncio.Lock()
@@ -90,36 +93,25 @@ class Engine:
 
     # --- start / stop ---------------------------------------------------------------
     async def load(self) -> None:
+        """Meters, the open contracts (their workers restarted), what the outbox still owes.
+        Settled and rejected contracts stay in the store (read on demand, page by page)."""
         await self.meters.load()
-        paid: dict[str, list[dict[str, Any]]] = {}
-        for p in await self.store.payments():
-            paid.setdefault(p["contract_id"], []).append(p)
-        for row in await self.store.contracts():
-            terms = ContractTerms.from_canonical(json.loads(row["terms_json"]))
-            c = Contract(
-                terms, ContractState(row["state"]), row["consumer_sig"], row["supplier_sig"],
-                row["activated_ms"], row["ended_ms"], EndReason(row["end_reason"]) if row["end_reason"] else None,
-            )
-            ledger = new_ledger(terms)
-            ledger.add_consumer_wh(row["consumer_wh"])
-            ledger.add_supplier_wh(row["supplier_wh"])
-            for p in sorted(paid.get(terms.contract_id, []), key=lambda p: p["increment"]):
-                if p["preimage"]:
-                    ledger.record_payment(p["increment"], p["amount_msat"], p["payment_hash"])
-            if row["closed_at_wh"] is not None:
-                ledger.close()
-            lc = LiveContract(c, ledger, row["matcher_tier"],
-                              summary=json.loads(row["summary_json"]) if row["summary_json"] else None)
-            lc.finished = lc.summary is not None or c.state is ContractState.REJECTED
-            self.contracts[terms.contract_id] = lc
-            if not lc.finished and c.state is not ContractState.PROPOSED:
-                self._start_worker(lc)
-            elif c.state is ContractState.PROPOSED:
+        rows = await self.store.open_contracts()
+        paid = await self.store.settled_payments(r["contract_id"] for r in rows)
+        for row in rows:
+            lc = from_row(row, paid.get(row["contract_id"], []))
+            self.contracts[lc.cid] = lc
+            if lc.contract.state is ContractState.PROPOSED:
                 self.spawn(self._reject(lc, "settlement restarted before both parties signed"))
+            else:
+                self._start_worker(lc)
+        self.settled_states = Counter(await self.store.contract_states())
+        self.settled_states.subtract(Counter(lc.contract.state.value for lc in self.contracts.values()))
+        self.settled_defaults.update(await self.store.defaults_by_consumer())
         self._gauge()
         self._deliver_soon(await self.store.outbox())
-        log.info("settlement loaded", meters=len(self.meters), contracts=len(self.contracts),
-                 summary_pubkey=self.summary_key.pubkey_hex)
+        log.info("settlement loaded", meters=len(self.meters), open_contracts=len(self.contracts),
+                 settled_contracts=sum(self.settled_states.values()), summary_pubkey=self.summary_key.pubkey_hex)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background, cancelled at :meth:`stop`, never failing unseen."""
@@ -145,9 +137,8 @@ class Engine:
         await self.meters.close()
 
     def _gauge(self) -> None:
-        counts: dict[str, int] = {}
-        for lc in self.contracts.values():
-            counts[lc.contract.state.value] = counts.get(lc.contract.state.value, 0) + 1
+        counts = Counter(self.settled_states)
+        counts.update(lc.contract.state.value for lc in self.contracts.values())
         for st in ContractState:
             metrics.CONTRACTS.labels(st.value).set(counts.get(st.value, 0))
 
@@ -172,8 +163,21 @@ class Engine:
     def record(self, lc: LiveContract) -> settlement_pb2.ContractRecord:
         return self.views.record(lc)
 
-    def list_contracts(self, meter_id: str = "", states: Iterable[int] = ()) -> list[settlement_pb2.ContractRecord]:
-        return self.views.list_contracts(meter_id, states)
+    async def contract(self, contract_id: str) -> LiveContract:
+        """The contract: the open one in memory, else as stored (NotFound if none)."""
+        return await self.views.contract(contract_id)
+
+    async def list_contracts(self, meter_id: str = "", states: Iterable[int] = (), page_size: int = 0,
+                             page_token: str = "") -> tuple[list[settlement_pb2.ContractRecord], str]:
+        return await self.views.list_contracts(meter_id, states, page_size, page_token)
+
+    def _retire(self, lc: LiveContract) -> None:
+        """A finished contract, safely stored, leaves memory (it is read from the store from now on)."""
+        if lc.finished and self.contracts.get(lc.cid) is lc:
+            del self.contracts[lc.cid]
+            self.settled_states[lc.contract.state.value] += 1
+            if lc.contract.state is ContractState.DEFAULTED:
+                self.settled_defaults[lc.terms.consumer] += 1
 
     async def energy(self, meter_id: str, column: str, t0: int, t1: int) -> tuple[int, int]:
         return await self.views.energy(meter_id, column, t0, t1)
@@ -195,7 +199,7 @@ class Engine:
 
         The terms name both meters' keys and LND nodes as they are registered now; what
         is signed is final (a later re-registration changes no contract's payee)."""
-        if mc.contract_id in self.contracts:
+        if mc.contract_id in self.contracts or await self.store.contract(mc.contract_id) is not None:
             return None
         cons, sup = self.meters.get(mc.consumer), self.meters.get(mc.supplier)
         start = ts_ms(mc.start) if mc.HasField("start") else now_ms()
@@ -279,6 +283,8 @@ class Engine:
         lc.contract = lc.contract.end(EndReason.REJECTED, now_ms())
         lc.finished = True
         await self.save(lc, self._matcher_end(lc.cid, EndReason.REJECTED, 0, consumer_side=consumer_side))
+        self._retire(lc)
+        self._gauge()
         metrics.CONTRACT_ENDS.labels(EndReason.REJECTED.value).inc()
         log.info("contract rejected", contract_id=lc.cid, why=why)
 
@@ -288,7 +294,7 @@ class Engine:
 
     # --- ending ---------------------------------------------------------------------
     async def end_contract(self, contract_id: str, reason: EndReason) -> LiveContract:
-        lc = self.views.contract(contract_id)
+        lc = await self.views.contract(contract_id)
         async with self.ledger_lock:
             if lc.contract.state.final:
                 return lc
@@ -316,6 +322,7 @@ class Engine:
         log.info("contract settled", contract_id=lc.cid, state=c.state.value,
                  reason=c.end_reason.value if c.end_reason else None, **{k: lc.summary[k] for k in (
                      "wh_delivered", "wh_paid", "msat_paid", "increments_paid")})
+        self._retire(lc)
         await self.notify(lc)
         self._gauge()
 
@@ -340,6 +347,8 @@ class Engine:
             "closed_at_wh": led.delivered_wh if led.closed else None,
             "summary_json": dumps(lc.summary) if lc.summary else None,
             "matcher_tier": lc.matcher_tier,
+            "consumer": lc.terms.consumer,
+            "supplier": lc.terms.supplier,
         }, owed or [])
         self._gauge()
         self._deliver_soon(owed or [])

@@ -1,21 +1,26 @@
 """What settlement holds in memory for each meter and each contract it settles.
 
 A :class:`LiveContract` is the contract (terms, state, signatures), its delivery ledger
-(Wh attributed on each side, increments paid) and its worker's state. Settlement's memory is
-the truth while it runs; every change is written to the store before anything depends on it.
+(Wh attributed on each side, increments paid) and its worker's state. Settlement holds in
+memory only the contracts it still works on (proposed, active, ended but not yet settled):
+for those its memory is the truth while it runs, and every change is written to the store
+before anything depends on it. A settled or rejected contract leaves memory; it is rebuilt
+from its stored row and payments (:func:`from_row`) when someone asks for it, so memory is
+bounded by the open contracts, not by history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from p2pep.settling.contracts import Contract, ContractTerms, EndReason
+from p2pep.settling.contracts import Contract, ContractState, ContractTerms, EndReason
 from p2pep.settling.increments import DeliveryLedger
 from p2pep.settling.validation import StreamHead
 from p2pep.v1 import meter_pb2_grpc
@@ -102,3 +107,24 @@ def frozen_ledger(lc: LiveContract) -> DeliveryLedger:
     led.close()
     return led
 
+
+
+def from_row(row: dict[str, Any], payments: Iterable[dict[str, Any]]) -> LiveContract:
+    """A contract as the store holds it: its row, and its settled payments (any order)."""
+    terms = ContractTerms.from_canonical(json.loads(row["terms_json"]))
+    c = Contract(
+        terms, ContractState(row["state"]), row["consumer_sig"], row["supplier_sig"],
+        row["activated_ms"], row["ended_ms"], EndReason(row["end_reason"]) if row["end_reason"] else None,
+    )
+    ledger = new_ledger(terms)
+    ledger.add_consumer_wh(row["consumer_wh"])
+    ledger.add_supplier_wh(row["supplier_wh"])
+    if row["closed_at_wh"] is not None:  # closed first: its final increment may be a partial one
+        ledger.close()
+    for p in sorted(payments, key=lambda p: p["increment"]):
+        if p["preimage"]:
+            ledger.record_payment(p["increment"], p["amount_msat"], p["payment_hash"])
+    lc = LiveContract(c, ledger, row["matcher_tier"],
+                      summary=json.loads(row["summary_json"]) if row["summary_json"] else None)
+    lc.finished = lc.summary is not None or c.state is ContractState.REJECTED
+    return lc

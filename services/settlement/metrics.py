@@ -90,9 +90,13 @@ def exposure_of(contracts: Iterable[tuple[int, int, float]]) -> Exposure:
     )
 
 
-def defaults_by_consumer(contracts: Iterable[tuple[str, ContractState]], meters: Iterable[str]) -> dict[str, int]:
-    """Defaulted contracts per consumer meter, 0 for every enrolled meter without one."""
+def defaults_by_consumer(contracts: Iterable[tuple[str, ContractState]], meters: Iterable[str],
+                         settled: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Defaulted contracts per consumer meter, 0 for every enrolled meter without one
+    (``settled``: the counts of those no longer in memory)."""
     out = dict.fromkeys(meters, 0)
+    for consumer, n in (settled or {}).items():
+        out[consumer] = out.get(consumer, 0) + n
     for consumer, state in contracts:
         if state is ContractState.DEFAULTED:
             out[consumer] = out.get(consumer, 0) + 1
@@ -115,8 +119,9 @@ class OperatorCollector(Collector):
     """
 
     def __init__(self, contracts: Mapping[str, LiveContract], meters: Links,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, settled_defaults: Mapping[str, int] | None = None) -> None:
         self.contracts = contracts
+        self.settled_defaults = settled_defaults or {}
         self.meters = meters
         self.clock = clock
 
@@ -143,15 +148,17 @@ class OperatorCollector(Collector):
         defaults = GaugeMetricFamily("p2pep_settlement_consumer_defaults",
                                      "Contracts the meter defaulted on as consumer", labels=["consumer"])
         counts = defaults_by_consumer(((lc.terms.consumer, lc.contract.state) for lc in list(self.contracts.values())),
-                                      (link.row.meter_id for link in links))
+                                      (link.row.meter_id for link in links), self.settled_defaults)
         for consumer, n in sorted(counts.items()):
             defaults.add_metric([consumer], n)
         yield defaults
 
 
 def install_operator_collector(contracts: Mapping[str, LiveContract], meters: Links,
-                               registry: CollectorRegistry = REGISTRY) -> OperatorCollector:
-    """Register the collector (once per process: settlement's ``__main__``)."""
-    collector = OperatorCollector(contracts, meters)
+                               registry: CollectorRegistry = REGISTRY,
+                               settled_defaults: Mapping[str, int] | None = None) -> OperatorCollector:
+    """Register the collector (once per process: settlement's ``__main__``); ``contracts`` are
+    the open ones, ``settled_defaults`` the defaulted contracts no longer in memory, by consumer."""
+    collector = OperatorCollector(contracts, meters, settled_defaults=settled_defaults)
     registry.register(collector)
     return collector

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import structlog
 
-from p2pep.paging import cut
+from p2pep.paging import cut, decode_token, encode_token, page_size
 from p2pep.pbconv import ts_ms
 from p2pep.servicekit.auth import acting_meter, caller
 from p2pep.servicekit.errors import PermissionDenied
@@ -57,7 +57,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
             yield await self.e.ingest(reading)
 
     async def EndContract(self, req: pb.EndContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractRecord:
-        lc = self.e.views.contract(req.contract_id)
+        lc = await self.e.contract(req.contract_id)
         if req.meter_id == lc.terms.consumer:
             reason = EndReason.ENDED_BY_CONSUMER
         elif req.meter_id == lc.terms.supplier:
@@ -69,14 +69,14 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return self.e.record(lc)
 
     async def GetContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractRecord:
-        lc = self.e.views.contract(req.contract_id)
+        lc = await self.e.contract(req.contract_id)
         check_party(req.contract_id, lc.terms.consumer, lc.terms.supplier)
         return self.e.record(lc)
 
     async def ListContracts(
         self, req: pb.ListSettlementContractsRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListSettlementContractsResponse:
-        page, token = cut(self.e.list_contracts(req.meter_id, req.states), req.page_size, req.page_token)
+        page, token = await self.e.list_contracts(req.meter_id, req.states, req.page_size, req.page_token)
         return pb.ListSettlementContractsResponse(contracts=page, next_page_token=token)
 
     async def _energy(self, req: pb.EnergyQuery, ctx: grpc.aio.ServicerContext[Any, Any], column: str) -> pb.EnergyTotal:
@@ -91,32 +91,29 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return await self._energy(req, ctx, "export_wh")
 
     async def ListPayments(self, req: pb.ListPaymentsRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ListPaymentsResponse:
+        """Settled payments in the order they settled, read from the store a page at a time."""
+        start, size = decode_token(req.page_token), page_size(req.page_size)
+        rows = await self.e.store.payment_page(start, size + 1, req.contract_id, req.meter_id)
         out = []
-        for p in await self.e.store.payments(req.contract_id or None):
-            if not p["preimage"]:
-                continue
-            lc = self.e.contracts.get(p["contract_id"])
-            payer, payee = (lc.terms.consumer, lc.terms.supplier) if lc else ("", "")
-            if req.meter_id and req.meter_id not in (payer, payee):
-                continue
+        for p in rows[:size]:
             pay = pb.Payment(
                 contract_id=p["contract_id"], increment=p["increment"], from_wh=p["from_wh"], to_wh=p["to_wh"],
                 amount_msat=p["amount_msat"], payment_hash=p["payment_hash"], preimage=p["preimage"],
-                fee_msat=p["fee_msat"], payer=payer, payee=payee,
+                fee_msat=p["fee_msat"], payer=p["payer"], payee=p["payee"],
             )
             pay.settled.FromMilliseconds(p["settled_ms"])
             out.append(pay)
-        page, token = cut(out, req.page_size, req.page_token)
-        return pb.ListPaymentsResponse(payments=page, next_page_token=token)
+        return pb.ListPaymentsResponse(payments=out, next_page_token=encode_token(start + size) if len(rows) > size else "")
 
     async def ExportContract(self, req: pb.GetContractRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ContractDocument:
-        lc = self.e.views.contract(req.contract_id)
+        lc = await self.e.contract(req.contract_id)
         check_party(req.contract_id, lc.terms.consumer, lc.terms.supplier)
         return pb.ContractDocument(json=await self.e.document(req.contract_id))
 
     async def ListMeters(self, req: pb.ListMetersRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.ListMetersResponse:
+        """Registered meters by id, a page at a time."""
         out = []
-        for link in self.e.meters.values():
+        for link in sorted(self.e.meters.values(), key=lambda link: link.row.meter_id):
             h = link.head
             out.append(pb.MeterInfo(
                 meter_id=link.row.meter_id, pubkey=link.row.pubkey, node_pubkey=link.row.node_pubkey,
@@ -124,4 +121,5 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
                 import_wh=h.import_wh if h else 0, export_wh=h.export_wh if h else 0,
                 node_address=link.row.node_address,
             ))
-        return pb.ListMetersResponse(meters=out)
+        page, token = cut(out, req.page_size, req.page_token)
+        return pb.ListMetersResponse(meters=page, next_page_token=token)

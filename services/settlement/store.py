@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,8 @@ CREATE TABLE IF NOT EXISTS contracts (
   contract_id TEXT PRIMARY KEY, terms_json TEXT NOT NULL, state TEXT NOT NULL,
   consumer_sig BLOB, supplier_sig BLOB, activated_ms INTEGER, ended_ms INTEGER, end_reason TEXT,
   consumer_wh INTEGER NOT NULL DEFAULT 0, supplier_wh INTEGER NOT NULL DEFAULT 0,
-  closed_at_wh INTEGER, summary_json TEXT, matcher_tier INTEGER NOT NULL DEFAULT 0
+  closed_at_wh INTEGER, summary_json TEXT, matcher_tier INTEGER NOT NULL DEFAULT 0,
+  consumer TEXT NOT NULL DEFAULT '', supplier TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS payments (
   contract_id TEXT NOT NULL, increment INTEGER NOT NULL, from_wh INTEGER NOT NULL, to_wh INTEGER NOT NULL,
@@ -43,8 +45,39 @@ CREATE TABLE IF NOT EXISTS outbox (
 ReportContractEnd): written in the transaction that changes the contract, deleted once
 delivered. One row per (kind, contract), so a delivery is never queued twice."""
 
-SCHEMA = Schema("settlement", 2, TABLES + OUTBOX, {1: OUTBOX})
-"""Version 1: the tables above but the outbox; version 2 adds the outbox (migration step 1)."""
+INDEXES = """
+CREATE INDEX IF NOT EXISTS contracts_consumer ON contracts (consumer);
+CREATE INDEX IF NOT EXISTS contracts_supplier ON contracts (supplier);
+CREATE INDEX IF NOT EXISTS contracts_open ON contracts (state) WHERE summary_json IS NULL;
+CREATE INDEX IF NOT EXISTS payments_settled ON payments (settled_ms, contract_id, increment)
+  WHERE preimage IS NOT NULL;
+"""
+"""What lets settlement read ended contracts and payments from the store on demand, page by
+page, instead of holding them in memory: contracts by party, the open ones (loaded at start),
+settled payments in the order they settled."""
+
+
+def _parties(conn: sqlite3.Connection) -> None:
+    """Step 2 -> 3: each contract's consumer and supplier as columns (from its terms), and the
+    indexes above. Idempotent: a file already carrying the columns keeps them."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(contracts)")}
+    for col in ("consumer", "supplier"):
+        if col not in have:
+            conn.execute(f"ALTER TABLE contracts ADD COLUMN {col} TEXT NOT NULL DEFAULT ''")
+    conn.execute("UPDATE contracts SET consumer=json_extract(terms_json, '$.consumer'), "
+                 "supplier=json_extract(terms_json, '$.supplier') WHERE consumer='' OR supplier=''")
+    for stmt in INDEXES.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+SCHEMA = Schema("settlement", 3, TABLES + OUTBOX + INDEXES, {1: OUTBOX, 2: _parties})
+"""Version 1: the tables above but the outbox; version 2 adds the outbox (migration step 1);
+version 3 adds the contracts' party columns and the paging indexes (step 2)."""
+
+OPEN = "summary_json IS NULL AND state <> 'rejected'"
+"""A contract settlement still works on (proposed, active, or ended with its last increment
+not yet settled): in memory while settlement runs. Every other one is read from here."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +127,7 @@ class Store:
         )
 
     async def meters(self) -> list[MeterRow]:
-        return [MeterRow(*r) for r in await self.db.fetchall("SELECT * FROM meters")]
+        return [MeterRow(*r) for r in await self.db.fetchall("SELECT * FROM meters ORDER BY meter_id")]
 
     # --- readings -------------------------------------------------------------------
     async def last_reading(self, meter_id: str) -> Reading | None:
@@ -165,7 +198,43 @@ class Store:
         await self.db.execute("DELETE FROM outbox WHERE kind=? AND contract_id=?", (item.kind, item.contract_id))
 
     async def contracts(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self.db.fetchall("SELECT * FROM contracts ORDER BY rowid")]
+        """Every contract (oldest first): for tools and tests; settlement itself reads pages."""
+        return [dict(r) for r in await self.db.fetchall("SELECT rowid AS pos, * FROM contracts ORDER BY rowid")]
+
+    async def open_contracts(self) -> list[dict[str, Any]]:
+        """The contracts settlement still works on (:data:`OPEN`), oldest first."""
+        return [dict(r) for r in await self.db.fetchall(
+            f"SELECT rowid AS pos, * FROM contracts WHERE {OPEN} ORDER BY rowid")]
+
+    async def contract(self, contract_id: str) -> dict[str, Any] | None:
+        row = await self.db.fetchone("SELECT rowid AS pos, * FROM contracts WHERE contract_id=?", (contract_id,))
+        return dict(row) if row else None
+
+    async def contract_page(self, after: int, limit: int, meter_id: str = "",
+                            states: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Up to ``limit`` contracts proposed after position ``after`` (the ``pos`` of the last
+        one of the previous page; 0 for the first), oldest first, of ``meter_id`` (either side)
+        and in ``states`` when given."""
+        where: list[str] = ["rowid > ?"]
+        args: list[Any] = [after]
+        if meter_id:
+            where.append("(consumer = ? OR supplier = ?)")
+            args += [meter_id, meter_id]
+        want = sorted(set(states))
+        if want:
+            where.append(f"state IN ({','.join('?' for _ in want)})")
+            args += want
+        return [dict(r) for r in await self.db.fetchall(
+            f"SELECT rowid AS pos, * FROM contracts WHERE {' AND '.join(where)} ORDER BY rowid LIMIT ?",
+            (*args, limit))]
+
+    async def contract_states(self) -> dict[str, int]:
+        """How many contracts are in each state (for the gauges, at start)."""
+        return {r[0]: r[1] for r in await self.db.fetchall("SELECT state, COUNT(*) FROM contracts GROUP BY state")}
+
+    async def defaults_by_consumer(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in await self.db.fetchall(
+            "SELECT consumer, COUNT(*) FROM contracts WHERE state='defaulted' GROUP BY consumer")}
 
     # --- payments -------------------------------------------------------------------
     async def payment_intent(self, contract_id: str, inc: int, from_wh: int, to_wh: int, amount: int) -> None:
@@ -194,6 +263,35 @@ class Store:
     async def payment(self, contract_id: str, inc: int) -> dict[str, Any] | None:
         row = await self.db.fetchone("SELECT * FROM payments WHERE contract_id=? AND increment=?", (contract_id, inc))
         return dict(row) if row else None
+
+    async def settled_payments(self, contract_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The settled payments of each of ``contract_ids`` (a page's worth), by increment."""
+        ids = sorted(set(contract_ids))
+        out: dict[str, list[dict[str, Any]]] = {c: [] for c in ids}
+        for i in range(0, len(ids), 500):  # well under SQLite's limit on bound parameters
+            chunk = ids[i:i + 500]
+            for r in await self.db.fetchall(
+                    f"SELECT * FROM payments WHERE contract_id IN ({','.join('?' for _ in chunk)}) "
+                    "AND preimage IS NOT NULL ORDER BY contract_id, increment", chunk):
+                out[r["contract_id"]].append(dict(r))
+        return out
+
+    async def payment_page(self, offset: int, limit: int, contract_id: str = "",
+                           meter_id: str = "") -> list[dict[str, Any]]:
+        """Settled payments in the order they settled, from ``offset``, with each contract's
+        consumer (``payer``) and supplier (``payee``); of one contract and/or one party."""
+        where: list[str] = ["p.preimage IS NOT NULL"]
+        args: list[str] = []
+        if contract_id:
+            where.append("p.contract_id = ?")
+            args.append(contract_id)
+        if meter_id:
+            where.append("(c.consumer = ? OR c.supplier = ?)")
+            args += [meter_id, meter_id]
+        return [dict(r) for r in await self.db.fetchall(
+            "SELECT p.*, c.consumer AS payer, c.supplier AS payee FROM payments p "
+            f"JOIN contracts c ON c.contract_id = p.contract_id WHERE {' AND '.join(where)} "
+            "ORDER BY p.settled_ms, p.contract_id, p.increment LIMIT ? OFFSET ?", (*args, limit, offset))]
 
     async def payments(self, contract_id: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT * FROM payments"

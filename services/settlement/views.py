@@ -1,4 +1,9 @@
-"""Read-only answers about contracts, energy and documents (no state changes here)."""
+"""Read-only answers about contracts, energy and documents (no state changes here).
+
+Contracts are answered from memory while open and from the store once settled
+(:func:`services.settlement.live.from_row`); lists are read from the store page by page, an
+open contract's record taken from memory (its ledger may be ahead of the last stored row
+only by what is being stored right now)."""
 
 from __future__ import annotations
 
@@ -7,13 +12,16 @@ from typing import Any
 
 from p2pep.anchor.document import SummarySignature, build_document, dumps_document
 from p2pep.metering.signing import MeterKey
+from p2pep.paging import decode_token, encode_token, page_size
 from p2pep.servicekit.errors import InvalidArgument, NotFound
 from p2pep.settling.contracts import sign_summary
 from p2pep.settling.records import STATE_TO_PB, contract_record
 from p2pep.v1 import settlement_pb2
-from services.settlement.live import LiveContract
+from services.settlement.live import LiveContract, from_row
 from services.settlement.registry import MeterRegistry
 from services.settlement.store import Store
+
+STATE_OF_PB: dict[int, str] = {int(pb): state.value for state, pb in STATE_TO_PB.items()}
 
 
 class SettlementViews:
@@ -34,17 +42,36 @@ class SettlementViews:
             fault=lc.fault, consumer_signature=c.consumer_signature, supplier_signature=c.supplier_signature,
         )
 
-    def contract(self, contract_id: str) -> LiveContract:
+    async def contract(self, contract_id: str) -> LiveContract:
+        """The open contract in memory, else the settled one as stored (NotFound if none)."""
         lc = self.contracts.get(contract_id)
         if lc is None:
-            raise NotFound("contract_id", f"no contract {contract_id!r}")
+            row = await self.store.contract(contract_id)
+            if row is None:
+                raise NotFound("contract_id", f"no contract {contract_id!r}")
+            lc = self.contracts.get(contract_id)  # it may have been admitted meanwhile
+            if lc is None:
+                paid = await self.store.settled_payments([contract_id])
+                lc = from_row(row, paid[contract_id])
         return lc
 
-    def list_contracts(self, meter_id: str = "", states: Iterable[int] = ()) -> list[settlement_pb2.ContractRecord]:
-        want = set(states)
-        return [self.record(lc) for lc in self.contracts.values()
-                if (not meter_id or meter_id in (lc.terms.consumer, lc.terms.supplier))
-                and (not want or STATE_TO_PB[lc.contract.state] in want)]
+    async def list_contracts(self, meter_id: str = "", states: Iterable[int] = (), size: int = 0,
+                             token: str = "") -> tuple[list[settlement_pb2.ContractRecord], str]:
+        """One page of contracts in the order they were proposed, and the next page's token
+        (it names the position of this page's last contract, so a page never repeats one)."""
+        want = {STATE_OF_PB[s] for s in states if s in STATE_OF_PB}
+        if set(states) and not want:
+            return [], ""
+        n = page_size(size)
+        rows = await self.store.contract_page(decode_token(token), n + 1, meter_id, sorted(want))
+        more, rows = len(rows) > n, rows[:n]
+        stored = [r for r in rows if r["contract_id"] not in self.contracts]
+        paid = await self.store.settled_payments(r["contract_id"] for r in stored)
+        out = []
+        for r in rows:
+            lc = self.contracts.get(r["contract_id"]) or from_row(r, paid.get(r["contract_id"], []))
+            out.append(self.record(lc))
+        return out, encode_token(rows[-1]["pos"]) if more else ""
 
     async def energy(self, meter_id: str, column: str, t0: int, t1: int) -> tuple[int, int]:
         """Energy on a meter's ``import_wh``/``export_wh`` register between two times, and how
@@ -60,7 +87,7 @@ class SettlementViews:
     async def document(self, contract_id: str) -> str:
         """The contract's document: terms with both meters' signatures, the summary signed by
         settlement's key (signed here; RFC 6979 makes it the same signature each time), proofs."""
-        lc = self.contract(contract_id)
+        lc = await self.contract(contract_id)
         proofs = await self.anchor.proofs(contract_id) if self.anchor is not None else []
         c = lc.contract
         sigs = {k: v for k, v in (("consumer", c.consumer_signature), ("supplier", c.supplier_signature)) if v}

@@ -1,0 +1,295 @@
+"""Benchmark of the `neighbourhood` (12 households, one hub) on the real regtest network (issue 14). Not a test.
+
+One run, three parts, each against its baseline measured in the same run:
+
+* **increments settled per second through the hub** — the neighbourhood around noon at
+  ``--accel`` (fast enough that the households ask for more increments than the machine can
+  pay: what comes through is the capacity), for ``--seconds`` of real time. Counted from
+  settlement's ``increment paid`` log lines over the running window. The concurrency is
+  what was in flight on average (Little's law: the sum of settlement's own invoice + payment
+  round trips over the window); then, on the same network with the services stopped, **bare
+  lnd payments** consumer node -> hub -> producer node at that concurrency (payers spread
+  over the consumers' nodes, invoices made by the payees) for as long: the ratio is what
+  P2PEP's per-increment scheme keeps of what lnd alone does on this machine.
+* **CPU seconds per increment, per service** (settlement, matcher, each meter service, the
+  hub's lnd, the meters' lnd nodes; ``/proc/PID/stat`` over the running window) and the
+  **resident memory of each meter service** (``VmRSS`` at the end of the window).
+* **settlement's signed-reading ingest** (durable: SQLite WAL, ``synchronous=FULL``, each
+  reading committed with its attribution before it is acknowledged; the engine's own
+  ``ingest``, the body of ``StreamReadings``, without the transport) against its **pure
+  core** (``validate_reading`` + ``attribute``, no store) on the same readings, 12 meters,
+  each with an active contract.
+
+Run: .venv/bin/python bench/bench_neighbourhood.py [--accel 240] [--seconds 90] [--readings 3000]
+Writes bench/results/neighbourhood.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_settlement import log_events
+
+from p2pep.regtest import RegtestNetwork
+from p2pep.scenario.catalog import SCENARIO_DIR
+from p2pep.scenario.model import Scenario, parse_scenario
+from p2pep.scenario.runner import RunOptions, ScenarioRunner
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def neighbourhood(accel: int, seconds: float) -> Scenario:
+    data = tomllib.loads((SCENARIO_DIR / "neighbourhood.toml").read_text())
+    data["anchor"] = False  # not what is measured here
+    sim_min = max(10, int(seconds * accel / 60))
+    data["timing"].update(sim_start="2026-06-21T11:00:00+02:00", duration=f"{sim_min}m", accel=accel, tick_s=0.25)
+    return parse_scenario(data, default_name="neighbourhood-bench")
+
+
+def cpu_s(pid: int | None) -> float:
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def rss_mb(pid: int | None) -> float:
+    if not pid:
+        return 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def pids(runner: ScenarioRunner) -> dict[str, int | None]:
+    out: dict[str, int | None] = {n: p.pid for n, p in runner.procs.items()}
+    if runner.net is not None:
+        out.update({f"lnd:{n}": node.proc.pid for n, node in runner.net.nodes.items()})
+    return out
+
+
+async def sample_while_running(runner: ScenarioRunner, into: dict[str, Any]) -> None:
+    """CPU of every process when the run starts, and CPU + RSS at its last second of running."""
+    while runner.phase != "running":
+        await asyncio.sleep(0.2)
+    p = pids(runner)
+    into["t0"], into["cpu0"] = time.monotonic(), {n: cpu_s(pid) for n, pid in p.items()}
+    while runner.phase == "running":
+        into["t1"], into["cpu1"] = time.monotonic(), {n: cpu_s(pid) for n, pid in p.items()}
+        into["rss_mb"] = {n: rss_mb(pid) for n, pid in p.items()}
+        await asyncio.sleep(1.0)
+
+
+def settled_rate(runner: ScenarioRunner, t0: float, t1: float) -> dict[str, Any]:
+    paid = [e for e in log_events(runner.layout.log("settlement")) if e["event"] == "increment paid"]
+    wall0 = time.time() - (time.monotonic() - t0)
+    wall1 = time.time() - (time.monotonic() - t1)
+    inside = [e for e in paid if wall0 <= e["t"] <= wall1]
+    window = wall1 - wall0
+    busy = sum(float(e["seconds"]) for e in inside)
+    lat = sorted(float(e["seconds"]) for e in inside)
+    return {"increments": len(inside), "window_s": round(window, 1), "per_s": len(inside) / window,
+            "in_flight_mean": busy / window,
+            "p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None}
+
+
+async def bare_lnd(net: RegtestNetwork, payers: list[str], payees: list[str], concurrency: int,
+                   seconds: float) -> dict[str, Any]:
+    """``concurrency`` payers, each paying 10-sat invoices of a payee through the hub, for ``seconds``."""
+    lat: list[float] = []
+    fails = 0
+    end = time.monotonic() + seconds
+
+    async def payer(i: int) -> None:
+        nonlocal fails
+        src = net.nodes[payers[i % len(payers)]].client
+        dst = net.nodes[payees[i % len(payees)]].client
+        while time.monotonic() < end:
+            inv = await dst.add_invoice(3_000, memo="bench")  # an increment of 10 Wh at 300 sat/kWh
+            t = time.perf_counter()
+            try:
+                await src.pay(inv.payment_request, timeout_s=30)
+                lat.append(time.perf_counter() - t)
+            except Exception:  # noqa: BLE001 - counted
+                fails += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(payer(i) for i in range(concurrency)))
+    wall = time.monotonic() - t0
+    lat.sort()
+    return {"concurrency": concurrency, "payments": len(lat), "failed": fails, "per_s": len(lat) / wall,
+            "p50_ms": 1000 * lat[len(lat) // 2] if lat else None}
+
+
+async def hub_vs_lnd(accel: int, seconds: float, d: Path) -> dict[str, Any]:
+    scenario = neighbourhood(accel, seconds)
+    runner = ScenarioRunner(scenario, RunOptions(run_dir=d / "run", keep_network=True, say=lambda m: None))
+    samples: dict[str, Any] = {}
+    sampler = asyncio.create_task(sample_while_running(runner, samples))
+    try:
+        report = await runner.run(asyncio.Event())
+    finally:
+        sampler.cancel()
+    net = RegtestNetwork.attach(runner.run_dir)
+    try:
+        if report is None:
+            raise RuntimeError("the run did not finish")
+        rate = settled_rate(runner, samples["t0"], samples["t1"])
+        cpu = {n: samples["cpu1"][n] - samples["cpu0"].get(n, 0.0) for n in samples["cpu1"]}
+        inc = max(1, rate["increments"])
+        meters = [m.name for m in scenario.meters]
+        per_service = {
+            "settlement": cpu.get("settlement", 0.0) / inc,
+            "matcher": cpu.get("matcher", 0.0) / inc,
+            "meter_services_all": sum(cpu.get(m, 0.0) for m in meters) / inc,
+            "lnd_hub": cpu.get("lnd:hub", 0.0) / inc,
+            "lnd_meters_all": sum(cpu.get(f"lnd:{m}", 0.0) for m in meters) / inc,
+        }
+        concurrency = max(1, round(rate["in_flight_mean"]))
+        consumers = [m.name for m in scenario.meters if m.role == "consumer"]
+        producers = [m.name for m in scenario.meters if m.role == "producer"]
+        base = await bare_lnd(net, consumers, producers, concurrency, min(seconds, 60))
+        return {
+            "scenario": {"households": len(meters), "accel": accel, "report_ok": report["ok"],
+                         "failed_checks": report["failed_checks"], "errors": report["errors"][:5],
+                         "contracts": report["totals"]["contracts"], "paid_increments": report["totals"]["payments"]},
+            "through_hub": rate,
+            "bare_lnd_same_concurrency": base,
+            "ratio_to_bare_lnd": rate["per_s"] / base["per_s"] if base["per_s"] else None,
+            "cpu_s_per_increment": {k: round(v, 5) for k, v in per_service.items()},
+            "cpu_s_window": {k: round(v, 2) for k, v in cpu.items()},
+            "meter_service_rss_mb": {
+                "median": statistics.median(samples["rss_mb"][m] for m in meters),
+                "max": max(samples["rss_mb"][m] for m in meters)},
+            "settlement_rss_mb": samples["rss_mb"].get("settlement"),
+            "lnd_rss_mb_median": statistics.median(samples["rss_mb"][f"lnd:{m}"] for m in meters),
+        }
+    finally:
+        await net.down()
+
+
+async def ingest(n_readings: int, d: Path) -> dict[str, Any]:
+    """Settlement's durable ingest (12 meters, each with an active contract) vs its pure core."""
+    from p2pep.metering.readings import Reading, SignedReading
+    from p2pep.metering.signing import MeterKey
+    from p2pep.settings.settlement import SettlementSettings
+    from p2pep.settling.contracts import Contract, ContractTerms
+    from p2pep.settling.validation import StreamHead, validate_reading
+    from p2pep.v1 import common_pb2
+    from services.settlement.engine import Engine
+    from services.settlement.live import LiveContract, new_ledger
+    from services.settlement.readings import attribute
+    from services.settlement.store import Store
+
+    meters = 12
+    keys = [MeterKey.generate() for _ in range(meters)]
+    names = [f"meter-{i + 1}" for i in range(meters)]
+    t0_ms = int(datetime.fromisoformat("2026-06-21T12:00:00+02:00").timestamp() * 1000)
+    per = n_readings // meters
+    msgs: list[common_pb2.Reading] = []
+    for seq in range(1, per + 1):
+        for i, (name, key) in enumerate(zip(names, keys)):
+            imp, exp = (seq, 0) if i % 2 else (0, seq)  # odd: consumers, even: producers, 1 Wh a reading
+            signed = key.sign_reading(Reading(name, seq, imp, exp, t0_ms + seq * 1000))
+            m = common_pb2.Reading(meter_id=name, seq=seq, import_wh=imp, export_wh=exp, signature=signed.signature,
+                                   pubkey=bytes.fromhex(key.pubkey_hex))
+            m.timestamp.FromMilliseconds(t0_ms + seq * 1000)
+            msgs.append(m)
+
+    def contracts() -> dict[str, LiveContract]:
+        out = {}
+        for i in range(0, meters, 2):
+            sup, con = names[i], names[i + 1]
+            terms = ContractTerms(contract_id=f"c{i}", consumer=con, supplier=sup,
+                                  consumer_pubkey=keys[i + 1].pubkey_hex, supplier_pubkey=keys[i].pubkey_hex,
+                                  consumer_node="02" + "11" * 32, supplier_node="03" + "22" * 32,
+                                  energy_wh=10**9, price_msat_per_kwh=300_000, start_ms=t0_ms,
+                                  end_ms=t0_ms + 10**9, tier=1, increment_wh=10**8)
+            lc = LiveContract(_active(Contract(terms)), new_ledger(terms), 1)
+            out[terms.contract_id] = lc
+        return out
+
+    # pure core: signature check, stream head, attribution over the active contracts
+    live = contracts()
+    heads: dict[str, StreamHead | None] = dict.fromkeys(names)
+    t = time.perf_counter()
+    for m in msgs:
+        r = Reading(m.meter_id, m.seq, m.import_wh, m.export_wh, m.timestamp.ToMilliseconds())
+        validate_reading(SignedReading(r, bytes(m.signature)), pubkey_hex=keys[names.index(m.meter_id)].pubkey_hex,
+                         head=heads[m.meter_id], stored=None, claimed_pubkey_hex=m.pubkey.hex())
+        for cid, side, wh in attribute(r, heads[m.meter_id], live.values()):
+            (live[cid].ledger.add_consumer_wh if side == "consumer" else live[cid].ledger.add_supplier_wh)(wh)
+        heads[m.meter_id] = StreamHead.of(r)
+    pure = len(msgs) / (time.perf_counter() - t)
+
+    # durable: the engine's ingest on a real store
+    s = SettlementSettings(db_path=str(d / "ingest.sqlite"), summary_key_path=str(d / "settlement.key"))
+    store = await Store.open(s.db_path)
+    engine = Engine(s, store)
+    for name, key in zip(names, keys):
+        await engine.register_meter(name, key.pubkey_hex, "02" + "33" * 32, "127.0.0.1:9", "prosumer")
+    for cid, lc in contracts().items():
+        engine.contracts[cid] = lc
+        await engine.save(lc)
+    t = time.perf_counter()
+    acks = [await engine.ingest(m) for m in msgs]
+    durable = len(msgs) / (time.perf_counter() - t)
+    await engine.stop()
+    await store.close()
+    accepted = sum(1 for a in acks if a.status == a.STATUS_ACCEPTED)
+    return {"readings": len(msgs), "accepted": accepted, "durable_per_s": round(durable),
+            "pure_core_per_s": round(pure), "durable_to_pure": durable / pure}
+
+
+def _active(c: Any) -> Any:
+    from dataclasses import replace
+
+    from p2pep.settling.contracts import ContractState
+    return replace(c, state=ContractState.ACTIVE, activated_at_ms=c.terms.start_ms)
+
+
+async def main(accel: int, seconds: float, readings: int, ingest_only: bool) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="p2pep-bench-") as d:
+        res["settlement_ingest"] = await ingest(readings, Path(d))
+        print(json.dumps(res, indent=2), flush=True)
+        if not ingest_only:
+            res["hub"] = await hub_vs_lnd(accel, seconds, Path(d))
+    return res
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--accel", type=int, default=240)
+    ap.add_argument("--seconds", type=float, default=90)
+    ap.add_argument("--readings", type=int, default=3000)
+    ap.add_argument("--ingest-only", action="store_true", help="only the in-process ingest part")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    out = asyncio.run(main(a.accel, a.seconds, a.readings, a.ingest_only))
+    out["bench_seconds"] = time.perf_counter() - t0
+    results = Path("bench/results")
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "neighbourhood.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
