@@ -34,6 +34,7 @@ import p2pep.v1
 from p2pep.servicekit.http import build_http_app
 from p2pep.webauth.web import AuthConfig, WebAuth
 from services.console.web import Console, add_console_routes
+from services.portal.household import Household
 from services.portal.web import Portal, add_portal_routes
 
 TAG = "hostile"
@@ -184,7 +185,7 @@ def portal_app() -> web.Application:
     app = build_http_app(lambda: True)
     auth = _auth("portal", can_register=True)
     auth.install(app)
-    add_portal_routes(app, Portal(None, auth, None, 1.0))  # type: ignore[arg-type]
+    add_portal_routes(app, Portal(None, auth, None, 1.0), Household(None, 1.0))  # type: ignore[arg-type]
     return app
 
 
@@ -231,6 +232,18 @@ PORTAL_OTHER_ACCOUNT: dict[tuple[str, str], int] = {
     ("GET", "/api/meters/{meter_id}/status"): 404,
     ("GET", "/api/meters/{meter_id}/contracts"): 404,
     ("GET", "/api/meters/{meter_id}/payments"): 404,
+    # the household app's views and trades: none for another account's meter
+    ("GET", "/api/meters/{meter_id}/orders"): 404,
+    ("POST", "/api/meters/{meter_id}/orders"): 404,
+    ("DELETE", "/api/meters/{meter_id}/orders/{order_id}"): 404,
+    ("GET", "/api/meters/{meter_id}/wallet"): 404,
+    ("POST", "/api/meters/{meter_id}/address"): 404,
+    ("GET", "/api/meters/{meter_id}/energy"): 404,
+    ("GET", "/api/meters/{meter_id}/activity"): 404,
+    ("GET", "/api/meters/{meter_id}/contracts/{contract_id}/document"): 404,
+    ("GET", "/api/meters/{meter_id}/peers"): 404,
+    ("GET", "/api/meters/{meter_id}/events"): 404,
+    ("GET", "/static/{name}"): 200,  # the app's chart library (no household data)
     ("POST", "/api/signout"): 200,  # ends the caller's own session (called last)
 }
 """The portal's signed-in routes, called by another household for the victim's meter."""

@@ -48,7 +48,9 @@ class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
     async def ListContracts(self, req: pb.ListSettlementContractsRequest, ctx: Any) -> pb.ListSettlementContractsResponse:
         self.asked.append(req)
         c = pb.ContractRecord(contract=common_pb2.Contract(contract_id="c-1", consumer="meter-3", supplier="meter-1",
-                                                           energy_wh=500, price_msat_per_kwh=250_000),
+                                                           energy_wh=500, price_msat_per_kwh=250_000,
+                                                           hash=bytes.fromhex("cd" * 32)),
+                              consumer_signature=b"\x30\x44\x02",
                               state=pb.CONTRACT_STATE_ACTIVE, delivered_wh=120, paid_msat=30_000)
         return pb.ListSettlementContractsResponse(contracts=[c])
 
@@ -106,7 +108,10 @@ async def test_console_shows_meters_contracts_energy_and_documents(console: Any)
         assert o["contracts_by_state"] == {"ACTIVE": 1} and o["delivered_wh"] == 120 and o["paid_msat"] == 30_000
         assert o["book"] is None  # no matcher configured
         async with http.get("/api/contracts?meter_id=meter-3&state=active,defaulted") as r:
-            assert (await r.json())["contracts"][0]["contract"]["contract_id"] == "c-1"
+            rec = (await r.json())["contracts"][0]
+        # hashes and signatures in hex, as documents, reports and `p2pep verify` give them
+        assert rec["contract"]["contract_id"] == "c-1" and rec["contract"]["hash"] == "cd" * 32
+        assert rec["consumer_signature"] == "304402" and rec["supplier_signature"] == ""
         assert list(fake.asked[-1].states) == [pb.CONTRACT_STATE_ACTIVE, pb.CONTRACT_STATE_DEFAULTED]
         async with http.get("/api/energy", params={"meter_id": "meter-3", "from": "2026-06-21T11:00:00+02:00",
                                                     "to": "2026-06-21T12:00:00Z"}) as r:

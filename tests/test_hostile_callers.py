@@ -149,6 +149,10 @@ async def test_the_enumerated_calls_against_in_process_services(tmp_path: Path) 
         await h.close()
 
 
+PORTAL_VALUES = {"meter_id": "home", "order_id": "home:app:demand:1:abcdef", "contract_id": "c-1",
+                 "name": "chart.umd.js"}
+
+
 async def test_every_portal_route_refuses_a_stranger_and_another_household(portal: PortalRig) -> None:  # noqa: F811
     """The portal's routes (from its router) against the portal in process over real meter
     services: without a session, and as household B on household A's meter."""
@@ -159,8 +163,8 @@ async def test_every_portal_route_refuses_a_stranger_and_another_household(porta
         assert (await a.send("POST", "/api/meters", {"meter_id": "home", "code": await portal.code("home")}))[0] == 201
         code = await portal.code("home")
         body = {"name": "alice", "password": "not alice's password", "meter_id": "home", "code": code}
-        assert await no_session_wrong("portal", portal.base, routes, {"meter_id": "home"}, body) == []
-        assert await other_household_wrong(b, routes, {"meter_id": "home"}, body) == []
+        assert await no_session_wrong("portal", portal.base, routes, PORTAL_VALUES, body) == []
+        assert await other_household_wrong(b, routes, PORTAL_VALUES, body) == []
         assert await portal.code("home") == code  # not used up
         assert (await a.get("/api/meters/home/status"))[0] == 200
         assert [m["meter_id"] for m in (await a.get("/api/meters"))[1]["meters"]] == ["home"]

@@ -203,10 +203,10 @@ def console_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: in
 
 
 def portal_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
-                  log_level: str = "INFO") -> ServiceLaunch:
+                  log_level: str = "INFO", anchor_target: str = "") -> ServiceLaunch:
     """The household portal (accounts, pairing, the household app) on ``metrics_port`` (``/``)."""
     values = {**_common(layout, grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
-              "auth_db_path": str(layout.data_dir("portal") / "portal.db")}
+              "anchor_target": anchor_target, "auth_db_path": str(layout.data_dir("portal") / "portal.db")}
     env = service_env(PortalSettings, "portal", values, s.services_env.get("portal", {}), "services_env.portal")
     return ServiceLaunch("portal", "services.portal", grpc_port, metrics_port, layout.log("portal"),
                          layout.data_dir("portal"), env)

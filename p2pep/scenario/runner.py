@@ -105,6 +105,10 @@ class RunOptions:
     status_interval_s: float = 0.5
     startup_timeout_s: float = 90.0
     anchor_wait_s: float = 90.0  # for the last settlement summaries to be anchored
+    until_end: bool = True
+    """Stop at the scenario's simulated end (``scenario run``, tests, CI). False: the meters
+    run on past it, and the pages with them, until a stop request (``p2pep up``'s default:
+    the demo runs until Ctrl-C); the report then covers what ran."""
     say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -128,6 +132,8 @@ class ScenarioRunner:
         self.expected_down: set[str] = set()
         self.interrupted = False
         self.report: dict[str, Any] | None = None
+        self.final_books: tuple[list[settlement_pb2.ContractRecord], list[settlement_pb2.Payment]] | None = None
+        """Settlement's final contracts and payments, once collected (what the report holds)."""
         self.miner_stats: dict[str, Any] = {"blocks": 0, "errors": 0, "last_error": ""}
         self._tasks: list[asyncio.Task[Any]] = []
         self.operator: tuple[str, str] = ("operator", secrets.token_urlsafe(12))  # the demo's console sign-in
@@ -172,6 +178,7 @@ class ScenarioRunner:
             await self._run_until_end(stop)
             self._set_phase("collecting")
             facts = await self._collect()
+            self.final_books = (list(facts.contracts), list(facts.payments))
             self.report = build_report(facts)
             if self.opts.report_path is not None:
                 self.opts.report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +298,7 @@ class ScenarioRunner:
         settlement = settlement_launch(s, lay, free_port(), free_port(), matcher.target, lvl, anchor_target)
         launches.append(settlement)
         launches.append(console_launch(s, lay, free_port(), free_port(), settlement.target, matcher.target, lvl))
-        launches.append(portal_launch(s, lay, free_port(), free_port(), settlement.target, lvl))
+        launches.append(portal_launch(s, lay, free_port(), free_port(), settlement.target, lvl, anchor_target))
         meter_nodes = [eps[m.name] for m in s.meters]
         for m in s.meters:
             launches.append(meter_launch(s, m, lay, free_port(), free_port(), eps[m.name], matcher.target,
@@ -312,8 +319,11 @@ class ScenarioRunner:
     async def _run_until_end(self, stop: asyncio.Event) -> None:
         s = self.scenario
         self._set_phase("running")
-        self.say(f"running {s.name}: {s.timing.duration_s // 60} simulated minutes at {s.timing.accel}x "
-                 f"(~{s.timing.real_duration_s:.0f}s)")
+        if self.opts.until_end:
+            self.say(f"running {s.name}: {s.timing.duration_s // 60} simulated minutes at {s.timing.accel}x "
+                     f"(~{s.timing.real_duration_s:.0f}s)")
+        else:
+            self.say(f"running {s.name} at {s.timing.accel}x until Ctrl-C (SIGTERM)")
         self._tasks.append(asyncio.create_task(self._miner(), name="miner"))
         self._tasks.append(asyncio.create_task(self._events(), name="events"))
         # generous real-time bound: the meters' clocks run by themselves
@@ -322,13 +332,16 @@ class ScenarioRunner:
         while True:
             now = time.monotonic()
             if stop.is_set():
+                if not self.opts.until_end:  # the way an open-ended run ends: not an interruption
+                    self.say("stop requested: collecting the books and stopping")
+                    return
                 self.interrupted = True
                 self.say("stop requested: ending the run early")
                 return
-            if self.clock.sim_ms(now) >= end_ms:
+            if self.opts.until_end and self.clock.sim_ms(now) >= end_ms:
                 self.say("simulated time is up")
                 return
-            if now > deadline:
+            if self.opts.until_end and now > deadline:
                 self.errors.append("the meters' simulated time did not reach the end in time")
                 return
             for name, p in self.procs.items():

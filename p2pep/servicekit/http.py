@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -65,8 +66,31 @@ def int_param(query: Mapping[str, str], name: str, default: int, lo: int, hi: in
 
 
 def pb_json(msg: Any) -> dict[str, Any]:
-    """A protobuf message as JSON (protobuf's mapping: int64 as strings, field names as in the .proto)."""
-    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """A protobuf message as JSON (protobuf's mapping: int64 as strings, field names as in the
+    .proto), but every ``bytes`` field in lowercase hex, as contract documents, reports and
+    ``p2pep verify`` write hashes and signatures (protobuf's mapping would give base64)."""
+    out: dict[str, Any] = MessageToDict(msg, preserving_proto_field_name=True,
+                                        always_print_fields_with_no_presence=True)
+    _bytes_as_hex(msg, out)
+    return out
+
+
+def _bytes_as_hex(msg: Any, out: dict[str, Any]) -> None:
+    for f in msg.DESCRIPTOR.fields:
+        if f.name not in out:
+            continue
+        repeated = f.is_repeated
+        value = getattr(msg, f.name)
+        if f.type == FieldDescriptor.TYPE_BYTES:
+            out[f.name] = [v.hex() for v in value] if repeated else value.hex()
+        elif f.type == FieldDescriptor.TYPE_MESSAGE and not (f.message_type.GetOptions().map_entry):
+            if f.message_type.full_name.startswith("google.protobuf."):
+                continue  # well-known types have their own JSON forms (timestamps, durations)
+            if repeated:
+                for sub, sub_out in zip(value, out[f.name], strict=True):
+                    _bytes_as_hex(sub, sub_out)
+            else:
+                _bytes_as_hex(value, out[f.name])
 
 
 def static_page(path: Path) -> Callable[[web.Request], Awaitable[web.FileResponse]]:

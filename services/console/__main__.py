@@ -7,6 +7,7 @@ import asyncio
 from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.meter_links import MeterLinks
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.console import ConsoleSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
@@ -24,13 +25,16 @@ async def main(stop: asyncio.Event) -> None:
     if s.matcher_target:
         channels.append(channel(s.matcher_target, peer="matcher", tls=tls))
         matcher = matcher_pb2_grpc.MatcherServiceStub(channels[-1])
-    console = Console(settlement_pb2_grpc.SettlementServiceStub(channels[0]), matcher, s.rpc_timeout_s)
+    settlement = settlement_pb2_grpc.SettlementServiceStub(channels[0])
+    links = MeterLinks(settlement, s.rpc_timeout_s, tls)  # the meters' clock, read from a meter's status
+    console = Console(settlement, matcher, s.rpc_timeout_s, links)
     store = await AuthStore.open(s.auth_db_path)
     auth = WebAuth(store, AuthConfig.from_settings(s, "console", "P2PEP operator console", can_register=False))
     host = ServiceHost(s, name="console")
     add_console_routes(host.http_app, console, auth)
 
     async def close() -> None:
+        await links.close()
         for ch in channels:
             await ch.close()
         await store.close()

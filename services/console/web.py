@@ -2,7 +2,8 @@
 from settlement's and the matcher's gRPC APIs (the console stores nothing).
 
 * ``GET /api/overview``: meters (registry, last registers), contract counts by state,
-  delivered Wh and paid msat in total, and the matcher's book (if configured).
+  delivered Wh and paid msat in total, the matcher's book (if configured), and the meters'
+  clock (``clock``: the page shows every time on the meters' simulated clock).
 * ``GET /api/contracts?meter_id=&state=ACTIVE,DEFAULTED``
 * ``GET /api/energy?meter_id=M&from=ISO&to=ISO``: usage and production of one meter
   between two times (reading timestamps, the meters' simulated clock).
@@ -11,7 +12,8 @@ from settlement's and the matcher's gRPC APIs (the console stores nothing).
   (terms, hashes, settlement summary, anchoring proofs) that ``p2pep verify`` checks.
 
 Every route needs an operator's session (:class:`p2pep.webauth.web.WebAuth`: sign-in at
-``/signin``, operators added by ``p2pep operator add``); payment preimages never reach the page.
+``/signin``, operators added by ``p2pep operator add``); payment preimages never reach the page,
+and hashes and signatures are hex (as in contract documents and reports).
 
 Bad parameters answer 400, unknown meters or contracts 404, a backend that is down 503,
 always with ``{"error": ...}`` naming the parameter.
@@ -32,7 +34,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from p2pep.paging import follow
 from p2pep.servicekit.http import BadParam, pb_json, static_page
-from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2_grpc
+from p2pep.servicekit.meter_links import MeterLinks, MeterUnknown
+from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, meter_pb2, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
 from p2pep.webauth.redact import without_secrets
 from p2pep.webauth.web import WebAuth
@@ -74,8 +77,26 @@ def parse_states(req: web.Request) -> list[pb.ContractState.ValueType]:
 
 class Console:
     def __init__(self, settlement: settlement_pb2_grpc.SettlementServiceAsyncStub,
-                 matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None, timeout: float = 10.0) -> None:
-        self.settlement, self.matcher, self.timeout = settlement, matcher, timeout
+                 matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None, timeout: float = 10.0,
+                 meters: MeterLinks | None = None) -> None:
+        self.settlement, self.matcher, self.timeout, self.meters = settlement, matcher, timeout, meters
+
+    async def clock(self, meter_ids: list[str]) -> dict[str, int] | None:
+        """The meters' clock, from the first meter that answers: ``sim_ms`` at ``real_ms``
+        running ``accel`` times faster. The page shows every time on it (contracts and
+        payments carry real times; readings, hence the usage form, the meters' clock)."""
+        if self.meters is None:
+            return None
+        for meter_id in meter_ids:
+            try:
+                stub = await self.meters.stub(meter_id)
+                st = await stub.GetStatus(meter_pb2.GetStatusRequest(), timeout=min(self.timeout, 3.0))
+            except (grpc.aio.AioRpcError, MeterUnknown):
+                continue
+            if st.HasField("sim_time") and st.HasField("real_time") and st.clock_accel:
+                return {"sim_ms": st.sim_time.ToMilliseconds(), "real_ms": st.real_time.ToMilliseconds(),
+                        "accel": st.clock_accel}
+        return None
 
     async def overview(self, req: web.Request) -> web.Response:
         meters = await self.settlement.ListMeters(pb.ListMetersRequest(), timeout=self.timeout)
@@ -90,6 +111,7 @@ class Console:
             "faults": [{"contract_id": c.contract.contract_id, "consumer": c.contract.consumer,
                         "supplier": c.contract.supplier, "fault": c.fault} for c in contracts if c.fault],
             "book": None,
+            "clock": await self.clock([m.meter_id for m in meters.meters]),
         }
         if self.matcher is not None:
             try:
