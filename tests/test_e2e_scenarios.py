@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import logcheck
 import pytest
+from app_browser import artifacts_dir, household_in_browser
 from grpc.aio import AioRpcError
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -335,6 +336,8 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
     found: dict[str, Any] = {}
 
     async def during(r: ScenarioRunner) -> None:
+        # first, while the run is young: a household in a real browser trades from its app
+        found["browser"] = await household_in_browser(r, "meter-3", artifacts_dir("household-app"))
         await attack_settlement(r, found)
         found["meter_attacks"] = await attack_consumer_meter(r)
         found["app"] = await household_view(r, "meter-3")
@@ -346,6 +349,28 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
     try:
         # the consumer's 2 kW is split across both producers, each paid by its own invoices
         assert_suppliers_paid_as_delivered(report)
+
+        # the household app in a browser: signed up, paired meter-3, bid for 20 Wh above its
+        # standing price; the contract that order formed appeared in Trade and was paid;
+        # producers on the map with their prices; no sideways scroll at 390 px or desktop
+        seen = found["browser"]
+        assert seen["overflow"] == [], seen["overflow"]
+        assert len(seen["screens"]) == 12 and all(Path(p).stat().st_size > 1000 for p in seen["screens"])
+        assert "meter clock" in seen["home_clock"] and "simulated, 30×" in seen["home_clock"], seen["home_clock"]
+        assert seen["order"]["order"]["meter_id"] == "meter-3" and seen["order"]["order"]["energy_wh"] == "20"
+        mine = [c for c in report["contracts"] if c["contract_id"] == seen["contract_id"]]
+        assert mine and mine[0]["consumer"] == "meter-3" and mine[0]["delivered_wh"] > 0, mine
+        assert mine[0]["price_msat_per_kwh"] <= 400_000 and mine[0]["energy_wh"] <= 20, mine
+        assert any(p["contract_id"] == seen["contract_id"] for p in report["payments"])
+        assert "payments" in seen["contract_row"] and "delivered of" in seen["contract_row"], seen["contract_row"]
+        on_map = dict(seen["map"])
+        assert {"meter-1", "meter-2"} <= set(on_map), on_map
+        assert "250 sat/kWh" in on_map["meter-1"] and "280 sat/kWh" in on_map["meter-2"], on_map
+        assert any("meter-1" in p and "producer" in p and "250 sat/kWh" in p for p in seen["peers"]), seen["peers"]
+        assert seen["chart_drawn"] and seen["chart_sum"].startswith("used "), seen["chart_sum"]
+        assert seen["address"].startswith("bcrt1"), seen["address"]
+        assert any(seen["contract_id"] in p for p in seen["activity_payments"]), seen["activity_payments"]
+        assert seen["documents"] and "preimage" not in seen["page_text"]
 
         # the household app shows the consumer's contracts and payments while it runs
         app = found["app"]

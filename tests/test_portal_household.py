@@ -63,10 +63,12 @@ class App:
 async def app(rig: Rig) -> AsyncIterator[App]:  # noqa: F811
     matcher = await start_matcher(MatcherSettings(db_path=str(rig.tmp / "matcher.sqlite"),
                                                   housekeeping_interval_s=0.2, log_json=False))
-    # no load and no sun: the meters' own window trading places nothing; only the households trade
+    # no load: the consumer's own window trading asks for nothing; only the households buy
     common = dict(matcher_target=matcher.target, constant_w=0, sim_start=SIM_START, lat=52.52, lon=13.405)
     await rig.meter("home", "consumer", **common)
-    await rig.meter("solar", "producer", **{**common, "lat": 52.53, "lon": 13.41, "price_msat_per_kwh": 120_000})
+    # (the producer produces: its own supply rests in the book at its standing 120 sat/kWh)
+    await rig.meter("solar", "producer", **{**common, "constant_w": 1000, "lat": 52.53, "lon": 13.41,
+                                            "price_msat_per_kwh": 120_000})
     store = await PortalStore.open_portal(str(rig.tmp / "portal.db"))
     ch = dial(rig.server.target, "settlement", as_=PORTAL)
     links = MeterLinks(settlement_pb2_grpc.SettlementServiceStub(ch), timeout=5, tls=tls_as(PORTAL))
@@ -249,3 +251,63 @@ def test_chart_buckets_follow_the_meters_day() -> None:
 def test_distance() -> None:
     assert distance_m(52.52, 13.405, 52.52, 13.405) == 0
     assert 1_090 < distance_m(52.52, 13.405, 52.53, 13.405) < 1_125
+
+
+async def test_the_app_in_a_browser_at_phone_and_desktop_width(app: App) -> None:
+    """The page itself (Chromium through playwright): a producer's app says it produces, not
+    that its power is blocked; one clock, labelled; an order placed, listed and cancelled
+    from Trade; the neighbours on the map; the chart drawn; a receive address; no sideways
+    scroll at 390 px or 1280 px. (With contracts paid on the real network:
+    tests/test_e2e_scenarios.py.)"""
+    from app_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, artifacts_dir, no_horizontal_scroll
+    from playwright.async_api import async_playwright
+
+    out = artifacts_dir("household-app-unit")
+    solar = await app.household("helen", "solar")
+    await solar.http.close()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport=PHONE)
+            page.set_default_timeout(20_000)
+            await page.goto(app.base + "/signin")
+            await page.fill("#si-name", "helen")
+            await page.fill("#si-pw", PW)
+            await page.get_by_role("button", name="Sign in").click()
+            await page.wait_for_selector("#meter-view", state="visible")
+            await page.wait_for_function("document.getElementById('relay-state').textContent !== '…'")
+            assert (await page.inner_text("#relay-state")).startswith("PRODUCING 1,000 W")
+            assert "BLOCKED" not in await page.inner_text("#home")
+            assert "(simulated, 60× real time)" in await page.inner_text("#simtime")
+            await page.get_by_role("tab", name="Trade").click()
+            assert await page.locator("#o-side option[value=demand]").is_disabled()  # a producer sells
+            await page.get_by_label("Energy (kWh)").fill("0.1")
+            await page.get_by_label("Price (sat per kWh)").fill("150")
+            await page.get_by_role("button", name="Place order").click()
+            await page.wait_for_selector("#orders li[data-order]")
+            assert "sell 0.1 kWh left of 0.1 kWh" in await page.inner_text("#orders")
+            await page.screenshot(path=str(out / "trade-390.png"), full_page=True)
+            await page.get_by_role("button", name="Place order").click()  # the same again: a second order
+            await page.wait_for_function("document.querySelectorAll('#orders li[data-order]').length === 2")
+            await page.locator("#orders li[data-order] button").first.click()
+            await page.wait_for_function("document.querySelectorAll('#orders li[data-order]').length === 1")
+            await page.get_by_label("Energy (kWh)").fill("0")
+            await page.get_by_role("button", name="Place order").click()  # the browser's own check first
+            assert await page.evaluate("!document.getElementById('o-kwh').checkValidity()")
+            await page.get_by_role("tab", name="Peers").click()
+            await page.wait_for_selector("#map svg g.peer[data-meter=home]")
+            assert "home" in await page.inner_text("#peer-list")
+            await page.get_by_role("tab", name="Usage").click()
+            await page.wait_for_function("typeof Chart !== 'undefined' && !!Chart.getChart('chart')")
+            await page.get_by_role("tab", name="Wallet").click()
+            await page.get_by_role("button", name="New receive address").click()
+            await page.wait_for_function("document.getElementById('w-address').textContent.startsWith('bcrt1')")
+            for tab in ("Home", "Trade", "Wallet", "Usage", "Activity", "Peers"):
+                await page.get_by_role("tab", name=tab).click()
+                for label, size in (("390", PHONE), ("desktop", DESKTOP)):
+                    await page.set_viewport_size(size)
+                    await page.screenshot(path=str(out / f"{tab.lower()}-{label}.png"), full_page=True)
+                    assert await no_horizontal_scroll(page), (tab, label)
+                await page.set_viewport_size(PHONE)
+        finally:
+            await browser.close()
