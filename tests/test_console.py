@@ -183,3 +183,31 @@ async def test_console_times_beyond_year_9999_are_400(console: Any, time_: str) 
             assert resp.status == 400
             body = await resp.json()
     assert body["param"] == "from"
+
+
+async def test_console_page_fits_1280_px_and_shows_one_clock(console: Any) -> None:
+    """In Chromium: the console's tables fit 1280 px (no sideways scroll), the contract id is
+    short and distinct with the full id and the hex hash as its title, and the page says which
+    clock its times are on (without a meter answering: real time, said so)."""
+    from app_browser import CHROMIUM, CHROMIUM_ARGS, artifacts_dir, no_horizontal_scroll
+    from playwright.async_api import async_playwright
+
+    base = console[0]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(20_000)
+            await page.goto(base + "/signin")
+            await page.fill("#si-name", OPERATOR[0])
+            await page.fill("#si-pw", OPERATOR[1])
+            await page.get_by_role("button", name="Sign in").click()
+            await page.wait_for_selector("#contracts tbody tr")
+            await page.wait_for_function("document.getElementById('clock').textContent !== 'times: …'")
+            assert "real time" in await page.inner_text("#clock")
+            cell = page.locator("#contracts tbody tr td").first
+            assert await cell.inner_text() == "c-1" and "cd" * 32 in (await cell.get_attribute("title") or "")
+            assert await no_horizontal_scroll(page)
+            await page.screenshot(path=str(artifacts_dir("console") / "console-1280.png"), full_page=True)
+        finally:
+            await browser.close()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
 from rich.console import Console
 
 from p2pep.scenario.cli import _summary
@@ -82,3 +87,48 @@ def test_summary_lists_failed_checks() -> None:
     }
     text = _summary(report)
     assert "check no_increment_paid_twice: FAILED" in text and text.endswith("NOT OK")
+
+
+async def test_an_open_ended_run_goes_past_the_scenarios_end_until_stopped(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`p2pep up` (until_end=False) keeps running once the simulated end has passed, and a
+    stop request ends it as the normal end (not an interruption); a bounded run stops there."""
+    from dataclasses import replace
+
+    from p2pep.scenario.catalog import load_scenario
+    from p2pep.scenario.runner import RunOptions, ScenarioRunner
+
+    async def idle(self: ScenarioRunner) -> None:  # no network here: no miner, no events
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(ScenarioRunner, "_miner", idle)
+    monkeypatch.setattr(ScenarioRunner, "_events", idle)
+    s = load_scenario("hackathon")
+    s = replace(s, timing=replace(s.timing, duration_s=60))  # 60 simulated s: 2 real s at 30x
+    for until_end in (True, False):
+        r = ScenarioRunner(s, RunOptions(run_dir=tmp_path / str(until_end), until_end=until_end, say=lambda m: None))
+        r.clock.launched(time.monotonic() - 10)  # the simulated end is long past
+        stop = asyncio.Event()
+        run = asyncio.create_task(r._run_until_end(stop))
+        if until_end:
+            await asyncio.wait_for(run, 5)  # at once: the end has passed
+        else:
+            with pytest.raises(TimeoutError):  # still running a while past the end ...
+                await asyncio.wait_for(asyncio.shield(run), 1.0)
+            stop.set()  # ... until Ctrl-C
+            await asyncio.wait_for(run, 5)
+        assert not r.interrupted
+        for t in r._tasks:
+            t.cancel()
+        await asyncio.gather(*r._tasks, return_exceptions=True)
+
+
+def test_up_runs_until_ctrl_c_unless_bounded() -> None:
+    import argparse
+
+    from p2pep.scenario.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["up"]).until_end is False
+    assert parser.parse_args(["up", "--until-end"]).until_end is True

@@ -114,6 +114,17 @@ class HouseholdOrders:
             raise Refusal(code, "matcher", f"{e.code().name}: {e.details()}") from None
         return meter_pb2.PlaceOrderResponse(order=resp.order, contracts=resp.contracts, status=resp.status)
 
+    async def cancel_open(self) -> None:
+        """Withdraw every open household order (the meter is leaving: it signs nothing more)."""
+        for o in self._live():
+            try:
+                await self._matcher().Cancel(matcher_pb2.CancelRequest(order_id=o.order_id, meter_id=self.s.meter_id),
+                                             timeout=5)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+            self.open.pop(o.order_id, None)
+
     async def list(self) -> meter_pb2.ListOrdersResponse:
         book = await self._matcher().GetBook(matcher_pb2.GetBookRequest(depth=1, meter_ids=[self.s.meter_id]),
                                              timeout=10)
@@ -126,6 +137,8 @@ class HouseholdOrders:
         try:
             resp = await self._matcher().Cancel(matcher_pb2.CancelRequest(order_id=req.order_id,
                                                                           meter_id=self.s.meter_id), timeout=10)
+            # its price stays the signing limit until its timeout: a contract it formed before
+            # the cancel may still be on its way to be signed
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 raise Refusal(Code.NOT_FOUND, "order_id", "no such open order (filled, expired or cancelled)") from None

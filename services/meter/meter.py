@@ -300,6 +300,7 @@ class Meter:
         if self.trader is not None:
             try:
                 await asyncio.wait_for(self.trader.cancel_resting(), 5)
+                await asyncio.wait_for(self.household.cancel_open(), 5)  # the household's own, too
             except (TimeoutError, grpc.aio.AioRpcError):
                 log.info("resting orders not cancelled")
         flushed = await self.sender.flush(self.s.flush_timeout_s)
