@@ -69,4 +69,4 @@ bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) p2pep/v1 p2pep/lndrpc build services/portal/web/node_modules services/portal/static/vendor
+	rm -rf $(VENV) p2pep/v1 p2pep/lndrpc build services/portal/web/node_modules p2pep/webauth/static/vendor

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The household app's third-party browser assets (Chart.js), exactly as pinned in
 # services/portal/web/package-lock.json (integrity-checked by `npm ci`), copied to
-# services/portal/static/vendor/, from where the portal serves them (/static/NAME):
+# p2pep/webauth/static/vendor/, from where the portal and the console serve them (/static/NAME):
 # the page loads nothing from a CDN. Needs node and npm (scripts/install-system-deps.sh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 web="$here/services/portal/web"
-vendor="$here/services/portal/static/vendor"
+vendor="$here/p2pep/webauth/static/vendor"
 stamp="$vendor/.lock.sha256"
 want="$(sha256sum "$web/package-lock.json" | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -f "$vendor/chart.umd.js" ]]; then

@@ -100,3 +100,18 @@ def static_page(path: Path) -> Callable[[web.Request], Awaitable[web.FileRespons
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     return page
+
+
+VENDOR = Path(__file__).resolve().parents[1] / "webauth" / "static" / "vendor"
+"""Third-party browser assets of the web pages (Chart.js), installed by ``make web-assets``
+(``npm ci`` against ``services/portal/web/package-lock.json``): served from here, never a CDN."""
+VENDOR_ASSETS = {"chart.umd.js": "application/javascript"}
+
+
+async def vendor_asset(req: web.Request) -> web.StreamResponse:
+    """``GET /static/{name}``: one of :data:`VENDOR_ASSETS`, else a 404 with a JSON body."""
+    name = req.match_info["name"]
+    path = VENDOR / name
+    if name not in VENDOR_ASSETS or not path.is_file():
+        return web.json_response({"error": f"no such asset {name[:60]!r} (run `make web-assets`)"}, status=404)
+    return web.FileResponse(path, headers={"Content-Type": VENDOR_ASSETS[name], "Cache-Control": "max-age=3600"})

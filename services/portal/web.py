@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from p2pep.paging import follow
-from p2pep.servicekit.http import BadParam, int_param, pb_json, static_page
+from p2pep.servicekit.http import BadParam, int_param, pb_json, static_page, vendor_asset
 from p2pep.servicekit.meter_links import MeterLinks, MeterUnknown
 from p2pep.v1 import meter_pb2
 from p2pep.webauth.ratelimit import RateLimiter
@@ -39,9 +39,6 @@ log = structlog.get_logger("portal")
 
 STATIC = Path(__file__).with_name("static")
 PAGE = STATIC / "app.html"
-# third-party assets the page loads, copied from node_modules by scripts/web-assets.sh
-# (npm ci against services/portal/web/package-lock.json): served from here, never a CDN
-ASSETS = {"chart.umd.js": "application/javascript"}
 MeterHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 500
 METER_ID = re.compile(r"^[A-Za-z0-9._@/-]{1,64}$")
@@ -162,14 +159,6 @@ class Portal:
         return web.json_response(without_secrets({"payments": [pb_json(p) for p in ps.payments]}))
 
 
-async def static_asset(req: web.Request) -> web.StreamResponse:
-    name = req.match_info["name"]
-    path = STATIC / "vendor" / name
-    if name not in ASSETS or not path.is_file():
-        return json_error(404, f"no such asset {name[:60]!r} (run `make web-assets`)")
-    return web.FileResponse(path, headers={"Content-Type": ASSETS[name], "Cache-Control": "max-age=3600"})
-
-
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -186,7 +175,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 def add_portal_routes(app: web.Application, portal: Portal, household: Household | None = None) -> None:
     """Mount the household app (after ``portal.auth.install(app)``)."""
     app.middlewares.append(_errors)
-    app.router.add_get("/static/{name}", static_asset)
+    app.router.add_get("/static/{name}", vendor_asset)
     if household is not None:
         h, m = household, portal.for_meter
         app.router.add_get("/api/meters/{meter_id}/orders", m(h.orders))
