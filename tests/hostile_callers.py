@@ -33,6 +33,7 @@ from google.protobuf.message_factory import GetMessageClass
 import p2pep.v1
 from p2pep.servicekit.http import build_http_app
 from p2pep.webauth.web import AuthConfig, WebAuth
+from services.console.reports import Reports
 from services.console.web import Console, add_console_routes
 from services.portal.household import Household
 from services.portal.web import Portal, add_portal_routes
@@ -192,7 +193,8 @@ def portal_app() -> web.Application:
 def console_app() -> web.Application:
     """The console's app as ``services.console.__main__`` assembles it (routes only)."""
     app = build_http_app(lambda: True)
-    add_console_routes(app, Console(None, None, 1.0), _auth("console", can_register=False))  # type: ignore[arg-type]
+    add_console_routes(app, Console(None, None, 1.0), _auth("console", can_register=False),  # type: ignore[arg-type]
+                       Reports(None, 1.0))  # type: ignore[arg-type]
     return app
 
 

@@ -23,6 +23,7 @@ from p2pep.webauth.accounts import set_account
 from p2pep.webauth.passwords import cheap_passwords
 from p2pep.webauth.store import AuthStore
 from p2pep.webauth.web import AuthConfig, WebAuth
+from services.console.reports import Reports, spans
 from services.console.web import Console, add_console_routes
 
 OPERATOR = ("ops", "operator password 1")
@@ -85,7 +86,8 @@ async def console(tmp_path: Path) -> AsyncIterator[tuple[str, FakeSettlement, gr
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     app = web.Application()
-    add_console_routes(app, Console(settlement_pb2_grpc.SettlementServiceStub(channel), None, timeout=3), auth)
+    stub = settlement_pb2_grpc.SettlementServiceStub(channel)
+    add_console_routes(app, Console(stub, None, timeout=3), auth, Reports(stub, 3))
     runner = web.AppRunner(app)
     await runner.setup()
     http_port = free_port()
@@ -211,3 +213,41 @@ async def test_console_page_fits_1280_px_and_shows_one_clock(console: Any) -> No
             await page.screenshot(path=str(artifacts_dir("console") / "console-1280.png"), full_page=True)
         finally:
             await browser.close()
+
+
+
+async def test_usage_and_production_of_several_meters_as_series_and_csv(console: Any) -> None:
+    base, fake, _ = console
+    q = {"meter_id": "meter-3", "from": "2026-06-21T11:00:00+02:00", "to": "2026-06-21T14:30:00+02:00"}
+    async with operator(base) as http:
+        async with http.get("/api/series", params=q) as r:
+            d = await r.json()
+        assert r.status == 200, d
+        assert d["starts"][0] == "2026-06-21T09:00:00Z" and len(d["starts"]) == 4  # 3 h 30 min: 4 buckets
+        assert d["meters"]["meter-3"]["usage_wh"] == [700] * 4 and d["meters"]["meter-3"]["total_usage_wh"] == 700
+        async with http.get("/api/series.csv", params={**q, "step": "day"}) as r:
+            text = await r.text()
+            assert r.status == 200 and r.content_type == "text/csv" and ".csv" in r.headers["Content-Disposition"]
+        rows = [line.split(",") for line in text.strip().splitlines()]
+        assert rows[0] == ["meter_id", "from", "to", "usage_wh", "production_wh"]
+        # one day bucket, then the total row: settlement's own sum over the whole period
+        assert rows[1:] == [["meter-3", "2026-06-21T09:00:00Z", "2026-06-21T12:30:00Z", "700", "0"]] * 2
+        for params, param in (({**q, "step": "week"}, "step"), ({**q, "meter_id": ""}, "meter_id"),
+                              ({**q, "meter_id": "a b"}, "meter_id"), ({**q, "to": q["from"]}, "to"),
+                              ({**q, "from": "2026-01-01T00:00:00Z"}, "step"), ({**q, "from": "noon"}, "from")):
+            async with http.get("/api/series.csv", params=params) as r:
+                body = await r.json()
+                assert r.status == 400 and body["param"] == param, (params, body)
+        async with http.get("/api/series", params={**q, "meter_id": "meter-3,nosuch"}) as r:
+            assert r.status == 404 and "nosuch" in (await r.json())["error"]
+        async with http.get("/api/anchors") as r:
+            assert await r.json() == {"batches": [], "best_height": 0, "configured": False}
+        async with http.get("/api/grid") as r:
+            g = await r.json()
+        assert [m["meter_id"] for m in g["meters"]] == ["meter-1", "meter-3"] and not g["meters"][0]["online"]
+        (flow,) = g["flows"]
+        assert (flow["from"], flow["to"], flow["delivered_wh"], flow["paid_msat"]) == ("meter-1", "meter-3", 120, 30_000)
+
+
+def test_spans_cut_the_period() -> None:
+    assert [(s.start_ms, s.end_ms) for s in spans(0, 2500, 1000)] == [(0, 1000), (1000, 2000), (2000, 2500)]

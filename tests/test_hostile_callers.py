@@ -176,7 +176,7 @@ async def test_every_console_route_refuses_a_stranger_and_a_household_session(
     household's session token as the console's cookie."""
     base = console[0]
     routes = [r for r in web_routes(console_app()) if r[1] not in ("/metrics", "/healthz")]  # the rig has no probes
-    values = {"contract_id": "c-1"}
+    values = {"contract_id": "c-1", "name": "chart.umd.js"}
     body = {"name": "ops", "password": "not the operator's password", "meter_id": "meter-3", "code": "ABCD-EFGH"}
     assert await no_session_wrong("console", base, routes, values, body) == []
     assert await foreign_session_wrong(base, routes, values, body, "a-portal-session-token") == []

@@ -297,7 +297,8 @@ class ScenarioRunner:
             anchor_target = anchor.target
         settlement = settlement_launch(s, lay, free_port(), free_port(), matcher.target, lvl, anchor_target)
         launches.append(settlement)
-        launches.append(console_launch(s, lay, free_port(), free_port(), settlement.target, matcher.target, lvl))
+        launches.append(console_launch(s, lay, free_port(), free_port(), settlement.target, matcher.target, lvl,
+                                       anchor_target))
         launches.append(portal_launch(s, lay, free_port(), free_port(), settlement.target, lvl, anchor_target))
         meter_nodes = [eps[m.name] for m in s.meters]
         for m in s.meters:

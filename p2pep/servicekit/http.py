@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -63,6 +65,25 @@ def int_param(query: Mapping[str, str], name: str, default: int, lo: int, hi: in
     if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(hi)) or not lo <= int(raw) <= hi:
         raise BadParam(name, f"must be an integer from {lo} to {hi}, got {ascii(raw[:40])}")
     return int(raw)
+
+
+def time_param(query: Mapping[str, str], name: str) -> Timestamp:
+    """Query parameter ``name``: an ISO 8601 time with a UTC offset (``Z`` too); else a :class:`BadParam`."""
+    raw = query.get(name, "")
+    if not raw:
+        raise BadParam(name, "required: an ISO 8601 time with a UTC offset, e.g. 2026-06-21T12:00:00+02:00")
+    try:
+        t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadParam(name, f"not an ISO 8601 time: {raw[:64]!r}") from None
+    if t.tzinfo is None:
+        raise BadParam(name, f"needs a UTC offset: {raw[:64]!r}")
+    ts = Timestamp()
+    try:
+        ts.FromDatetime(t)
+    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-14:00 is in year 10000 UTC
+        raise BadParam(name, f"outside years 1..9999 in UTC: {raw[:64]!r}") from None
+    return ts
 
 
 def pb_json(msg: Any) -> dict[str, Any]:

@@ -10,9 +10,10 @@ from p2pep.servicekit.channels import channel
 from p2pep.servicekit.meter_links import MeterLinks
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.console import ConsoleSettings
-from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
+from p2pep.v1 import anchor_pb2_grpc, matcher_pb2_grpc, settlement_pb2_grpc
 from p2pep.webauth.store import AuthStore
 from p2pep.webauth.web import AuthConfig, WebAuth
+from services.console.reports import Reports
 from services.console.web import Console, add_console_routes
 
 
@@ -28,10 +29,15 @@ async def main(stop: asyncio.Event) -> None:
     settlement = settlement_pb2_grpc.SettlementServiceStub(channels[0])
     links = MeterLinks(settlement, s.rpc_timeout_s, tls)  # the meters' clock, read from a meter's status
     console = Console(settlement, matcher, s.rpc_timeout_s, links)
+    anchor = None
+    if s.anchor_target:
+        channels.append(channel(s.anchor_target, peer="anchor", tls=tls))
+        anchor = anchor_pb2_grpc.AnchorServiceStub(channels[-1])
+    reports = Reports(settlement, s.rpc_timeout_s, anchor, links)
     store = await AuthStore.open(s.auth_db_path)
     auth = WebAuth(store, AuthConfig.from_settings(s, "console", "P2PEP operator console", can_register=False))
     host = ServiceHost(s, name="console")
-    add_console_routes(host.http_app, console, auth)
+    add_console_routes(host.http_app, console, auth, reports)
 
     async def close() -> None:
         await links.close()

@@ -10,6 +10,8 @@ from settlement's and the matcher's gRPC APIs (the console stores nothing).
 * ``GET /api/payments?contract_id=&meter_id=``
 * ``GET /api/contracts/{id}/document``: the self-contained contract document
   (terms, hashes, settlement summary, anchoring proofs) that ``p2pep verify`` checks.
+* charts of several meters between two dates with CSV, anchor batches, the live grid:
+  :mod:`services.console.reports`.
 
 Every route needs an operator's session (:class:`p2pep.webauth.web.WebAuth`: sign-in at
 ``/signin``, operators added by ``p2pep operator add``); payment preimages never reach the page,
@@ -24,7 +26,6 @@ from __future__ import annotations
 import json
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,14 @@ from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from p2pep.paging import follow
-from p2pep.servicekit.http import BadParam, pb_json, static_page
+from p2pep.servicekit.http import BadParam, pb_json, static_page, time_param, vendor_asset
 from p2pep.servicekit.meter_links import MeterLinks, MeterUnknown
 from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, meter_pb2, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
 from p2pep.webauth.redact import without_secrets
 from p2pep.webauth.web import WebAuth
 from services.console import metrics
+from services.console.reports import Reports
 
 PAGE = Path(__file__).with_name("static") / "console.html"
 HTTP_OF = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
@@ -49,21 +51,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def parse_time(req: web.Request, name: str) -> Timestamp:
-    raw = req.query.get(name, "")
-    if not raw:
-        raise BadParam(name, "required: an ISO 8601 time with a UTC offset, e.g. 2026-06-21T12:00:00+02:00")
-    try:
-        t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadParam(name, f"not an ISO 8601 time: {raw!r}") from None
-    if t.tzinfo is None:
-        raise BadParam(name, f"needs a UTC offset: {raw!r}")
-    ts = Timestamp()
-    try:
-        ts.FromDatetime(t)
-    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-14:00 is in year 10000 UTC
-        raise BadParam(name, f"outside years 1..9999 in UTC: {raw!r}") from None
-    return ts
+    return time_param(req.query, name)
 
 
 def parse_states(req: web.Request) -> list[pb.ContractState.ValueType]:
@@ -167,10 +155,16 @@ def _route(name: str, handler: Handler) -> Handler:
     return wrapped
 
 
-def add_console_routes(app: web.Application, console: Console, auth: WebAuth) -> None:
+def add_console_routes(app: web.Application, console: Console, auth: WebAuth, reports: Reports | None = None) -> None:
     """The sign-in (``auth``) first, then the console's page and API, all behind it."""
     auth.install(app)
     app.router.add_get("/", static_page(PAGE))
+    app.router.add_get("/static/{name}", vendor_asset)
+    if reports is not None:
+        app.router.add_get("/api/series", _route("series", reports.series))
+        app.router.add_get("/api/series.csv", _route("series_csv", reports.series_csv))
+        app.router.add_get("/api/anchors", _route("anchors", reports.anchors))
+        app.router.add_get("/api/grid", _route("grid", reports.grid))
     app.router.add_get("/api/overview", _route("overview", console.overview))
     app.router.add_get("/api/contracts", _route("contracts", console.contracts))
     app.router.add_get("/api/energy", _route("energy", console.energy))
