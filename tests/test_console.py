@@ -209,6 +209,14 @@ async def test_console_page_fits_1280_px_and_shows_one_clock(console: Any) -> No
             assert "real time" in await page.inner_text("#clock")
             cell = page.locator("#contracts tbody tr td").first
             assert await cell.inner_text() == "c-1" and "cd" * 32 in (await cell.get_attribute("title") or "")
+            await page.get_by_label("meters (comma-separated)").fill("meter-3")
+            await page.get_by_label("from").fill("2026-06-21T11:00:00")
+            await page.get_by_label("to").fill("2026-06-21T13:00:00")
+            await page.get_by_role("button", name="show").last.click()
+            await page.wait_for_function("typeof Chart !== 'undefined' && !!Chart.getChart('series')")
+            assert "api/series.csv?" in (await page.get_attribute("#csv", "href") or "")
+            assert "meter-3: used 0.7" in await page.inner_text("#energy")
+            await page.wait_for_function("document.getElementById('anchor-tip').textContent.includes('no anchor')")
             assert await no_horizontal_scroll(page)
             await page.screenshot(path=str(artifacts_dir("console") / "console-1280.png"), full_page=True)
         finally:

@@ -236,7 +236,21 @@ async def console_view(runner: ScenarioRunner) -> dict[str, Any]:
             bad = (resp.status, await resp.json())
         async with http.get("/api/payments", params={"meter_id": "meter-3"}) as resp:
             payments = await resp.text()
-    return {"overview": overview, "energy": energy, "bad": bad, "unsigned": unsigned, "payments": payments}
+        async with http.get("/api/series.csv", params={"meter_id": "meter-1,meter-2,meter-3", "step": "hour",
+                                                       "from": start.isoformat(),
+                                                       "to": (start + timedelta(hours=3)).isoformat()}) as resp:
+            csv_text = await resp.text()
+
+        async def flowing() -> dict[str, Any] | None:  # the live grid: energy moving producer -> consumer
+            async with http.get("/api/grid") as resp:
+                g = dict(await resp.json())
+            return g if g["flows"] and all(m["online"] for m in g["meters"]) else None
+
+        grid = await wait_for(flowing, timeout=60, what="the live grid shows a flow")
+        async with http.get("/api/anchors") as resp:
+            anchors = await resp.json()
+    return {"overview": overview, "energy": energy, "bad": bad, "unsigned": unsigned, "payments": payments,
+            "csv": csv_text, "grid": grid, "anchors": anchors}
 
 
 async def attack_consumer_meter(runner: ScenarioRunner) -> dict[str, Any]:
@@ -387,6 +401,22 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         assert con["bad"][0] == 400 and con["bad"][1]["param"] == "from", con["bad"]
         assert con["unsigned"] == 401  # the console shows nothing before the operator signs in
         assert "payment_hash" in con["payments"] and "preimage" not in con["payments"]
+        # the operator's CSV of the three meters: per meter, the hourly rows add up to the total
+        # row, settlement's own figure for the whole period
+        rows = [r.split(",") for r in con["csv"].strip().splitlines()[1:]]
+        for m in ("meter-1", "meter-2", "meter-3"):
+            mine_rows = [r for r in rows if r[0] == m]
+            *hours, total = mine_rows
+            assert len(hours) == 3 and total[1:3] == [hours[0][1], hours[-1][2]], mine_rows
+            assert sum(int(h[3]) for h in hours) == int(total[3]) and sum(int(h[4]) for h in hours) == int(total[4])
+        assert int([r for r in rows if r[0] == "meter-3"][-1][3]) > 0
+        assert int([r for r in rows if r[0] == "meter-1"][-1][4]) > 0
+        # the live grid: the households where they stand, energy flowing from a producer to meter-3
+        grid = con["grid"]
+        assert {(f["from"], f["to"]) for f in grid["flows"]} <= {("meter-1", "meter-3"), ("meter-2", "meter-3")}, grid
+        assert all(f["power_w"] > 0 for f in grid["flows"]) and grid["accel"] == 30
+        assert {m["meter_id"]: (m["lat"], m["lon"]) for m in grid["meters"]}["meter-2"] == (52.5178, 13.4115)
+        assert con["anchors"]["configured"] and con["anchors"]["best_height"] > 0
         assert "preimage" not in json.dumps(app)
 
         # forgeries: refused with a clear status, counted, stored nowhere
