@@ -364,6 +364,12 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         # the consumer's 2 kW is split across both producers, each paid by its own invoices
         assert_suppliers_paid_as_delivered(report)
 
+        # state.json names the pages people open (as the README says), beside the metrics URLs
+        from p2pep.scenario import run_state
+        pages = (run_state.load(runner.run_dir) or {}).get("pages", {})
+        assert set(pages) == {"console", "portal", "meter-1", "meter-2", "meter-3"}, pages
+        assert pages["portal"] == f"http://127.0.0.1:{runner.procs['portal'].launch.metrics_port}/"
+
         # the household app in a browser: signed up, paired meter-3, bid for 20 Wh above its
         # standing price; the contract that order formed appeared in Trade and was paid;
         # producers on the map with their prices; no sideways scroll at 390 px or desktop
