@@ -92,7 +92,7 @@ async def household_in_browser(runner: ScenarioRunner, meter: str, out: Path) ->
             # it fills and gets paid: the row's payment count moves off 0 (pushed, not polled)
             await page.wait_for_function(
                 """cid => { const li = document.querySelector(`#contracts li[data-contract="${cid}"]`);
-                            return li && /\\b[1-9]\\d* payments/.test(li.textContent); }""",
+                            return li && /(^|\\D)[1-9]\\d* payments/.test(li.textContent); }""",
                 arg=contract_id, timeout=120_000 * scale)
             seen["contract_row"] = await row.inner_text()
             await shoot(page, out, "trade", seen)
