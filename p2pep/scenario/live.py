@@ -34,6 +34,12 @@ STATE_STYLE = {
 }
 
 
+BLOCKED_BECAUSE = {  # the relay's reason, in the few words a 100-column table has room for
+    "NO_CONTRACT": "no contract", "INSUFFICIENT_POWER": "short of power", "INSUFFICIENT_ENERGY": "short of kWh",
+    "NOT_PAID_UP": "not paid up", "PAYMENT_FAILED": "payment failed", "MANUAL_OFF": "switched off",
+}
+
+
 @dataclass
 class View:
     scenario: str
@@ -153,7 +159,7 @@ def render(v: View) -> RenderableType:
         elif st.relay_energized:
             relay = Text("● energized", style="green")
         else:
-            relay = Text(f"○ {st.relay_reason.lower()[:14] or 'blocked'}", style="red")
+            relay = Text(f"○ {BLOCKED_BECAUSE.get(st.relay_reason, 'blocked')}", style="red")
         mt.add_row(name, role, relay, str(st.power_w), f"{kwh(st.import_wh)}/{kwh(st.export_wh)}",
                    f"{st.paid_msat // 1000:,}/{st.earned_msat // 1000:,}", str(st.active_contracts), kwh(st.unmet_wh))
 
