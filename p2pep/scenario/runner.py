@@ -154,6 +154,7 @@ class ScenarioRunner:
             "scenario": self.scenario.name,
             "phase": self.phase,
             "runner_pid": os.getpid(),
+            "pages": self.web_urls() if self.procs else {},  # what people open: console, portal, displays
             "started_at": self.started_at.isoformat(),
             "run_dir": str(self.run_dir),
             "report": str(self.opts.report_path) if self.opts.report_path else "",
