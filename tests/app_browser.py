@@ -117,7 +117,10 @@ async def household_in_browser(runner: ScenarioRunner, meter: str, out: Path) ->
             await shoot(page, out, "wallet", seen)
 
             await page.get_by_role("tab", name="Activity").click()
-            await page.wait_for_selector("#ln-payments li")
+            # (the page's placeholder is an li too: wait for the loaded list with this contract's payments)
+            await page.wait_for_function(
+                "cid => [...document.querySelectorAll('#ln-payments li')].some(li => li.textContent.includes(cid))",
+                arg=contract_id, timeout=60_000 * scale)
             seen["activity_payments"] = await page.eval_on_selector_all("#ln-payments li", "ls => ls.map(l => l.textContent)")
             seen["documents"] = await page.eval_on_selector_all("#docs li a", "as => as.map(a => a.href)")
             await shoot(page, out, "activity", seen)
