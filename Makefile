@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: setup proto binaries lock lint test test-unit test-regtest up bench clean images k8s-config k8s-check
+.PHONY: setup proto binaries lock lint test test-unit test-regtest up bench clean images k8s-config k8s-check web-assets
 
-setup: $(STAMP) binaries proto
+setup: $(STAMP) binaries proto web-assets
 
 # Exactly the versions in the lock (hash-checked), then the project itself;
 # `pip check` fails if pyproject.toml asks for something the lock lacks.
@@ -28,6 +28,10 @@ lock:
 
 binaries:
 	bash scripts/build-binaries.sh >/dev/null
+
+# the household app's Chart.js, as services/portal/web/package-lock.json pins it (npm ci)
+web-assets:
+	bash scripts/web-assets.sh
 
 # Our stubs from proto/, LND's from the protos of the pinned lnd module.
 proto: $(STAMP)
@@ -59,10 +63,10 @@ k8s-check: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_k8s.py
 
 up: setup
-	$(BIN)/p2pep up
+	$(BIN)/p2pep up $(UP_FLAGS)
 
 bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) p2pep/v1 p2pep/lndrpc build
+	rm -rf $(VENV) p2pep/v1 p2pep/lndrpc build services/portal/web/node_modules p2pep/webauth/static/vendor

@@ -17,7 +17,8 @@ the protos); a method that is not is refused (default deny). A :class:`Rule` nam
 The policy, in words (issue 11): a meter acts only for itself (its orders, readings,
 contracts, registration); settlement alone asks a meter to sign, invoice, pay or update a
 contract, reports contract ends to the matcher and adds leaves to the anchor; the console,
-the portal and operators read; nobody else writes.
+the portal and operators read; nobody else writes, but a household, through the portal,
+places and cancels its own meter's orders (the meter itself submits them to the matcher).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 #: shows each household only its own, behind its sign-in), and operator tools.
 READERS = frozenset({"console", "portal"})
 SETTLEMENT = frozenset({"settlement"})
+PORTAL = frozenset({"portal"})
 
 MeterView = Callable[[Any, str], Any]
 
@@ -101,7 +103,13 @@ ACCESS: dict[str, Rule] = {
     MT + "WatchStatus": readers(),
     MT + "ListContracts": readers(),
     MT + "ListPayments": readers(),
-    MT + "ClaimPairing": Rule(services=frozenset({"portal"})),  # a household adds the meter to its account
+    MT + "ClaimPairing": Rule(services=PORTAL),  # a household adds the meter to its account
+    # the household's own trades and receive address, from its app (the portal acts only
+    # for the account the meter is paired with)
+    MT + "PlaceOrder": Rule(services=PORTAL),
+    MT + "ListOrders": Rule(services=PORTAL),
+    MT + "CancelOrder": Rule(services=PORTAL),
+    MT + "NewAddress": Rule(services=PORTAL),
     MT + "SignContract": settlement_only(),
     MT + "CreateInvoice": settlement_only(),
     MT + "PayInvoice": settlement_only(),

@@ -15,6 +15,12 @@ need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 { command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
+# node + npm install the household app's browser assets (Chart.js) exactly as its
+# package-lock.json pins them (scripts/web-assets.sh); Debian's chromium is the browser the
+# app's Playwright test drives (a browser download by `playwright install` is not used).
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 # kubectl >= 1.27 (kustomize v5; tests/test_k8s.py renders k8s/ with `kubectl kustomize`): the
 # `kubectl` package of the Kubernetes or Google Cloud apt repository when one is configured
 # (Debian's own `kubernetes-client` is 1.20, too old); otherwise say how to get it.

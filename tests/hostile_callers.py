@@ -33,7 +33,9 @@ from google.protobuf.message_factory import GetMessageClass
 import p2pep.v1
 from p2pep.servicekit.http import build_http_app
 from p2pep.webauth.web import AuthConfig, WebAuth
+from services.console.reports import Reports
 from services.console.web import Console, add_console_routes
+from services.portal.household import Household
 from services.portal.web import Portal, add_portal_routes
 
 TAG = "hostile"
@@ -186,14 +188,15 @@ def portal_app() -> web.Application:
     app = build_http_app(lambda: True)
     auth = _auth("portal", can_register=True)
     auth.install(app)
-    add_portal_routes(app, Portal(None, auth, None, 1.0))  # type: ignore[arg-type]
+    add_portal_routes(app, Portal(None, auth, None, 1.0), Household(None, 1.0))  # type: ignore[arg-type]
     return app
 
 
 def console_app() -> web.Application:
     """The console's app as ``services.console.__main__`` assembles it (routes only)."""
     app = build_http_app(lambda: True)
-    add_console_routes(app, Console(None, None, 1.0), _auth("console", can_register=False))  # type: ignore[arg-type]
+    add_console_routes(app, Console(None, None, 1.0), _auth("console", can_register=False),  # type: ignore[arg-type]
+                       Reports(None, 1.0))  # type: ignore[arg-type]
     return app
 
 
@@ -234,6 +237,18 @@ PORTAL_OTHER_ACCOUNT: dict[tuple[str, str], int] = {
     ("GET", "/api/meters/{meter_id}/status"): 404,
     ("GET", "/api/meters/{meter_id}/contracts"): 404,
     ("GET", "/api/meters/{meter_id}/payments"): 404,
+    # the household app's views and trades: none for another account's meter
+    ("GET", "/api/meters/{meter_id}/orders"): 404,
+    ("POST", "/api/meters/{meter_id}/orders"): 404,
+    ("DELETE", "/api/meters/{meter_id}/orders/{order_id}"): 404,
+    ("GET", "/api/meters/{meter_id}/wallet"): 404,
+    ("POST", "/api/meters/{meter_id}/address"): 404,
+    ("GET", "/api/meters/{meter_id}/energy"): 404,
+    ("GET", "/api/meters/{meter_id}/activity"): 404,
+    ("GET", "/api/meters/{meter_id}/contracts/{contract_id}/document"): 404,
+    ("GET", "/api/meters/{meter_id}/peers"): 404,
+    ("GET", "/api/meters/{meter_id}/events"): 404,
+    ("GET", "/static/{name}"): 200,  # the app's chart library (no household data)
     ("POST", "/api/signout"): 200,  # ends the caller's own session (called last)
 }
 """The portal's signed-in routes, called by another household for the victim's meter."""

@@ -23,6 +23,7 @@ from p2pep.webauth.accounts import set_account
 from p2pep.webauth.passwords import cheap_passwords
 from p2pep.webauth.store import AuthStore
 from p2pep.webauth.web import AuthConfig, WebAuth
+from services.console.reports import Reports, spans
 from services.console.web import Console, add_console_routes
 
 OPERATOR = ("ops", "operator password 1")
@@ -48,7 +49,9 @@ class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
     async def ListContracts(self, req: pb.ListSettlementContractsRequest, ctx: Any) -> pb.ListSettlementContractsResponse:
         self.asked.append(req)
         c = pb.ContractRecord(contract=common_pb2.Contract(contract_id="c-1", consumer="meter-3", supplier="meter-1",
-                                                           energy_wh=500, price_msat_per_kwh=250_000),
+                                                           energy_wh=500, price_msat_per_kwh=250_000,
+                                                           hash=bytes.fromhex("cd" * 32)),
+                              consumer_signature=b"\x30\x44\x02",
                               state=pb.CONTRACT_STATE_ACTIVE, delivered_wh=120, paid_msat=30_000)
         return pb.ListSettlementContractsResponse(contracts=[c])
 
@@ -83,7 +86,8 @@ async def console(tmp_path: Path) -> AsyncIterator[tuple[str, FakeSettlement, gr
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     app = web.Application()
-    add_console_routes(app, Console(settlement_pb2_grpc.SettlementServiceStub(channel), None, timeout=3), auth)
+    stub = settlement_pb2_grpc.SettlementServiceStub(channel)
+    add_console_routes(app, Console(stub, None, timeout=3), auth, Reports(stub, 3))
     runner = web.AppRunner(app)
     await runner.setup()
     http_port = free_port()
@@ -106,7 +110,10 @@ async def test_console_shows_meters_contracts_energy_and_documents(console: Any)
         assert o["contracts_by_state"] == {"ACTIVE": 1} and o["delivered_wh"] == 120 and o["paid_msat"] == 30_000
         assert o["book"] is None  # no matcher configured
         async with http.get("/api/contracts?meter_id=meter-3&state=active,defaulted") as r:
-            assert (await r.json())["contracts"][0]["contract"]["contract_id"] == "c-1"
+            rec = (await r.json())["contracts"][0]
+        # hashes and signatures in hex, as documents, reports and `p2pep verify` give them
+        assert rec["contract"]["contract_id"] == "c-1" and rec["contract"]["hash"] == "cd" * 32
+        assert rec["consumer_signature"] == "304402" and rec["supplier_signature"] == ""
         assert list(fake.asked[-1].states) == [pb.CONTRACT_STATE_ACTIVE, pb.CONTRACT_STATE_DEFAULTED]
         async with http.get("/api/energy", params={"meter_id": "meter-3", "from": "2026-06-21T11:00:00+02:00",
                                                     "to": "2026-06-21T12:00:00Z"}) as r:
@@ -178,3 +185,77 @@ async def test_console_times_beyond_year_9999_are_400(console: Any, time_: str) 
             assert resp.status == 400
             body = await resp.json()
     assert body["param"] == "from"
+
+
+async def test_console_page_fits_1280_px_and_shows_one_clock(console: Any) -> None:
+    """In Chromium: the console's tables fit 1280 px (no sideways scroll), the contract id is
+    short and distinct with the full id and the hex hash as its title, and the page says which
+    clock its times are on (without a meter answering: real time, said so)."""
+    from app_browser import CHROMIUM, CHROMIUM_ARGS, artifacts_dir, no_horizontal_scroll
+    from playwright.async_api import async_playwright
+
+    base = console[0]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(20_000)
+            await page.goto(base + "/signin")
+            await page.fill("#si-name", OPERATOR[0])
+            await page.fill("#si-pw", OPERATOR[1])
+            await page.get_by_role("button", name="Sign in").click()
+            await page.wait_for_selector("#contracts tbody tr")
+            await page.wait_for_function("document.getElementById('clock').textContent !== 'times: …'")
+            assert "real time" in await page.inner_text("#clock")
+            cell = page.locator("#contracts tbody tr td").first
+            assert await cell.inner_text() == "c-1" and "cd" * 32 in (await cell.get_attribute("title") or "")
+            await page.get_by_label("meters (comma-separated)").fill("meter-3")
+            await page.get_by_label("from").fill("2026-06-21T11:00:00")
+            await page.get_by_label("to").fill("2026-06-21T13:00:00")
+            await page.get_by_role("button", name="show").last.click()
+            await page.wait_for_function("typeof Chart !== 'undefined' && !!Chart.getChart('series')")
+            assert "api/series.csv?" in (await page.get_attribute("#csv", "href") or "")
+            assert "meter-3: used 0.7" in await page.inner_text("#energy")
+            await page.wait_for_function("document.getElementById('anchor-tip').textContent.includes('no anchor')")
+            assert await no_horizontal_scroll(page)
+            await page.screenshot(path=str(artifacts_dir("console") / "console-1280.png"), full_page=True)
+        finally:
+            await browser.close()
+
+
+
+async def test_usage_and_production_of_several_meters_as_series_and_csv(console: Any) -> None:
+    base, fake, _ = console
+    q = {"meter_id": "meter-3", "from": "2026-06-21T11:00:00+02:00", "to": "2026-06-21T14:30:00+02:00"}
+    async with operator(base) as http:
+        async with http.get("/api/series", params=q) as r:
+            d = await r.json()
+        assert r.status == 200, d
+        assert d["starts"][0] == "2026-06-21T09:00:00Z" and len(d["starts"]) == 4  # 3 h 30 min: 4 buckets
+        assert d["meters"]["meter-3"]["usage_wh"] == [700] * 4 and d["meters"]["meter-3"]["total_usage_wh"] == 700
+        async with http.get("/api/series.csv", params={**q, "step": "day"}) as r:
+            text = await r.text()
+            assert r.status == 200 and r.content_type == "text/csv" and ".csv" in r.headers["Content-Disposition"]
+        rows = [line.split(",") for line in text.strip().splitlines()]
+        assert rows[0] == ["meter_id", "from", "to", "usage_wh", "production_wh"]
+        # one day bucket, then the total row: settlement's own sum over the whole period
+        assert rows[1:] == [["meter-3", "2026-06-21T09:00:00Z", "2026-06-21T12:30:00Z", "700", "0"]] * 2
+        for params, param in (({**q, "step": "week"}, "step"), ({**q, "meter_id": ""}, "meter_id"),
+                              ({**q, "meter_id": "a b"}, "meter_id"), ({**q, "to": q["from"]}, "to"),
+                              ({**q, "from": "2026-01-01T00:00:00Z"}, "step"), ({**q, "from": "noon"}, "from")):
+            async with http.get("/api/series.csv", params=params) as r:
+                body = await r.json()
+                assert r.status == 400 and body["param"] == param, (params, body)
+        async with http.get("/api/series", params={**q, "meter_id": "meter-3,nosuch"}) as r:
+            assert r.status == 404 and "nosuch" in (await r.json())["error"]
+        async with http.get("/api/anchors") as r:
+            assert await r.json() == {"batches": [], "best_height": 0, "configured": False}
+        async with http.get("/api/grid") as r:
+            g = await r.json()
+        assert [m["meter_id"] for m in g["meters"]] == ["meter-1", "meter-3"] and not g["meters"][0]["online"]
+        (flow,) = g["flows"]
+        assert (flow["from"], flow["to"], flow["delivered_wh"], flow["paid_msat"]) == ("meter-1", "meter-3", 120, 30_000)
+
+
+def test_spans_cut_the_period() -> None:
+    assert [(s.start_ms, s.end_ms) for s in spans(0, 2500, 1000)] == [(0, 1000), (1000, 2000), (2000, 2500)]

@@ -29,6 +29,7 @@ import aiohttp
 import grpc
 import logcheck
 import pytest
+from app_browser import artifacts_dir, household_in_browser
 from grpc.aio import AioRpcError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -243,7 +244,21 @@ async def console_view(runner: ScenarioRunner) -> dict[str, Any]:
             bad = (resp.status, await resp.json())
         async with http.get("/api/payments", params={"meter_id": "meter-3"}) as resp:
             payments = await resp.text()
-    return {"overview": overview, "energy": energy, "bad": bad, "unsigned": unsigned, "payments": payments}
+        async with http.get("/api/series.csv", params={"meter_id": "meter-1,meter-2,meter-3", "step": "hour",
+                                                       "from": start.isoformat(),
+                                                       "to": (start + timedelta(hours=3)).isoformat()}) as resp:
+            csv_text = await resp.text()
+
+        async def flowing() -> dict[str, Any] | None:  # the live grid: energy moving producer -> consumer
+            async with http.get("/api/grid") as resp:
+                g = dict(await resp.json())
+            return g if g["flows"] and all(m["online"] for m in g["meters"]) else None
+
+        grid = await wait_for(flowing, timeout=60, what="the live grid shows a flow")
+        async with http.get("/api/anchors") as resp:
+            anchors = await resp.json()
+    return {"overview": overview, "energy": energy, "bad": bad, "unsigned": unsigned, "payments": payments,
+            "csv": csv_text, "grid": grid, "anchors": anchors}
 
 
 async def attack_consumer_meter(runner: ScenarioRunner) -> dict[str, Any]:
@@ -345,7 +360,9 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
     async def during(r: ScenarioRunner) -> None:
         await attack_settlement(r, found)
         found["meter_attacks"] = await attack_consumer_meter(r)
-        found["app"] = await household_view(r, "meter-3")
+        # then (about 30 s, well inside the run): a household trades from its app in a browser
+        found["browser"] = await household_in_browser(r, "meter-3", artifacts_dir("household-app"))
+        found["app"] = await household_view(r, "meter-3")  # (the browser's household let meter-3 go)
         found["console"] = await console_view(r)
 
     report, runner = await run_scenario("hackathon", tmp_path, during, keep_network=True,
@@ -354,6 +371,34 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
     try:
         # the consumer's 2 kW is split across both producers, each paid by its own invoices
         assert_suppliers_paid_as_delivered(report)
+
+        # state.json names the pages people open (as the README says), beside the metrics URLs
+        from p2pep.scenario import run_state
+        pages = (run_state.load(runner.run_dir) or {}).get("pages", {})
+        assert set(pages) == {"console", "portal", "meter-1", "meter-2", "meter-3"}, pages
+        assert pages["portal"] == f"http://127.0.0.1:{runner.procs['portal'].launch.metrics_port}/"
+
+        # the household app in a browser: signed up, paired meter-3, bid for 20 Wh above its
+        # standing price; the contract that order formed appeared in Trade and was paid;
+        # producers on the map with their prices; no sideways scroll at 390 px or desktop
+        seen = found["browser"]
+        assert seen["overflow"] == [], seen["overflow"]
+        assert len(seen["screens"]) == 12 and all(Path(p).stat().st_size > 1000 for p in seen["screens"])
+        assert "meter clock" in seen["home_clock"] and "simulated, 30×" in seen["home_clock"], seen["home_clock"]
+        assert seen["order"]["order"]["meter_id"] == "meter-3" and seen["order"]["order"]["energy_wh"] == "20"
+        mine = [c for c in report["contracts"] if c["contract_id"] == seen["contract_id"]]
+        assert mine and mine[0]["consumer"] == "meter-3" and mine[0]["delivered_wh"] > 0, mine
+        assert mine[0]["price_msat_per_kwh"] <= 400_000 and mine[0]["energy_wh"] <= 20, mine
+        assert any(p["contract_id"] == seen["contract_id"] for p in report["payments"])
+        assert "payments" in seen["contract_row"] and "delivered of" in seen["contract_row"], seen["contract_row"]
+        on_map = dict(seen["map"])
+        assert {"meter-1", "meter-2"} <= set(on_map), on_map
+        assert "250 sat/kWh" in on_map["meter-1"] and "280 sat/kWh" in on_map["meter-2"], on_map
+        assert any("meter-1" in p and "producer" in p and "250 sat/kWh" in p for p in seen["peers"]), seen["peers"]
+        assert seen["chart_drawn"] and seen["chart_sum"].startswith("used "), seen["chart_sum"]
+        assert seen["address"].startswith("bcrt1"), seen["address"]
+        assert any(seen["contract_id"] in p for p in seen["activity_payments"]), seen["activity_payments"]
+        assert seen["documents"] and "preimage" not in seen["page_text"]
 
         # the household app shows the consumer's contracts and payments while it runs
         app = found["app"]
@@ -370,6 +415,22 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         assert con["bad"][0] == 400 and con["bad"][1]["param"] == "from", con["bad"]
         assert con["unsigned"] == 401  # the console shows nothing before the operator signs in
         assert "payment_hash" in con["payments"] and "preimage" not in con["payments"]
+        # the operator's CSV of the three meters: per meter, the hourly rows add up to the total
+        # row, settlement's own figure for the whole period
+        rows = [r.split(",") for r in con["csv"].strip().splitlines()[1:]]
+        for m in ("meter-1", "meter-2", "meter-3"):
+            mine_rows = [r for r in rows if r[0] == m]
+            *hours, total = mine_rows
+            assert len(hours) == 3 and total[1:3] == [hours[0][1], hours[-1][2]], mine_rows
+            assert sum(int(h[3]) for h in hours) == int(total[3]) and sum(int(h[4]) for h in hours) == int(total[4])
+        assert int([r for r in rows if r[0] == "meter-3"][-1][3]) > 0
+        assert int([r for r in rows if r[0] == "meter-1"][-1][4]) > 0
+        # the live grid: the households where they stand, energy flowing from a producer to meter-3
+        grid = con["grid"]
+        assert {(f["from"], f["to"]) for f in grid["flows"]} <= {("meter-1", "meter-3"), ("meter-2", "meter-3")}, grid
+        assert all(f["power_w"] > 0 for f in grid["flows"]) and grid["accel"] == 30
+        assert {m["meter_id"]: (m["lat"], m["lon"]) for m in grid["meters"]}["meter-2"] == (52.5178, 13.4115)
+        assert con["anchors"]["configured"] and con["anchors"]["best_height"] > 0
         assert "preimage" not in json.dumps(app)
 
         # forgeries: refused with a clear status, counted, stored nowhere

@@ -162,6 +162,10 @@ async def test_the_enumerated_calls_against_in_process_services(tmp_path: Path) 
         await h.close()
 
 
+PORTAL_VALUES = {"meter_id": "home", "order_id": "home:app:demand:1:abcdef", "contract_id": "c-1",
+                 "name": "chart.umd.js"}
+
+
 async def test_every_portal_route_refuses_a_stranger_and_another_household(portal: PortalRig) -> None:  # noqa: F811
     """The portal's routes (from its router) against the portal in process over real meter
     services: without a session, and as household B on household A's meter."""
@@ -172,8 +176,8 @@ async def test_every_portal_route_refuses_a_stranger_and_another_household(porta
         assert (await a.send("POST", "/api/meters", {"meter_id": "home", "code": await portal.code("home")}))[0] == 201
         code = await portal.code("home")
         body = {"name": "alice", "password": "not alice's password", "meter_id": "home", "code": code}
-        assert await no_session_wrong("portal", portal.base, routes, {"meter_id": "home"}, body) == []
-        assert await other_household_wrong(b, routes, {"meter_id": "home"}, body) == []
+        assert await no_session_wrong("portal", portal.base, routes, PORTAL_VALUES, body) == []
+        assert await other_household_wrong(b, routes, PORTAL_VALUES, body) == []
         assert await portal.code("home") == code  # not used up
         assert (await a.get("/api/meters/home/status"))[0] == 200
         assert [m["meter_id"] for m in (await a.get("/api/meters"))[1]["meters"]] == ["home"]
@@ -185,7 +189,7 @@ async def test_every_console_route_refuses_a_stranger_and_a_household_session(
     household's session token as the console's cookie."""
     base = console[0]
     routes = [r for r in web_routes(console_app()) if r[1] not in ("/metrics", "/healthz", "/livez")]  # the rig has no probes
-    values = {"contract_id": "c-1"}
+    values = {"contract_id": "c-1", "name": "chart.umd.js"}
     body = {"name": "ops", "password": "not the operator's password", "meter_id": "meter-3", "code": "ABCD-EFGH"}
     assert await no_session_wrong("console", base, routes, values, body) == []
     assert await foreign_session_wrong(base, routes, values, body, "a-portal-session-token") == []

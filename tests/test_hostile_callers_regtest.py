@@ -306,7 +306,8 @@ async def web_attacks(runner: ScenarioRunner, victim: Victim, code: str, found: 
     procs = runner.procs
     portal = f"http://127.0.0.1:{procs['portal'].launch.metrics_port}"
     console = f"http://127.0.0.1:{procs['console'].launch.metrics_port}"
-    values = {"meter_id": victim.meter_id, "contract_id": victim.contract_id}
+    values = {"meter_id": victim.meter_id, "contract_id": victim.contract_id,
+              "order_id": f"{victim.meter_id}:app:demand:1:abcdef", "name": "chart.umd.js"}
     body = {"name": HOUSEHOLD_A[0], "password": "not A's password at all", "meter_id": victim.meter_id, "code": code}
     wrong: list[str] = []
     sites = {"portal": (portal, web_routes(portal_app())), "console": (console, web_routes(console_app()))}

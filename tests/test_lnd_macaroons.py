@@ -97,6 +97,7 @@ METER_CALLS: dict[str, tuple[Any, ...]] = {
     "pending_channels": (),
     "channel_balance": (),
     "wallet_balance": (),
+    "new_address": (),
     "connect": (PUBKEY, "127.0.0.1:9735"),
     "open_channel": (PUBKEY, 100_000),
     "can_send": (PUBKEY, 1000),
@@ -151,7 +152,7 @@ def test_the_table() -> None:
                  "/lnrpc.Lightning/OpenChannelSync", "/lnrpc.Lightning/CloseChannel", "/lnrpc.Lightning/ConnectPeer"}
     assert not ANCHOR.methods & lightning
     on_chain = {"/lnrpc.Lightning/SendCoins", "/lnrpc.Lightning/SendMany", "/walletrpc.WalletKit/SendOutputs",
-                "/lnrpc.Lightning/NewAddress", "/lnrpc.Lightning/CloseChannel", "/lnrpc.Lightning/BakeMacaroon"}
+                "/lnrpc.Lightning/CloseChannel", "/lnrpc.Lightning/BakeMacaroon"}
     assert not METER.methods & on_chain
     assert OPERATOR_NODE_SERVICES == ("anchor",) and HOUSEHOLD_NODE_SERVICES == ("meter",)
 

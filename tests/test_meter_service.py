@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -90,6 +91,25 @@ class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
     async def ListContracts(self, request, context):  # type: ignore[no-untyped-def]
         return S.ListSettlementContractsResponse(contracts=[
             c for c in self.contracts.values() if request.meter_id in (c.contract.consumer, c.contract.supplier)])
+
+    def _energy(self, request: S.EnergyQuery, field: str) -> S.EnergyTotal:
+        t0, t1 = getattr(request, "from").ToMilliseconds(), request.to.ToMilliseconds()
+        rs = sorted(self.readings.get(request.meter_id, {}).values(), key=lambda r: r.seq)
+        inside = [r for r in rs if t0 <= r.timestamp_ms <= t1]
+        wh = getattr(inside[-1], field) - getattr(inside[0], field) if inside else 0
+        return S.EnergyTotal(meter_id=request.meter_id, energy_wh=wh, readings=len(inside))
+
+    async def GetUsage(self, request, context):  # type: ignore[no-untyped-def]
+        return self._energy(request, "import_wh")
+
+    async def GetProduction(self, request, context):  # type: ignore[no-untyped-def]
+        return self._energy(request, "export_wh")
+
+    async def ExportContract(self, request, context):  # type: ignore[no-untyped-def]
+        if request.contract_id not in self.contracts:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {request.contract_id!r}")
+        return S.ContractDocument(json=json.dumps({"version": 1, "terms": {"contract_id": request.contract_id},
+                                                   "proofs": [{"leaf": "contract", "txid": "ab" * 32, "height": 7}]}))
 
     async def EndContract(self, request, context):  # type: ignore[no-untyped-def]
         self.ended.append((request.contract_id, request.meter_id, request.reason))

@@ -16,11 +16,11 @@ from web_helpers import WebClient
 
 from p2pep.identity import Identity
 from p2pep.regtest.ports import free_port
+from p2pep.servicekit.meter_links import MeterLinks
 from p2pep.v1 import settlement_pb2_grpc
 from p2pep.webauth.passwords import cheap_passwords
 from p2pep.webauth.web import AuthConfig, WebAuth
 from services.meter.app import MeterApp
-from services.portal.meters import MeterLinks
 from services.portal.store import PortalStore
 from services.portal.web import Portal, add_portal_routes
 

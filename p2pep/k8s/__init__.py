@@ -122,6 +122,7 @@ def components(overlay: str) -> list[Component]:
             "cookie_secure": overlay == "production"}),
         Component("portal", "portal", {
             "auth_db_path": f"{DATA}/auth.db", "settlement_target": _target("settlement"),
+            "anchor_target": _target("anchor"),
             "allowed_hosts": "portal,localhost", "cookie_secure": overlay == "production"}),
     ]
     if overlay == "regtest":

@@ -35,6 +35,8 @@ meter       its household's   ``Lightning/GetInfo``                wait for its 
                               ``Lightning/OpenChannelSync``        (ad hoc: to its counterparty)
                               ``Lightning/WalletBalance``,         the sats the household app shows
                               ``Lightning/ChannelBalance``
+                              ``Lightning/NewAddress``             a receive address the household app
+                                                                   shows (receiving only)
 anchor      the operator's    ``WalletKit/SendOutputs``            publish one anchoring transaction (an
             hub                                                    OP_RETURN output + change) from the hub
                                                                    wallet
@@ -48,7 +50,7 @@ matcher     none                                                   no money move
 ==========  ================  ===================================  ==========================================
 
 What each macaroon cannot do: the meter's cannot send coins to an on-chain address (no
-``SendCoins``/``SendMany``/``SendOutputs``/``NewAddress``), close channels, list or
+``SendCoins``/``SendMany``/``SendOutputs``; ``NewAddress`` only makes an address to receive to), close channels, list or
 watch invoices, sign messages, bake macaroons or stop the node; the anchor's
 cannot pay or create invoices, open or close channels, connect to peers, or read more
 than the hub's balances and forwarding history. What lnd's macaroons cannot narrow further (so it rests on other controls):
@@ -126,6 +128,7 @@ METER = ServiceMacaroon(
         Grant(_ln("OpenChannelSync"), "open the household's channel from its own wallet"),
         Grant(_ln("WalletBalance"), "on-chain sats shown in the household app"),
         Grant(_ln("ChannelBalance"), "channel sats shown in the household app"),
+        Grant(_ln("NewAddress"), "a receive address of the household's own wallet, shown in its app"),
     ),
 )
 

@@ -89,6 +89,9 @@ class SigningPolicy:
     """Its ask as supplier (a floor) and its limit as consumer (a ceiling)."""
     max_increment_wh: int
     max_contract_ms: int
+    ask_msat_per_kwh: int | None = None
+    """Its ask as supplier, when it differs from ``price_msat_per_kwh`` (a household's own
+    supply order below the standing price)."""
 
 
 def check_terms(
@@ -124,8 +127,9 @@ def check_terms(
         refuse_if(price > policy.price_msat_per_kwh, Code.FAILED_PRECONDITION, "terms_json.price_msat_per_kwh",
                   f"{price} msat/kWh is above this consumer's limit {policy.price_msat_per_kwh}")
     else:
-        refuse_if(price < policy.price_msat_per_kwh, Code.FAILED_PRECONDITION, "terms_json.price_msat_per_kwh",
-                  f"{price} msat/kWh is below this supplier's ask {policy.price_msat_per_kwh}")
+        ask = policy.price_msat_per_kwh if policy.ask_msat_per_kwh is None else policy.ask_msat_per_kwh
+        refuse_if(price < ask, Code.FAILED_PRECONDITION, "terms_json.price_msat_per_kwh",
+                  f"{price} msat/kWh is below this supplier's ask {ask}")
     refuse_if(terms.increment_wh > policy.max_increment_wh, Code.FAILED_PRECONDITION, "terms_json.increment_wh",
               f"{terms.increment_wh} Wh is above this meter's maximum increment {policy.max_increment_wh} Wh")
     refuse_if(terms.end_ms <= now_ms, Code.FAILED_PRECONDITION, "terms_json.end_ms",

@@ -88,8 +88,10 @@ def _summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def _run(args: argparse.Namespace, name: str, live: bool, with_prometheus: bool = False) -> int:
-    """``with_prometheus``: a loopback Prometheus scrapes the run (``p2pep up``), if installed."""
+async def _run(args: argparse.Namespace, name: str, live: bool, with_prometheus: bool = False,
+               until_end: bool = True) -> int:
+    """``with_prometheus``: a loopback Prometheus scrapes the run (``p2pep up``), if installed;
+    ``until_end``: stop at the scenario's simulated end (else run until Ctrl-C)."""
     from p2pep.monitoring.prometheus import serve_beside
     from p2pep.scenario.catalog import load_scenario
 
@@ -105,7 +107,8 @@ async def _run(args: argparse.Namespace, name: str, live: bool, with_prometheus:
 
     opts = RunOptions(run_dir=run_dir, report_path=report_path, keep_network=args.keep_network,
                       reuse_network=args.reuse_network,
-                      log_level=args.log_level, say=say, books_interval_s=1.0 if quiet else None)
+                      log_level=args.log_level, say=say, books_interval_s=1.0 if quiet else None,
+                      until_end=until_end)
     runner = ScenarioRunner(scenario, opts)
     finished = asyncio.Event()
     prometheus = asyncio.create_task(serve_beside(runner, finished)) if with_prometheus else None
@@ -160,7 +163,7 @@ async def _scenario_run(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    return await _run(args, args.scenario, live=True, with_prometheus=True)
+    return await _run(args, args.scenario, live=True, with_prometheus=True, until_end=args.until_end)
 
 
 async def _list(args: argparse.Namespace) -> int:
@@ -260,8 +263,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    up = sub.add_parser("up", help="run the demo microgrid (hackathon scenario) with a live view; Ctrl-C stops it")
+    up = sub.add_parser("up", help="run the demo microgrid (hackathon scenario) with a live view until Ctrl-C")
     _run_flags(up)
+    up.add_argument("--until-end", action="store_true",
+                    help="a bounded run: stop at the scenario's simulated end (as `scenario run` does) "
+                         "instead of running until Ctrl-C")
     up.add_argument("--scenario", default="hackathon", help="which scenario (default hackathon)")
     up.add_argument("--no-live", action="store_true", help="plain progress lines instead of the live view")
     up.set_defaults(func=_wrap(_up))

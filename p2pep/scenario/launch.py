@@ -226,20 +226,21 @@ def console_auth_db(scenario_root: Path) -> Path:
 
 
 def console_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
-                   matcher_target: str, log_level: str = "INFO") -> ServiceLaunch:
+                   matcher_target: str, log_level: str = "INFO", anchor_target: str = "") -> ServiceLaunch:
     """The operator's console: its web page is on ``metrics_port`` (``/``), behind an operator sign-in."""
     values = {**_common(layout, grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
-              "matcher_target": matcher_target, "auth_db_path": str(console_auth_db(layout.root))}
+              "matcher_target": matcher_target, "anchor_target": anchor_target,
+              "auth_db_path": str(console_auth_db(layout.root))}
     env = service_env(ConsoleSettings, "console", values, s.services_env.get("console", {}), "services_env.console")
     return ServiceLaunch("console", "services.console", grpc_port, metrics_port, layout.log("console"),
                          layout.data_dir("console"), env)
 
 
 def portal_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
-                  log_level: str = "INFO") -> ServiceLaunch:
+                  log_level: str = "INFO", anchor_target: str = "") -> ServiceLaunch:
     """The household portal (accounts, pairing, the household app) on ``metrics_port`` (``/``)."""
     values = {**_common(layout, grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
-              "auth_db_path": str(layout.data_dir("portal") / "portal.db")}
+              "anchor_target": anchor_target, "auth_db_path": str(layout.data_dir("portal") / "portal.db")}
     env = service_env(PortalSettings, "portal", values, s.services_env.get("portal", {}), "services_env.portal")
     return ServiceLaunch("portal", "services.portal", grpc_port, metrics_port, layout.log("portal"),
                          layout.data_dir("portal"), env)

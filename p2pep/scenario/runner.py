@@ -111,6 +111,10 @@ class RunOptions:
     status_interval_s: float = 0.5
     startup_timeout_s: float = 90.0
     anchor_wait_s: float = 90.0  # for the last settlement summaries to be anchored
+    until_end: bool = True
+    """Stop at the scenario's simulated end (``scenario run``, tests, CI). False: the meters
+    run on past it, and the pages with them, until a stop request (``p2pep up``'s default:
+    the demo runs until Ctrl-C); the report then covers what ran."""
     say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
     # bench/bench_mtls.py only: every gRPC port and channel of the run plaintext over loopback,
     # to measure what TLS costs (p2pep.servicekit.tls); no scenario, CLI or `p2pep up` sets it
@@ -137,6 +141,8 @@ class ScenarioRunner:
         self.expected_down: set[str] = set()
         self.interrupted = False
         self.report: dict[str, Any] | None = None
+        self.final_books: tuple[list[settlement_pb2.ContractRecord], list[settlement_pb2.Payment]] | None = None
+        """Settlement's final contracts and payments, once collected (what the report holds)."""
         self.miner_stats: dict[str, Any] = {"blocks": 0, "errors": 0, "last_error": ""}
         self._tasks: list[asyncio.Task[Any]] = []
         self.operator: tuple[str, str] = ("operator", secrets.token_urlsafe(12))  # the demo's console sign-in
@@ -158,6 +164,7 @@ class ScenarioRunner:
             "scenario": self.scenario.name,
             "phase": self.phase,
             "runner_pid": os.getpid(),
+            "pages": self.web_urls() if self.procs else {},  # what people open: console, portal, displays
             "started_at": self.started_at.isoformat(),
             "run_dir": str(self.run_dir),
             "report": str(self.opts.report_path) if self.opts.report_path else "",
@@ -183,6 +190,7 @@ class ScenarioRunner:
             await self._run_until_end(stop)
             self._set_phase("collecting")
             facts = await self._collect()
+            self.final_books = (list(facts.contracts), list(facts.payments))
             self.report = build_report(facts)
             if self.opts.report_path is not None:
                 self.opts.report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,8 +308,9 @@ class ScenarioRunner:
             anchor_target = anchor.target
         settlement = settlement_launch(s, lay, free_port(), free_port(), matcher.target, lvl, anchor_target)
         launches.append(settlement)
-        launches.append(console_launch(s, lay, free_port(), free_port(), settlement.target, matcher.target, lvl))
-        launches.append(portal_launch(s, lay, free_port(), free_port(), settlement.target, lvl))
+        launches.append(console_launch(s, lay, free_port(), free_port(), settlement.target, matcher.target, lvl,
+                                       anchor_target))
+        launches.append(portal_launch(s, lay, free_port(), free_port(), settlement.target, lvl, anchor_target))
         meter_nodes = [eps[m.name] for m in s.meters]
         for m in s.meters:
             launches.append(meter_launch(s, m, lay, free_port(), free_port(), eps[m.name], matcher.target,
@@ -327,8 +336,11 @@ class ScenarioRunner:
     async def _run_until_end(self, stop: asyncio.Event) -> None:
         s = self.scenario
         self._set_phase("running")
-        self.say(f"running {s.name}: {s.timing.duration_s // 60} simulated minutes at {s.timing.accel}x "
-                 f"(~{s.timing.real_duration_s:.0f}s)")
+        if self.opts.until_end:
+            self.say(f"running {s.name}: {s.timing.duration_s // 60} simulated minutes at {s.timing.accel}x "
+                     f"(~{s.timing.real_duration_s:.0f}s)")
+        else:
+            self.say(f"running {s.name} at {s.timing.accel}x until Ctrl-C (SIGTERM)")
         self._tasks.append(asyncio.create_task(self._miner(), name="miner"))
         self._tasks.append(asyncio.create_task(self._events(), name="events"))
         # generous real-time bound: the meters' clocks run by themselves
@@ -337,13 +349,16 @@ class ScenarioRunner:
         while True:
             now = time.monotonic()
             if stop.is_set():
+                if not self.opts.until_end:  # the way an open-ended run ends: not an interruption
+                    self.say("stop requested: collecting the books and stopping")
+                    return
                 self.interrupted = True
                 self.say("stop requested: ending the run early")
                 return
-            if self.clock.sim_ms(now) >= end_ms:
+            if self.opts.until_end and self.clock.sim_ms(now) >= end_ms:
                 self.say("simulated time is up")
                 return
-            if now > deadline:
+            if self.opts.until_end and now > deadline:
                 self.errors.append("the meters' simulated time did not reach the end in time")
                 return
             for name, p in self.procs.items():

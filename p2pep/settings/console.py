@@ -15,4 +15,5 @@ class ConsoleSettings(WebAuthSettings):
 
     settlement_target: str = Field(min_length=1, description="host:port of settlement")
     matcher_target: str = Field(default="", description="host:port of the matcher; empty: no order book view")
+    anchor_target: str = Field(default="", description="host:port of the anchor service; empty: no anchor batches view")
     rpc_timeout_s: float = Field(default=10.0, gt=0)

@@ -10,12 +10,14 @@ import asyncio
 from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.meter_links import MeterLinks
 from p2pep.servicekit.readiness import grpc_peer_check
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.console import ConsoleSettings
-from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
+from p2pep.v1 import anchor_pb2_grpc, matcher_pb2_grpc, settlement_pb2_grpc
 from p2pep.webauth.store import AuthStore
 from p2pep.webauth.web import AuthConfig, WebAuth
+from services.console.reports import Reports
 from services.console.web import Console, add_console_routes
 
 
@@ -24,19 +26,29 @@ async def main(stop: asyncio.Event) -> None:
     configure_logging(s.log_level, json=s.log_json, service="console")
     tls = service_tls(s, service("console"))
     channels = [channel(s.settlement_target, peer="settlement", tls=tls)]
+    needed = {"settlement": channels[0]}  # what its readiness watches (the anchor's batches page may fail alone)
     matcher = None
     if s.matcher_target:
         channels.append(channel(s.matcher_target, peer="matcher", tls=tls))
+        needed["matcher"] = channels[-1]
         matcher = matcher_pb2_grpc.MatcherServiceStub(channels[-1])
-    console = Console(settlement_pb2_grpc.SettlementServiceStub(channels[0]), matcher, s.rpc_timeout_s)
+    settlement = settlement_pb2_grpc.SettlementServiceStub(channels[0])
+    links = MeterLinks(settlement, s.rpc_timeout_s, tls)  # the meters' clock, read from a meter's status
+    console = Console(settlement, matcher, s.rpc_timeout_s, links)
+    anchor = None
+    if s.anchor_target:
+        channels.append(channel(s.anchor_target, peer="anchor", tls=tls))
+        anchor = anchor_pb2_grpc.AnchorServiceStub(channels[-1])
+    reports = Reports(settlement, s.rpc_timeout_s, anchor, links)
     store = await AuthStore.open(s.auth_db_path)
     auth = WebAuth(store, AuthConfig.from_settings(s, "console", "P2PEP operator console", can_register=False))
     host = ServiceHost(s, name="console")
-    for peer, ch in zip(("settlement", "matcher"), channels, strict=False):
+    for peer, ch in needed.items():
         host.readiness.watch(peer, grpc_peer_check(ch))
-    add_console_routes(host.http_app, console, auth)
+    add_console_routes(host.http_app, console, auth, reports)
 
     async def close() -> None:
+        await links.close()
         for ch in channels:
             await ch.close()
         await store.close()

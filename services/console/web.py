@@ -2,16 +2,20 @@
 from settlement's and the matcher's gRPC APIs (the console stores nothing).
 
 * ``GET /api/overview``: meters (registry, last registers), contract counts by state,
-  delivered Wh and paid msat in total, and the matcher's book (if configured).
+  delivered Wh and paid msat in total, the matcher's book (if configured), and the meters'
+  clock (``clock``: the page shows every time on the meters' simulated clock).
 * ``GET /api/contracts?meter_id=&state=ACTIVE,DEFAULTED``
 * ``GET /api/energy?meter_id=M&from=ISO&to=ISO``: usage and production of one meter
   between two times (reading timestamps, the meters' simulated clock).
 * ``GET /api/payments?contract_id=&meter_id=``
 * ``GET /api/contracts/{id}/document``: the self-contained contract document
   (terms, hashes, settlement summary, anchoring proofs) that ``p2pep verify`` checks.
+* charts of several meters between two dates with CSV, anchor batches, the live grid:
+  :mod:`services.console.reports`.
 
 Every route needs an operator's session (:class:`p2pep.webauth.web.WebAuth`: sign-in at
-``/signin``, operators added by ``p2pep operator add``); payment preimages never reach the page.
+``/signin``, operators added by ``p2pep operator add``); payment preimages never reach the page,
+and hashes and signatures are hex (as in contract documents and reports).
 
 Bad parameters answer 400, unknown meters or contracts 404, a backend that is down 503,
 always with ``{"error": ...}`` naming the parameter.
@@ -22,7 +26,6 @@ from __future__ import annotations
 import json
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +34,14 @@ from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from p2pep.paging import MAX_PAGE_SIZE, follow
-from p2pep.servicekit.http import BadParam, pb_json, static_page
-from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, settlement_pb2_grpc
+from p2pep.servicekit.http import BadParam, pb_json, static_page, time_param, vendor_asset
+from p2pep.servicekit.meter_links import MeterLinks, MeterUnknown
+from p2pep.v1 import matcher_pb2, matcher_pb2_grpc, meter_pb2, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as pb
 from p2pep.webauth.redact import without_secrets
 from p2pep.webauth.web import WebAuth
 from services.console import metrics
+from services.console.reports import Reports
 
 PAGE = Path(__file__).with_name("static") / "console.html"
 HTTP_OF = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
@@ -46,21 +51,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def parse_time(req: web.Request, name: str) -> Timestamp:
-    raw = req.query.get(name, "")
-    if not raw:
-        raise BadParam(name, "required: an ISO 8601 time with a UTC offset, e.g. 2026-06-21T12:00:00+02:00")
-    try:
-        t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadParam(name, f"not an ISO 8601 time: {raw!r}") from None
-    if t.tzinfo is None:
-        raise BadParam(name, f"needs a UTC offset: {raw!r}")
-    ts = Timestamp()
-    try:
-        ts.FromDatetime(t)
-    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-14:00 is in year 10000 UTC
-        raise BadParam(name, f"outside years 1..9999 in UTC: {raw!r}") from None
-    return ts
+    return time_param(req.query, name)
 
 
 def parse_states(req: web.Request) -> list[pb.ContractState.ValueType]:
@@ -74,8 +65,26 @@ def parse_states(req: web.Request) -> list[pb.ContractState.ValueType]:
 
 class Console:
     def __init__(self, settlement: settlement_pb2_grpc.SettlementServiceAsyncStub,
-                 matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None, timeout: float = 10.0) -> None:
-        self.settlement, self.matcher, self.timeout = settlement, matcher, timeout
+                 matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None, timeout: float = 10.0,
+                 meters: MeterLinks | None = None) -> None:
+        self.settlement, self.matcher, self.timeout, self.meters = settlement, matcher, timeout, meters
+
+    async def clock(self, meter_ids: list[str]) -> dict[str, int] | None:
+        """The meters' clock, from the first meter that answers: ``sim_ms`` at ``real_ms``
+        running ``accel`` times faster. The page shows every time on it (contracts and
+        payments carry real times; readings, hence the usage form, the meters' clock)."""
+        if self.meters is None:
+            return None
+        for meter_id in meter_ids:
+            try:
+                stub = await self.meters.stub(meter_id)
+                st = await stub.GetStatus(meter_pb2.GetStatusRequest(), timeout=min(self.timeout, 3.0))
+            except (grpc.aio.AioRpcError, MeterUnknown):
+                continue
+            if st.HasField("sim_time") and st.HasField("real_time") and st.clock_accel:
+                return {"sim_ms": st.sim_time.ToMilliseconds(), "real_ms": st.real_time.ToMilliseconds(),
+                        "accel": st.clock_accel}
+        return None
 
     async def overview(self, req: web.Request) -> web.Response:
         meters = await follow(self.settlement.ListMeters, pb.ListMetersRequest(page_size=MAX_PAGE_SIZE), "meters",
@@ -91,6 +100,7 @@ class Console:
             "faults": [{"contract_id": c.contract.contract_id, "consumer": c.contract.consumer,
                         "supplier": c.contract.supplier, "fault": c.fault} for c in contracts if c.fault],
             "book": None,
+            "clock": await self.clock([m.meter_id for m in meters]),
         }
         if self.matcher is not None:
             try:
@@ -146,10 +156,16 @@ def _route(name: str, handler: Handler) -> Handler:
     return wrapped
 
 
-def add_console_routes(app: web.Application, console: Console, auth: WebAuth) -> None:
+def add_console_routes(app: web.Application, console: Console, auth: WebAuth, reports: Reports | None = None) -> None:
     """The sign-in (``auth``) first, then the console's page and API, all behind it."""
     auth.install(app)
     app.router.add_get("/", static_page(PAGE))
+    app.router.add_get("/static/{name}", vendor_asset)
+    if reports is not None:
+        app.router.add_get("/api/series", _route("series", reports.series))
+        app.router.add_get("/api/series.csv", _route("series_csv", reports.series_csv))
+        app.router.add_get("/api/anchors", _route("anchors", reports.anchors))
+        app.router.add_get("/api/grid", _route("grid", reports.grid))
     app.router.add_get("/api/overview", _route("overview", console.overview))
     app.router.add_get("/api/contracts", _route("contracts", console.contracts))
     app.router.add_get("/api/energy", _route("energy", console.energy))

@@ -64,8 +64,10 @@ class ContractDesk:
 
     def policy(self) -> SigningPolicy:
         s = self.p.s
-        return SigningPolicy(s.meter_id, self.p.key.pubkey_hex, self.m.node_pubkey, s.role, s.price_msat_per_kwh,
-                             s.max_increment_wh, s.max_contract_s * 1000)
+        h = self.p.household  # the household's own open orders may widen the standing price
+        return SigningPolicy(s.meter_id, self.p.key.pubkey_hex, self.m.node_pubkey, s.role,
+                             h.price_limit(Party.CONSUMER), s.max_increment_wh, s.max_contract_s * 1000,
+                             ask_msat_per_kwh=h.price_limit(Party.SUPPLIER))
 
     async def sign(self, terms_json: str) -> tuple[bytes, str]:
         m, p = self.m, self.p

@@ -29,6 +29,7 @@ from p2pep.metering.relay import Relay, RelayTransition
 from p2pep.metering.signing import MeterKey
 from p2pep.metering.simulation import MeterSimulation
 from p2pep.metering.sources import FlowTimeline
+from p2pep.pbconv import now_ms
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.meter import MeterSettings
@@ -36,6 +37,7 @@ from p2pep.v1 import matcher_pb2_grpc, meter_pb2, settlement_pb2, settlement_pb2
 from services.meter import startup
 from services.meter.billing import Billing
 from services.meter.contract_desk import ContractDesk
+from services.meter.household_orders import HouseholdOrders
 from services.meter.lightning import BalanceCache, LightningNode, Stopping, wait_node_ready
 from services.meter.metering import Metering
 from services.meter.order_windows import OrderWindows
@@ -83,7 +85,9 @@ class Meter:
             self.trader = Trader(settings, store, book, matcher_pb2_grpc.MatcherServiceStub(self._matcher_ch),
                                  self.expected_wms)
             self.windows = OrderWindows(self.trader, store, settings.window_ms)
-        parts = MeterParts(settings, store, book, key, lnd, self.settlement, self.trader)
+        self.household = HouseholdOrders(
+            settings, store, matcher_pb2_grpc.MatcherServiceStub(self._matcher_ch) if self._matcher_ch else None)
+        parts = MeterParts(settings, store, book, key, lnd, self.settlement, self.trader, self.household)
         self.contracts = ContractDesk(parts, self)
         self.billing = Billing(parts, self, self.contracts)
         self.relay_control = RelayControl(book, self.changed)
@@ -259,7 +263,10 @@ class Meter:
             wallet_sat=b.wallet_sat, channel_local_sat=b.channel_local_sat, channel_remote_sat=b.channel_remote_sat,
             paid_msat=self.book.paid_msat_total(Party.CONSUMER), earned_msat=self.book.paid_msat_total(Party.SUPPLIER),
             unacked_readings=self.sender.size, node_pubkey=self.node_pubkey,
+            clock_accel=self.s.accel, latitude=self.s.lat, longitude=self.s.lon,
+            price_msat_per_kwh=self.s.price_msat_per_kwh, tz=self.s.tz,
         )
+        st.real_time.FromMilliseconds(now_ms())
         if self.sim is not None:
             regs = self.sim.registers
             imp_w, exp_w = self.timeline.power_w_at(self.sim.now_ms)
@@ -301,6 +308,7 @@ class Meter:
         if self.trader is not None:
             try:
                 await asyncio.wait_for(self.trader.cancel_resting(), 5)
+                await asyncio.wait_for(self.household.cancel_open(), 5)  # the household's own, too
             except (TimeoutError, grpc.aio.AioRpcError):
                 log.info("resting orders not cancelled")
         flushed = await self.sender.flush(self.s.flush_timeout_s)

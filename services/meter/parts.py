@@ -22,6 +22,7 @@ from services.meter.lightning import LightningNode
 from services.meter.store import MeterStore
 
 if TYPE_CHECKING:
+    from services.meter.household_orders import HouseholdOrders
     from services.meter.trader import Trader
 
 
@@ -36,6 +37,8 @@ class MeterParts:
     lnd: LightningNode
     settlement: settlement_pb2_grpc.SettlementServiceAsyncStub
     trader: Trader | None
+    household: HouseholdOrders
+    """The household's own orders from its app (they widen the signing price while open)."""
 
 
 class MeterState(Protocol):

@@ -14,7 +14,7 @@ import grpc
 import structlog
 
 from p2pep.metering.pairing import PairingCodes, PairingRefused
-from p2pep.metering.request_checks import TERMS_FIELDS, Refusal
+from p2pep.metering.request_checks import TERMS_FIELDS, Code, Refusal
 from p2pep.paging import cut
 from p2pep.refusals import PermissionDenied, ResourceExhausted
 from p2pep.v1 import meter_pb2, meter_pb2_grpc, settlement_pb2
@@ -29,8 +29,8 @@ T = TypeVar("T")
 
 
 def _request_fields() -> frozenset[str]:
-    names: set[str] = {"meter", "contract_id", "contract.contract_id", "state", "terms_json"}
-    for msg in (meter_pb2.SignContractRequest, meter_pb2.CreateInvoiceRequest, meter_pb2.PayInvoiceRequest,
+    names: set[str] = {"meter", "matcher", "contract_id", "contract.contract_id", "state", "terms_json"}
+    for msg in (meter_pb2.PlaceOrderRequest, meter_pb2.CancelOrderRequest, meter_pb2.SignContractRequest, meter_pb2.CreateInvoiceRequest, meter_pb2.PayInvoiceRequest,
                 settlement_pb2.ContractRecord):
         names.update(f.name for f in msg.DESCRIPTOR.fields)
     return frozenset(names | TERMS_FIELDS)
@@ -151,3 +151,28 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
             raise PermissionDenied("code", str(r)) from None
         log.info("paired with a household account")
         return meter_pb2.ClaimPairingResponse(meter_id=self.m.s.meter_id)
+
+    async def PlaceOrder(self, request: meter_pb2.PlaceOrderRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
+            meter_pb2.PlaceOrderResponse:
+        async def call() -> meter_pb2.PlaceOrderResponse:
+            if not self.m.ready.is_set() or self.m.leaving:
+                raise Refusal(Code.UNAVAILABLE, "meter", "the meter is starting or leaving")
+            resp = await self.m.household.place(request)
+            log.info("household order placed", order_id=resp.order.order_id, side=request.side,
+                     energy_wh=request.energy_wh, price=request.price_msat_per_kwh,
+                     contracts=len(resp.contracts))
+            return resp
+
+        return await self._checked("PlaceOrder", context, call)
+
+    async def ListOrders(self, request: meter_pb2.ListOrdersRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
+            meter_pb2.ListOrdersResponse:
+        return await self._checked("ListOrders", context, self.m.household.list)
+
+    async def CancelOrder(self, request: meter_pb2.CancelOrderRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
+            meter_pb2.CancelOrderResponse:
+        return await self._checked("CancelOrder", context, lambda: self.m.household.cancel(request))
+
+    async def NewAddress(self, request: meter_pb2.NewAddressRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
+            meter_pb2.NewAddressResponse:
+        return meter_pb2.NewAddressResponse(address=await self.m.lnd.new_address())

@@ -205,7 +205,10 @@ class Trader:
         if ev.kind in (Kind.KIND_MATCHED, Kind.KIND_EXPIRED, Kind.KIND_CANCELLED):
             self.resting.discard(ev.order_id)
         if ev.kind == Kind.KIND_UNCOVERED:
-            self._uncovered(ev.order_id, ev.remaining_wh)
+            if f"{self.s.meter_id}:app:" in ev.order_id:  # a household's own bid waiting: not the meter's cover
+                log.info("household order waits for a supplier", order_id=ev.order_id, remaining_wh=ev.remaining_wh)
+            else:
+                self._uncovered(ev.order_id, ev.remaining_wh)
             return
         log.info("match event", kind=kind, order_id=ev.order_id, remaining_wh=ev.remaining_wh,
                  contract_id=ev.contract.contract_id or None, energy_wh=ev.contract.energy_wh or None,

@@ -12,12 +12,13 @@ import asyncio
 from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
+from p2pep.servicekit.meter_links import MeterLinks
 from p2pep.servicekit.readiness import grpc_peer_check
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.portal import PortalSettings
-from p2pep.v1 import settlement_pb2_grpc
+from p2pep.v1 import anchor_pb2_grpc, settlement_pb2_grpc
 from p2pep.webauth.web import AuthConfig, WebAuth
-from services.portal.meters import MeterLinks
+from services.portal.household import Household
 from services.portal.store import PortalStore
 from services.portal.web import Portal, add_portal_routes
 
@@ -33,10 +34,14 @@ async def main(stop: asyncio.Event) -> None:
     host = ServiceHost(s, name="portal")
     host.readiness.watch("settlement", grpc_peer_check(settlement))
     auth.install(host.http_app)
+    anchor = channel(s.anchor_target, peer="anchor", tls=tls) if s.anchor_target else None
+    household = Household(links, s.rpc_timeout_s, anchor_pb2_grpc.AnchorServiceStub(anchor) if anchor else None)
     add_portal_routes(host.http_app, Portal(store, auth, links, s.rpc_timeout_s, s.pairing_failures_per_account,
-                                            s.pairing_failures_per_client, s.limit_window_s))
+                                            s.pairing_failures_per_client, s.limit_window_s), household)
 
     async def close() -> None:
+        if anchor is not None:
+            await anchor.close()
         await links.close()
         await settlement.close()
         await store.close()

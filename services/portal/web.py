@@ -7,6 +7,7 @@ needs a session, every POST/DELETE a CSRF token).
   ``DELETE /api/meters/{meter_id}``: unpair it.
 * ``GET /api/meters/{meter_id}/status?payments=N``, ``.../contracts?active_only=``,
   ``.../payments?limit=N``: read from that meter over gRPC, as the meter's old page did.
+* trading, wallet, charts, activity, peers and live updates: :mod:`services.portal.household`.
 
 Isolation: every ``/api/meters/{meter_id}/...`` answers 404 unless the meter belongs to the
 signed-in account (another account's meter and an unknown one look the same). Preimages are
@@ -16,6 +17,7 @@ dropped from every answer (:func:`without_secrets`).
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +26,24 @@ import structlog
 from aiohttp import web
 
 from p2pep.paging import follow
-from p2pep.servicekit.http import BadParam, int_param, pb_json, static_page
+from p2pep.servicekit.http import BadParam, int_param, pb_json, static_page, vendor_asset
+from p2pep.servicekit.meter_links import MeterLinks, MeterUnknown
 from p2pep.v1 import meter_pb2
 from p2pep.webauth.ratelimit import RateLimiter
 from p2pep.webauth.redact import without_secrets
 from p2pep.webauth.web import WebAuth, json_body, json_error, session_of, too_many
-from services.portal.meters import MeterLinks, MeterUnknown
+from services.portal.household import Household
 from services.portal.store import PairedElsewhere, PortalStore
 
 log = structlog.get_logger("portal")
 
-PAGE = Path(__file__).with_name("static") / "app.html"
+STATIC = Path(__file__).with_name("static")
+PAGE = STATIC / "app.html"
+MeterHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 500
 METER_ID = re.compile(r"^[A-Za-z0-9._@/-]{1,64}$")
 HTTP_OF = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+           grpc.StatusCode.FAILED_PRECONDITION: 409, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
            grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 
 
@@ -67,6 +73,12 @@ class Portal:
                 {"error": "meter_id: no such meter in this account", "param": "meter_id"}).text,
                 content_type="application/json")
         return meter_id
+
+    def for_meter(self, handler: MeterHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``handler`` for ``/api/meters/{meter_id}/...``, called only for the signed-in account's meter."""
+        async def route(req: web.Request) -> web.StreamResponse:
+            return await handler(req, await self._owned(req))
+        return route
 
     # --- the account's meters -------------------------------------------------------------------
     async def list_meters(self, req: web.Request) -> web.Response:
@@ -160,9 +172,22 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return json_error(HTTP_OF.get(e.code(), 502), f"meter: {e.details() or e.code().name}", code=e.code().name)
 
 
-def add_portal_routes(app: web.Application, portal: Portal) -> None:
+def add_portal_routes(app: web.Application, portal: Portal, household: Household | None = None) -> None:
     """Mount the household app (after ``portal.auth.install(app)``)."""
     app.middlewares.append(_errors)
+    app.router.add_get("/static/{name}", vendor_asset)
+    if household is not None:
+        h, m = household, portal.for_meter
+        app.router.add_get("/api/meters/{meter_id}/orders", m(h.orders))
+        app.router.add_post("/api/meters/{meter_id}/orders", m(h.place))
+        app.router.add_delete("/api/meters/{meter_id}/orders/{order_id}", m(h.cancel))
+        app.router.add_get("/api/meters/{meter_id}/wallet", m(h.wallet))
+        app.router.add_post("/api/meters/{meter_id}/address", m(h.address))
+        app.router.add_get("/api/meters/{meter_id}/energy", m(h.energy))
+        app.router.add_get("/api/meters/{meter_id}/activity", m(h.activity))
+        app.router.add_get("/api/meters/{meter_id}/contracts/{contract_id}/document", m(h.document))
+        app.router.add_get("/api/meters/{meter_id}/peers", m(h.peers))
+        app.router.add_get("/api/meters/{meter_id}/events", m(h.events))
     app.router.add_get("/", static_page(PAGE))
     app.router.add_get("/api/meters", portal.list_meters)
     app.router.add_post("/api/meters", portal.pair)

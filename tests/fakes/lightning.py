@@ -146,6 +146,10 @@ class FakeLnd:
         self._call("WalletBalance")
         return ln.WalletBalanceResponse(confirmed_balance=10_000_000, total_balance=10_000_000)
 
+    async def new_address(self, kind: str = "p2wkh") -> str:
+        self._call("NewAddress")
+        return "bcrt1qfakeaddressofthehouseholdwallet0000000"
+
     async def connect(self, pubkey: str, host: str) -> None:
         self._call("ConnectPeer")
 

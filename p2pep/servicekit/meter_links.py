@@ -1,4 +1,4 @@
-"""How the portal reaches a meter: its address from settlement's registry, then one gRPC
+"""How a web service (the portal, the console) reaches a meter: its address from settlement's registry, then one gRPC
 channel per meter (:func:`p2pep.servicekit.channels.channel`: mutual TLS, and the meter must
 present a certificate naming the meter id the portal asked for, wherever the address points).
 The portal never takes an address from a household."""

@@ -1,0 +1,166 @@
+"""A household using its app in a real browser (PyPI playwright driving Debian's
+``/usr/bin/chromium``; ``playwright install`` is not used), during a real scenario run.
+
+:func:`household_in_browser`: sign up, pair the consumer's meter with the code its display
+shows, place a demand in Trade, watch the contract it formed appear and get paid, look at
+the producers on the Peers map, the Usage chart and the Activity log; screenshots of every
+view at 390 px and at desktop width go to :func:`artifacts_dir`. Each step waits on what
+the page shows (with a deadline), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from grpc.aio import AioRpcError
+
+from p2pep.regtest import wait_for
+from p2pep.regtest.waiting import timeout_scale
+from p2pep.scenario.runner import ScenarioRunner
+from p2pep.servicekit.channels import channel
+from p2pep.v1 import matcher_pb2, matcher_pb2_grpc
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def artifacts_dir(name: str) -> Path:
+    """Where a test's screenshots go: ``$P2PEP_TEST_ARTIFACTS/<name>`` (default
+    ``build/test-artifacts/<name>`` in the repository, which git ignores)."""
+    root = Path(os.environ.get("P2PEP_TEST_ARTIFACTS", REPO / "build" / "test-artifacts"))
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+async def no_horizontal_scroll(page: Any) -> bool:
+    return bool(await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+async def household_in_browser(runner: ScenarioRunner, meter: str, out: Path) -> dict[str, Any]:
+    """The whole household flow in the browser; returns what it saw (checked by the caller)."""
+    from playwright.async_api import async_playwright
+
+    scale = timeout_scale()
+    portal = f"http://127.0.0.1:{runner.procs['portal'].launch.metrics_port}"
+    display = f"http://127.0.0.1:{runner.procs[meter].launch.metrics_port}"
+    async with aiohttp.ClientSession(display) as http, http.get("/api/pairing") as resp:
+        code = (await resp.json())["code"]
+    seen: dict[str, Any] = {"screens": [], "overflow": []}
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport=PHONE)
+            page.set_default_timeout(30_000 * scale)
+            await page.goto(portal + "/")  # not signed in: the sign-in page
+            await page.wait_for_url("**/signin")
+            await page.wait_for_selector("#register", state="visible")
+            await page.fill("#re-name", f"browser-household-{meter}")
+            await page.get_by_label("Password (at least 10 characters)").fill("a household password, typed")
+            await page.get_by_role("button", name="Create account").click()
+            await page.wait_for_url(portal + "/")
+            await page.get_by_label("Meter id").fill(meter)
+            await page.get_by_label("Pairing code").fill(code)
+            await page.get_by_role("button", name="Add meter").click()
+            await page.wait_for_selector("#meter-view", state="visible")
+            await page.wait_for_function("document.getElementById('relay-state').textContent.startsWith('POWER')")
+            seen["home_clock"] = await page.inner_text("#simtime")
+            await shoot(page, out, "home", seen)
+
+            # Trade: a demand above the meter's standing limit, valid 30 minutes of the meter's clock
+            await page.get_by_role("tab", name="Trade").click()
+            await page.get_by_label("I want to").select_option("demand")
+            await page.get_by_label("Energy (kWh)").fill("0.02")
+            await page.get_by_label("Price (sat per kWh)").fill("400")
+            await page.get_by_label("Valid for (minutes, meter clock)").fill("30")
+            async with page.expect_response(lambda r: r.url.endswith("/orders") and r.request.method == "POST") as placed:
+                await page.get_by_role("button", name="Place order").click()
+            order = await (await placed.value).json()
+            seen["order"] = order
+            await page.wait_for_function("document.getElementById('order-ok').textContent.startsWith('order placed')")
+            contract_id = await _contract_of(runner, meter, order["order"]["order_id"], 90 * scale)
+            seen["contract_id"] = contract_id
+            row = page.locator(f'#contracts li[data-contract="{contract_id}"]')
+            await row.wait_for(timeout=60_000 * scale)
+            # it fills and gets paid: the row's payment count moves off 0 (pushed, not polled)
+            await page.wait_for_function(
+                """cid => { const li = document.querySelector(`#contracts li[data-contract="${cid}"]`);
+                            return li && /(^|\\D)[1-9]\\d* payments/.test(li.textContent); }""",
+                arg=contract_id, timeout=120_000 * scale)
+            seen["contract_row"] = await row.inner_text()
+            await shoot(page, out, "trade", seen)
+
+            await page.get_by_role("tab", name="Peers").click()
+            await page.wait_for_selector("#map svg g.peer")
+            seen["map"] = await page.eval_on_selector_all(
+                "#map svg g.peer", "gs => gs.map(g => [g.dataset.meter, g.querySelector('text:last-of-type') ? g.textContent : ''])")
+            seen["peers"] = await page.eval_on_selector_all("#peer-list li", "ls => ls.map(l => l.textContent)")
+            await shoot(page, out, "peers", seen)
+
+            await page.get_by_role("tab", name="Usage").click()
+            await page.wait_for_function("document.getElementById('chart-sum').textContent.startsWith('used')")
+            seen["chart_sum"] = await page.inner_text("#chart-sum")
+            seen["chart_drawn"] = await page.evaluate("typeof Chart !== 'undefined' && !!Chart.getChart('chart')")
+            await shoot(page, out, "usage", seen)
+
+            await page.get_by_role("tab", name="Wallet").click()
+            await page.get_by_role("button", name="New receive address").click()
+            await page.wait_for_function("document.getElementById('w-address').textContent.length > 20")
+            seen["address"] = await page.inner_text("#w-address")
+            await shoot(page, out, "wallet", seen)
+
+            await page.get_by_role("tab", name="Activity").click()
+            # (the page's placeholder is an li too: wait for the loaded list with this contract's payments)
+            await page.wait_for_function(
+                "cid => [...document.querySelectorAll('#ln-payments li')].some(li => li.textContent.includes(cid))",
+                arg=contract_id, timeout=60_000 * scale)
+            seen["activity_payments"] = await page.eval_on_selector_all("#ln-payments li", "ls => ls.map(l => l.textContent)")
+            seen["documents"] = await page.eval_on_selector_all("#docs li a", "as => as.map(a => a.href)")
+            await shoot(page, out, "activity", seen)
+            seen["page_text"] = await page.content()
+
+            # the household lets its meter go again (the suite's API checks pair it next)
+            page.once("dialog", lambda d: d.accept())
+            await page.get_by_role("tab", name="Home").click()
+            await page.get_by_role("button", name="Remove this meter from my account").click()
+            await page.wait_for_selector("#meter-view", state="hidden")
+        finally:
+            await browser.close()
+    return seen
+
+
+async def shoot(page: Any, out: Path, name: str, seen: dict[str, Any]) -> None:
+    """The view at phone width and at desktop width, each screenshot saved, and whether the
+    page scrolls sideways at either."""
+    for label, size in (("390", PHONE), ("desktop", DESKTOP)):
+        await page.set_viewport_size(size)
+        path = out / f"app-{name}-{label}.png"
+        await page.screenshot(path=str(path), full_page=True)
+        seen["screens"].append(str(path))
+        if not await no_horizontal_scroll(page):
+            seen["overflow"].append(f"{name} at {label}")
+    await page.set_viewport_size(PHONE)
+
+
+async def _contract_of(runner: ScenarioRunner, meter: str, order_id: str, timeout: float) -> str:
+    """The contract the matcher formed from ``order_id`` (its buy order), asked as the operator."""
+    assert runner.tls is not None
+    async with channel(runner.procs["matcher"].launch.target, peer="matcher", tls=runner.tls) as ch:
+        stub = matcher_pb2_grpc.MatcherServiceStub(ch)
+
+        async def formed() -> str | None:
+            try:
+                resp = await stub.ListContracts(matcher_pb2.ListContractsRequest(meter_id=meter, limit=200), timeout=10)
+            except AioRpcError:
+                return None
+            ids = [c.contract_id for c in resp.contracts if order_id in (c.buy_order_id, c.sell_order_id)]
+            return ids[0] if ids else None
+
+        return str(await wait_for(formed, timeout=timeout, what=f"a contract from {order_id}"))
