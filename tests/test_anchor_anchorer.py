@@ -80,6 +80,44 @@ async def test_batch_closes_after_n_blocks_and_proofs_confirm(rig: Rig) -> None:
         assert report.ok, report.render()
 
 
+async def test_a_mined_batch_records_its_vsize_and_contracts_newest_first(rig: Rig) -> None:
+    await rig.add(range(3))
+    await rig.anchorer.add_leaves([("settlement", "c-0", b"s" * 32)])  # c-0's summary: still one contract
+    await rig.block(2)
+    (sent,) = await rig.anchorer.batches()
+    assert (sent.state, sent.vsize, sent.size, sent.contracts) == ("broadcast", None, 4, 3)
+    await rig.block()
+    (mined,) = await rig.anchorer.batches()
+    raw = await rig.chain.get_raw_transaction(mined.txid or "")
+    assert mined.vsize == raw["vsize"] > 0
+    await rig.add(range(3, 5))
+    await rig.block(3)
+    newest = await rig.anchorer.batches(limit=1)
+    assert [b.id for b in newest] == [mined.id + 1] and newest[0].contracts == 2
+
+
+async def test_a_version_1_store_gains_vsize_and_keeps_its_batches(tmp_path: Path) -> None:
+    import sqlite3
+
+    r = Rig(tmp_path, config())
+    await r.anchorer.open()
+    await r.add(range(2))
+    await r.block(3)
+    await r.anchorer.close()
+    with sqlite3.connect(r.path) as conn:  # as version 1 wrote it: no vsize column
+        conn.execute("ALTER TABLE anchor_batches DROP COLUMN vsize")
+        conn.execute("PRAGMA user_version = 1")
+    again = Anchorer(r.path, r.wallet, r.chain, r.cfg)
+    await again.open()
+    try:
+        (b,) = await again.batches()
+        assert (b.state, b.size, b.vsize) == ("mined", 2, None)  # mined before the column: unknown, not made up
+        with sqlite3.connect(r.path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        await again.close()
+
+
 async def test_batch_closes_at_m_leaves_immediately(tmp_path: Path) -> None:
     r = Rig(tmp_path, config(every=100, m=3))
     async with r.anchorer:

@@ -255,8 +255,13 @@ async def console_view(runner: ScenarioRunner) -> dict[str, Any]:
             return g if g["flows"] and all(m["online"] for m in g["meters"]) else None
 
         grid = await wait_for(flowing, timeout=60, what="the live grid shows a flow")
-        async with http.get("/api/anchors") as resp:
-            anchors = await resp.json()
+
+        async def mined() -> dict[str, Any] | None:  # anchor batches with their block space per contract
+            async with http.get("/api/anchors") as resp:
+                a = dict(await resp.json())
+            return a if any(b["height"] for b in a["batches"]) else None
+
+        anchors = await wait_for(mined, timeout=90, what="the console lists a mined anchor batch")
     return {"overview": overview, "energy": energy, "bad": bad, "unsigned": unsigned, "payments": payments,
             "csv": csv_text, "grid": grid, "anchors": anchors}
 
@@ -431,6 +436,9 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         assert all(f["power_w"] > 0 for f in grid["flows"]) and grid["accel"] == 30
         assert {m["meter_id"]: (m["lat"], m["lon"]) for m in grid["meters"]}["meter-2"] == (52.5178, 13.4115)
         assert con["anchors"]["configured"] and con["anchors"]["best_height"] > 0
+        for b in (b for b in con["anchors"]["batches"] if b["height"]):  # btcd's vsize of the mined tx
+            assert b["vbytes"] > 0 and b["contracts"] > 0, b
+            assert b["vbytes_per_contract"] == round(b["vbytes"] / b["contracts"], 1), b
         assert "preimage" not in json.dumps(app)
 
         # forgeries: refused with a clear status, counted, stored nowhere

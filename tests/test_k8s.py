@@ -210,10 +210,15 @@ def test_network_policies_keep_households_apart() -> None:
                 for f in rule.get("from", [{"anywhere": True}])]
 
     for m in households():
-        # only settlement reaches a meter's payment RPCs; only its own meter reaches its lnd's RPC
+        # settlement, the portal (the household's app) and the console reach a meter's gRPC port,
+        # never another household's meter; only its own meter reaches its lnd's RPC
         assert callers(m, 50051) == [{"podSelector": {"matchExpressions": [
-            {"key": "app.kubernetes.io/name", "operator": "In", "values": ["settlement"]}]}}]
+            {"key": "app.kubernetes.io/name", "operator": "In", "values": ["settlement", "portal", "console"]}]}}]
         assert callers(f"lnd-{m}", 10009) == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": m}}}]
+    # which of those callers may call which meter RPC is the access table's: payments are settlement's
+    from p2pep.access import ACCESS, Rule
+    for rpc in ("SignContract", "CreateInvoice", "PayInvoice", "UpdateContract"):
+        assert ACCESS[f"/p2pep.v1.MeterService/{rpc}"] == Rule(services=frozenset({"settlement"})), rpc
 
 
 def test_a_simulating_meter_runs_the_image_with_the_sim_extra() -> None:

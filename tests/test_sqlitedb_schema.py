@@ -165,7 +165,7 @@ async def _portal(p: str) -> Callable[[], Awaitable[Any]]:
     return s.close
 
 
-VERSIONS = {"settlement": 3, "meter": 1, "matcher": 1, "anchor": 1, "webauth": 1, "portal": 1}
+VERSIONS = {"settlement": 3, "meter": 1, "matcher": 1, "anchor": 2, "webauth": 1, "portal": 1}
 STORES = {"settlement": _settlement, "meter": _meter, "matcher": _matcher, "anchor": _anchor,
           "webauth": _webauth, "portal": _portal}
 

@@ -35,3 +35,5 @@ class BatchInfo:
     height: int | None
     reanchors: int
     txids: tuple[str, ...]  # every tx that ever anchored this root, oldest first
+    vsize: int | None = None  # the mined anchoring tx's virtual size (vbytes); None until mined
+    contracts: int = 0  # distinct contracts among its leaves (a contract's terms and its summary are two)

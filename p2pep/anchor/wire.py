@@ -69,4 +69,4 @@ def batch_to_pb(b: BatchInfo, best_height: int) -> pb.Batch:
     confs = max(0, best_height - b.height + 1) if b.height is not None else 0
     return pb.Batch(id=b.id, root=b.root, size=b.size, state=b.state, txid=b.txid or "",
                     block_hash=b.block_hash or "", height=b.height or 0, reanchors=b.reanchors,
-                    txids=list(b.txids), confirmations=confs)
+                    txids=list(b.txids), confirmations=confs, vbytes=b.vsize or 0, contracts=b.contracts)

@@ -118,7 +118,8 @@ def components(overlay: str) -> list[Component]:
             "min_confirmations": 1 if overlay == "regtest" else 6}),
         Component("console", "console", {
             "auth_db_path": f"{DATA}/auth.db", "settlement_target": _target("settlement"),
-            "matcher_target": _target("matcher"), "allowed_hosts": "console,localhost",
+            "matcher_target": _target("matcher"), "anchor_target": _target("anchor"),
+            "allowed_hosts": "console,localhost",
             "cookie_secure": overlay == "production"}),
         Component("portal", "portal", {
             "auth_db_path": f"{DATA}/auth.db", "settlement_target": _target("settlement"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,8 @@ CREATE TABLE IF NOT EXISTS anchor_batches (
   closed_height INTEGER NOT NULL,
   state TEXT NOT NULL CHECK (state IN ('closed', 'broadcast', 'mined', 'confirmed')),
   txid TEXT, sent_height INTEGER, vout INTEGER, block_hash TEXT, height INTEGER,
-  reanchors INTEGER NOT NULL DEFAULT 0
+  reanchors INTEGER NOT NULL DEFAULT 0,
+  vsize INTEGER
 );
 CREATE TABLE IF NOT EXISTS anchor_leaves (
   id INTEGER PRIMARY KEY,
@@ -92,8 +94,24 @@ CREATE TABLE IF NOT EXISTS anchor_proofs (
 CREATE INDEX IF NOT EXISTS anchor_proofs_contract ON anchor_proofs(contract_id);
 CREATE INDEX IF NOT EXISTS anchor_proofs_batch ON anchor_proofs(batch_id);
 """
-SCHEMA = Schema("anchor", 1, TABLES)
-"""Version 1: the tables above. A change to them is a new version with its migration step."""
+
+
+def _vsize_column(conn: sqlite3.Connection) -> None:
+    """Step 1 -> 2: ``anchor_batches.vsize``. Idempotent: a file already carrying it keeps it."""
+    if "vsize" not in {r[1] for r in conn.execute("PRAGMA table_info(anchor_batches)")}:
+        conn.execute("ALTER TABLE anchor_batches ADD COLUMN vsize INTEGER")
+
+
+SCHEMA = Schema("anchor", 2, TABLES, {1: _vsize_column})
+"""Version 1: the tables above without ``anchor_batches.vsize``; version 2 adds it (the mined
+anchoring tx's virtual size, NULL until mined or when btcd did not say; migration step 1).
+A change to the tables is a new version with its migration step."""
+
+
+def _vsize(raw_tx: dict[str, Any]) -> int | None:
+    """The tx's virtual size as btcd's ``getrawtransaction`` gives it (None when it does not)."""
+    v = raw_tx.get("vsize")
+    return v if isinstance(v, int) and v > 0 else None
 
 
 @dataclass(frozen=True)
@@ -227,14 +245,19 @@ class Anchorer:
                                    confs, confs >= self.config.min_confirmations))
         return out
 
-    async def batches(self) -> list[BatchInfo]:
-        rows = await self._all("SELECT id, root, size, state, txid, block_hash, height, reanchors "
-                               "FROM anchor_batches ORDER BY id")
+    async def batches(self, limit: int | None = None) -> list[BatchInfo]:
+        """Every batch oldest first, or with ``limit`` the newest ``limit`` of them, newest first."""
+        cols = ("SELECT b.id, b.root, b.size, b.state, b.txid, b.block_hash, b.height, b.reanchors, b.vsize, "
+                "(SELECT COUNT(DISTINCT l.contract_id) FROM anchor_leaves l WHERE l.batch_id = b.id) "
+                "FROM anchor_batches b ")
+        rows = (await self._all(cols + "ORDER BY b.id") if limit is None
+                else await self._all(cols + "ORDER BY b.id DESC LIMIT ?", limit))
         out = []
         for r in rows:
             txs = await self._all("SELECT txid FROM anchor_txs WHERE batch_id = ? ORDER BY rowid", r[0])
             out.append(BatchInfo(id=r[0], root=r[1], size=r[2], state=r[3], txid=r[4], block_hash=r[5],
-                                 height=r[6], reanchors=r[7], txids=tuple(t[0] for t in txs)))
+                                 height=r[6], reanchors=r[7], txids=tuple(t[0] for t in txs), vsize=r[8],
+                                 contracts=r[9]))
         return out
 
     # -- internals ------------------------------------------------------------------------
@@ -368,8 +391,8 @@ class Anchorer:
                 "INSERT INTO anchor_proofs (leaf_id, contract_id, batch_id, proof_json) VALUES (?, ?, ?, ?)",
                 proofs)
             await tx.execute(
-                "UPDATE anchor_batches SET block_hash = ?, height = ?, vout = ? WHERE id = ?",
-                (block_hash, height, vout, b.id))
+                "UPDATE anchor_batches SET block_hash = ?, height = ?, vout = ?, vsize = ? WHERE id = ?",
+                (block_hash, height, vout, _vsize(raw_tx), b.id))
             await tx.execute("UPDATE anchor_txs SET status = 'mined' WHERE batch_id = ? AND txid = ?",
                              (b.id, b.txid))
         b.block_hash, b.height = block_hash, height

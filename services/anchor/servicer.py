@@ -13,6 +13,7 @@ from p2pep.v1 import anchor_pb2_grpc as pb_grpc
 from services.anchor.anchorer import Anchorer
 
 DEFAULT_BATCH_LIMIT = 100
+MAX_BATCH_LIMIT = 1000  # one answer stays far below the 4 MB message limit
 
 
 class AnchorServicer(pb_grpc.AnchorServiceServicer):
@@ -44,7 +45,7 @@ class AnchorServicer(pb_grpc.AnchorServiceServicer):
 
     async def ListBatches(self, request: pb.ListBatchesRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListBatchesResponse:
-        limit = request.limit or DEFAULT_BATCH_LIMIT
-        batches = (await self.anchorer.batches())[::-1][:limit]
+        limit = min(request.limit or DEFAULT_BATCH_LIMIT, MAX_BATCH_LIMIT)
+        batches = await self.anchorer.batches(limit)
         best = self.anchorer.height
         return pb.ListBatchesResponse(batches=[batch_to_pb(b, best) for b in batches], best_height=best)

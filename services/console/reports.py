@@ -122,7 +122,10 @@ class Reports:
         resp = await self.anchor.ListBatches(anchor_pb2.ListBatchesRequest(limit=50), timeout=self.timeout)
         return web.json_response({"configured": True, "best_height": resp.best_height, "batches": [
             {"id": b.id, "root": b.root.hex(), "leaves": b.size, "state": b.state, "txid": b.txid,
-             "height": b.height, "confirmations": b.confirmations, "reanchors": b.reanchors}
+             "height": b.height, "confirmations": b.confirmations, "reanchors": b.reanchors,
+             "vbytes": b.vbytes or None, "contracts": b.contracts,
+             # what anchoring costs each contract in block space (its terms and its summary ride along)
+             "vbytes_per_contract": round(b.vbytes / b.contracts, 1) if b.vbytes and b.contracts else None}
             for b in resp.batches]})
 
     async def grid(self, req: web.Request) -> web.Response:

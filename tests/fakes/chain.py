@@ -82,6 +82,7 @@ class FakeChain:
             raise ChainNotFound(txid)
         result: dict[str, Any] = {
             "txid": txid,
+            "vsize": 94 + 8 * len(self.txs[txid]),  # btcd gives the virtual size; any stable positive number here
             "vout": [
                 {"n": n, "value": 0, "scriptPubKey": {"hex": s}} for n, s in enumerate(self.txs[txid])
             ],
