@@ -1,16 +1,21 @@
-"""A household using its app in a real browser (PyPI playwright driving Debian's
-``/usr/bin/chromium``; ``playwright install`` is not used), during a real scenario run.
+"""A household using its app, and the operator the console, in a real browser (PyPI
+playwright driving Debian's ``/usr/bin/chromium``; ``playwright install`` is not used), during
+a real scenario run.
 
 :func:`household_in_browser`: sign up, pair the consumer's meter with the code its display
 shows, place a demand in Trade, watch the contract it formed appear and get paid, look at
-the producers on the Peers map, the Usage chart and the Activity log; screenshots of every
-view at 390 px and at desktop width go to :func:`artifacts_dir`. Each step waits on what
-the page shows (with a deadline), never a bare sleep.
+the producers on the Peers map, the Usage chart and the Activity log.
+:func:`operator_in_browser`: sign in to the console, watch the live grid draw energy flowing
+from producers to the consumer, chart three meters' usage and production between two times
+and download the CSV (its totals are compared with settlement's books by the caller).
+Screenshots of every view at 390 px and at desktop width go to :func:`artifacts_dir`. Each
+step waits on what the page shows (with a deadline), never a bare sleep.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +141,64 @@ async def household_in_browser(runner: ScenarioRunner, meter: str, out: Path) ->
     return seen
 
 
-async def shoot(page: Any, out: Path, name: str, seen: dict[str, Any]) -> None:
+async def operator_in_browser(runner: ScenarioRunner, out: Path, meters: list[str], start: datetime,
+                              span: timedelta) -> dict[str, Any]:
+    """The operator's console in the browser: sign in, the live grid's flows, then usage and
+    production of ``meters`` per hour for ``span`` from ``start`` (the meters' clock) as a
+    chart and as the CSV a click downloads; returns what it saw."""
+    from playwright.async_api import async_playwright
+
+    scale = timeout_scale()
+    console = f"http://127.0.0.1:{runner.procs['console'].launch.metrics_port}"
+    seen: dict[str, Any] = {"screens": [], "overflow": []}
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            # the usage form's times are local times of the browser: UTC here, so the test knows them
+            ctx = await browser.new_context(viewport=DESKTOP, timezone_id="UTC", accept_downloads=True)
+            page = await ctx.new_page()
+            page.set_default_timeout(30_000 * scale)
+            await page.goto(console + "/")
+            await page.wait_for_url("**/signin")
+            await page.get_by_label("Name or e-mail").first.fill(runner.operator[0])
+            await page.get_by_label("Password", exact=True).fill(runner.operator[1])
+            await page.get_by_role("button", name="Sign in").click()
+            await page.wait_for_url(console + "/")
+            # the live grid: households as nodes, energy animated along each active contract
+            await page.wait_for_selector("#grid svg path.flow", timeout=60_000 * scale)
+            seen["flows"] = await page.eval_on_selector_all(
+                "#grid svg path.flow", "ps => ps.map(p => [p.dataset.from, p.dataset.to])")
+            seen["flow_labels"] = await page.eval_on_selector_all("#grid svg text.flowlabel",
+                                                                  "ts => ts.map(t => t.textContent)")
+            await shoot(page, out, "grid", seen, prefix="console")
+
+            t0 = start.astimezone(UTC).replace(tzinfo=None)  # the form's local time, in the browser's UTC
+            await page.get_by_label("meters (comma-separated)").fill(",".join(meters))
+            await page.get_by_label("from", exact=True).fill(t0.isoformat(timespec="seconds"))
+            await page.get_by_label("to", exact=True).fill((t0 + span).isoformat(timespec="seconds"))
+            await page.locator("#sf").get_by_role("button", name="show").click()
+            await page.wait_for_selector("#csv", state="visible")
+            seen["chart_drawn"] = await page.evaluate("typeof Chart !== 'undefined' && !!Chart.getChart('series')")
+            async with page.expect_download() as dl:
+                await page.click("#csv")
+            download = await dl.value
+            path = out / download.suggested_filename
+            await download.save_as(str(path))
+            seen["csv_name"] = download.suggested_filename
+            seen["csv"] = path.read_text()
+            await shoot(page, out, "usage", seen, prefix="console")
+            await ctx.close()
+        finally:
+            await browser.close()
+    return seen
+
+
+async def shoot(page: Any, out: Path, name: str, seen: dict[str, Any], prefix: str = "app") -> None:
     """The view at phone width and at desktop width, each screenshot saved, and whether the
     page scrolls sideways at either."""
     for label, size in (("390", PHONE), ("desktop", DESKTOP)):
         await page.set_viewport_size(size)
-        path = out / f"app-{name}-{label}.png"
+        path = out / f"{prefix}-{name}-{label}.png"
         await page.screenshot(path=str(path), full_page=True)
         seen["screens"].append(str(path))
         if not await no_horizontal_scroll(page):

@@ -29,7 +29,7 @@ import aiohttp
 import grpc
 import logcheck
 import pytest
-from app_browser import artifacts_dir, household_in_browser
+from app_browser import artifacts_dir, household_in_browser, operator_in_browser
 from grpc.aio import AioRpcError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,6 +38,7 @@ from web_helpers import WebClient
 
 from p2pep.canonical import canonical_json, contract_hash, settlement_hash
 from p2pep.identity import Identity
+from p2pep.lndrpc import lightning_pb2 as ln
 from p2pep.metering.readings import Reading
 from p2pep.metering.signing import MeterKey
 from p2pep.pki.tlsdir import TlsDir
@@ -266,6 +267,41 @@ async def console_view(runner: ScenarioRunner) -> dict[str, Any]:
             "csv": csv_text, "grid": grid, "anchors": anchors}
 
 
+async def settlement_energy(runner: ScenarioRunner, meters: Sequence[str], t0_ms: int,
+                            t1_ms: int) -> dict[str, tuple[int, int]]:
+    """Each meter's (usage Wh, production Wh) in ``[t0, t1)`` as settlement's books say, asked as the operator."""
+    assert runner.tls is not None
+    async with channel(runner.procs["settlement"].launch.target, peer="settlement", tls=runner.tls) as ch:
+        stub = settlement_pb2_grpc.SettlementServiceStub(ch)
+        out = {}
+        for m in meters:
+            q = pb.EnergyQuery(meter_id=m)
+            getattr(q, "from").FromMilliseconds(t0_ms)
+            q.to.FromMilliseconds(t1_ms)
+            u, p = await stub.GetUsage(q, timeout=10), await stub.GetProduction(q, timeout=10)
+            out[m] = (u.energy_wh, p.energy_wh)
+        return out
+
+
+async def operator_console_in_browser(runner: ScenarioRunner) -> dict[str, Any]:
+    """The operator in the console's browser page: the live grid, then a CSV of the run's
+    first 15 simulated minutes, taken once every meter's readings are past that window (so
+    settlement's books for it are final), with settlement's own totals for the same window."""
+    meters = [m.name for m in runner.scenario.meters]
+    start = runner.scenario.timing.sim_start
+    t0 = runner.scenario.timing.sim_start_ms
+    t1 = t0 + 15 * 60_000
+
+    async def past_window() -> bool:  # a later reading of every meter is in: the window's are too
+        later = await settlement_energy(runner, meters, t1, t1 + 5 * 60_000)
+        return all(u + p > 0 for u, p in later.values())
+
+    await wait_for(past_window, timeout=120, what="every meter's readings past the console's window")
+    seen = await operator_in_browser(runner, artifacts_dir("console"), meters, start, timedelta(minutes=15))
+    seen["books"] = await settlement_energy(runner, meters, t0, t1)
+    return seen
+
+
 async def attack_consumer_meter(runner: ScenarioRunner) -> dict[str, Any]:
     """While the scenario runs, against the consumer's real meter process: re-point the payee
     of a running contract (a report naming another node, other terms, another supplier), and
@@ -369,6 +405,7 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         found["browser"] = await household_in_browser(r, "meter-3", artifacts_dir("household-app"))
         found["app"] = await household_view(r, "meter-3")  # (the browser's household let meter-3 go)
         found["console"] = await console_view(r)
+        found["console_browser"] = await operator_console_in_browser(r)
 
     report, runner = await run_scenario("hackathon", tmp_path, during, keep_network=True,
                                         run_dir=hackathon_run_dir, reuse_network=True)
@@ -436,6 +473,16 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         assert all(f["power_w"] > 0 for f in grid["flows"]) and grid["accel"] == 30
         assert {m["meter_id"]: (m["lat"], m["lon"]) for m in grid["meters"]}["meter-2"] == (52.5178, 13.4115)
         assert con["anchors"]["configured"] and con["anchors"]["best_height"] > 0
+        # the same in the operator's browser: the grid's flows run producer -> consumer; the CSV the
+        # usage form downloads totals to settlement's books for the window, meter by meter
+        ob = found["console_browser"]
+        assert ob["flows"] and {tuple(f) for f in ob["flows"]} <= {("meter-1", "meter-3"), ("meter-2", "meter-3")}, ob
+        assert all(" kW · " in t and " sat" in t for t in ob["flow_labels"]), ob["flow_labels"]
+        assert ob["chart_drawn"] and ob["csv_name"].endswith(".csv"), ob
+        assert len(ob["screens"]) == 4 and all(Path(p).stat().st_size > 1000 for p in ob["screens"])
+        assert ob["overflow"] == [], ob["overflow"]
+        totals = {r[0]: (int(r[3]), int(r[4])) for r in (line.split(",") for line in ob["csv"].strip().splitlines()[1:])}
+        assert totals == ob["books"] and ob["books"]["meter-3"][0] > 0, (totals, ob["books"])
         for b in (b for b in con["anchors"]["batches"] if b["height"]):  # btcd's vsize of the mined tx
             assert b["vbytes"] > 0 and b["contracts"] > 0, b
             assert b["vbytes_per_contract"] == round(b["vbytes"] / b["contracts"], 1), b
@@ -698,3 +745,71 @@ async def test_settlement_killed_and_restarted_loses_nothing_pays_nothing_twice(
     # settlement itself: gone (killed), then SERVING again once restarted
     assert health.states("settlement")[0] == "SERVING" and health.states("settlement")[-1] == "SERVING"
     assert "UNAVAILABLE" in health.states("settlement"), health.seen["settlement"]
+
+
+async def payments_in_flight(runner: ScenarioRunner, net: RegtestNetwork, consumer: str) -> dict[str, tuple[str, int]]:
+    """Settlement's unsettled payments (hash -> contract, msat) that the consumer's own lnd has
+    in flight right now: the only money a run may end with still moving."""
+    with settlement_db(runner) as db:
+        rows = db.execute("SELECT payment_hash, contract_id, amount_msat FROM payments "
+                          "WHERE preimage IS NULL AND payment_hash IS NOT NULL").fetchall()
+    out = {}
+    for phash, cid, amount in rows:
+        found = await net.nodes[consumer].client.track_payment(phash)
+        if found is not None and found.status in (ln.Payment.IN_FLIGHT, ln.Payment.INITIATED):
+            out[phash] = (cid, int(amount))
+    return out
+
+
+async def test_every_process_killed_mid_contract_loses_nothing_pays_nothing_twice(tmp_path: Path) -> None:
+    """The fault matrix in one run (scenarios/faults.toml): matcher, settlement, anchor, a
+    producer's and the consumer's meter services, the hub's, a producer's and the consumer's
+    lnd, each SIGKILLed mid-contract and started again on its data, one after the other. After
+    all of them: every reading acknowledged is in settlement's store, no increment paid twice,
+    each supplier's own lnd settled exactly what settlement recorded and exactly its delivered
+    Wh x price on every contract (a payment that failed while a node was down is collected once
+    it is back), no relay energized without cover, and every signed contract anchored with both
+    its leaves and verifiable."""
+    report, runner = await run_scenario("faults", tmp_path, keep_network=True)
+    net = RegtestNetwork.attach(runner.run_dir)
+    try:
+        events = report["events"]
+        assert len(events) == 16 and all(e["ok"] for e in events), events
+        kills = [e for e in events if e["action"] == "stop"]
+        assert [e["target"] for e in kills] == ["matcher", "settlement", "anchor", "meter-1", "meter-3", "lnd:hub",
+                                                "lnd:meter-2", "lnd:meter-3"]
+        assert all(e["detail"]["signal"] == "SIGKILL" for e in kills), kills
+        assert_no_reading_lost(runner)
+        # contracts ran through the faults: payments settled after the last restart
+        t0 = datetime.fromisoformat(report["run"]["started_at"])
+        back = t0 + timedelta(seconds=events[-1]["applied_real_s"])
+        assert any(datetime.fromisoformat(p["settled"]) > back for p in report["payments"] if p["settled"])
+        # each supplier's own node: what it settled per contract is what settlement recorded as
+        # paid (nothing paid that settlement does not know of, nothing recorded that never
+        # arrived) and exactly delivered Wh x price, defaulted contracts too (their debt collected).
+        # The one exception is money still moving: an increment whose payment the consumer's lnd
+        # has in flight (resumed after its crash, neither settled nor failed) is owed exactly that
+        # payment, and settlement is still asking for it (the contract is not settled unpaid).
+        in_flight = await payments_in_flight(runner, net, "meter-3")
+        for name, rec in report["suppliers"].items():
+            assert rec["contracts"], name
+            for c in rec["contracts"]:
+                assert c["received_msat"] == c["settlement_paid_msat"], (name, c)
+                owed = sum(amount for cid, amount in in_flight.values() if cid == c["contract_id"])
+                assert c["difference_msat"] == -owed and owed <= c["one_increment_msat"], (name, c, in_flight)
+        # every signed contract anchored, its terms and its summary (but one whose payment is still
+        # in flight: its summary waits for it), and verifiable against btcd
+        await net.mine(2)
+        signed = {c["contract_id"] for c in report["contracts"] if c["state"] != "CONTRACT_STATE_REJECTED"}
+        docs = {cid: d for cid, d in report["documents"].items() if cid in signed}
+        assert signed and set(docs) == signed, sorted(signed - set(docs))
+        waiting = {cid for cid, _ in in_flight.values()}
+        for cid, doc in docs.items():
+            leaves = ["contract"] if cid in waiting else ["contract", "settlement"]
+            assert sorted(p["leaf"] for p in doc["proofs"]) == leaves, (cid, doc["proofs"])
+            path = tmp_path / f"{cid}.json"
+            path.write_text(json.dumps(doc))
+            res = verify_cli(path, runner.run_dir)
+            assert res.returncode == 0, (cid, res.stdout, res.stderr)
+    finally:
+        await net.down()

@@ -183,8 +183,10 @@ def test_billing_needs_a_contract_signed_as_that_party() -> None:
     with refused(Code.FAILED_PRECONDITION, "contract_id"):
         check_contract_for_billing(view(Party.SUPPLIER), "c-1", Party.CONSUMER)
     with refused(Code.FAILED_PRECONDITION, "contract_id"):
-        check_contract_for_billing(view(state=ContractState.DEFAULTED), "c-1", Party.CONSUMER)
+        check_contract_for_billing(view(state=ContractState.REJECTED), "c-1", Party.CONSUMER)
     assert check_contract_for_billing(view(state=ContractState.ENDED_EARLY), "c-1", Party.CONSUMER)
+    # settlement collects what was delivered under a defaulted contract once the failure passed
+    assert check_contract_for_billing(view(state=ContractState.DEFAULTED), "c-1", Party.CONSUMER)
 
 
 def test_increment_must_be_next_and_exact() -> None:

@@ -530,6 +530,37 @@ async def test_never_pays_for_energy_it_did_not_import(rig: Rig) -> None:
     assert rig.lnds["home"].calls["SendPaymentV2"] == 1
 
 
+async def test_a_payment_failure_that_passes_answers_unavailable_and_is_paid_when_asked_again(rig: Rig) -> None:
+    """No route (the hub restarting), INSUFFICIENT_BALANCE while the channel is inactive, or this
+    meter's own lnd unreachable: UNAVAILABLE, which settlement takes as "ask again" (it collects
+    the increment once the failure passed); asked again with the same invoice, the meter pays it
+    once. INSUFFICIENT_BALANCE with the channel active is the consumer unable to pay."""
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    await signed_and_active(rig, home, solar, t)
+    m = rig.apps["home"].meter
+    await wait_for(lambda: m.sim_registers().import_wh >= 10, 10, what="an increment imported")
+    inv = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    lnd = rig.lnds["home"]
+    lnd.fail_pay = "FAILURE_REASON_NO_ROUTE"
+    assert "NO_ROUTE" in await refused(home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request)),
+                                       grpc.StatusCode.UNAVAILABLE, "payment_request")
+    lnd.fail_pay, lnd.channels_inactive = "FAILURE_REASON_INSUFFICIENT_BALANCE", True
+    await refused(home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request)), grpc.StatusCode.UNAVAILABLE,
+                  "payment_request")
+    lnd.channels_inactive = False
+    await refused(home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request)), grpc.StatusCode.FAILED_PRECONDITION,
+                  "payment_request")
+    lnd.fail_pay, lnd.down = None, True
+    assert "cannot be reached" in await refused(home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request)),
+                                                grpc.StatusCode.UNAVAILABLE, "payment_request")
+    lnd.down = False
+    paid = await home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request))
+    sent = lnd.calls["SendPaymentV2"]
+    again = await home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request))
+    assert paid.preimage == again.preimage and lnd.calls["SendPaymentV2"] == sent  # answered, not paid again
+
+
 async def test_failed_payment_blocks_relay_until_a_new_contract(rig: Rig) -> None:
     home, solar = await pair(rig)
     t = make_terms(rig)

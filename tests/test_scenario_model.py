@@ -12,6 +12,7 @@ from p2pep.scenario.model import (
     DEFAULT_EXPECT,
     ScenarioError,
     format_duration,
+    lnd_target,
     parse_duration_s,
     parse_scenario,
 )
@@ -128,10 +129,26 @@ def test_events_are_validated_and_sorted() -> None:
         ({"at": "20m", "action": "stop", "target": "meter-1", "signal": "SIGHUP"}, "events[0].signal"),
         ({"at": "2h", "action": "stop", "target": "meter-1"}, "events[0].at"),
         ({"action": "stop", "target": "meter-1"}, "events[0].at"),
+        ({"at": "20m", "action": "stop", "target": "lnd:meter-9"}, "events[0].target"),
+        ({"at": "20m", "action": "drain_channel", "target": "lnd:hub"}, "events[0].target"),
+        ({"at": "20m", "action": "stop", "target": "btcd"}, "events[0].target"),  # regtest btcd forgets its chain
     ]:
         with pytest.raises(ScenarioError) as e:
             parse_scenario(with_("events", [ev]))
         assert e.value.field == field
+
+
+def test_the_networks_lnd_nodes_are_event_targets() -> None:
+    kills = [{"at": "20m", "action": "stop", "target": t, "signal": "SIGKILL"}
+             for t in ("lnd:hub", "lnd:meter-2")]
+    s = parse_scenario(with_("events", kills))
+    assert [e.target for e in s.events] == ["lnd:hub", "lnd:meter-2"]
+    assert lnd_target("lnd:meter-2") == "meter-2" and lnd_target("btcd") is None and lnd_target("meter-2") is None
+    adhoc = with_("events", kills[:1])
+    adhoc["network"] = {"hub": False}
+    with pytest.raises(ScenarioError, match="'lnd:hub' is not one of") as e:
+        parse_scenario(adhoc)  # no hub in an ad hoc network
+    assert e.value.field == "events[0].target"
 
 
 def test_shipped_scenarios_load() -> None:

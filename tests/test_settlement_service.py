@@ -46,6 +46,7 @@ class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
         self.preimages: dict[str, bytes] = {}
         self.paid: list[tuple[str, int]] = []
         self.refuse_pay = False
+        self.unreachable = False  # PayInvoice answers UNAVAILABLE (its lnd down, the hub down: it passes)
         self.updates: list[pb.ContractRecord] = []
         self.asked_to_sign: list[str] = []
 
@@ -63,6 +64,8 @@ class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
     async def PayInvoice(self, req: meter_pb2.PayInvoiceRequest, ctx: Any) -> meter_pb2.PayInvoiceResponse:
         if self.refuse_pay:
             await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, "insufficient local balance")
+        if self.unreachable:
+            await ctx.abort(grpc.StatusCode.UNAVAILABLE, "payment failed: FAILED: FAILURE_REASON_NO_ROUTE")
         h = req.payment_request.rsplit("-", 1)[1]
         self.paid.append((req.contract_id, req.increment))
         return meter_pb2.PayInvoiceResponse(preimage=SUPPLIER.preimages[h].hex(), payment_hash=h)
@@ -283,6 +286,55 @@ async def test_failed_payment_defaults_within_one_increment(world: Any) -> None:
     assert rec.state == pb.CONTRACT_STATE_DEFAULTED and rec.end_reason == "PAYMENT_FAILED"
     assert rec.delivered_wh - rec.paid_wh <= rec.increment_wh  # owed at most one increment
     assert any(u.state == pb.CONTRACT_STATE_DEFAULTED for u in cons.updates)
+
+
+async def test_a_payment_failure_that_passes_defaults_then_collects_what_was_delivered(world: Any) -> None:
+    """The consumer's payment fails with UNAVAILABLE (its lnd or the hub down): the contract
+    ends DEFAULTED at once (delivery stops), then, once the consumer can pay again, settlement
+    collects the owed increment with the same invoice: paid equals delivered value, exactly."""
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement(worker_backoff_initial_s=0.05, worker_backoff_max_s=0.2)
+    await register(stub, cons, sup)
+    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
+    await engine.propose(match("c4", energy_wh=100, price=1_000_000))
+    await send(stub, reading(cons, 2, 10, 0), reading(sup, 2, 0, 10))
+    await wait_for(lambda: engine.contracts["c4"].ledger.increments_paid == 1, 10, what="first increment paid")
+    before = metric("p2pep_settlement_debts_total", {"outcome": "collected"})
+    cons.unreachable = True
+    await send(stub, reading(cons, 3, 27, 0), reading(sup, 3, 0, 27))
+    rec = await wait_for_record(stub, "c4", lambda r: r.state == pb.CONTRACT_STATE_DEFAULTED)
+    assert rec.end_reason == "PAYMENT_FAILED" and rec.paid_wh == 10
+    invoices = len(sup.preimages)
+    cons.unreachable = False
+    await wait_for(lambda: settled(engine, "c4"), 10, what="the debt collected and the contract settled")
+    rec = await stub.GetContract(pb.GetContractRequest(contract_id="c4"))
+    assert rec.state == pb.CONTRACT_STATE_DEFAULTED and rec.end_reason == "PAYMENT_FAILED"
+    # everything delivered when it ended is paid, not a msat less (the partial last increment too)
+    assert rec.delivered_wh >= 20 and (rec.paid_wh, rec.paid_msat) == (rec.delivered_wh, rec.delivered_wh * 1_000)
+    # the failed increment's invoice asked again: one invoice per increment, never a second one
+    assert len(sup.preimages) == invoices + (1 if rec.delivered_wh > 20 else 0)
+    assert sorted(set(cons.paid)) == [("c4", n) for n in range(1, rec.increments_paid + 1)]
+    assert metric("p2pep_settlement_debts_total", {"outcome": "collected"}) >= before + 1
+    summary = json.loads((await engine.store.contract("c4"))["summary_json"])  # type: ignore[index]
+    assert summary["msat_paid"] == rec.paid_msat and summary["wh_paid"] == summary["wh_delivered"]
+
+
+async def test_a_debt_not_collected_in_time_is_settled_unpaid(world: Any) -> None:
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement(debt_collect_s=0.5, worker_backoff_initial_s=0.05,
+                                               worker_backoff_max_s=0.1)
+    await register(stub, cons, sup)
+    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
+    await engine.propose(match("c5", energy_wh=100, price=1_000_000))
+    before = metric("p2pep_settlement_debts_total", {"outcome": "given_up"})
+    cons.unreachable = True
+    await send(stub, reading(cons, 2, 10, 0), reading(sup, 2, 0, 10))
+    await wait_for(lambda: settled(engine, "c5"), 10, what="given up and settled")
+    rec = await stub.GetContract(pb.GetContractRequest(contract_id="c5"))
+    assert rec.state == pb.CONTRACT_STATE_DEFAULTED and (rec.delivered_wh, rec.paid_wh) == (10, 0)
+    assert len([p for p in cons.paid if p[0] == "c5"]) == 0
+    assert metric("p2pep_settlement_debts_total", {"outcome": "given_up"}) == before + 1
+    assert (await engine.store.payment("c5", 1)) is None  # its invoice dropped with the debt
 
 
 async def test_contract_ends_at_its_end_time_paying_what_was_delivered(world: Any) -> None:

@@ -58,6 +58,13 @@ class LndError(RuntimeError):
         super().__init__(f"lnd {node} {method}: {detail}")
         self.node, self.method, self.detail = node, method, detail
 
+    @property
+    def unreachable(self) -> bool:
+        """lnd could not be asked (down, restarting, too slow): says nothing about the request."""
+        away = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        return self.code in away or self.detail.startswith(tuple(c.name + ":" for c in away)) \
+            or "in the process of starting up" in self.detail
+
 
 class PaymentFailed(LndError):
     """A payment reached a final FAILED state (reason in ``detail``)."""

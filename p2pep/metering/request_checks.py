@@ -207,7 +207,9 @@ def check_counterparty_signature(terms: ContractTerms, party: Party, signature: 
 # -- CreateInvoice / PayInvoice ------------------------------------------------------------
 
 
-PAYABLE_STATES = (ContractState.ACTIVE, ContractState.COMPLETED, ContractState.ENDED_EARLY)
+# DEFAULTED too: settlement collects what was delivered after a payment failure that passes
+# (services/settlement/payments.py); the increment checks still allow only delivered Wh
+PAYABLE_STATES = (ContractState.ACTIVE, ContractState.COMPLETED, ContractState.ENDED_EARLY, ContractState.DEFAULTED)
 
 
 def check_contract_for_billing(view: ContractView | None, contract_id: str, party: Party) -> ContractView:
@@ -278,6 +280,12 @@ def check_not_paying_ahead(
     refuse_if(paid_wh_total + increment_wh_to_pay > limit, Code.FAILED_PRECONDITION, "to_wh",
               f"paying {increment_wh_to_pay} Wh more would make {paid_wh_total + increment_wh_to_pay} Wh paid, "
               f"but only {import_since_first_contract_wh} Wh were imported under contracts (+{increment_wh} Wh)")
+
+
+#: in a meter's UNAVAILABLE answer to PayInvoice: its lnd has the payment neither settled nor
+#: failed (e.g. resumed after a crash). Settlement never settles such an increment as unpaid:
+#: the payment may still arrive (services/settlement/payments.py).
+STILL_IN_FLIGHT = "the payment is still in flight"
 
 
 def fee_limit_msat(amount_msat: int) -> int:

@@ -26,6 +26,9 @@ FORWARD_FEE_PPM = 1000
 HUB = "hub"  # the operator's node; every other node is a household's
 
 
+HOP_HALFLIFE = "15s"  # lnd's mission-control recovery half-life (see the argument below; k8s/ too)
+
+
 @dataclass
 class LndInfo:
     name: str
@@ -117,6 +120,10 @@ class LndNode:
                 f"--bitcoin.basefee={FORWARD_BASE_FEE_MSAT}",
                 f"--bitcoin.feerate={FORWARD_FEE_PPM}",
                 "--protocol.wumbo-channels",
+                # Mission control: after a failure lnd avoids that hop pair, recovering with this
+                # half-life (default 1 h). A household pays every supplier over the one hub, so a
+                # hub or node back from a restart must be tried again within seconds, not hours.
+                f"--routerrpc.apriori.penaltyhalflife={HOP_HALFLIFE}",
                 "--prometheus.enable",
                 f"--prometheus.listen=127.0.0.1:{info.metrics_port}",
                 "--tlsextradomain=localhost",

@@ -26,6 +26,15 @@ SOURCES: tuple[str, ...] = ("h0", "pv", "constant", "csv")
 ACTIONS: tuple[str, ...] = ("stop", "start", "drain_channel")
 SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGKILL", "SIGINT")
 CORE_SERVICES: tuple[str, ...] = ("matcher", "settlement", "anchor", "console")
+# Event targets besides the meters and the core services: the regtest network's lnd nodes,
+# stopped and started again on the same data (by node name, "hub" or a meter's). Not btcd: in
+# regtest mode it deletes its block database whenever it starts (docs/faults.md).
+LND_PREFIX = "lnd:"
+
+
+def lnd_target(target: str) -> str | None:
+    """The node an event's target names (``lnd:meter-2`` -> ``meter-2``), or None."""
+    return target.removeprefix(LND_PREFIX) if target.startswith(LND_PREFIX) else None
 # Checks every scenario must pass (names as in p2pep.scenario.report.CHECKS).
 DEFAULT_EXPECT: tuple[str, ...] = (
     "suppliers_paid_as_delivered",
@@ -130,7 +139,7 @@ class MeterSpec:
 class Event:
     at_s: int  # simulated seconds after sim start
     action: EventAction
-    target: str  # a meter name, or "matcher" / "settlement"
+    target: str  # a meter name, a core service, or "lnd:<node>" (the hub's or a meter's node)
     signal: str = "SIGTERM"  # stop
     keep_increments: int = 5  # drain_channel: increments the consumer can still pay
     sweep_wallet: bool = True  # drain_channel: also send its on-chain funds away
@@ -351,14 +360,15 @@ def _parse_meter(m: Mapping[str, Any], i: int, defaults: Mapping[str, Any]) -> M
     return spec
 
 
-def _parse_event(m: Mapping[str, Any], i: int, meters: list[str]) -> Event:
+def _parse_event(m: Mapping[str, Any], i: int, meters: list[str], hub: bool = True) -> Event:
     where = f"events[{i}]"
     _check_keys(m, {"at", "action", "target", "signal", "keep_increments", "sweep_wallet", "note"}, where)
     action = _get(m, "action", str, where)
     if action not in ACTIONS:
         raise ScenarioError(f"{where}.action", f"{action!r} is not one of {', '.join(ACTIONS)}")
     target = _get(m, "target", str, where)
-    allowed = meters + (list(CORE_SERVICES) if action in ("stop", "start") else [])
+    nodes = [LND_PREFIX + n for n in (["hub"] if hub else []) + meters]
+    allowed = meters + ([*CORE_SERVICES, *nodes] if action in ("stop", "start") else [])
     if target not in allowed:
         raise ScenarioError(f"{where}.target", f"{target!r} is not one of {', '.join(allowed)}")
     sig = _get(m, "signal", str, where, "SIGTERM")
@@ -405,7 +415,8 @@ def parse_scenario(data: Mapping[str, Any], default_name: str = "") -> Scenario:
     if sorted(names, key=lambda n: int(n.split("-")[1])) != expected:
         raise ScenarioError("meters", f"must be named {', '.join(expected)} (one per regtest meter node)")
     timing = _parse_timing(_get(data, "timing", dict, ""))
-    events = [_parse_event(_as_table(e, f"events[{i}]"), i, names)
+    network = _parse_network(_get(data, "network", dict, "", {}))
+    events = [_parse_event(_as_table(e, f"events[{i}]"), i, names, network.hub)
               for i, e in enumerate(_get(data, "events", list, "", []))]
     for i, e in enumerate(events):
         if e.at_s >= timing.duration_s:
@@ -418,7 +429,6 @@ def parse_scenario(data: Mapping[str, Any], default_name: str = "") -> Scenario:
             raise ScenarioError(f"services_env.{svc}", "must be a table of environment variables")
         for variable in env:
             _check_variable(svc, variable, f"services_env.{svc}.{variable}")
-    network = _parse_network(_get(data, "network", dict, "", {}))
     anchor = _get(data, "anchor", bool, "", False)
     if anchor and not network.hub:
         raise ScenarioError("anchor", "needs the hub (its wallet pays for the anchoring transactions)")

@@ -69,7 +69,7 @@ from p2pep.scenario.launch import (
     with_health_port,
     with_plaintext_loopback,
 )
-from p2pep.scenario.model import Event, Scenario
+from p2pep.scenario.model import Event, Scenario, lnd_target
 from p2pep.scenario.processes import ServiceProcess
 from p2pep.scenario.report import EventOutcome, RunFacts, build_report
 from p2pep.scenario.watch import Watcher
@@ -402,6 +402,8 @@ class ScenarioRunner:
                 self.say(f"event failed: {ev.describe()}: {out.error}")
 
     async def _apply(self, ev: Event) -> dict[str, Any]:
+        if lnd_target(ev.target) is not None:
+            return await self._lnd_event(ev)
         if ev.action == "stop":
             p = self.procs[ev.target]
             before: dict[str, int] = {}
@@ -423,6 +425,23 @@ class ScenarioRunner:
         if ev.action == "drain_channel":
             return await self._drain(ev)
         raise ValueError(f"unknown action {ev.action}")
+
+    async def _lnd_event(self, ev: Event) -> dict[str, Any]:
+        """Stop or start one of the regtest network's lnd nodes on its data (``lnd:hub``,
+        ``lnd:meter-2``). Started again, the node is waited on until its RPC answers and its
+        wallet is synced to the chain."""
+        assert self.net is not None and self.net.btcd is not None
+        name = lnd_target(ev.target)
+        assert name is not None
+        node = self.net.nodes[name]
+        if ev.action == "stop":
+            pid = node.proc.pid
+            await (node.kill() if ev.signal == "SIGKILL" else node.stop())
+            return {"signal": ev.signal, "pid": pid}
+        t0 = time.monotonic()
+        await node.start(self.opts.startup_timeout_s, btcd_proc=self.net.btcd.proc)
+        self.net.save()
+        return {"pid": node.proc.pid, "seconds": round(time.monotonic() - t0, 2)}
 
     async def _drain(self, ev: Event) -> dict[str, Any]:
         assert self.net is not None

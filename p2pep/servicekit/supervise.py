@@ -35,6 +35,11 @@ class Backoff:
         if self.initial_s <= 0 or self.max_s < self.initial_s or self.factor < 1:
             raise ValueError("backoff: need 0 < initial_s <= max_s and factor >= 1")
 
+    def delay(self, attempt: int) -> float:
+        """The delay before retry ``attempt`` (0-based): the ``attempt``-th of :meth:`delays`."""
+        delay = min(self.max_s, self.initial_s * self.factor ** min(attempt, 64))
+        return delay * random.uniform(0.5, 1.0) if self.jitter else delay
+
     def delays(self) -> Iterator[float]:
         delay = self.initial_s
         while True:

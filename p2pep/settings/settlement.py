@@ -30,6 +30,12 @@ class SettlementSettings(BaseServiceSettings):
     )
     worker_backoff_initial_s: float = Field(default=0.2, gt=0, description="first retry delay of a failed worker step")
     worker_backoff_max_s: float = Field(default=10.0, gt=0, description="longest retry delay of a failed worker step")
+    debt_collect_s: float = Field(
+        default=300.0, ge=0,
+        description="after a payment failed for a reason that passes (a meter or an lnd node unreachable, no route "
+        "while the hub is down), keep asking the consumer to pay what was delivered this long (real seconds) before "
+        "the contract is settled with it unpaid; 0: never (below the supplier's invoice expiry, 600 s, so the same "
+        "invoice is paid)")
     enrollment_port: int = Field(
         default=-1, ge=-1, le=65535,
         description="serve meter enrollment (TLS, no client certificate) on this port; -1: off (needs ca.key in tls_dir)",

@@ -41,6 +41,7 @@ from p2pep.anchor.chain import AnchorWallet, ChainError, ChainNotFound, ChainVie
 from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
 from p2pep.anchor.merkle import MerkleTree
 from p2pep.anchor.records import BatchInfo, StoredProof
+from p2pep.lnd.client import LndError
 from p2pep.sqlitedb import Database, Schema
 from services.anchor.metrics import (
     ANCHOR_REORGS,
@@ -106,6 +107,11 @@ SCHEMA = Schema("anchor", 2, TABLES, {1: _vsize_column})
 """Version 1: the tables above without ``anchor_batches.vsize``; version 2 adds it (the mined
 anchoring tx's virtual size, NULL until mined or when btcd did not say; migration step 1).
 A change to the tables is a new version with its migration step."""
+
+
+def _hub_away(exc: Exception) -> bool:
+    """The hub's lnd could not be reached or is still starting: the batch is sent on a later block."""
+    return isinstance(exc, LndError) and exc.unreachable
 
 
 def _vsize(raw_tx: dict[str, Any]) -> int | None:
@@ -298,7 +304,8 @@ class Anchorer:
             try:
                 txid = await self.wallet.send_op_return(payload, self.config.sat_per_vbyte)
             except Exception as exc:  # noqa: BLE001 - the wallet is an edge we don't control; retry next block
-                log.error("anchor.send_failed", batch=b.id, error=repr(exc))
+                # the hub's lnd down or restarting passes (a warning); anything else is an operator's problem
+                (log.warning if _hub_away(exc) else log.error)("anchor.send_failed", batch=b.id, error=repr(exc))
                 return
             async with self.db.transaction() as tx:
                 await tx.execute(

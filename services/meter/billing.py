@@ -20,10 +20,11 @@ from typing import Any
 
 import structlog
 
-from p2pep.lnd.client import LndError
+from p2pep.lnd.client import LndError, PaymentFailed
 from p2pep.lndrpc import lightning_pb2 as ln
 from p2pep.metering.contract_book import ContractView, Party
 from p2pep.metering.request_checks import (
+    STILL_IN_FLIGHT,
     Code,
     DecodedInvoice,
     Refusal,
@@ -44,6 +45,7 @@ log = structlog.get_logger("meter.billing")
 
 INVOICE_EXPIRY_S = 600
 IN_FLIGHT = (ln.Payment.IN_FLIGHT, ln.Payment.INITIATED)
+IN_FLIGHT_WAIT_S = 4.0  # how long one PayInvoice waits on a payment lnd still has in flight
 
 
 def invoice_memo(contract_id: str, increment: int) -> str:
@@ -170,6 +172,8 @@ class Billing:
                 found = await self._await_payment(done.payment_hash)
                 if found is not None and found.status == ln.Payment.SUCCEEDED:
                     return await self._succeeded(view, done, found.payment_preimage, found.fee_msat)
+                if found is not None and found.status in IN_FLIGHT:  # neither paid nor failed yet
+                    raise Refusal(Code.UNAVAILABLE, "payment_request", f"{STILL_IN_FLIGHT}; ask again")
             paid = sorted((p for p in payments.values() if p.status == SUCCEEDED), key=lambda p: p.increment)
             last, last_to = (paid[-1].increment, paid[-1].to_wh) if paid else (0, 0)
             ended = await self._ended(view, req.to_wh, req.from_wh)
@@ -187,14 +191,27 @@ class Billing:
                                       fee_limit_msat=fee_limit_msat(amount))
                 preimage, fee = res.preimage, res.fee_msat
             except LndError as e:
-                found = await self._await_payment(decoded.payment_hash) if _already_paid(e) else None
+                final = isinstance(e, PaymentFailed)  # lnd's own answer; otherwise lnd could not be asked
+                found = await self._await_payment(decoded.payment_hash) if _already_paid(e) or not final else None
+                if found is not None and found.status in IN_FLIGHT:
+                    # the row stays PENDING: asked again, this meter looks the payment up before paying
+                    log.warning("payment still in flight", contract_id=req.contract_id, increment=req.increment)
+                    raise Refusal(Code.UNAVAILABLE, "payment_request", f"{STILL_IN_FLIGHT}; ask again") from e
+                if found is None and not final:
+                    log.warning("lnd unreachable: payment outcome unknown", contract_id=req.contract_id,
+                                increment=req.increment, error=e.detail)
+                    m.payment_failed(f"increment {req.increment} of {req.contract_id}: {e.detail}")
+                    raise Refusal(Code.UNAVAILABLE, "payment_request",
+                                  f"this meter's lnd node cannot be reached: {e.detail}") from e
                 if found is None or found.status != ln.Payment.SUCCEEDED:
                     await p.store.put_payment(_with(row, status=FAILED, detail=e.detail))
                     metrics.PAYMENTS_MADE.labels("failed").inc()
+                    passing = payment_failure_passes(e.detail) or await self._balance_only_offline(amount, e)
                     log.warning("payment failed: relay blocked", contract_id=req.contract_id,
-                                increment=req.increment, amount_msat=amount, error=e.detail)
+                                increment=req.increment, amount_msat=amount, error=e.detail, passing=passing)
                     m.payment_failed(f"increment {req.increment} of {req.contract_id}: {e.detail}")
-                    raise Refusal(Code.FAILED_PRECONDITION, "payment_request", f"payment failed: {e.detail}") from e
+                    raise Refusal(Code.UNAVAILABLE if passing else Code.FAILED_PRECONDITION, "payment_request",
+                                  f"payment failed: {e.detail}") from e
                 preimage, fee = found.payment_preimage, found.fee_msat
             return await self._succeeded(view, row, preimage, fee)
 
@@ -219,13 +236,30 @@ class Billing:
         try:
             pr = await self.p.lnd.decode_pay_req(payment_request)
         except LndError as e:
+            if e.unreachable:  # lnd away, not the invoice
+                raise Refusal(Code.UNAVAILABLE, "payment_request",
+                              f"this meter's lnd node cannot be reached: {e.detail}") from e
             raise Refusal(Code.INVALID_ARGUMENT, "payment_request", f"not a valid invoice: {e.detail}") from e
         amount = pr.num_msat or pr.num_satoshis * 1000
         return DecodedInvoice(pr.destination, pr.payment_hash, amount, (pr.timestamp + pr.expiry) * 1000)
 
+    async def _balance_only_offline(self, amount_msat: int, e: LndError) -> bool:
+        """lnd says INSUFFICIENT_BALANCE while enough sits in channels that are inactive for now
+        (a peer, e.g. the hub, reconnecting after a restart): that passes. With the channels
+        active, or the balance not there at all, the consumer cannot pay."""
+        if "FAILURE_REASON_INSUFFICIENT_BALANCE" not in e.detail:
+            return False
+        try:
+            channels = await self.p.lnd.list_channels()
+        except LndError:
+            return True  # lnd away again: it cannot say, so ask again later
+        offline = sum(c.local_balance for c in channels if not c.active) * 1000
+        return offline >= amount_msat
+
     async def _await_payment(self, payment_hash: str) -> ln.Payment | None:
         """This node's payment of ``payment_hash``, waiting (bounded) while it is in flight."""
-        deadline = time.monotonic() + self.p.s.pay_timeout_s
+        # bounded well below settlement's own deadline for PayInvoice, so it hears "in flight"
+        deadline = time.monotonic() + min(self.p.s.pay_timeout_s, IN_FLIGHT_WAIT_S)
         while True:
             found = await self._lookup_payment(payment_hash)
             if found is None or found.status not in IN_FLIGHT or time.monotonic() >= deadline:
@@ -239,6 +273,17 @@ class Billing:
             return await self.p.lnd.track_payment(payment_hash)
         except LndError:
             return None
+
+
+#: lnd's reasons for a failed payment that may pass (a node or the hub down, no route for now);
+#: anything else (INSUFFICIENT_BALANCE, INCORRECT_PAYMENT_DETAILS) is the consumer unable to pay
+PASSING_FAILURES = ("FAILURE_REASON_NO_ROUTE", "FAILURE_REASON_TIMEOUT", "FAILURE_REASON_ERROR")
+
+
+def payment_failure_passes(detail: str) -> bool:
+    """Whether a failed payment (lnd's ``FAILED: <reason>``) may succeed when asked again:
+    settlement then keeps collecting (UNAVAILABLE) instead of settling the contract unpaid."""
+    return any(reason in detail for reason in PASSING_FAILURES)
 
 
 def _already_paid(e: LndError) -> bool:

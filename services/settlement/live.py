@@ -79,6 +79,10 @@ class LiveContract:
     summary: dict[str, Any] | None = None
     fault: str = ""  # the worker's last unexpected error while it retries; "" when healthy
     last_payment: float = field(default_factory=time.monotonic)  # its last settled increment (or since loaded)
+    collect_until: float | None = None  # monotonic deadline while what was delivered is still being collected
+    collect_attempts: int = 0
+    collect_gave_up: bool = False
+    in_flight: bool = False  # the consumer's last answer: its lnd has the payment in flight
 
     @property
     def terms(self) -> ContractTerms:

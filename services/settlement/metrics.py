@@ -49,6 +49,11 @@ TASK_FAILURES = Counter(
 CONTRACTS_FAULTED = Gauge(
     "p2pep_settlement_contracts_faulted", "Unfinished contracts whose payment worker is failing and retrying"
 )
+DEBTS = Counter(
+    "p2pep_settlement_debts_total",
+    "What a contract's consumer owed after a payment failure that passes: collected later, or given up "
+    "after debt_collect_s", ["outcome"],
+)
 CONTRACTS_ABANDONED = Counter(
     "p2pep_settlement_contracts_abandoned_total",
     "Contracts ended SETTLEMENT_FAULT because their worker failed worker_attempts times in a row",
@@ -57,6 +62,8 @@ CONTRACTS_ABANDONED = Counter(
 # every label value that can occur, at 0, so rate() and increase() see the first event
 for _outcome in PAYMENT_OUTCOMES:
     PAYMENTS.labels(_outcome)
+for _outcome in ("collected", "given_up"):
+    DEBTS.labels(_outcome)
 for _reason in EndReason:
     CONTRACT_ENDS.labels(_reason.value)
 for _task in ("contract_worker", "proposal", "sweeper", "other"):

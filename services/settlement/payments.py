@@ -5,6 +5,16 @@ consumer's meter pays, settlement checks the preimage against the invoice. Each 
 written to the store before the next, and both meters answer idempotently per
 (contract, increment), so a step repeated after a crash or an error pays nothing twice.
 
+**A payment that fails for a reason that passes** (the consumer's meter or its lnd node
+unreachable, the hub down so no route, an outcome lnd cannot tell yet: ``UNAVAILABLE`` or
+``DEADLINE_EXCEEDED`` from the meter) still ends the contract at once (``DEFAULTED``: the
+relay blocks, the supplier is owed at most what was delivered unpaid), but settlement keeps
+collecting that amount, with the same invoice, for ``debt_collect_s``: once the network is
+back the supplier is paid exactly what it delivered. A refusal that does not pass (the
+consumer cannot pay: ``FAILED_PRECONDITION``) settles the contract at what was paid, as does
+the end of the collection window. An unsettled payment row with an invoice is what marks a
+debt being collected, so a restarted settlement goes on collecting it.
+
 The worker runs step by step under :func:`p2pep.servicekit.supervised`: an unexpected error
 is logged with its contract, counted, shown on the contract (``ContractRecord.fault``, which
 the live view and the console display) and the step is retried with backoff. After
@@ -23,6 +33,7 @@ from typing import Any, Protocol
 import grpc
 import structlog
 
+from p2pep.metering.request_checks import STILL_IN_FLIGHT
 from p2pep.pbconv import now_ms
 from p2pep.servicekit import Backoff, GaveUp, supervised
 from p2pep.settings.settlement import SettlementSettings
@@ -35,6 +46,9 @@ from services.settlement.registry import MeterRegistry
 from services.settlement.store import Store
 
 log = structlog.get_logger("settlement")
+
+#: a meter's answer that means "not now" rather than "no": the payment may succeed later
+PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Lifecycle(Protocol):
@@ -82,9 +96,14 @@ class ContractWorker:
     async def _step(self, lc: LiveContract) -> bool:
         """One step: pay the next increment due, wait for energy, or finish. True once the
         contract is settled. Safe to repeat after a failure."""
-        due = lc.ledger.next_due()
-        if due is not None and lc.contract.state is not ContractState.DEFAULTED:
+        due = None if lc.collect_gave_up else lc.ledger.next_due()
+        if due is not None and lc.collect_until is None and lc.contract.state is not ContractState.DEFAULTED:
             await self.pay(lc, due)  # False (defaulted or ended) loops on to finish
+            return False
+        if due is not None and await self._collecting(lc, due):  # ended: what was delivered, asked again
+            await asyncio.sleep(self.backoff.delay(lc.collect_attempts))
+            lc.collect_attempts += 1
+            await self.pay(lc, due)
             return False
         if lc.contract.state.final:
             await self.lifecycle.finish(lc)
@@ -133,7 +152,9 @@ class ContractWorker:
             await self.store.drop_unsettled(lc.cid, due.number)
             if not lc.contract.state.final:
                 await self.lifecycle.end_contract(lc.cid, EndReason.SUPPLIER_GONE)
-            else:  # ended already: the supplier cannot be paid the rest, stop asking
+            if err.code() in PASSING and self.s.debt_collect_s > 0:
+                self._start_collecting(lc)  # the supplier's meter is away: ask it again for what it delivered
+            elif lc.contract.state.final:  # the supplier cannot be paid the rest, stop asking
                 async with self.ledger_lock:
                     lc.ledger = frozen_ledger(lc)
             return False
@@ -144,14 +165,30 @@ class ContractWorker:
         except grpc.aio.AioRpcError as err:
             timeout = err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             metrics.PAYMENTS.labels("timeout" if timeout else "failed").inc()
-            log.warning("increment not paid", contract_id=lc.cid, increment=due.number, detail=err.details())
-            await self._default(lc, EndReason.PAYMENT_TIMEOUT if timeout else EndReason.PAYMENT_FAILED)
+            passing = err.code() in PASSING and self.s.debt_collect_s > 0
+            lc.in_flight = err.code() == grpc.StatusCode.UNAVAILABLE and STILL_IN_FLIGHT in (err.details() or "")
+            log.warning("increment not paid", contract_id=lc.cid, increment=due.number, detail=err.details(),
+                        code=err.code().name, collecting=passing)
+            await self._default(lc, EndReason.PAYMENT_TIMEOUT if timeout else EndReason.PAYMENT_FAILED,
+                                keep_invoice=passing)
+            if passing:
+                self._start_collecting(lc)
+            elif lc.collect_until is not None:  # collecting, and now a "no": settle it unpaid
+                log.warning("debt not collected: the consumer cannot pay", contract_id=lc.cid,
+                            owed_wh=lc.ledger.unpaid_wh, detail=err.details())
+                metrics.DEBTS.labels("given_up").inc()
+                lc.collect_until, lc.collect_gave_up = None, True
             return False
         if hashlib.sha256(bytes.fromhex(paid.preimage)).hexdigest() != phash:
             metrics.PAYMENTS.labels("bad_preimage").inc()
             log.error("preimage does not match the invoice", contract_id=lc.cid, increment=due.number)
             await self._default(lc, EndReason.PAYMENT_FAILED)
             return False
+        if lc.collect_until is not None:
+            log.info("debt collected", contract_id=lc.cid, increment=due.number, amount_msat=due.amount_msat,
+                     attempts=lc.collect_attempts)
+            metrics.DEBTS.labels("collected").inc()
+            lc.collect_attempts = 0  # the next increment owed (if any) at once
         await self.store.payment_settled(lc.cid, due.number, paid.preimage, paid.fee_msat, now_ms())
         lc.ledger.record_payment(due.number, due.amount_msat, phash)
         lc.last_payment = time.monotonic()
@@ -164,8 +201,9 @@ class ContractWorker:
         self.lifecycle.spawn(self.lifecycle.notify(lc))
         return True
 
-    async def _default(self, lc: LiveContract, reason: EndReason) -> None:
-        """The consumer did not pay: delivery stops now; the supplier is owed at most this increment."""
+    async def _default(self, lc: LiveContract, reason: EndReason, keep_invoice: bool = False) -> None:
+        """The consumer did not pay: delivery stops now; the supplier is owed at most this
+        increment. ``keep_invoice``: the failure may pass, the invoice is kept to collect with."""
         async with self.ledger_lock:
             if not lc.contract.state.final:
                 lc.contract = lc.contract.end(reason, now_ms())
@@ -173,5 +211,37 @@ class ContractWorker:
                 # ended already (e.g. end time) and the final payment failed
                 lc.contract = replace(lc.contract, state=ContractState.DEFAULTED, end_reason=reason)
             lc.ledger.close()
-            await self.store.drop_unsettled(lc.cid, lc.ledger.increments_paid + 1)
+            if not keep_invoice:
+                await self.store.drop_unsettled(lc.cid, lc.ledger.increments_paid + 1)
             await self.lifecycle.save(lc)
+
+    def _start_collecting(self, lc: LiveContract) -> None:
+        if lc.collect_until is None:
+            lc.collect_until = time.monotonic() + self.s.debt_collect_s
+            lc.collect_attempts = 0
+            log.info("collecting what was delivered", contract_id=lc.cid, owed_wh=lc.ledger.unpaid_wh,
+                     for_s=self.s.debt_collect_s)
+
+    async def _collecting(self, lc: LiveContract, due: IncrementDue) -> bool:
+        """Whether to ask the consumer again for ``due`` of an ended contract: within the
+        collection window (or, after a restart, when the invoice of a passing failure is
+        still on record); False once given up (the contract is then settled with it unpaid)."""
+        if lc.collect_until is None and self.s.debt_collect_s > 0:
+            row = await self.store.payment(lc.cid, due.number)
+            if row and row["payment_request"] and not row["preimage"]:
+                self._start_collecting(lc)  # a debt a previous run was collecting
+        if lc.collect_until is None:
+            return False
+        if time.monotonic() < lc.collect_until:
+            return True
+        if lc.in_flight:  # the consumer's lnd may still complete it: settling it unpaid could pay twice
+            log.warning("debt window over but the payment is still in flight; asking on", contract_id=lc.cid,
+                        increment=due.number)
+            lc.collect_until = time.monotonic() + self.s.debt_collect_s
+            return True
+        log.warning("debt not collected in time; settling the contract with it unpaid", contract_id=lc.cid,
+                    owed_wh=lc.ledger.unpaid_wh, attempts=lc.collect_attempts)
+        metrics.DEBTS.labels("given_up").inc()
+        await self.store.drop_unsettled(lc.cid, due.number)
+        lc.collect_until, lc.collect_gave_up = None, True  # settled with delivered > paid, as a default is
+        return False

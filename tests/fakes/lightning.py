@@ -46,6 +46,8 @@ class FakeLnd:
         """Set to a reason: opening channels fails with it (e.g. an empty wallet)."""
         self.unroutable_sat = 0
         """Held back from every channel when routing, as lnd's reserve and fee buffer are."""
+        self.channels_inactive = False
+        """Its channel's peer (the hub) is away: the channel is listed inactive."""
 
     def _call(self, method: str) -> None:
         self.calls[method] = self.calls.get(method, 0) + 1
@@ -122,7 +124,7 @@ class FakeLnd:
         return list(self.payments)
 
     def _channel(self) -> ln.Channel:
-        return ln.Channel(active=True, remote_pubkey="03" + "11" * 32, capacity=2 * self.local_sat,
+        return ln.Channel(active=not self.channels_inactive, remote_pubkey="03" + "11" * 32, capacity=2 * self.local_sat,
                           local_balance=self.local_sat, remote_balance=self.local_sat)
 
     async def list_channels(self, active_only: bool = False, peer: str | None = None) -> list[ln.Channel]:
