@@ -155,7 +155,7 @@ async def operator_in_browser(runner: ScenarioRunner, out: Path, meters: list[st
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             # the usage form's times are local times of the browser: UTC here, so the test knows them
-            ctx = await browser.new_context(viewport=DESKTOP, timezone_id="UTC", accept_downloads=True)
+            ctx = await browser.new_context(viewport=DESKTOP, timezone_id="UTC", locale="en-US", accept_downloads=True)
             page = await ctx.new_page()
             page.set_default_timeout(30_000 * scale)
             await page.goto(console + "/")
@@ -170,6 +170,10 @@ async def operator_in_browser(runner: ScenarioRunner, out: Path, meters: list[st
                 "#grid svg path.flow", "ps => ps.map(p => [p.dataset.from, p.dataset.to])")
             seen["flow_labels"] = await page.eval_on_selector_all("#grid svg text.flowlabel",
                                                                   "ts => ts.map(t => t.textContent)")
+            # every time on the page is on the meters' clock, from the first rendering on
+            await page.wait_for_selector("#contracts tbody tr")
+            seen["contract_starts"] = await page.eval_on_selector_all(
+                "#contracts tbody tr", "rs => rs.map(r => r.cells[7].textContent)")
             await shoot(page, out, "grid", seen, prefix="console")
 
             t0 = start.astimezone(UTC).replace(tzinfo=None)  # the form's local time, in the browser's UTC

@@ -215,7 +215,7 @@ async def test_console_page_fits_1280_px_and_shows_one_clock(console: Any) -> No
             await page.get_by_role("button", name="show").last.click()
             await page.wait_for_function("typeof Chart !== 'undefined' && !!Chart.getChart('series')")
             assert "api/series.csv?" in (await page.get_attribute("#csv", "href") or "")
-            assert "meter-3: used 0.7" in await page.inner_text("#energy")
+            assert "meter-3: used 1.4" in await page.inner_text("#energy")  # two hours at the fake's 700 Wh
             await page.wait_for_function("document.getElementById('anchor-tip').textContent.includes('no anchor')")
             assert await no_horizontal_scroll(page)
             await page.screenshot(path=str(artifacts_dir("console") / "console-1280.png"), full_page=True)
@@ -232,13 +232,14 @@ async def test_usage_and_production_of_several_meters_as_series_and_csv(console:
             d = await r.json()
         assert r.status == 200, d
         assert d["starts"][0] == "2026-06-21T09:00:00Z" and len(d["starts"]) == 4  # 3 h 30 min: 4 buckets
-        assert d["meters"]["meter-3"]["usage_wh"] == [700] * 4 and d["meters"]["meter-3"]["total_usage_wh"] == 700
+        # the total is its rows' sum (the fake answers 700 Wh for any span)
+        assert d["meters"]["meter-3"]["usage_wh"] == [700] * 4 and d["meters"]["meter-3"]["total_usage_wh"] == 2800
         async with http.get("/api/series.csv", params={**q, "step": "day"}) as r:
             text = await r.text()
             assert r.status == 200 and r.content_type == "text/csv" and ".csv" in r.headers["Content-Disposition"]
         rows = [line.split(",") for line in text.strip().splitlines()]
         assert rows[0] == ["meter_id", "from", "to", "usage_wh", "production_wh"]
-        # one day bucket, then the total row: settlement's own sum over the whole period
+        # one day bucket, then the total row: the sum of the meter's rows
         assert rows[1:] == [["meter-3", "2026-06-21T09:00:00Z", "2026-06-21T12:30:00Z", "700", "0"]] * 2
         for params, param in (({**q, "step": "week"}, "step"), ({**q, "meter_id": ""}, "meter_id"),
                               ({**q, "meter_id": "a b"}, "meter_id"), ({**q, "to": q["from"]}, "to"),

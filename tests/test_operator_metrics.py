@@ -70,6 +70,21 @@ def test_settlement_operator_collector_reads_memory_at_scrape_time() -> None:
     assert value("p2pep_settlement_unpaid_stalled_seconds", reg) == 0
 
 
+def test_defaults_that_left_memory_are_counted_from_the_engines_own_counter() -> None:
+    """The collector reads the counter the engine fills as defaulted contracts leave memory,
+    including one that was still empty when the collector was made (a fresh settlement: the
+    regression behind P2PEPConsumerDefaulted never firing)."""
+    from collections import Counter
+
+    settled: Counter[str] = Counter()  # empty, hence falsy
+    reg = CollectorRegistry()
+    reg.register(OperatorCollector({}, SimpleNamespace(values=lambda: [link("meter-3", 1.0)]), clock=lambda: 2.0,
+                                   settled_defaults=settled))
+    assert value("p2pep_settlement_consumer_defaults", reg, consumer="meter-3") == 0
+    settled["meter-3"] += 1  # the engine retires a defaulted contract
+    assert value("p2pep_settlement_consumer_defaults", reg, consumer="meter-3") == 1
+
+
 async def test_anchor_lag_after_each_block(tmp_path: Path) -> None:
     chain = FakeChain()
     chain.mine(100)

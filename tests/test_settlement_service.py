@@ -5,6 +5,7 @@ The real-network runs (real meters, real LND) are in tests/test_e2e_*.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -47,6 +48,7 @@ class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
         self.paid: list[tuple[str, int]] = []
         self.refuse_pay = False
         self.unreachable = False  # PayInvoice answers UNAVAILABLE (its lnd down, the hub down: it passes)
+        self.invoice_delay_s = 0.0  # CreateInvoice takes this long
         self.updates: list[pb.ContractRecord] = []
         self.asked_to_sign: list[str] = []
 
@@ -56,6 +58,7 @@ class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
         return meter_pb2.SignContractResponse(signature=sign_contract(terms, self.key), node_pubkey="02" + "11" * 32)
 
     async def CreateInvoice(self, req: meter_pb2.CreateInvoiceRequest, ctx: Any) -> meter_pb2.CreateInvoiceResponse:
+        await asyncio.sleep(self.invoice_delay_s)
         pre = secrets.token_bytes(32)
         h = hashlib.sha256(pre).hexdigest()
         self.preimages[h] = pre
@@ -317,6 +320,27 @@ async def test_a_payment_failure_that_passes_defaults_then_collects_what_was_del
     assert metric("p2pep_settlement_debts_total", {"outcome": "collected"}) >= before + 1
     summary = json.loads((await engine.store.contract("c4"))["summary_json"])  # type: ignore[index]
     assert summary["msat_paid"] == rec.paid_msat and summary["wh_paid"] == summary["wh_delivered"]
+
+
+async def test_a_meter_registering_again_does_not_cancel_calls_in_flight_to_it(world: Any) -> None:
+    """A supplier that re-registers while settlement waits on its CreateInvoice: the old channel
+    is closed with grace, so the call completes and the contract's worker goes on (closed at
+    once, the call was cancelled and the worker ended silently, its contract never settled)."""
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement()
+    await register(stub, cons, sup)
+    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
+    await engine.propose(match("c6", energy_wh=20, price=1_000_000))
+    sup.invoice_delay_s = 1.0
+    await send(stub, reading(cons, 2, 10, 0), reading(sup, 2, 0, 10))
+    link = engine.meters["supplier"]
+    await asyncio.sleep(0.3)  # the worker is inside CreateInvoice now
+    await link.reconnect(link.row)
+    sup.invoice_delay_s = 0.0
+    await send(stub, reading(cons, 3, 20, 0), reading(sup, 3, 0, 20))
+    await wait_for(lambda: settled(engine, "c6"), 10, what="the contract paid out and settled")
+    rec = await stub.GetContract(pb.GetContractRequest(contract_id="c6"))
+    assert (rec.state, rec.paid_wh) == (pb.CONTRACT_STATE_COMPLETED, 20)
 
 
 async def test_a_debt_not_collected_in_time_is_settled_unpaid(world: Any) -> None:

@@ -3,8 +3,9 @@
 * ``GET /api/series?meter_id=A,B&from=ISO&to=ISO&step=hour|day``: usage and production of
   one or several meters per hour or day between two times (the meters' clock: reading
   timestamps), from settlement's ``GetUsage``/``GetProduction``; ``GET /api/series.csv`` the
-  same as CSV (one row per meter and bucket, then each meter's total row; totals are the sums
-  settlement gives for the whole period, so they equal its books).
+  same as CSV (one row per meter and bucket, then each meter's total row, the sum of its
+  rows; for a period whose readings are all in, that is settlement's books for the period:
+  tests/test_e2e_scenarios.py compares them).
 * ``GET /api/anchors``: the anchor service's batches (txid, height, confirmations, leaves).
 * ``GET /api/grid``: what the live grid view draws: each meter's role, coordinates and power
   now (from the meter's own status), and the active contracts (supplier -> consumer) with
@@ -94,9 +95,10 @@ class Reports:
                                "starts": [iso(c.start_ms) for c in cuts], "meters": {}}
         for m in ids:
             got = await asyncio.gather(*(self._energy(m, c.start_ms, c.end_ms) for c in cuts))
-            total = await self._energy(m, t0, t1)
+            # the totals are the rows' sums: asked separately while readings still arrive, a
+            # total of the whole period would not match its own rows
             out["meters"][m] = {"usage_wh": [u for u, _ in got], "production_wh": [p for _, p in got],
-                                "total_usage_wh": total[0], "total_production_wh": total[1]}
+                                "total_usage_wh": sum(u for u, _ in got), "total_production_wh": sum(p for _, p in got)}
         return out
 
     async def series(self, req: web.Request) -> web.Response:

@@ -26,6 +26,9 @@ from p2pep.settling.validation import StreamHead
 from p2pep.v1 import meter_pb2_grpc
 from services.settlement.store import MeterRow
 
+RECONNECT_GRACE_S = 20.0  # longer than any call settlement makes to a meter (PayInvoice: payment_timeout_s)
+_closing: set[asyncio.Task[None]] = set()  # old channels closing after a re-registration (kept referenced)
+
 CONSUMER_SIDE_REASONS = {EndReason.ENDED_BY_CONSUMER, EndReason.CONSUMER_GONE,
                          EndReason.PAYMENT_FAILED, EndReason.PAYMENT_TIMEOUT}
 """Ends the consumer caused; any other early end is put down to the supplier's side."""
@@ -58,10 +61,16 @@ class MeterLink:
         return self._stub
 
     async def reconnect(self, row: MeterRow) -> None:
-        """The meter registered again (maybe at a new address): dial it afresh."""
-        await self.close()
-        self._channel, self._stub = None, None
+        """The meter registered again (maybe at a new address): dial it afresh. The old channel
+        is closed with a grace period, in the background: closing it at once would cancel the
+        calls in flight on it, and a cancelled call raises CancelledError in its caller (a
+        contract's payment worker), which ends that task as if settlement itself were stopping."""
+        old, self._channel, self._stub = self._channel, None, None
         self.row = row
+        if old is not None:
+            task = asyncio.create_task(old.close(grace=RECONNECT_GRACE_S))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -128,7 +128,8 @@ class OperatorCollector(Collector):
     def __init__(self, contracts: Mapping[str, LiveContract], meters: Links,
                  clock: Callable[[], float] = time.monotonic, settled_defaults: Mapping[str, int] | None = None) -> None:
         self.contracts = contracts
-        self.settled_defaults = settled_defaults or {}
+        # not `settled_defaults or {}`: an empty Counter is falsy, and the engine fills that very object later
+        self.settled_defaults = settled_defaults if settled_defaults is not None else {}
         self.meters = meters
         self.clock = clock
 

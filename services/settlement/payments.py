@@ -84,8 +84,15 @@ class ContractWorker:
         try:
             done = False
             while not done:
-                done = await supervised(lambda: self._step(lc), on_failure=failed, backoff=self.backoff,
-                                        attempts=self.s.worker_attempts)
+                try:
+                    done = await supervised(lambda: self._step(lc), on_failure=failed, backoff=self.backoff,
+                                            attempts=self.s.worker_attempts)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise  # settlement is stopping
+                    # a call was cancelled under it (its channel closed): that step is simply repeated
+                    log.warning("a call of the contract worker was cancelled; going on", contract_id=lc.cid)
                 if lc.fault:
                     log.info("contract worker recovered", contract_id=lc.cid, after=lc.fault)
                     lc.fault = ""
