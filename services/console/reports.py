@@ -6,7 +6,8 @@
   same as CSV (one row per meter and bucket, then each meter's total row, the sum of its
   rows; for a period whose readings are all in, that is settlement's books for the period:
   tests/test_e2e_scenarios.py compares them).
-* ``GET /api/anchors``: the anchor service's batches (txid, height, confirmations, leaves).
+* ``GET /api/anchors``: the anchor service's batches (txid, height, confirmations, leaves, the mined
+  transaction's vbytes, the contracts among the leaves and the vbytes per contract).
 * ``GET /api/grid``: what the live grid view draws: each meter's role, coordinates and power
   now (from the meter's own status), and the active contracts (supplier -> consumer) with
   their contracted average power, delivered Wh and paid msat.
