@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: setup proto binaries lock lint test test-unit test-regtest up bench clean images k8s-config k8s-check web-assets
+.PHONY: setup proto binaries lock lint test test-unit test-regtest up bench clean images k8s-config k8s-check k8s-api-check web-assets
 
 setup: $(STAMP) binaries proto web-assets
 
@@ -61,6 +61,13 @@ k8s-config: setup
 
 k8s-check: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_k8s.py
+
+# opt-in, not in `make test`: the kube store, the lnd exporter and the bootstrap Job against a real
+# kube-apiserver + etcd with the regtest overlay's RBAC (k8s/README.md); the first run builds
+# kube-apiserver (scripts/build-kube-apiserver.sh: ~14 min on 2 cores, then cached by version)
+k8s-api-check: setup
+	dir=$$(bash scripts/build-kube-apiserver.sh) && \
+	  P2PEP_KUBE_APISERVER_DIR=$$dir $(BIN)/python -m pytest -q -p no:cacheprovider -rs tests/test_k8s_kubeapi.py
 
 up: setup
 	$(BIN)/p2pep up $(UP_FLAGS)

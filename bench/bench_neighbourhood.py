@@ -5,12 +5,15 @@ One run, three parts, each against its baseline measured in the same run:
 * **increments settled per second through the hub** — the neighbourhood around noon at
   ``--accel`` (fast enough that the households ask for more increments than the machine can
   pay: what comes through is the capacity), for ``--seconds`` of real time. Counted from
-  settlement's ``increment paid`` log lines over the running window. The concurrency is
+  settlement's ``increment paid`` log lines over the trading window. The concurrency is
   what was in flight on average (Little's law: the sum of settlement's own invoice + payment
-  round trips over the window); then, on the same network with the services stopped, **bare
-  lnd payments** consumer node -> hub -> producer node at that concurrency (payers spread
-  over the consumers' nodes, invoices made by the payees) for as long: the ratio is what
-  P2PEP's per-increment scheme keeps of what lnd alone does on this machine.
+  round trips over the window). Then **bare lnd payments** consumer node -> hub -> producer
+  node at that concurrency (payers spread over the consumers' nodes, invoices made by the
+  payees), twice, each for ``--seconds``: in the same run with trading stopped (the matcher
+  stopped, the open contracts let end) while every other service runs on (**same load**:
+  the meters still read and sign, settlement still stores each reading, so the ratio is what
+  the per-increment scheme itself costs), and after the run with every service stopped (lnd
+  alone on the machine).
 * **CPU seconds per increment, per service** (settlement, matcher, each meter service, the
   hub's lnd, the meters' lnd nodes; ``/proc/PID/stat`` over the running window) and the
   **resident memory of each meter service** (``VmRSS`` at the end of the window).
@@ -51,10 +54,9 @@ from p2pep.scenario.runner import RunOptions, ScenarioRunner
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def neighbourhood(accel: int, seconds: float) -> Scenario:
+def neighbourhood(accel: int, sim_min: int) -> Scenario:
     data = tomllib.loads((SCENARIO_DIR / "neighbourhood.toml").read_text())
     data["anchor"] = False  # not what is measured here
-    sim_min = max(10, int(seconds * accel / 60))
     data["timing"].update(sim_start="2026-06-21T11:00:00+02:00", duration=f"{sim_min}m", accel=accel, tick_s=0.25)
     return parse_scenario(data, default_name="neighbourhood-bench")
 
@@ -88,16 +90,28 @@ def pids(runner: ScenarioRunner) -> dict[str, int | None]:
     return out
 
 
-async def sample_while_running(runner: ScenarioRunner, into: dict[str, Any]) -> None:
-    """CPU of every process when the run starts, and CPU + RSS at its last second of running."""
-    while runner.phase != "running":
+def cpu_now(runner: ScenarioRunner) -> dict[str, float]:
+    return {n: cpu_s(pid) for n, pid in pids(runner).items()}
+
+
+async def wait_phase(runner: ScenarioRunner, phase: str) -> None:
+    while runner.phase != phase:
         await asyncio.sleep(0.2)
-    p = pids(runner)
-    into["t0"], into["cpu0"] = time.monotonic(), {n: cpu_s(pid) for n, pid in p.items()}
-    while runner.phase == "running":
-        into["t1"], into["cpu1"] = time.monotonic(), {n: cpu_s(pid) for n, pid in p.items()}
-        into["rss_mb"] = {n: rss_mb(pid) for n, pid in p.items()}
+
+
+async def trading_stopped(runner: ScenarioRunner, quiet_s: float = 8.0, deadline_s: float = 90.0) -> float:
+    """Stop the matcher (SIGTERM: no new contracts) and wait until settlement has paid no
+    increment for ``quiet_s`` (the open contracts ended at their window's end); returns the wait."""
+    t = time.monotonic()
+    runner.expected_down.add("matcher")
+    await runner.procs["matcher"].stop()
+    log = runner.layout.log("settlement")
+    while time.monotonic() - t < deadline_s:
+        paid = [e["t"] for e in log_events(log) if e["event"] == "increment paid"]
+        if not paid or time.time() - paid[-1] >= quiet_s:
+            break
         await asyncio.sleep(1.0)
+    return time.monotonic() - t
 
 
 def settled_rate(runner: ScenarioRunner, t0: float, t1: float) -> dict[str, Any]:
@@ -143,22 +157,54 @@ async def bare_lnd(net: RegtestNetwork, payers: list[str], payees: list[str], co
 
 
 async def hub_vs_lnd(accel: int, seconds: float, d: Path) -> dict[str, Any]:
-    scenario = neighbourhood(accel, seconds)
+    """The neighbourhood trading for ``seconds``; then, in the same run, the matcher stopped
+    (no new contracts), the open ones let end, and bare lnd payments at the same concurrency
+    for ``seconds`` while every other service runs on (the meters still read and sign, settlement
+    still stores each reading: the machine carries the same background); then, after the run,
+    the same bare payments once more with every service stopped (the machine to lnd alone)."""
+    sim_min = max(10, int((2 * seconds + 150) * accel / 60))
+    scenario = neighbourhood(accel, sim_min)
     runner = ScenarioRunner(scenario, RunOptions(run_dir=d / "run", keep_network=True, say=lambda m: None))
-    samples: dict[str, Any] = {}
-    sampler = asyncio.create_task(sample_while_running(runner, samples))
+    stop = asyncio.Event()
+    got: dict[str, Any] = {}
+    meters = [m.name for m in scenario.meters]
+    consumers = [m.name for m in scenario.meters if m.role == "consumer"]
+    producers = [m.name for m in scenario.meters if m.role == "producer"]
+
+    async def arms() -> None:
+        try:
+            await wait_phase(runner, "running")
+            got["t0"], got["cpu0"] = time.monotonic(), cpu_now(runner)
+            await asyncio.sleep(seconds)  # the trading window (a benchmark's measuring interval)
+            got["t1"], got["cpu1"] = time.monotonic(), cpu_now(runner)
+            p = pids(runner)
+            got["rss_mb"] = {n: rss_mb(pid) for n, pid in p.items()}
+            got["rate"] = settled_rate(runner, got["t0"], got["t1"])
+            got["drain_s"] = await trading_stopped(runner)
+            assert runner.net is not None
+            concurrency = max(1, round(got["rate"]["in_flight_mean"]))
+            cpu2 = cpu_now(runner)
+            got["same_load"] = await bare_lnd(runner.net, consumers, producers, concurrency, seconds)
+            cpu3 = cpu_now(runner)
+            got["same_load_cpu_s"] = {n: round(cpu3[n] - cpu2.get(n, 0.0), 2) for n in cpu3}
+        finally:
+            stop.set()
+
+    controller = asyncio.create_task(arms())
     try:
-        report = await runner.run(asyncio.Event())
+        report = await runner.run(stop)
     finally:
-        sampler.cancel()
+        await asyncio.gather(controller, return_exceptions=True)
+    failed = controller.exception() if controller.done() and not controller.cancelled() else None
+    if failed is not None:
+        raise failed
     net = RegtestNetwork.attach(runner.run_dir)
     try:
-        if report is None:
+        if report is None or "same_load" not in got:
             raise RuntimeError("the run did not finish")
-        rate = settled_rate(runner, samples["t0"], samples["t1"])
-        cpu = {n: samples["cpu1"][n] - samples["cpu0"].get(n, 0.0) for n in samples["cpu1"]}
+        rate = got["rate"]
+        cpu = {n: got["cpu1"][n] - got["cpu0"].get(n, 0.0) for n in got["cpu1"]}
         inc = max(1, rate["increments"])
-        meters = [m.name for m in scenario.meters]
         per_service = {
             "settlement": cpu.get("settlement", 0.0) / inc,
             "matcher": cpu.get("matcher", 0.0) / inc,
@@ -167,23 +213,25 @@ async def hub_vs_lnd(accel: int, seconds: float, d: Path) -> dict[str, Any]:
             "lnd_meters_all": sum(cpu.get(f"lnd:{m}", 0.0) for m in meters) / inc,
         }
         concurrency = max(1, round(rate["in_flight_mean"]))
-        consumers = [m.name for m in scenario.meters if m.role == "consumer"]
-        producers = [m.name for m in scenario.meters if m.role == "producer"]
-        base = await bare_lnd(net, consumers, producers, concurrency, min(seconds, 60))
+        idle = await bare_lnd(net, consumers, producers, concurrency, seconds)
+        same = got["same_load"]
         return {
-            "scenario": {"households": len(meters), "accel": accel, "report_ok": report["ok"],
-                         "failed_checks": report["failed_checks"], "errors": report["errors"][:5],
+            "scenario": {"households": len(meters), "accel": accel, "errors": report["errors"][:5],
                          "contracts": report["totals"]["contracts"], "paid_increments": report["totals"]["payments"]},
             "through_hub": rate,
-            "bare_lnd_same_concurrency": base,
-            "ratio_to_bare_lnd": rate["per_s"] / base["per_s"] if base["per_s"] else None,
+            "bare_lnd_same_load": same,
+            "bare_lnd_services_stopped": idle,
+            "ratio_to_bare_lnd_same_load": rate["per_s"] / same["per_s"] if same["per_s"] else None,
+            "ratio_to_bare_lnd_services_stopped": rate["per_s"] / idle["per_s"] if idle["per_s"] else None,
+            "drain_s": round(got["drain_s"], 1),
             "cpu_s_per_increment": {k: round(v, 5) for k, v in per_service.items()},
             "cpu_s_window": {k: round(v, 2) for k, v in cpu.items()},
+            "cpu_s_same_load_window": got["same_load_cpu_s"],
             "meter_service_rss_mb": {
-                "median": statistics.median(samples["rss_mb"][m] for m in meters),
-                "max": max(samples["rss_mb"][m] for m in meters)},
-            "settlement_rss_mb": samples["rss_mb"].get("settlement"),
-            "lnd_rss_mb_median": statistics.median(samples["rss_mb"][f"lnd:{m}"] for m in meters),
+                "median": statistics.median(got["rss_mb"][m] for m in meters),
+                "max": max(got["rss_mb"][m] for m in meters)},
+            "settlement_rss_mb": got["rss_mb"].get("settlement"),
+            "lnd_rss_mb_median": statistics.median(got["rss_mb"][f"lnd:{m}"] for m in meters),
         }
     finally:
         await net.down()
@@ -193,6 +241,7 @@ async def ingest(n_readings: int, d: Path) -> dict[str, Any]:
     """Settlement's durable ingest (12 meters, each with an active contract) vs its pure core."""
     from p2pep.metering.readings import Reading, SignedReading
     from p2pep.metering.signing import MeterKey
+    from p2pep.scenario.tls import prepare as prepare_tls
     from p2pep.settings.settlement import SettlementSettings
     from p2pep.settling.contracts import Contract, ContractTerms
     from p2pep.settling.validation import StreamHead, validate_reading
@@ -244,7 +293,9 @@ async def ingest(n_readings: int, d: Path) -> dict[str, Any]:
     pure = len(msgs) / (time.perf_counter() - t)
 
     # durable: the engine's ingest on a real store
-    s = SettlementSettings(db_path=str(d / "ingest.sqlite"), summary_key_path=str(d / "settlement.key"))
+    prepare_tls(d / "tls", ["settlement"], {})  # settlement dials each meter as it registers
+    s = SettlementSettings(db_path=str(d / "ingest.sqlite"), summary_key_path=str(d / "settlement.key"),
+                           tls_dir=str(d / "tls"))
     store = await Store.open(s.db_path)
     engine = Engine(s, store)
     for name, key in zip(names, keys):

@@ -58,15 +58,19 @@ PUBLIC_METER_FIELDS = ("meter_id", "role", "pubkey", "node_pubkey", "node_addres
 """What a meter may learn of another meter: its public identity (the keys a counterparty
 checks in the terms it signs) and its lnd node's p2p address (to open a channel to a
 counterparty in ad hoc mode, as Lightning's own gossip would tell). Never its service
-address, sequence or registers (a household's load curve)."""
+address, sequence or registers (a household's load curve), nor where it is installed (the
+household's place: the console, the portal and operators read it)."""
 
 
 def meter_directory_view(response: Any, meter_id: str) -> Any:
-    """``ListMeters`` as a meter sees it: its own record whole, the others' public fields."""
+    """``ListMeters`` as a meter sees it: its own record whole, the others' public fields
+    (every other field cleared, so a field added to ``MeterInfo`` stays hidden from meters
+    until it is named public here)."""
     for m in response.meters:
         if m.meter_id != meter_id:
-            for name in ("address", "last_seq", "import_wh", "export_wh"):
-                m.ClearField(name)
+            for f, _ in m.ListFields():
+                if f.name not in PUBLIC_METER_FIELDS:
+                    m.ClearField(f.name)
     return response
 
 
@@ -113,6 +117,7 @@ ACCESS: dict[str, Rule] = {
     MT + "SignContract": settlement_only(),
     MT + "CreateInvoice": settlement_only(),
     MT + "PayInvoice": settlement_only(),
+    MT + "ResolveInvoice": settlement_only(),
     MT + "UpdateContract": settlement_only(),
     # anchor
     A + "AddLeaves": settlement_only(),

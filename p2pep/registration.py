@@ -13,12 +13,14 @@ its form:
   name or an IP address someone could actually serve from: not unspecified (``0.0.0.0``),
   multicast, broadcast, link-local (e.g. a cloud's metadata service at 169.254.169.254)
   or reserved;
-* ``role``: one of :data:`ROLES`.
+* ``role``: one of :data:`ROLES`;
+* ``location`` (optional): latitude in [-90, 90] and longitude in [-180, 180] degrees, finite.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 
 from p2pep.refusals import InvalidArgument
@@ -49,6 +51,15 @@ def check_role(value: str, field: str = "role") -> str:
     if value not in ROLES:
         raise InvalidArgument(field, f"must be one of {', '.join(ROLES)}")
     return value
+
+
+def check_location(latitude: float, longitude: float, field: str = "location") -> tuple[float, float]:
+    """A place in degrees (WGS 84): ``(latitude, longitude)``, each finite and in range."""
+    if not math.isfinite(latitude) or not -90.0 <= latitude <= 90.0:
+        raise InvalidArgument(f"{field}.latitude", f"must be a number of degrees from -90 to 90, got {latitude}")
+    if not math.isfinite(longitude) or not -180.0 <= longitude <= 180.0:
+        raise InvalidArgument(f"{field}.longitude", f"must be a number of degrees from -180 to 180, got {longitude}")
+    return latitude, longitude
 
 
 def _check_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:

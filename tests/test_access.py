@@ -59,7 +59,7 @@ def test_who_may_call_what() -> None:
         "/p2pep.v1.AnchorService/"
     settlement, console, op, meter = (who("service", "settlement"), who("service", "console"),
                                       who("operator", "p2pep"), who("meter", "meter-1"))
-    for method in (MT + "SignContract", MT + "CreateInvoice", MT + "PayInvoice", MT + "UpdateContract",
+    for method in (MT + "SignContract", MT + "CreateInvoice", MT + "PayInvoice", MT + "ResolveInvoice", MT + "UpdateContract",
                    M + "ReportContractEnd", A + "AddLeaves"):
         check(ACCESS[method], settlement, None)
         for other in (console, op, meter, who("service", "matcher")):
@@ -121,7 +121,8 @@ def test_list_meters_shows_a_meter_its_own_record_and_only_the_others_public_ide
     assert rule.meter_view is not None
     resp = settlement_pb2.ListMetersResponse(meters=[settlement_pb2.MeterInfo(
         meter_id=m, address=f"{m}:1", pubkey="02" + "aa" * 32, node_pubkey="03" + "bb" * 32, role="producer",
-        node_address=f"{m}:9735", last_seq=7, import_wh=100, export_wh=200) for m in ("meter-1", "meter-2")])
+        node_address=f"{m}:9735", last_seq=7, import_wh=100, export_wh=200,
+        location=settlement_pb2.Location(latitude=52.5, longitude=13.4)) for m in ("meter-1", "meter-2")])
     own, other = {m.meter_id: m for m in resp.meters}["meter-2"], {m.meter_id: m for m in resp.meters}["meter-1"]
     own_before = settlement_pb2.MeterInfo()
     own_before.CopyFrom(own)
@@ -129,5 +130,6 @@ def test_list_meters_shows_a_meter_its_own_record_and_only_the_others_public_ide
     assert seen["meter-2"] == own_before
     assert (seen["meter-1"].address, seen["meter-1"].last_seq, seen["meter-1"].import_wh,
             seen["meter-1"].export_wh) == ("", 0, 0, 0)  # no service address, no load curve
+    assert not seen["meter-1"].HasField("location")  # nor the household's place
     assert (other.pubkey, other.node_pubkey, other.node_address) == ("02" + "aa" * 32, "03" + "bb" * 32,
                                                                      "meter-1:9735")

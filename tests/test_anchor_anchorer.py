@@ -16,6 +16,7 @@ from p2pep.anchor.document import build_document
 from p2pep.anchor.merkle import MerkleTree
 from p2pep.anchor.verify import verify_document
 from p2pep.canonical import contract_hash
+from p2pep.lnd.client import LndError
 from services.anchor.anchorer import Anchorer, AnchorerConfig
 
 
@@ -36,7 +37,7 @@ class Rig:
         self.wallet = FakeWallet(self.chain)
         self.path = str(tmp / "anchor.sqlite")
         self.cfg = cfg
-        self.anchorer = Anchorer(self.path, self.wallet, self.chain, cfg)
+        self.anchorer = Anchorer(self.path, self.wallet, self.chain, cfg, relay=self.chain)
 
     async def add(self, ids: range) -> None:
         await self.anchorer.add_leaves([("contract", f"c-{i}", contract_hash(terms(i))) for i in ids])
@@ -104,8 +105,9 @@ async def test_a_version_1_store_gains_vsize_and_keeps_its_batches(tmp_path: Pat
     await r.add(range(2))
     await r.block(3)
     await r.anchorer.close()
-    with sqlite3.connect(r.path) as conn:  # as version 1 wrote it: no vsize column
+    with sqlite3.connect(r.path) as conn:  # as version 1 wrote it: no vsize column (nor raw_hex, version 3's)
         conn.execute("ALTER TABLE anchor_batches DROP COLUMN vsize")
+        conn.execute("ALTER TABLE anchor_txs DROP COLUMN raw_hex")
         conn.execute("PRAGMA user_version = 1")
     again = Anchorer(r.path, r.wallet, r.chain, r.cfg)
     await again.open()
@@ -113,7 +115,8 @@ async def test_a_version_1_store_gains_vsize_and_keeps_its_batches(tmp_path: Pat
         (b,) = await again.batches()
         assert (b.state, b.size, b.vsize) == ("mined", 2, None)  # mined before the column: unknown, not made up
         with sqlite3.connect(r.path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+            assert conn.execute("SELECT raw_hex FROM anchor_txs").fetchall() == [(None,)]  # sent before: not kept
     finally:
         await again.close()
 
@@ -215,14 +218,104 @@ async def test_old_tx_remined_in_new_chain_just_moves_proofs(rig: Rig) -> None:
     assert (await rig.verify(1)).ok
 
 
+async def test_btcd_restarted_empty_and_resyncing_is_not_a_reorg(rig: Rig) -> None:
+    """A regtest btcd SIGKILLed and started again has only genesis and fetches the chain back
+    from its peer: while it is behind, the anchoring block is unknown to it and the tx not
+    found. That is a node catching up, not a reorg: nothing is withdrawn or sent again."""
+    await rig.add(range(3))
+    await rig.block(2)
+    await rig.block(3)
+    (before,) = await rig.anchorer.proofs_for("c-1")
+    assert before.confirmed
+    mined_at = before.proof.height
+    rig.chain.restart_empty()
+    await rig.anchorer.on_block(rig.chain.height)  # the tip seen at genesis
+    rig.chain.resync(upto=mined_at - 1)
+    await rig.anchorer.on_block(rig.chain.height)  # part of the way back
+    assert len(rig.wallet.payloads) == 1
+    assert [(b.reanchors, b.state) for b in await rig.anchorer.batches()] == [(0, "confirmed")]
+    rig.chain.resync()
+    await rig.block()
+    (after,) = await rig.anchorer.proofs_for("c-1")
+    assert after.proof == before.proof and after.confirmed
+    assert len(rig.wallet.payloads) == 1
+    assert (await rig.verify(1, k=3)).ok
+
+
+async def test_btcd_catching_up_between_two_questions_is_not_a_reorg(rig: Rig) -> None:
+    """The tip the watcher saw is a moment old, and a btcd catching up connects hundreds of
+    blocks a second: the tx is not found, then (the next question) its block is in the best
+    chain after all. Not a reorg either."""
+    await rig.add(range(3))
+    await rig.block(2)
+    await rig.block(3)
+    (before,) = await rig.anchorer.proofs_for("c-0")
+    rig.chain.restart_empty()
+    rig.chain.after_tx_lookup = rig.chain.resync  # caught up right after the tx was not found
+    await rig.anchorer.on_block(0)
+    rig.chain.after_tx_lookup = None
+    assert len(rig.wallet.payloads) == 1
+    assert [(b.reanchors, b.state) for b in await rig.anchorer.batches()] == [(0, "confirmed")]
+    await rig.block()
+    (after,) = await rig.anchorer.proofs_for("c-0")
+    assert after.proof == before.proof and len(rig.wallet.payloads) == 1
+
+
+async def test_unmined_tx_lost_with_btcds_mempool_is_published_again_not_replaced(rig: Rig) -> None:
+    """btcd SIGKILLed (or restarted) forgets its mempool: the anchoring tx it held is gone from
+    it but still the wallet's (its coins are spent by it: a new tx may find none). The same tx is
+    published again from the store; no second anchor, no wallet call."""
+    await rig.add(range(2))
+    await rig.block(2)
+    (sent,) = await rig.anchorer.batches()
+    rig.chain.mempool.clear()  # btcd restarted: its mempool is lost
+    rig.wallet.fail = True  # the wallet's coins are in the lost tx: it could not fund another
+    await rig.block()
+    assert rig.chain.mempool == [sent.txid]
+    (b,) = await rig.anchorer.batches()
+    assert (b.state, b.txid, b.reanchors) == ("broadcast", sent.txid, 0)
+    await rig.block()
+    (b,) = await rig.anchorer.batches()
+    assert (b.state, b.txid, b.txids) == ("mined", sent.txid, (sent.txid,))
+    assert len(rig.wallet.payloads) == 1
+    assert (await rig.verify(0)).ok
+
+
 async def test_dropped_unmined_tx_is_resent(rig: Rig) -> None:
     await rig.add(range(2))
     await rig.block(2)
-    rig.chain.mempool.clear()  # evicted before being mined
+    (sent,) = await rig.anchorer.batches()
+    assert sent.txid is not None
+    rig.chain.mempool.clear()  # evicted before being mined, and btcd will not take it again
+    rig.chain.refused.add(sent.txid)
     await rig.block()
     assert len(rig.wallet.payloads) == 2
     await rig.block()
     assert (await rig.verify(0)).ok
+
+
+async def test_coins_all_in_an_unconfirmed_anchor_tx_wait_for_its_change(tmp_path: Path) -> None:
+    """lnd spends confirmed coins only: while the hub's one coin is the change of an anchoring
+    tx not yet mined (published again after a btcd restart, or a batch closed at once at M
+    leaves), the next batch cannot be funded. That passes with the next block: a warning and a
+    retry, not an operator's error (a wallet that cannot pay with nothing of ours in flight still
+    is one: test_wallet_failure_is_retried_next_block)."""
+    r = Rig(tmp_path, config(every=2, m=2))
+    await r.anchorer.open()
+    try:
+        await r.add(range(2))  # closes at M leaves and is sent at once
+        (first,) = await r.anchorer.batches()
+        assert first.state == "broadcast"
+        r.wallet.error = LndError("hub", "SendOutputs", "UNKNOWN: insufficient funds available to construct transaction")
+        await r.add(range(2, 4))  # the next batch: the wallet's coin is the first tx's unconfirmed change
+        assert [b.state for b in await r.anchorer.batches()] == ["broadcast", "closed"]
+        r.wallet.error = None
+        await r.block()  # the first tx mined: its change is spendable, the second batch goes out
+        assert [b.state for b in await r.anchorer.batches()] == ["mined", "broadcast"]
+        await r.block()
+        assert [b.state for b in await r.anchorer.batches()] == ["mined", "mined"]
+    finally:
+        await r.anchorer.close()
 
 
 @pytest.mark.expected_log_errors(r"^anchor\.send_failed .*wallet has no funds")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from p2pep.anchor.btcd_chain import BtcdChain
-from p2pep.anchor.chain import ChainNotFound, ChainUnavailable
+from p2pep.anchor.chain import ChainNotFound, ChainRejected, ChainUnavailable
 from p2pep.chain.btcd_rpc import BtcdRpcError
 
 
@@ -49,8 +49,12 @@ async def test_missing_txindex_is_a_node_problem_not_a_missing_tx() -> None:
         await BtcdChain(FakeRpc({"getrawtransaction": err})).get_raw_transaction("aa")
 
 
-async def test_side_chain_header_reports_minus_one_confirmations() -> None:
-    err = BtcdRpcError("getblockheader", -32603, "Failed to obtain block height: block not in main chain")
+@pytest.mark.parametrize("message", [
+    "Failed to obtain block height: block not in main chain",
+    "block dd is not in the main chain",  # the pinned btcd (v0.25.1-...), e.g. after invalidateblock
+])
+async def test_side_chain_header_reports_minus_one_confirmations(message: str) -> None:
+    err = BtcdRpcError("getblockheader", -32603, message)
     h = await BtcdChain(FakeRpc({"getblockheader": err})).get_block_header("dd")
     assert h == {"hash": "dd", "confirmations": -1}
 
@@ -70,3 +74,27 @@ async def test_unreachable_node_is_unavailable() -> None:
     err = BtcdRpcError("getblockcount", None, "cannot reach btcd at 127.0.0.1:1")
     with pytest.raises(ChainUnavailable, match="cannot reach"):
         await BtcdChain(FakeRpc({"getblockcount": err})).get_best_height()
+
+
+async def test_a_tx_published_again_that_btcd_has_counts_as_published() -> None:
+    assert await BtcdChain(FakeRpc({"sendrawtransaction": "ab" * 32})).send_raw_transaction("00") == "ab" * 32
+    for err in (BtcdRpcError("sendrawtransaction", -27, "TX rejected: transaction already exists"),
+                BtcdRpcError("sendrawtransaction", -26, "TX rejected: already have transaction ab")):
+        await BtcdChain(FakeRpc({"sendrawtransaction": err})).send_raw_transaction("00")
+
+
+@pytest.mark.parametrize(("code", "message"), [
+    (-26, "TX rejected: output already spent by transaction cd in the memory pool"),
+    (-25, "TX rejected: orphan transaction ab references outputs of unknown or fully-spent transaction cd"),
+    (-22, "TX decode failed: unexpected EOF"),
+])
+async def test_a_refused_tx_is_rejected(code: int, message: str) -> None:
+    with pytest.raises(ChainRejected):
+        await BtcdChain(FakeRpc({"sendrawtransaction": BtcdRpcError("sendrawtransaction", code, message)})
+                        ).send_raw_transaction("00")
+
+
+async def test_publishing_to_an_unreachable_node_is_unavailable() -> None:
+    err = BtcdRpcError("sendrawtransaction", None, "cannot reach btcd at 127.0.0.1:1")
+    with pytest.raises(ChainUnavailable):
+        await BtcdChain(FakeRpc({"sendrawtransaction": err})).send_raw_transaction("00")

@@ -55,7 +55,8 @@ async def invalidate(net: RegtestNetwork, block_hash: str) -> int:
 
 async def test_reorg_reanchors_or_moves_the_batch(tmp_path: Path) -> None:
     t0 = time.perf_counter()
-    net = await RegtestNetwork.up(NetworkSpec(meters=0), tmp_path / "net")
+    # no relay peer: it would stay on the invalidated branch (see RegtestNetwork.start_btcd)
+    net = await RegtestNetwork.up(NetworkSpec(meters=0, btcd_peer=False), tmp_path / "net")
     up_s = time.perf_counter() - t0
     stack: AnchorStack | None = None
     try:

@@ -54,17 +54,23 @@ def builds(tmp_path: Path) -> list[str]:
     return f.read_text().split() if f.exists() else []
 
 
-def test_builds_four_with_progress_then_uses_the_cache(tmp_path: Path) -> None:
+ALL = ["lnd", "lncli", "btcd", "btcctl", "toxiproxy-server"]
+
+
+def test_builds_five_with_progress_then_uses_the_cache(tmp_path: Path) -> None:
     proc = run_script(tmp_path, FAKE_BUILD_S="2.5")
     assert proc.returncode == 0, proc.stderr
     out_dir = Path(proc.stdout.strip().splitlines()[-1])
     assert out_dir.parent == tmp_path / "bin" and out_dir.name.startswith("lnd-v0.21.3-beta-btcd-v0.25.0-")
-    assert sorted(p.name for p in out_dir.iterdir()) == ["btcctl", "btcd", "lncli", "lnd"]
-    assert builds(tmp_path) == ["lnd", "lncli", "btcd", "btcctl"]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(ALL)
+    # Toxiproxy has its own cache dir, keyed by its version, linked into the binaries' dir
+    tp = out_dir / "toxiproxy-server"
+    assert tp.is_symlink() and tp.resolve().parent == tmp_path / "bin" / "toxiproxy-v0.25.0"
+    assert builds(tmp_path) == ALL
     err = proc.stderr
-    for i, name in enumerate(["lnd", "lncli", "btcd", "btcctl"], 1):
-        assert f"[{i}/4] {name}: compiling (up to 3 packages" in err
-        assert f"[{i}/4] {name} built in 0m0" in err and "(2 packages compiled)" in err
+    for i, name in enumerate(ALL, 1):
+        assert f"[{i}/5] {name}: compiling (up to 3 packages" in err
+        assert f"[{i}/5] {name} built in 0m0" in err and "(2 packages compiled)" in err
     heartbeats = [line for line in err.splitlines() if "elapsed" in line]
     assert len(heartbeats) >= 4, err
     assert any("modules downloaded" in h for h in heartbeats) or any("packages compiled" in h for h in heartbeats)
@@ -75,7 +81,24 @@ def test_builds_four_with_progress_then_uses_the_cache(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines()[-1] == str(out_dir)
     assert "binaries cached" in again.stderr
-    assert builds(tmp_path) == ["lnd", "lncli", "btcd", "btcctl"]
+    assert builds(tmp_path) == ALL
+
+
+def test_a_machine_with_lnd_cached_builds_only_toxiproxy(tmp_path: Path) -> None:
+    first = run_script(tmp_path)
+    assert first.returncode == 0, first.stderr
+    out_dir = Path(first.stdout.strip().splitlines()[-1])
+    for p in (tmp_path / "bin").glob("toxiproxy-*"):
+        (p / "toxiproxy-server").unlink()
+        p.rmdir()
+    (out_dir / "toxiproxy-server").unlink()
+    (tmp_path / "builds").unlink()
+    again = run_script(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == str(out_dir)
+    assert builds(tmp_path) == ["toxiproxy-server"]
+    assert "[1/1] toxiproxy-server: compiling" in again.stderr
+    assert os.access(out_dir / "toxiproxy-server", os.X_OK)
 
 
 def test_a_failed_build_shows_its_error_and_keeps_no_binaries(tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
         self.asked: list[Any] = []
 
     async def ListMeters(self, req: pb.ListMetersRequest, ctx: Any) -> pb.ListMetersResponse:
-        return pb.ListMetersResponse(meters=[pb.MeterInfo(meter_id="meter-1", role="producer", export_wh=5000),
+        return pb.ListMetersResponse(meters=[pb.MeterInfo(meter_id="meter-1", role="producer", export_wh=5000,
+                                                          location=pb.Location(latitude=52.53, longitude=13.41)),
                                              pb.MeterInfo(meter_id="meter-3", role="consumer", import_wh=4000)])
 
     async def ListContracts(self, req: pb.ListSettlementContractsRequest, ctx: Any) -> pb.ListSettlementContractsResponse:
@@ -191,7 +192,7 @@ async def test_console_page_fits_1280_px_and_shows_one_clock(console: Any) -> No
     """In Chromium: the console's tables fit 1280 px (no sideways scroll), the contract id is
     short and distinct with the full id and the hex hash as its title, and the page says which
     clock its times are on (without a meter answering: real time, said so)."""
-    from app_browser import CHROMIUM, CHROMIUM_ARGS, artifacts_dir, no_horizontal_scroll
+    from app_browser import CHROMIUM, CHROMIUM_ARGS, artifacts_dir, horizontal_overflow
     from playwright.async_api import async_playwright
 
     base = console[0]
@@ -217,7 +218,7 @@ async def test_console_page_fits_1280_px_and_shows_one_clock(console: Any) -> No
             assert "api/series.csv?" in (await page.get_attribute("#csv", "href") or "")
             assert "meter-3: used 1.4" in await page.inner_text("#energy")  # two hours at the fake's 700 Wh
             await page.wait_for_function("document.getElementById('anchor-tip').textContent.includes('no anchor')")
-            assert await no_horizontal_scroll(page)
+            assert await horizontal_overflow(page) == []
             await page.screenshot(path=str(artifacts_dir("console") / "console-1280.png"), full_page=True)
         finally:
             await browser.close()
@@ -254,6 +255,8 @@ async def test_usage_and_production_of_several_meters_as_series_and_csv(console:
         async with http.get("/api/grid") as r:
             g = await r.json()
         assert [m["meter_id"] for m in g["meters"]] == ["meter-1", "meter-3"] and not g["meters"][0]["online"]
+        # placed where it registered, though offline; one that registered no place has none
+        assert (g["meters"][0]["lat"], g["meters"][0]["lon"]) == (52.53, 13.41) and "lat" not in g["meters"][1]
         (flow,) = g["flows"]
         assert (flow["from"], flow["to"], flow["delivered_wh"], flow["paid_msat"]) == ("meter-1", "meter-3", 120, 30_000)
 

@@ -44,6 +44,7 @@ from p2pep.metering.signing import MeterKey
 from p2pep.pki.tlsdir import TlsDir
 from p2pep.regtest import RegtestNetwork, wait_for
 from p2pep.regtest.errors import RegtestError
+from p2pep.regtest.network import SEGWIT_HEIGHT
 from p2pep.scenario.catalog import load_scenario
 from p2pep.scenario.live import render, snapshot
 from p2pep.scenario.model import Scenario
@@ -413,6 +414,11 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
     try:
         # the consumer's 2 kW is split across both producers, each paid by its own invoices
         assert_suppliers_paid_as_delivered(report)
+        # the terminal live view's last frame shows the books the final summary was made from
+        last = snapshot(runner)
+        assert (len(last.contracts), len(last.payments)) == (report["totals"]["contracts"],
+                                                             report["totals"]["payments"])
+        assert sum(c.delivered_wh for c in last.contracts) == report["totals"]["delivered_wh"]
 
         # state.json names the pages people open (as the README says), beside the metrics URLs
         from p2pep.scenario import run_state
@@ -438,9 +444,18 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
         assert "250 sat/kWh" in on_map["meter-1"] and "280 sat/kWh" in on_map["meter-2"], on_map
         assert any("meter-1" in p and "producer" in p and "250 sat/kWh" in p for p in seen["peers"]), seen["peers"]
         assert seen["chart_drawn"] and seen["chart_sum"].startswith("used "), seen["chart_sum"]
+        assert seen["week_bars"] == 7 and seen["week_sum"].startswith("used "), (seen["week_bars"], seen["week_sum"])
         assert seen["address"].startswith("bcrt1"), seen["address"]
         assert any(seen["contract_id"] in p for p in seen["activity_payments"]), seen["activity_payments"]
         assert seen["documents"] and "preimage" not in seen["page_text"]
+        # a second bid (1 sat/kWh) rested in the matcher's book until the household cancelled it there
+        assert (seen["cancel"]["in_book"], seen["cancel"]["in_book_after"]) == (True, False), seen["cancel"]
+        # the search for sellers at 260 sat/kWh or less: meter-1 (250), not meter-2 (280); offers read from the book
+        assert seen["peers_cheap"] == ["meter-1"], seen["peers_cheap"]
+        assert not any("offers unknown" in p for p in seen["peers"]), seen["peers"]
+        # the Wallet's channel balance is the household lnd's own (it falls as it pays: read between two reads)
+        w = seen["wallet"]
+        assert 0 < w["late"] <= w["shown"] <= w["early"], w
 
         # the household app shows the consumer's contracts and payments while it runs
         app = found["app"]
@@ -532,6 +547,24 @@ async def test_hackathon_split_paid_per_increment_anchored_and_forgeries_refused
             path.write_text(json.dumps(doc))
             res = verify_cli(path, runner.run_dir)
             assert res.returncode == 0, (cid, res.stdout, res.stderr)
+        # the household's Activity showed its contract's anchoring: the transactions its document
+        # names, each in a block; the portal said the document verified, and the copy downloaded
+        # through the household's session verifies against btcd as p2pep verify checks it
+        seen, cid = found["browser"], found["browser"]["contract_id"]
+        shown = {(a["leaf"], a["txid"]) for a in seen["anchors"] if a["contract"] == cid}
+        assert ("contract", next(p["txid"] for p in docs[cid]["proofs"] if p["leaf"] == "contract")) in shown, seen
+        assert shown <= {(p["leaf"], p["txid"]) for p in docs[cid]["proofs"]}, (shown, docs[cid]["proofs"])
+        assert all(int(a["confirmations"]) >= 1 for a in seen["anchors"] if a["contract"] == cid), seen["anchors"]
+        assert any(r.startswith(cid) and "✓ verified" in r for r in seen["doc_rows"]), seen["doc_rows"]
+        downloaded = Path(seen["document_path"])
+        got = json.loads(downloaded.read_text())
+        assert got["terms"]["contract_id"] == cid and got["contract_hash"] == docs[cid]["contract_hash"]
+        res = verify_cli(downloaded, runner.run_dir)
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        got["terms"]["energy_wh"] += 1
+        (tmp_path / "household-tampered.json").write_text(json.dumps(got))
+        res = verify_cli(tmp_path / "household-tampered.json", runner.run_dir)
+        assert res.returncode == 1 and "contract_hash: hash mismatch" in res.stdout.strip().splitlines()[-1], res.stdout
         # pinned to the operator's settlement key (its file in settlement's data dir), too
         key = MeterKey.load(runner.layout.data_dir("settlement") / "settlement.key")
         (cid, doc), (other_id, other) = list(docs.items())[:2]
@@ -736,7 +769,8 @@ async def payments_in_flight(runner: ScenarioRunner, net: RegtestNetwork, consum
 async def test_every_process_killed_mid_contract_loses_nothing_pays_nothing_twice(tmp_path: Path) -> None:
     """The fault matrix in one run (scenarios/faults.toml): matcher, settlement, anchor, a
     producer's and the consumer's meter services, the hub's, a producer's and the consumer's
-    lnd, each SIGKILLed mid-contract and started again on its data, one after the other. After
+    lnd, and btcd (back with an empty chain, fetched again from the network's relay peer), each
+    SIGKILLed mid-contract and started again on its data, one after the other. After
     all of them: every reading acknowledged is in settlement's store, no increment paid twice,
     each supplier's own lnd settled exactly what settlement recorded and exactly its delivered
     Wh x price on every contract (a payment that failed while a node was down is collected once
@@ -751,11 +785,25 @@ async def test_every_process_killed_mid_contract_loses_nothing_pays_nothing_twic
     net = RegtestNetwork.attach(runner.run_dir)
     try:
         events = report["events"]
-        assert len(events) == 16 and all(e["ok"] for e in events), events
+        assert len(events) == 18 and all(e["ok"] for e in events), events
         kills = [e for e in events if e["action"] == "stop"]
         assert [e["target"] for e in kills] == ["matcher", "settlement", "anchor", "meter-1", "meter-3", "lnd:hub",
-                                                "lnd:meter-2", "lnd:meter-3"]
+                                                "lnd:meter-2", "lnd:meter-3", "btcd"]
         assert all(e["detail"]["signal"] == "SIGKILL" for e in kills), kills
+        # btcd started again with an empty chain (regtest mode) and fetched it back from its peer
+        # before anything was mined on it: one chain, no fork, every lnd node following it
+        # (at least the height its peer had when it was killed; the run's timing sets that height)
+        btcd_back, btcd_killed = events[-1]["detail"], kills[-1]["detail"]
+        assert events[-1]["target"] == "btcd" and btcd_killed["peer_height"] > SEGWIT_HEIGHT, btcd_killed
+        assert btcd_back["height"] >= btcd_killed["peer_height"], (btcd_killed, btcd_back)
+        btcd, peer = net.btcd, net.btcd_peer
+        assert btcd is not None and peer is not None
+
+        async def one_chain() -> bool:
+            return await btcd.tip() == await peer.tip()
+
+        await wait_for(one_chain, 30, what="btcd and btcd-peer on the same best block")
+        assert await btcd.height() > btcd_back["height"] + 3  # mined on after it
         assert_no_reading_lost(runner)
         assert runner.procs["settlement"].starts == 2
         # readiness that means ready, as a Kubernetes probe sees it on the health-only port: the
@@ -799,5 +847,47 @@ async def test_every_process_killed_mid_contract_loses_nothing_pays_nothing_twic
             path.write_text(json.dumps(doc))
             res = verify_cli(path, runner.run_dir)
             assert res.returncode == 0, (cid, res.stdout, res.stderr)
+    finally:
+        await net.down()
+
+
+async def test_lossy_links_resend_readings_block_the_relay_while_cut_and_pay_exactly(tmp_path: Path) -> None:
+    """scenarios/lossy.toml: the producers on GPRS and satellite links, the consumer on GPRS,
+    each through Toxiproxy to settlement and the matcher (and back); the consumer's link cut
+    for 60 real seconds mid-contract. After it: every reading a meter signed is in settlement's
+    store (the outboxes resent what the links lost), no increment paid twice, each supplier's
+    own lnd settled per contract exactly what settlement recorded and exactly delivered Wh x
+    price, the consumer's relay stayed blocked while its link was down beyond its cover, and
+    contracts ran and were paid again once it was back."""
+    report, runner = await run_scenario("lossy", tmp_path, keep_network=True)
+    net = RegtestNetwork.attach(runner.run_dir)
+    try:
+        assert report["links"]["profiles"] == {"meter-1": "gprs", "meter-2": "satellite", "meter-3": "gprs"}
+        (cut,) = report["events"]
+        assert cut["ok"] and cut["target"] == "link:meter-3", cut
+        down_s = cut["detail"]["healed_real_s"] - cut["applied_real_s"]
+        assert 58 <= down_s <= 65, cut
+        # the relay blocked within its cover and stayed blocked until the link was back
+        check = report["checks"]["relay_blocked_while_link_down"]
+        assert check["ok"], check
+        (window,) = report["links"]["partitions"]
+        assert window["samples_while_down"] > 50 and not window["energized_while_down"], window
+        assert report["relay"]["meter-3"]["uncovered_samples"] == 0
+        assert_no_reading_lost(runner)
+        # contracts ran before the cut and again after it was healed, and were paid
+        t0 = datetime.fromisoformat(report["run"]["started_at"])
+        before = t0 + timedelta(seconds=cut["applied_real_s"])
+        healed = t0 + timedelta(seconds=cut["detail"]["healed_real_s"])
+        settled = [datetime.fromisoformat(p["settled"]) for p in report["payments"] if p["settled"]]
+        assert any(s < before for s in settled) and any(s > healed for s in settled), (before, healed)
+        # each supplier's own node: exactly what settlement recorded, exactly delivered Wh x price
+        # (but a payment the consumer's lnd still has in flight, which settlement still asks for)
+        in_flight = await payments_in_flight(runner, net, "meter-3")
+        for name, rec in report["suppliers"].items():
+            assert rec["contracts"], name
+            for c in rec["contracts"]:
+                assert c["received_msat"] == c["settlement_paid_msat"], (name, c)
+                owed = sum(amount for cid, amount in in_flight.values() if cid == c["contract_id"])
+                assert c["difference_msat"] == -owed and owed <= c["one_increment_msat"], (name, c, in_flight)
     finally:
         await net.down()

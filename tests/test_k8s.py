@@ -3,7 +3,10 @@ Kubernetes schema (kubernetes-validate), and keep the deployment's invariants: e
 service present, stateful ones StatefulSets with PVCs, gRPC probes on the plaintext health port
 (its number the one the service's ConfigMap sets), the security context,
 no Secret in the repo, every P2PEP variable one the settings classes read, and the committed
-ConfigMaps exactly `p2pep k8s config`'s output."""
+ConfigMaps exactly `p2pep k8s config`'s output. The regtest overlay's in-cluster bootstrap (the
+lnd pods' exporter sidecars, the Job, their ServiceAccounts, Roles and RoleBindings) is held to
+the same container policy, and RBAC grants nothing beyond named Secrets and ConfigMaps of the
+namespace."""
 
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ import yaml
 
 from p2pep.k8s import HEALTH_PORT, OVERLAYS, SECRET_FIELDS, configmaps, households
 from p2pep.k8s.cli import config_dir
+from p2pep.k8s.podman import EXPORTER
 from p2pep.servicekit.host import LIVENESS
-from p2pep.servicekit.settings import env_name, setting_of
+from p2pep.servicekit.settings import env_name, setting_of, settings_from_env
 from p2pep.settings import SERVICE_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +45,25 @@ def render(overlay: str) -> list[dict[str, Any]]:
 
 def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] in ("StatefulSet", "Deployment")}
+
+
+def jobs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Job"}
+
+
+def is_service(c: dict[str, Any]) -> bool:
+    """A P2PEP service's container (python -m services.X), not the in-cluster tooling's
+    (p2pep.k8s.exporter, p2pep.k8s.bootstrap)."""
+    return c["image"].startswith(PY_IMAGES) and c.get("args", [""])[0].startswith("services.")
+
+
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+SECRETISH = ("PASS", "SECRET", "TOKEN", "KEY", "MACAROON", "CERT")
+
+
+def token_mounts(pod: dict[str, Any]) -> list[str]:
+    """The containers of ``pod`` that mount a ServiceAccount token."""
+    return [c["name"] for c in pod["containers"] for m in c.get("volumeMounts", []) if m["mountPath"] == SA_MOUNT]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -65,25 +88,146 @@ def test_every_service_is_a_stateful_set_with_a_volume_and_a_service(overlay: st
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_containers_have_probes_resources_pinned_images_and_a_locked_down_context(overlay: str) -> None:
-    for name, w in workloads(render(overlay)).items():
+    docs = render(overlay)
+    pods = {name: (w, False) for name, w in workloads(docs).items()} | {name: (j, True) for name, j in jobs(docs).items()}
+    for name, (w, is_job) in pods.items():
         pod = w["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
+        # no container gets a token by default; the one that needs it mounts it explicitly
         assert pod["automountServiceAccountToken"] is False, name
         for c in pod["containers"]:
             image = c["image"]
             assert ":" in image and not image.endswith(":latest"), (name, image)
-            assert c["readinessProbe"] and c["livenessProbe"], name
+            if not is_job:  # a run-to-completion container has no readiness (activeDeadlineSeconds bounds it)
+                assert c["readinessProbe"] and c["livenessProbe"], name
             assert c["resources"]["requests"] and c["resources"]["limits"], name
             sc = c["securityContext"]
             assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                           "capabilities": {"drop": ["ALL"]}}, name
-            if image.startswith(PY_IMAGES):
+            for e in c.get("env", []):  # no secret literal: secret-looking variables come from a Secret
+                if any(s in e["name"].upper() for s in SECRETISH) and "value" in e:
+                    assert not e["name"].upper().endswith(("PASS", "SECRET", "TOKEN")), (name, e)
+            if is_service(c):
                 # the kubelet's gRPC probe is plaintext: the health-only port; "" = ready, LIVENESS = alive
                 assert c["startupProbe"]["grpc"] == {"port": HEALTH_PORT, "service": LIVENESS}, name
                 assert c["livenessProbe"]["grpc"] == {"port": HEALTH_PORT, "service": LIVENESS}, name
                 assert c["readinessProbe"]["grpc"] == {"port": HEALTH_PORT}, name
                 assert {"name": "health", "containerPort": HEALTH_PORT} in c["ports"], name
                 assert w["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+            elif c.get("args") == [EXPORTER]:
+                assert c["readinessProbe"]["httpGet"]["path"] == "/healthz", name
+                assert c["livenessProbe"]["httpGet"]["path"] == "/livez", name
+                # lnd's data read-only: the sidecar never writes lnd's files
+                (data,) = [m for m in c["volumeMounts"] if m["name"] == "data"]
+                assert data["readOnly"] is True, name
+        tokens = token_mounts(pod)
+        if is_job:
+            assert tokens == ["bootstrap"], name
+        elif any(c.get("args") == [EXPORTER] for c in pod["containers"]):
+            assert tokens == ["export-admin"], name  # lnd itself never sees the token
+        else:
+            assert tokens == [] and "serviceAccountName" not in pod, name
+
+
+def test_every_lnd_pod_exports_its_admin_files_to_its_own_secret() -> None:
+    """The regtest overlay's lnd StatefulSets each run the exporter sidecar for their own node,
+    writing the Secret the bootstrap reads (p2pep.k8s.admin_secret), allowed by the exporter's Role."""
+    from p2pep.k8s import admin_secret
+    from p2pep.k8s.settings import ExportSettings
+
+    docs = render("regtest")
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    nodes = []
+    for name, w in workloads(docs).items():
+        if w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] != "lnd":
+            continue
+        pod = w["spec"]["template"]["spec"]
+        (exp,) = [c for c in pod["containers"] if c.get("args") == [EXPORTER]]
+        env = {e["name"]: e["value"] for e in exp["env"]}
+        for variable in env:
+            setting_of(ExportSettings, variable)  # ValueError if the class does not read it
+        node = env[env_name(ExportSettings, "node")]
+        assert name == f"lnd-{node}"
+        assert pod["serviceAccountName"] == "p2pep-lnd-exporter"
+        nodes.append(node)
+    assert sorted(nodes) == sorted(["hub", *households()])
+    updatable = {n for r in roles["p2pep-lnd-exporter"]["rules"] if "update" in r["verbs"] for n in r["resourceNames"]}
+    assert updatable == {admin_secret(n) for n in nodes}
+
+
+def test_the_bootstrap_job_reads_the_admin_secrets_and_writes_what_the_services_mount() -> None:
+    """The Job's Role names exactly the objects p2pep/k8s/bootstrap.py reads and writes, its
+    ConfigMap's variables are BootstrapSettings', and what it writes is what the services mount."""
+    from p2pep.k8s import (
+        BOOTSTRAP_CONFIGMAP,
+        FAUCET_SECRET,
+        HUB_CONFIGMAP,
+        MINER_CONFIGMAP,
+        admin_secret,
+        components,
+        lnd_secrets,
+    )
+    from p2pep.k8s.settings import BootstrapSettings
+
+    docs = render("regtest")
+    (job,) = jobs(docs).values()
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "OnFailure" and pod["serviceAccountName"] == "p2pep-bootstrap"
+    (c,) = pod["containers"]
+    assert c["args"] == ["p2pep.k8s.bootstrap"]
+    maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    (ref,) = c["envFrom"]
+    assert ref["configMapRef"]["name"] == BOOTSTRAP_CONFIGMAP
+    settings = settings_from_env(BootstrapSettings, maps[BOOTSTRAP_CONFIGMAP])
+    assert settings.meter_nodes == list(households())
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "p2pep-bootstrap"]
+
+    def named(verb: str, resource: str) -> set[str]:
+        return {n for r in role["rules"] if verb in r["verbs"] and resource in r["resources"]
+                for n in r.get("resourceNames", [])}
+
+    nodes = ["hub", *households()]
+    assert named("get", "secrets") == {admin_secret(n) for n in nodes} | {FAUCET_SECRET}
+    written = set(lnd_secrets([x.name for x in components("regtest")]))
+    assert named("update", "secrets") == written | {FAUCET_SECRET}
+    assert named("update", "configmaps") == {HUB_CONFIGMAP, MINER_CONFIGMAP}
+    mounted = {v["secret"]["secretName"] for w in workloads(docs).values()
+               for v in w["spec"]["template"]["spec"].get("volumes", []) if "secret" in v}
+    assert written <= mounted
+    # a meter reads the hub's address from the ConfigMap the Job writes (optional: made after the Secrets' mount)
+    for m in households():
+        refs = workloads(docs)[m]["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        assert {"configMapRef": {"name": HUB_CONFIGMAP, "optional": True}} in refs, m
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rbac_grants_nothing_beyond_secrets_and_configmaps_in_the_namespace(overlay: str) -> None:
+    docs = render(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}, overlay
+    namespace = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
+    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    for name, role in roles.items():
+        assert role["metadata"]["namespace"] in namespace, name
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == [""], (name, rule)
+            assert set(rule["resources"]) <= {"secrets", "configmaps"}, (name, rule)
+            assert set(rule["verbs"]) <= {"get", "create", "update"}, (name, rule)  # no list, watch, patch, delete
+            assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], (name, rule)
+            # every read or replace names its objects; only create cannot (the object does not exist yet)
+            assert "resourceNames" in rule or rule["verbs"] == ["create"], (name, rule)
+    bound = set()
+    for b in (d for d in docs if d["kind"] == "RoleBinding"):
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": b["roleRef"]["name"]}
+        assert b["roleRef"]["name"] in roles
+        for s in b["subjects"]:
+            assert s["kind"] == "ServiceAccount" and s["name"] in accounts, b["metadata"]["name"]
+            assert s["namespace"] == b["metadata"]["namespace"], b["metadata"]["name"]
+            bound.add(s["name"])
+    used = {w["spec"]["template"]["spec"]["serviceAccountName"] for w in [*workloads(docs).values(), *jobs(docs).values()]
+            if "serviceAccountName" in w["spec"]["template"]["spec"]}
+    assert used == bound == accounts, overlay
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -92,7 +236,7 @@ def test_the_probed_port_is_the_one_each_service_serves_health_on_and_no_policy_
     maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
     for name, w in workloads(docs).items():
         for c in w["spec"]["template"]["spec"]["containers"]:
-            if not c["image"].startswith(PY_IMAGES):
+            if not is_service(c):
                 continue
             cls = SERVICE_SETTINGS[c["args"][0].removeprefix("services.")]
             (config,) = [r["configMapRef"]["name"] for r in c["envFrom"] if not r["configMapRef"].get("optional")]
@@ -115,7 +259,7 @@ def test_every_p2pep_variable_is_a_setting(overlay: str) -> None:
     maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
     for name, w in workloads(docs).items():
         for c in w["spec"]["template"]["spec"]["containers"]:
-            if not c["image"].startswith(PY_IMAGES):
+            if not is_service(c):
                 continue
             cls = SERVICE_SETTINGS[c["args"][0].removeprefix("services.")]
             names = [e["name"] for e in c.get("env", [])]
@@ -214,7 +358,9 @@ def test_network_policies_keep_households_apart() -> None:
         # never another household's meter; only its own meter reaches its lnd's RPC
         assert callers(m, 50051) == [{"podSelector": {"matchExpressions": [
             {"key": "app.kubernetes.io/name", "operator": "In", "values": ["settlement", "portal", "console"]}]}}]
-        assert callers(f"lnd-{m}", 10009) == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": m}}}]
+        # ... and the bootstrap Job (the operator's tooling: bakes with admin, funds, opens the channel)
+        assert callers(f"lnd-{m}", 10009) == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": m}}},
+                                              {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "bootstrap"}}}]
     # which of those callers may call which meter RPC is the access table's: payments are settlement's
     from p2pep.access import ACCESS, Rule
     for rpc in ("SignContract", "CreateInvoice", "PayInvoice", "UpdateContract"):
@@ -229,7 +375,7 @@ def test_a_simulating_meter_runs_the_image_with_the_sim_extra() -> None:
         source = maps.get(f"{name}-config", {}).get("P2PEP_METER_SOURCE")
         if source in ("pv", "h0"):
             assert c["image"].startswith("p2pep-meter:"), name
-        elif c["image"].startswith(PY_IMAGES) and c["args"] != ["services.meter"]:
+        elif is_service(c) and c["args"] != ["services.meter"]:
             assert c["image"].startswith("p2pep-services:"), name  # no pandas/pvlib
 
 
@@ -284,17 +430,24 @@ def test_the_regtest_overlay_translates_for_podman_kube_play(tmp_path: Path) -> 
     given = {n: data for n in names | {"p2pep-btcd-client"}}
     miner = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p2pep-btcd-miner"},
              "data": {"mining_addr": "bcrt1qfaucet"}}
-    played = translate(docs, given, tmp_path, "p2pep-pods-", [miner])
-    assert set(played) == EXPECTED["regtest"]
+    store = tmp_path / "store"
+    played = translate(docs, given, tmp_path, "p2pep-pods-", [miner], store=store)
+    assert set(played) == EXPECTED["regtest"] | set(jobs(docs))
     for name, p in played.items():
         kinds = [d["kind"] for d in p.docs]
         assert kinds[-1] == "Pod" and set(kinds) <= {"Pod", "PersistentVolumeClaim", "ConfigMap"}, (name, kinds)
         pod = p.docs[-1]
         assert pod["metadata"]["name"] == name
-        assert p.volumes == [f"p2pep-pods-{name}-data"]
+        assert p.volumes == ([] if name in jobs(docs) else [f"p2pep-pods-{name}-data"])
         text = yaml.safe_dump(pod)
         assert "secretKeyRef" not in text and "configMapKeyRef" not in text and "$(" not in text, name
-        assert "emptyDir" not in text and "Probe" not in text and "containerPort" not in text, name
+        assert "Probe" not in text and "containerPort" not in text, name
+        # each /tmp emptyDir kept (kube play mounts no tmpfs on /tmp of a read-only root)
+        for c in pod["spec"]["containers"]:
+            tmp = [m["name"] for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            assert all(v.get("emptyDir") is not None for v in pod["spec"]["volumes"] if v["name"] in tmp), name
+        # no Kubernetes API in a played pod: no token, no account; the folder store instead
+        assert "projected" not in text and "serviceAccountName" not in text and SA_MOUNT not in text, name
         for c in pod["spec"]["containers"]:
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
             for ref in c.get("envFrom", []):  # podman reads a ConfigMap only from the same play
@@ -306,5 +459,77 @@ def test_the_regtest_overlay_translates_for_podman_kube_play(tmp_path: Path) -> 
     assert "--miningaddr=bcrt1qfaucet" in btcd and "--rpcpass=p w" in btcd
     assert played["anchor"].secret_dirs[str(tmp_path / "anchor-btcd")] == {"rpc.cert": b"cert"}  # items only
     hub = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p2pep-hub"}, "data": {"P2PEP_METER_HUB": "x"}}
-    meter = translate(docs, given, tmp_path, "p2pep-pods-", [miner, hub], only=["meter-1"])
+    meter = translate(docs, given, tmp_path, "p2pep-pods-", [miner, hub], only=["meter-1"], store=store)
     assert list(meter) == ["meter-1"] and hub in meter["meter-1"].docs
+
+
+def test_the_in_cluster_bootstrap_plays_as_pods_with_the_folder_store_for_the_api(tmp_path: Path) -> None:
+    """The Job becomes a run-to-completion Pod of its own container, image and settings; each lnd
+    pod keeps its exporter sidecar; exactly the containers that mounted the ServiceAccount token
+    mount the folder store there instead, with the store's settings (KubeApiSettings' names)."""
+    from p2pep.k8s import BOOTSTRAP_CONFIGMAP, BTCD
+    from p2pep.k8s.podman import STORE_MOUNT, JobRun, translate
+    from p2pep.k8s.settings import BootstrapSettings, KubeApiSettings
+
+    docs = render("regtest")
+    data = {"rpc.cert": b"cert", "rpc.key": b"key", "user": b"u", "pass": b"p"}
+    names = {v["secret"]["secretName"] for w in [*workloads(docs).values(), *jobs(docs).values()]
+             for v in w["spec"]["template"]["spec"].get("volumes", []) if "secret" in v}
+    miner = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p2pep-btcd-miner"},
+             "data": {"mining_addr": "bcrt1qfaucet"}}
+    store = tmp_path / "store"
+    played = translate(docs, dict.fromkeys(names, data), tmp_path / "secrets", "p2pep-pods-", [miner], store=store)
+    manifests = {**workloads(docs), **jobs(docs)}
+    kube_env = {f"P2PEP_KUBE_{f.upper()}" for f in KubeApiSettings.model_fields}
+    for name, p in played.items():
+        pod = p.docs[-1]["spec"]
+        original = manifests[name]["spec"]["template"]["spec"]
+        assert [c["name"] for c in pod["containers"]] == [c["name"] for c in original["containers"]], name
+        for c in pod["containers"]:
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            if c["name"] in token_mounts(original):
+                vol = mounts[STORE_MOUNT]
+                assert "readOnly" not in vol  # the exporter and the Job write there
+                (hp,) = [v["hostPath"] for v in pod["volumes"] if v["name"] == vol["name"]]
+                assert hp == {"path": str(store), "type": "Directory"}
+                got = settings_from_env(KubeApiSettings, {k: v for k, v in env.items() if k in kube_env})
+                assert (got.store, got.store_dir) == ("folder", STORE_MOUNT), (name, c["name"])
+            else:
+                assert STORE_MOUNT not in mounts and not set(env) & kube_env, (name, c["name"])
+    # each lnd pod: lnd and its exporter, which reads lnd's volume read-only for its own node
+    for node in ["hub", *households()]:
+        pod = played[f"lnd-{node}"].docs[-1]["spec"]
+        lnd, exp = pod["containers"]
+        assert exp["args"] == [EXPORTER] and exp["image"].startswith("p2pep-services:")
+        assert {"name": "P2PEP_EXPORT_NODE", "value": node} in exp["env"]
+        assert {"name": "data", "mountPath": "/lnd", "readOnly": True} in exp["volumeMounts"]
+        assert {"name": "data", "mountPath": "/data"} in lnd["volumeMounts"]
+    # the Job: its pod, run to completion by the harness with the Job's limits
+    (job_name,) = jobs(docs)
+    job = played[job_name]
+    assert job.job == JobRun("bootstrap", 6, 3600.0)
+    pod = job.docs[-1]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "bootstrap"  # what the policies select
+    (c,) = pod["spec"]["containers"]
+    assert c["image"].startswith("p2pep-services:") and c["args"] == ["p2pep.k8s.bootstrap"]
+    assert c["envFrom"] == [{"configMapRef": {"name": BOOTSTRAP_CONFIGMAP}}]
+    (cm,) = [d for d in job.docs if d["kind"] == "ConfigMap"]
+    assert cm["metadata"]["name"] == BOOTSTRAP_CONFIGMAP
+    settings = settings_from_env(BootstrapSettings, cm["data"])
+    assert settings.btcd_rpchost == "btcd:18334" and settings.btcd_dir == BTCD  # names inside the pod network
+    assert settings.meter_nodes == list(households()) and settings.hub == "hub"
+    assert {"name": "btcd", "mountPath": BTCD, "readOnly": True} in c["volumeMounts"]
+    assert job.secret_dirs == {str(tmp_path / "secrets" / f"{job_name}-btcd"): data}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert [m["mountPath"] for m in c["volumeMounts"]] == [STORE_MOUNT, BTCD, "/tmp"]  # /tmp: its emptyDir
+
+
+def test_a_job_the_harness_cannot_run_as_one_pod_is_refused(tmp_path: Path) -> None:
+    from p2pep.k8s.podman import TranslationError, translate
+
+    job = jobs(render("regtest"))["p2pep-bootstrap"]
+    job["spec"]["parallelism"] = 2
+    with pytest.raises(TranslationError, match="one completion"):
+        translate([job], {"p2pep-btcd-client": {}}, tmp_path, "p", store=tmp_path)

@@ -1,7 +1,8 @@
 """The pod-level run: the regtest overlay's workloads as pods on podman (images built by
-`make images`, manifests translated by :mod:`p2pep.k8s.podman`), bootstrapped as `p2pep up`
-bootstraps processes (:mod:`p2pep.k8s.pods`), and the ``hackathon`` scenario run against
-them. It checks what the process-level run checks: the consumer's demand split over both
+`make images`, manifests translated by :mod:`p2pep.k8s.podman`), bootstrapped by the overlay's
+own Job and the lnd pods' exporter sidecars played as pods with the folder store for the
+Kubernetes API (:mod:`p2pep.k8s.pods`; the Job run twice, the second run doing nothing), and
+the ``hackathon`` scenario run against them. It checks what the process-level run checks: the consumer's demand split over both
 producers, each producer's own lnd invoices summing to exactly its delivered Wh x price,
 no relay energized without cover, every contract anchored and its document verified
 against btcd; then that nothing of the run is left on podman (pods, volumes, network)."""
@@ -19,6 +20,7 @@ from typing import Any
 import logcheck
 import pytest
 
+from p2pep.k8s import admin_secret, households
 from p2pep.k8s.pods import BTCD_USER, NETWORK, PREFIX, Podman, PodScenarioRunner
 from p2pep.scenario.catalog import load_scenario
 from p2pep.scenario.runner import RunOptions
@@ -90,6 +92,13 @@ async def test_hackathon_on_the_regtest_overlays_pods(tmp_path: Path) -> None:
         doc = report["documents"][cid]
         assert sorted(p["leaf"] for p in doc["proofs"]) == ["contract", "settlement"], (cid, doc["proofs"])
     logcheck.assert_service_logs_clean(runner)
+    # the bootstrap was the overlay's own: each exporter wrote its node's admin Secret into the
+    # store, the Job's pod completed twice (the second run found nothing to do; up() checks it)
+    store = runner.cluster.store_dir / "secrets"
+    for node in ["hub", *households()]:
+        assert (store / admin_secret(node) / "admin.macaroon").is_file(), node
+    assert {"bootstrap", "bootstrap-again"} <= set(runner.cluster.timings), runner.cluster.timings
+    assert '"bootstrap done"' in (runner.cluster.work / f"{runner.cluster.job}.log").read_text()
 
     # nothing of the run is left on podman
     podman = Podman()

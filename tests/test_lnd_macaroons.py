@@ -90,6 +90,7 @@ METER_CALLS: dict[str, tuple[Any, ...]] = {
     "get_info": (),
     "add_invoice": (1000,),
     "lookup_invoice": ("00" * 32,),
+    "cancel_invoice": ("00" * 32,),
     "decode_pay_req": ("lnbcrt1",),
     "pay": ("lnbcrt1",),
     "track_payment": ("00" * 32,),

@@ -12,7 +12,7 @@ import pytest
 
 from p2pep.anchor import opreturn
 from p2pep.anchor.lnd_wallet import LndAnchorWallet
-from p2pep.lnd.client import LndClient, LndConnection, LndError
+from p2pep.lnd.client import LndClient, LndConnection, LndError, PaymentFailed
 from p2pep.lnd.macaroons import METER
 from p2pep.lndrpc import lightning_pb2 as ln
 from p2pep.regtest import RegtestNetwork, wait_for
@@ -79,6 +79,16 @@ async def test_a_meters_macaroon_does_what_the_meter_needs_and_no_more(
         return (await m2.lookup_invoice(inv.r_hash)).state == ln.Invoice.SETTLED
 
     await wait_for(settled, 30, what="the invoice settled at meter-2")
+    # a supplier cancels an unpaid invoice (its payment stuck in flight): lnd refuses to pay it
+    # after that, and refuses to cancel one that is paid
+    stuck = await m2.add_invoice(2_000, memo="macaroon test: cancelled before it is paid")
+    await m2.cancel_invoice(stuck.r_hash)
+    assert (await m2.lookup_invoice(stuck.r_hash)).state == ln.Invoice.CANCELED
+    with pytest.raises(PaymentFailed, match="INCORRECT_PAYMENT_DETAILS"):
+        await m1.pay(stuck.payment_request)
+    with pytest.raises(LndError, match="settled"):
+        await m2.cancel_invoice(inv.r_hash)
+    assert (await m2.lookup_invoice(inv.r_hash)).state == ln.Invoice.SETTLED
     assert any(c.remote_pubkey == hub and c.active for c in await m1.list_channels(peer=hub))
     await m1.pending_channels()
     wallet = (await m1.wallet_balance()).confirmed_balance

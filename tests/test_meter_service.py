@@ -21,7 +21,9 @@ from tls_helpers import StubAsAllowed, dial, server_credentials
 
 from p2pep.canonical import canonical_json
 from p2pep.identity import Identity
+from p2pep.lndrpc import lightning_pb2 as ln
 from p2pep.metering.readings import Reading, SignedReading
+from p2pep.metering.request_checks import STILL_IN_FLIGHT
 from p2pep.metering.signing import verify_reading
 from p2pep.regtest import wait_for
 from p2pep.settings.meter import MeterSettings
@@ -30,6 +32,7 @@ from p2pep.settling.increments import amount_msat
 from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as S
 from services.meter.app import MeterApp, start_meter
+from services.meter.meter import Meter
 
 PRICE = 123_457  # msat/kWh: amounts do not divide evenly
 Ack = S.ReadingAck
@@ -47,6 +50,8 @@ class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
     duplicates: int = 0
     drop_acks_every: int = 0
     """If set: every Nth reading is stored but the stream breaks before its ack."""
+    contracts_unreachable: bool = False
+    """If set: GetContract and ListContracts answer UNAVAILABLE (the meter's link is down)."""
     _received: int = 0
 
     async def RegisterMeter(self, request, context):  # type: ignore[no-untyped-def]
@@ -80,15 +85,20 @@ class FakeSettlement(settlement_pb2_grpc.SettlementServiceServicer):
             r = self.readings.get(mid, {}).get(last)
             out.append(S.MeterInfo(meter_id=mid, pubkey=m.pubkey, node_pubkey=m.node_pubkey, address=m.address,
                                    role=m.role, last_seq=last, import_wh=r.import_wh if r else 0,
-                                   export_wh=r.export_wh if r else 0, node_address=m.node_address))
+                                   export_wh=r.export_wh if r else 0, node_address=m.node_address,
+                                   location=m.location if m.HasField("location") else None))
         return S.ListMetersResponse(meters=out)
 
     async def GetContract(self, request, context):  # type: ignore[no-untyped-def]
+        if self.contracts_unreachable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the link is down")
         if request.contract_id not in self.contracts:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"contract_id: no contract {request.contract_id!r}")
         return self.contracts[request.contract_id]
 
     async def ListContracts(self, request, context):  # type: ignore[no-untyped-def]
+        if self.contracts_unreachable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the link is down")
         return S.ListSettlementContractsResponse(contracts=[
             c for c in self.contracts.values() if request.meter_id in (c.contract.consumer, c.contract.supplier)])
 
@@ -251,6 +261,18 @@ async def signed_and_active(rig: Rig, home, solar, t: ContractTerms,  # type: ig
     rec = record(rig, t, state)
     for stub in (home, solar):
         await stub.UpdateContract(rec)
+
+
+async def an_increment_imported(rig: Rig) -> tuple[meter_pb2_grpc.MeterServiceStub, meter_pb2_grpc.MeterServiceStub,
+                                                   ContractTerms, Meter]:
+    """Home and solar paired, contract ``k-1`` signed and active, and home's first 10 Wh
+    imported under it: (home's stub, solar's stub, the terms, home's meter)."""
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    await signed_and_active(rig, home, solar, t)
+    m = rig.apps["home"].meter
+    await wait_for(lambda: m.sim_registers().import_wh >= 10, 10, what="an increment imported")
+    return home, solar, t, m
 
 
 def invoice_req(t: ContractTerms, k: int, frm: int, to: int, amount: int | None = None) -> meter_pb2.CreateInvoiceRequest:
@@ -479,11 +501,7 @@ async def test_create_invoice_checks_and_idempotency(rig: Rig) -> None:
 
 
 async def test_pay_invoice_checks_and_idempotency(rig: Rig) -> None:
-    home, solar = await pair(rig)
-    t = make_terms(rig)
-    await signed_and_active(rig, home, solar, t)
-    m = rig.apps["home"].meter
-    await wait_for(lambda: m.sim_registers().import_wh >= 10, 10, what="an increment imported")
+    home, solar, t, m = await an_increment_imported(rig)
     # an invoice for another amount, and one from a node that is not the supplier's
     wrong_amount = await rig.lnds["solar"].add_invoice(value_msat=5000)
     await refused(home.PayInvoice(pay_req(t, 1, 0, 10, wrong_amount.payment_request)),
@@ -515,6 +533,25 @@ async def test_pay_invoice_checks_and_idempotency(rig: Rig) -> None:
     assert got.preimage == out_of_band.preimage
 
 
+async def test_a_last_partial_increment_is_asked_again_while_settlement_cannot_say_the_contract_ended(
+        rig: Rig) -> None:
+    """The contract ended while the consumer's link was down, so its meter was never told and
+    still shows it running. Asked to pay the last, partial increment, it asks settlement; if
+    settlement cannot be reached it answers UNAVAILABLE (settlement asks again), not
+    FAILED_PRECONDITION ("cannot pay": the debt would be given up). Once settlement answers, it pays."""
+    home, solar, t, m = await an_increment_imported(rig)
+    ended = record(rig, t, S.CONTRACT_STATE_DEFAULTED)  # settlement's books; the consumer is not told
+    await solar.UpdateContract(ended)
+    inv = await solar.CreateInvoice(invoice_req(t, 1, 0, 5))
+    rig.settlement.contracts_unreachable = True
+    msg = await refused(home.PayInvoice(pay_req(t, 1, 0, 5, inv.payment_request)), grpc.StatusCode.UNAVAILABLE,
+                        "to_wh")
+    assert "ask again" in msg and rig.lnds["home"].calls.get("SendPaymentV2", 0) == 0
+    rig.settlement.contracts_unreachable = False
+    paid = await home.PayInvoice(pay_req(t, 1, 0, 5, inv.payment_request))
+    assert paid.preimage and rig.lnds["home"].calls["SendPaymentV2"] == 1
+
+
 async def test_never_pays_for_energy_it_did_not_import(rig: Rig) -> None:
     home, solar = await pair(rig)
     t = make_terms(rig, energy_wh=100)
@@ -535,11 +572,7 @@ async def test_a_payment_failure_that_passes_answers_unavailable_and_is_paid_whe
     meter's own lnd unreachable: UNAVAILABLE, which settlement takes as "ask again" (it collects
     the increment once the failure passed); asked again with the same invoice, the meter pays it
     once. INSUFFICIENT_BALANCE with the channel active is the consumer unable to pay."""
-    home, solar = await pair(rig)
-    t = make_terms(rig)
-    await signed_and_active(rig, home, solar, t)
-    m = rig.apps["home"].meter
-    await wait_for(lambda: m.sim_registers().import_wh >= 10, 10, what="an increment imported")
+    home, solar, t, m = await an_increment_imported(rig)
     inv = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
     lnd = rig.lnds["home"]
     lnd.fail_pay = "FAILURE_REASON_NO_ROUTE"
@@ -561,12 +594,37 @@ async def test_a_payment_failure_that_passes_answers_unavailable_and_is_paid_whe
     assert paid.preimage == again.preimage and lnd.calls["SendPaymentV2"] == sent  # answered, not paid again
 
 
+async def test_an_invoice_whose_payment_is_stuck_is_cancelled_or_found_paid_at_the_supplier(rig: Rig) -> None:
+    """ResolveInvoice (settlement's, for a payment the consumer's lnd holds in flight too long):
+    the supplier's own node says. Open and asked to cancel: cancelled, so it can never be paid,
+    and the increment is invoiced anew; paid: SETTLED with the preimage, never cancelled."""
+    home, solar, t, m = await an_increment_imported(rig)
+    inv = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    R = meter_pb2.ResolveInvoiceResponse
+
+    def resolve(payment_hash: str, cancel: bool = True) -> meter_pb2.ResolveInvoiceRequest:
+        return meter_pb2.ResolveInvoiceRequest(contract_id=t.contract_id, increment=1, payment_hash=payment_hash,
+                                               cancel=cancel)
+
+    await refused(solar.ResolveInvoice(resolve("00" * 32)), grpc.StatusCode.NOT_FOUND, "payment_hash")
+    await refused(home.ResolveInvoice(resolve(inv.payment_hash)), grpc.StatusCode.FAILED_PRECONDITION, "contract_id")
+    assert (await solar.ResolveInvoice(resolve(inv.payment_hash, cancel=False))).state == R.OPEN
+    rig.lnds["home"].stuck_in_flight = True
+    assert STILL_IN_FLIGHT in await refused(home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request)),
+                                            grpc.StatusCode.UNAVAILABLE, "payment_request")
+    assert (await solar.ResolveInvoice(resolve(inv.payment_hash))).state == R.CANCELED
+    assert rig.lnds["solar"].invoices[inv.payment_hash].state == ln.Invoice.CANCELED
+    anew = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    assert anew.payment_hash != inv.payment_hash  # invoiced anew, not the cancelled one again
+    rig.lnds["home"].stuck_in_flight = False
+    paid = await home.PayInvoice(pay_req(t, 1, 0, 10, anew.payment_request))
+    found = await solar.ResolveInvoice(resolve(anew.payment_hash))
+    assert (found.state, found.preimage) == (R.SETTLED, paid.preimage)
+    assert rig.lnds["solar"].invoices[anew.payment_hash].state == ln.Invoice.SETTLED  # not cancelled
+
+
 async def test_failed_payment_blocks_relay_until_a_new_contract(rig: Rig) -> None:
-    home, solar = await pair(rig)
-    t = make_terms(rig)
-    await signed_and_active(rig, home, solar, t)
-    m = rig.apps["home"].meter
-    await wait_for(lambda: m.sim_registers().import_wh >= 10, 10, what="an increment imported")
+    home, solar, t, m = await an_increment_imported(rig)
     inv = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
     rig.lnds["home"].fail_pay = "FAILURE_REASON_INSUFFICIENT_BALANCE"
     msg = await refused(home.PayInvoice(pay_req(t, 1, 0, 10, inv.payment_request)),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import logcheck
 import pytest
 from fakes.lightning import FakeLightning
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,7 +26,7 @@ from p2pep.identity import Identity
 from p2pep.regtest import wait_for
 from p2pep.servicekit import BaseServiceSettings, ServiceHost
 from p2pep.servicekit.host import LIVENESS
-from p2pep.servicekit.readiness import NotMet, Readiness
+from p2pep.servicekit.readiness import NotMet, Readiness, grpc_peer_check
 from p2pep.settings.meter import MeterSettings
 from p2pep.v1 import settlement_pb2_grpc
 from services.meter.app import MeterApp, start_meter
@@ -93,6 +94,57 @@ async def test_watch_follows_a_dependency_and_after_waits_for_startup() -> None:
     finally:
         await r.stop()
     assert all(t.done() for t in asyncio.all_tasks() if t.get_name().startswith("readiness:"))
+
+
+async def test_a_check_stuck_in_its_cancellation_holds_up_neither_the_watch_nor_the_stop() -> None:
+    """A check that overruns is cancelled and left behind: a gRPC call whose cancellation waits
+    on the network once kept a service's graceful stop waiting forever (CI, settlement)."""
+    r = Readiness("svc", interval_s=0.02, timeout_s=0.2)
+    release = asyncio.Event()
+    calls = {"n": 0}
+
+    async def check() -> None:
+        calls["n"] += 1
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await release.wait()  # its cancellation does not end until released
+            raise
+
+    r.watch("peer", check)
+    r.start()
+    try:
+        await wait_for(lambda: r.unmet.get("peer") == "no answer within 0.2s", 5, what="unmet after timeout")
+        await wait_for(lambda: calls["n"] >= 3, 5, what="the watch goes on checking")
+    finally:
+        await asyncio.wait_for(r.stop(), 2)  # bounded, though every abandoned check still hangs
+    release.set()
+    await wait_for(lambda: not [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("check")],
+                   5, what="abandoned checks ended once released")
+
+
+async def test_grpc_peer_check_carries_its_timeout_as_the_call_deadline() -> None:
+    seen: list[float | None] = []
+
+    class SlowHealth(health.aio.HealthServicer):
+        async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+                        ) -> health_pb2.HealthCheckResponse:
+            seen.append(context.time_remaining())
+            await asyncio.sleep(5)
+            return health_pb2.HealthCheckResponse(status=SERVING)
+
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(SlowHealth(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await grpc_peer_check(ch, 0.3)()
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert seen and seen[0] is not None and 0 < seen[0] <= 0.3
+    finally:
+        await server.stop(0)
 
 
 # -- the host --------------------------------------------------------------------------------------
@@ -174,6 +226,38 @@ async def test_no_health_port_unless_configured() -> None:
         assert host.health_port == -1 and host.serving  # no condition declared: ready at start
     finally:
         await host.stop(grace=0)
+
+
+@pytest.mark.expected_log_errors("shutdown step overran, going on without it")
+async def test_host_stop_goes_on_when_grpc_stop_overruns(monkeypatch: pytest.MonkeyPatch,
+                                                        log_errors: logcheck.Capture) -> None:
+    """gRPC's own server stop is bounded (grace + slack): the process must still end within the
+    pod's termination grace period, and the log says where the stop waited."""
+    import p2pep.servicekit.host as host_module
+
+    monkeypatch.setattr(host_module, "_STOP_SLACK_S", 0.3)
+    host = ServiceHost(ProbedSettings(log_json=False), name="probed")
+    await host.start()
+    real_stop = host.grpc_server.stop
+    release = asyncio.Event()
+    hooks: list[str] = []
+
+    async def stuck_stop(grace: float | None) -> None:
+        await release.wait()
+
+    async def hook() -> None:
+        hooks.append("ran")
+
+    host.add_shutdown_hook(hook)
+    monkeypatch.setattr(host.grpc_server, "stop", stuck_stop)
+    await asyncio.wait_for(host.stop(grace=0), 5)
+    assert hooks == ["ran"]  # the shutdown hooks (stores, channels) still ran
+    # what structlog printed is not captured reliably (its stream is bound when logging is set
+    # up, before capsys), so read the ERROR event from the in-process log tap
+    overran = [p.text for p in log_errors.problems if "shutdown step overran" in p.text]
+    assert len(overran) == 1 and "grpc server stop" in overran[0] and "stuck_stop" in overran[0], overran
+    release.set()
+    await real_stop(0)
 
 
 # -- fake dependencies ------------------------------------------------------------------------------
@@ -334,7 +418,22 @@ async def test_service_ready_while_its_dependencies_answer(
             await lose_and_regain(health_port, peers[name])
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await stopped_within(task, 30)
+
+
+async def stopped_within(task: asyncio.Task[None], timeout: float) -> None:
+    """``task`` (a service's main) ends within ``timeout``; if not, fail with every task's stack
+    (where a shutdown hangs is the point of the failure)."""
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        stacks = []
+        for t in asyncio.all_tasks():
+            frames = t.get_stack(limit=12)
+            stacks.append(f"{t.get_name()}: " + " <- ".join(
+                f"{f.f_code.co_name}({Path(f.f_code.co_filename).name}:{f.f_lineno})" for f in reversed(frames)))
+        task.cancel()
+        pytest.fail(f"service did not stop within {timeout}s; tasks:\n" + "\n".join(sorted(stacks)))
+    task.result()
 
 
 # -- the anchor: its lnd wallet and btcd ---------------------------------------------------------------

@@ -171,5 +171,6 @@ async def test_a_settlement_store_of_version_1_gains_the_outbox_and_the_party_co
     finally:
         await store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3  # steps 1 (outbox) and 2 (party columns)
+    # steps 1 (outbox), 2 (party columns) and 3 (meter locations): the current version
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     conn.close()

@@ -20,7 +20,7 @@ from test_settlement_service import match, reading, register, send, settled
 from p2pep.paging import follow
 from p2pep.regtest import wait_for
 from p2pep.v1 import settlement_pb2 as pb
-from services.settlement.store import Store
+from services.settlement.store import MeterRow, Store
 
 pytestmark = pytest.mark.usefixtures("operator_writes")
 world = test_settlement_service.world  # the harness: settlement in-process, two fake meters
@@ -117,12 +117,17 @@ PRAGMA user_version = 2;
 """
 
 
-async def test_a_version_2_store_gets_party_columns_from_its_terms(tmp_path: Path) -> None:
+async def store_written_by(script: str, tmp_path: Path) -> Store:
+    """The store opened on a database an older version wrote (``script``): migrated forward."""
     path = tmp_path / "s.sqlite"
     conn = sqlite3.connect(path)
-    conn.executescript(V2)
+    conn.executescript(script)
     conn.close()
-    store = await Store.open(str(path))
+    return await Store.open(str(path))
+
+
+async def test_a_version_2_store_gets_party_columns_from_its_terms(tmp_path: Path) -> None:
+    store = await store_written_by(V2, tmp_path)
     try:
         assert [r["contract_id"] for r in await store.contract_page(0, 10, meter_id="solar")] == ["old"]
         assert await store.contract_page(0, 10, meter_id="other") == []
@@ -130,3 +135,28 @@ async def test_a_version_2_store_gets_party_columns_from_its_terms(tmp_path: Pat
         assert [r["contract_id"] for r in await store.open_contracts()] == ["ending"]
     finally:
         await store.close()
+
+
+V3_METERS = """
+CREATE TABLE meters (
+  meter_id TEXT PRIMARY KEY, pubkey TEXT NOT NULL, node_pubkey TEXT NOT NULL,
+  address TEXT NOT NULL, role TEXT NOT NULL, node_address TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO meters VALUES ('home', '02aa', '03bb', 'home:1', 'consumer', 'home:9735');
+PRAGMA user_version = 3;
+"""
+
+
+async def test_a_version_3_store_keeps_its_meters_without_a_location_until_they_tell_one(tmp_path: Path) -> None:
+    store = await store_written_by(V3_METERS, tmp_path)
+    try:
+        assert await store.meters() == [MeterRow("home", "02aa", "03bb", "home:1", "consumer", "home:9735")]
+        await store.upsert_meter(MeterRow("home", "02aa", "03bb", "home:2", "consumer", "home:9735", 52.5, 13.4))
+        await store.upsert_meter(MeterRow("solar", "02cc", "03dd", "solar:1", "producer"))
+        assert [(m.meter_id, m.address, m.latitude, m.longitude) for m in await store.meters()] == [
+            ("home", "home:2", 52.5, 13.4), ("solar", "solar:1", None, None)]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(tmp_path / "s.sqlite")
+    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    conn.close()

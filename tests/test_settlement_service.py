@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tls_helpers import dial
 from p2pep.anchor.verify import verify_offline
 from p2pep.identity import Identity
 from p2pep.metering.readings import Reading
+from p2pep.metering.request_checks import STILL_IN_FLIGHT
 from p2pep.metering.signing import MeterKey
 from p2pep.regtest import wait_for
 from p2pep.servicekit import BaseServiceSettings, ServiceHost
@@ -49,6 +51,10 @@ class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
         self.refuse_pay = False
         self.unreachable = False  # PayInvoice answers UNAVAILABLE (its lnd down, the hub down: it passes)
         self.invoice_delay_s = 0.0  # CreateInvoice takes this long
+        self.stuck_in_flight = False  # PayInvoice: its lnd holds the payment in flight, neither paid nor failed
+        self.stuck: list[str] = []  # payment hashes left in flight that way
+        self.settled_at_node: set[str] = set()  # supplier: invoices its node says are paid
+        self.canceled: list[str] = []  # supplier: invoices cancelled on ResolveInvoice
         self.updates: list[pb.ContractRecord] = []
         self.asked_to_sign: list[str] = []
 
@@ -70,8 +76,21 @@ class FakeMeter(meter_pb2_grpc.MeterServiceServicer):
         if self.unreachable:
             await ctx.abort(grpc.StatusCode.UNAVAILABLE, "payment failed: FAILED: FAILURE_REASON_NO_ROUTE")
         h = req.payment_request.rsplit("-", 1)[1]
+        if self.stuck_in_flight or h in self.stuck:  # once stuck, that payment stays in flight
+            self.stuck.append(h)
+            await ctx.abort(grpc.StatusCode.UNAVAILABLE, f"{STILL_IN_FLIGHT}; ask again")
+        assert h not in SUPPLIER.canceled, "a cancelled invoice was paid"
         self.paid.append((req.contract_id, req.increment))
         return meter_pb2.PayInvoiceResponse(preimage=SUPPLIER.preimages[h].hex(), payment_hash=h)
+
+    async def ResolveInvoice(self, req: meter_pb2.ResolveInvoiceRequest, ctx: Any) -> meter_pb2.ResolveInvoiceResponse:
+        R = meter_pb2.ResolveInvoiceResponse
+        if req.payment_hash in self.settled_at_node:
+            return R(state=R.SETTLED, preimage=self.preimages[req.payment_hash].hex())
+        if req.cancel:
+            self.canceled.append(req.payment_hash)
+            return R(state=R.CANCELED)
+        return R(state=R.OPEN)
 
     async def UpdateContract(self, req: pb.ContractRecord, ctx: Any) -> meter_pb2.UpdateContractResponse:
         self.updates.append(req)
@@ -168,6 +187,20 @@ async def register(stub: settlement_pb2_grpc.SettlementServiceStub, *meters: Fak
             address=m.addr, role="consumer" if m.meter_id == "consumer" else "producer"))  # type: ignore[attr-defined]
 
 
+async def first_increment_paid(world: Any, cid: str, energy_wh: int, **settings: Any) -> \
+        tuple[Engine, settlement_pb2_grpc.SettlementServiceStub]:
+    """Settlement started with ``settings``, both meters registered, contract ``cid`` proposed
+    at 1,000,000 msat/kWh, its first 10 Wh delivered and paid."""
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement(**settings)
+    await register(stub, cons, sup)
+    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
+    await engine.propose(match(cid, energy_wh=energy_wh, price=1_000_000))
+    await send(stub, reading(cons, 2, 10, 0), reading(sup, 2, 0, 10))
+    await wait_for(lambda: engine.contracts[cid].ledger.increments_paid == 1, 10, what="first increment paid")
+    return engine, stub
+
+
 async def test_bad_readings_are_refused_stored_nowhere_and_counted(world: Any) -> None:
     h, cons, sup = world
     engine, stub, _ = await h.start_settlement()
@@ -204,6 +237,47 @@ async def test_register_refuses_bad_input(world: Any) -> None:
         await stub.RegisterMeter(pb.RegisterMeterRequest(meter_id="consumer", pubkey=MeterKey.generate().pubkey_hex,
                                                          node_pubkey="02" + "22" * 32, address="a:1", role="consumer"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_register_keeps_the_meters_location_and_refuses_an_impossible_one(world: Any) -> None:
+    """A meter tells where it is installed as it registers: settlement keeps it (across a
+    restart) and lists it; registering again with another place moves it, without one keeps
+    it; a meter that never told has none. A place off the globe is INVALID_ARGUMENT naming
+    the coordinate, and changes nothing."""
+    h, cons, sup = world
+    _, stub, host = await h.start_settlement()
+
+    def req(m: FakeMeter, loc: pb.Location | None = None, role: str = "producer") -> pb.RegisterMeterRequest:
+        return pb.RegisterMeterRequest(meter_id=m.meter_id, pubkey=m.key.pubkey_hex, node_pubkey=node_of(m.meter_id),
+                                       address=m.addr, role=role, location=loc)  # type: ignore[attr-defined]
+
+    async def places() -> dict[str, tuple[float, float] | None]:
+        return {m.meter_id: (m.location.latitude, m.location.longitude) if m.HasField("location") else None
+                for m in (await stub.ListMeters(pb.ListMetersRequest())).meters}
+
+    await stub.RegisterMeter(req(sup, pb.Location(latitude=52.53, longitude=13.41)))
+    await stub.RegisterMeter(req(cons, role="consumer"))  # (as a meter from before locations)
+    assert await places() == {"consumer": None, "supplier": (52.53, 13.41)}
+    for lat, lon, field in ((90.5, 13.0, "location.latitude"), (-91.0, 0.0, "location.latitude"),
+                            (52.0, 180.01, "location.longitude"), (52.0, -200.0, "location.longitude"),
+                            (float("nan"), 13.0, "location.latitude"), (52.0, float("inf"), "location.longitude")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RegisterMeter(req(sup, pb.Location(latitude=lat, longitude=lon)))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (lat, lon)
+        assert (err.value.details() or "").startswith(f"{field}: must be"), err.value.details()
+    assert await places() == {"consumer": None, "supplier": (52.53, 13.41)}
+    # the edges of the globe are places; the household corrects its place; leaving it out keeps it
+    await stub.RegisterMeter(req(sup, pb.Location(latitude=-90.0, longitude=180.0)))
+    await stub.RegisterMeter(req(sup, pb.Location(latitude=52.5301, longitude=13.4102)))
+    await stub.RegisterMeter(req(sup))
+    assert await places() == {"consumer": None, "supplier": (52.5301, 13.4102)}
+    # (0, 0) is a place too, not "none"
+    await stub.RegisterMeter(req(cons, pb.Location(latitude=0.0, longitude=0.0), role="consumer"))
+    assert await places() == {"consumer": (0.0, 0.0), "supplier": (52.5301, 13.4102)}
+    # settlement restarts: the places come back from its store
+    await host.stop(0)
+    _, stub, _ = await h.start_settlement()
+    assert await places() == {"consumer": (0.0, 0.0), "supplier": (52.5301, 13.4102)}
 
 
 async def test_contract_paid_per_increment_and_survives_restart(world: Any) -> None:
@@ -276,12 +350,7 @@ async def test_match_without_usable_nodes_is_rejected_unsigned(world: Any) -> No
 
 async def test_failed_payment_defaults_within_one_increment(world: Any) -> None:
     h, cons, sup = world
-    engine, stub, _ = await h.start_settlement()
-    await register(stub, cons, sup)
-    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
-    await engine.propose(match("c2", energy_wh=100, price=1_000_000))
-    await send(stub, reading(cons, 2, 10, 0), reading(sup, 2, 0, 10))
-    await wait_for(lambda: engine.contracts["c2"].ledger.increments_paid == 1, 10, what="first increment paid")
+    engine, stub = await first_increment_paid(world, "c2", 100)
     cons.refuse_pay = True
     await send(stub, reading(cons, 3, 20, 0), reading(sup, 3, 0, 20))
     await wait_for(lambda: settled(engine, "c2"), 10, what="contract defaulted")
@@ -296,12 +365,8 @@ async def test_a_payment_failure_that_passes_defaults_then_collects_what_was_del
     ends DEFAULTED at once (delivery stops), then, once the consumer can pay again, settlement
     collects the owed increment with the same invoice: paid equals delivered value, exactly."""
     h, cons, sup = world
-    engine, stub, _ = await h.start_settlement(worker_backoff_initial_s=0.05, worker_backoff_max_s=0.2)
-    await register(stub, cons, sup)
-    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
-    await engine.propose(match("c4", energy_wh=100, price=1_000_000))
-    await send(stub, reading(cons, 2, 10, 0), reading(sup, 2, 0, 10))
-    await wait_for(lambda: engine.contracts["c4"].ledger.increments_paid == 1, 10, what="first increment paid")
+    engine, stub = await first_increment_paid(world, "c4", 100, worker_backoff_initial_s=0.05,
+                                              worker_backoff_max_s=0.2)
     before = metric("p2pep_settlement_debts_total", {"outcome": "collected"})
     cons.unreachable = True
     await send(stub, reading(cons, 3, 27, 0), reading(sup, 3, 0, 27))
@@ -320,6 +385,54 @@ async def test_a_payment_failure_that_passes_defaults_then_collects_what_was_del
     assert metric("p2pep_settlement_debts_total", {"outcome": "collected"}) >= before + 1
     summary = json.loads((await engine.store.contract("c4"))["summary_json"])  # type: ignore[index]
     assert summary["msat_paid"] == rec.paid_msat and summary["wh_paid"] == summary["wh_delivered"]
+
+
+@pytest.mark.parametrize("reached_supplier", [False, True], ids=["cancelled-and-invoiced-anew", "paid-at-supplier"])
+async def test_a_payment_stuck_in_flight_is_resolved_at_the_supplier(world: Any, reached_supplier: bool) -> None:
+    """The consumer's lnd holds a payment in flight (an HTLC stuck after a crash on the route)
+    longer than in_flight_resolve_s: settlement asks the supplier's node. Not paid there: the
+    supplier cancels that invoice (it can never be paid now) and the increment is invoiced anew
+    and paid. Paid there: recorded paid with the supplier's preimage, nothing paid again."""
+    h, cons, sup = world
+    engine, stub = await first_increment_paid(world, "c7", 20, worker_backoff_initial_s=0.05,
+                                              worker_backoff_max_s=0.2, in_flight_resolve_s=0.5)
+    outcome = "paid" if reached_supplier else "reinvoiced"
+    before = metric("p2pep_settlement_stuck_payments_total", {"outcome": outcome})
+    cons.stuck_in_flight = True
+    await send(stub, reading(cons, 3, 20, 0), reading(sup, 3, 0, 20))
+    await wait_for(lambda: len(cons.stuck) >= 2, 10, what="the consumer says: still in flight, asked again")
+    stuck = cons.stuck[0]
+    assert set(cons.stuck) == {stuck}  # asked again with the same invoice while it may still land
+    cons.stuck_in_flight = False  # new payments go through; the stuck one stays stuck
+    if reached_supplier:
+        sup.settled_at_node.add(stuck)
+    await wait_for(lambda: settled(engine, "c7"), 10, what="resolved and settled")
+    rec = await stub.GetContract(pb.GetContractRequest(contract_id="c7"))
+    assert (rec.delivered_wh, rec.paid_wh, rec.paid_msat) == (20, 20, 20_000)
+    assert metric("p2pep_settlement_stuck_payments_total", {"outcome": outcome}) == before + 1
+    row = await engine.store.payment("c7", 2)
+    assert row is not None and row["preimage"]
+    if reached_supplier:
+        assert sup.canceled == [] and row["payment_hash"] == stuck
+        assert ("c7", 2) not in cons.paid  # recorded from the supplier's node, never paid a second time
+    else:
+        assert sup.canceled == [stuck] and row["payment_hash"] != stuck
+        assert cons.paid.count(("c7", 2)) == 1
+
+
+async def test_a_registering_meter_is_connected_before_its_first_contract(world: Any) -> None:
+    """Settlement dials a meter when it registers and starts the connection (mutual-TLS
+    handshake included) at once, so the first contract's SignContract does not wait for it."""
+    h, cons, sup = world
+    engine, stub, _ = await h.start_settlement()
+    await register(stub, cons, sup)
+
+    def connected(link: Any) -> bool:
+        return link._channel is not None and link._channel.get_state() == grpc.ChannelConnectivity.READY
+
+    for meter_id in ("consumer", "supplier"):
+        await wait_for(partial(connected, engine.meters[meter_id]), 5,
+                       what=f"{meter_id}'s channel connected without a call on it")
 
 
 async def test_a_meter_registering_again_does_not_cancel_calls_in_flight_to_it(world: Any) -> None:
@@ -427,13 +540,8 @@ async def test_worker_failure_is_shown_counted_and_retried_without_paying_twice(
                                  r"^contract worker gave up; ending the contract .*OSError: disk I/O error")
 async def test_worker_that_cannot_go_on_ends_its_contract_cleanly(world: Any) -> None:
     h, cons, sup = world
-    engine, stub, _ = await h.start_settlement(worker_attempts=3, worker_backoff_initial_s=0.05,
-                                               worker_backoff_max_s=0.05)
-    await register(stub, cons, sup)
-    await send(stub, reading(cons, 1, 0, 0), reading(sup, 1, 0, 0))
-    await engine.propose(match("c10", energy_wh=100, price=1_000_000))
-    await send(stub, reading(cons, 2, 10, 0), reading(sup, 2, 0, 10))
-    await wait_for(lambda: engine.contracts["c10"].ledger.increments_paid == 1, 10, what="first increment paid")
+    engine, stub = await first_increment_paid(world, "c10", 100, worker_attempts=3, worker_backoff_initial_s=0.05,
+                                              worker_backoff_max_s=0.05)
 
     async def broken(*args: Any) -> None:
         raise OSError("disk I/O error")

@@ -165,7 +165,7 @@ async def _portal(p: str) -> Callable[[], Awaitable[Any]]:
     return s.close
 
 
-VERSIONS = {"settlement": 3, "meter": 1, "matcher": 1, "anchor": 2, "webauth": 1, "portal": 1}
+VERSIONS = {"settlement": 4, "meter": 1, "matcher": 1, "anchor": 3, "webauth": 1, "portal": 1}
 STORES = {"settlement": _settlement, "meter": _meter, "matcher": _matcher, "anchor": _anchor,
           "webauth": _webauth, "portal": _portal}
 
@@ -196,7 +196,7 @@ def test_a_service_on_a_newer_store_exits_with_one_clear_line(tmp_path: Path) ->
     proc = subprocess.run([sys.executable, "-m", "services.settlement"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
-    assert "settlement store is at schema version 7, newer than this P2PEP knows (3)" in proc.stderr
+    assert "settlement store is at schema version 7, newer than this P2PEP knows (4)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert version_of(path) == 7
 

@@ -8,20 +8,26 @@ btcd quirks mapped here so the rest of anchoring sees bitcoind-like semantics:
   txindex entries and puts its transactions back in the mempool, so a reorged anchor tx
   comes back without ``blockhash``.
 * ``getblockheader hash true`` on a block known but not in the best chain fails with an
-  internal error (it cannot get a main-chain height); we return ``confirmations: -1``.
+  internal error ("Failed to obtain block height", or in the pinned btcd "block <hash> is not
+  in the main chain"); we return ``confirmations: -1``.
 * ``getblockhash`` above the tip is code -1 (out of range): ChainNotFound.
+* ``sendrawtransaction`` of a transaction btcd already has: code -27 (already in the chain) or
+  -26 "already have transaction" (in its mempool); both count as published. Any other refusal
+  (-25, -26, -22) is ChainRejected.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from p2pep.anchor.chain import ChainNotFound, ChainUnavailable
+from p2pep.anchor.chain import ChainNotFound, ChainRejected, ChainUnavailable
 from p2pep.chain.btcd_rpc import BtcdRpcError
 
 RPC_NOT_FOUND = -5  # btcjson.ErrRPCNoTxInfo / ErrRPCBlockNotFound
 RPC_OUT_OF_RANGE = -1  # btcjson.ErrRPCOutOfRange
 RPC_INTERNAL = -32603
+RPC_TX_ALREADY_IN_CHAIN = -27  # btcjson.ErrRPCTxAlreadyInChain
+RPC_TX_REFUSED = (-22, -25, -26)  # ErrRPCDeserialization, ErrRPCTxError (orphan...), ErrRPCTxRejected
 
 
 class RpcCaller(Protocol):
@@ -61,7 +67,7 @@ class BtcdChain:
         except BtcdRpcError as exc:
             if exc.code == RPC_NOT_FOUND:
                 raise ChainNotFound(f"no block {block_hash}") from exc
-            if exc.code == RPC_INTERNAL and "height" in exc.message.lower():
+            if exc.code == RPC_INTERNAL and ("height" in exc.message.lower() or "main chain" in exc.message.lower()):
                 return {"hash": block_hash, "confirmations": -1}
             raise ChainUnavailable(str(exc)) from exc
         if not isinstance(result, dict):
@@ -80,4 +86,14 @@ class BtcdChain:
         try:
             return int(await self._call("getblockcount"))
         except BtcdRpcError as exc:
+            raise ChainUnavailable(str(exc)) from exc
+
+    async def send_raw_transaction(self, raw_hex: str) -> str:
+        try:
+            return str(await self._call("sendrawtransaction", raw_hex))
+        except BtcdRpcError as exc:
+            if exc.code == RPC_TX_ALREADY_IN_CHAIN or "already have transaction" in exc.message.lower():
+                return ""
+            if exc.code in RPC_TX_REFUSED:
+                raise ChainRejected(exc.message) from exc
             raise ChainUnavailable(str(exc)) from exc

@@ -20,6 +20,10 @@ class ChainUnavailable(ChainError):
     """The node cannot answer (unreachable, misconfigured, no tx index...)."""
 
 
+class ChainRejected(ChainError):
+    """The node refused a transaction (a conflict, an input spent or missing...)."""
+
+
 class ChainView(Protocol):
     async def get_raw_transaction(self, txid: str) -> dict[str, Any]:
         """btcd ``getrawtransaction txid 1``: needs ``vout[].n``, ``vout[].scriptPubKey.hex``,
@@ -45,4 +49,12 @@ class AnchorWallet(Protocol):
     async def send_op_return(self, payload: bytes, sat_per_vbyte: int) -> str:
         """Publish a transaction with one OP_RETURN output carrying ``payload`` (plus change),
         paid from the operator's wallet; return its txid (RPC byte order)."""
+        ...
+
+
+class TxRelay(Protocol):
+    async def send_raw_transaction(self, raw_hex: str) -> str:
+        """btcd ``sendrawtransaction``: publish a signed transaction (again); its txid. A
+        transaction the node already has counts as published. Raises ChainRejected if the
+        node refuses it, ChainUnavailable if it cannot answer."""
         ...

@@ -8,6 +8,9 @@ the pods, their volumes and the network at the end. ``p2pep k8s secrets --run-di
 (for ``kubectl apply -f -``; never commit it), each component's TLS folder, its lnd node's
 ``tls.cert`` and baked macaroon, btcd's client material and the meters' signing keys, read
 from a run dir laid out as ``p2pep up`` leaves it. A missing file is a one-line error, exit 2.
+``p2pep k8s export-lnd`` (the lnd pods' exporter sidecar, :mod:`p2pep.k8s.exporter`) and
+``p2pep k8s bootstrap`` (the regtest overlay's Job, :mod:`p2pep.k8s.bootstrap`) run inside the
+cluster; their settings come from the environment.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import os
 import sys
 from pathlib import Path
 
-from p2pep.k8s import OVERLAYS, components, configmaps, households
+from p2pep.k8s import MACAROON_SUBDIR as _MACAROON_SUBDIR
+from p2pep.k8s import OVERLAYS, components, configmaps, households, lnd_secrets
 
 REPO = Path(__file__).resolve().parents[2]
-MACAROON_SUBDIR = Path("data/chain/bitcoin/regtest")
+MACAROON_SUBDIR = Path(_MACAROON_SUBDIR)
 
 
 class MissingFile(Exception):
@@ -66,6 +70,14 @@ def secret_yaml(name: str, files: dict[str, bytes]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def lnd_secret_files(node_dir: Path, service: str) -> dict[str, bytes]:
+    """What Secret ``p2pep-lnd-<component>`` holds, from a node's folder laid out as lnd's
+    ``--lnddir`` (``p2pep up``'s ``RUN_DIR/<node>``, the bootstrap's work folder): its
+    ``tls.cert`` and ``p2pep-<service>.macaroon``, the service's own (never admin)."""
+    mac = f"p2pep-{service}.macaroon"
+    return {"tls.cert": _read(node_dir / "tls.cert"), mac: _read(node_dir / MACAROON_SUBDIR / mac)}
+
+
 def secrets(run_dir: Path, overlay: str, btcd_user: str, btcd_pass: str) -> str:
     """Every Secret the workloads of ``overlay`` mount, from ``run_dir``'s files."""
     tls = run_dir / "tls"
@@ -77,12 +89,8 @@ def secrets(run_dir: Path, overlay: str, btcd_user: str, btcd_pass: str) -> str:
         if (tls / "revoked.txt").is_file():
             files["revoked.txt"] = _read(tls / "revoked.txt")
         out.append(secret_yaml(f"p2pep-tls-{name}", files))
-    lnd_of = {"anchor": ("hub", "anchor")} | {m: (m, "meter") for m in households() if m in names}
-    for name, (node, service) in lnd_of.items():
-        d = run_dir / node
-        mac = f"p2pep-{service}.macaroon"
-        out.append(secret_yaml(f"p2pep-lnd-{name}", {
-            "tls.cert": _read(d / "tls.cert"), mac: _read(d / MACAROON_SUBDIR / mac)}))
+    for secret, (node, service) in lnd_secrets(names).items():
+        out.append(secret_yaml(secret, lnd_secret_files(run_dir / node, service)))
     out.append(secret_yaml("p2pep-btcd-client", {
         "rpc.cert": _read(run_dir / "btcd" / "rpc.cert"), "user": btcd_user.encode(), "pass": btcd_pass.encode()}))
     for meter in households():
@@ -140,6 +148,18 @@ def _pods(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _export_lnd(args: argparse.Namespace) -> int:
+    from p2pep.k8s.exporter import main
+
+    return main()
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from p2pep.k8s.bootstrap import main
+
+    return main()
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     k8s = sub.add_parser("k8s", help="Kubernetes ConfigMaps (generated) and Secrets (from a run dir)")
     ks = k8s.add_subparsers(dest="k8s_command", required=True)
@@ -159,3 +179,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--run-dir", required=True, help="where the run's secrets, played files, logs and report go")
     p.add_argument("--report", default="", help="report path (default RUN_DIR/report.json)")
     p.set_defaults(func=_pods)
+    e = ks.add_parser("export-lnd", help="in an lnd pod: its tls.cert and admin.macaroon into Secret "
+                                         "p2pep-lnd-admin-<node> (settings: P2PEP_EXPORT_*, P2PEP_KUBE_*)")
+    e.set_defaults(func=_export_lnd)
+    b = ks.add_parser("bootstrap", help="in the cluster (the Job): mine, fund, bake macaroons, open channels, write "
+                                        "the lnd Secrets and p2pep-hub (settings: P2PEP_BOOTSTRAP_*, P2PEP_KUBE_*)")
+    b.set_defaults(func=_bootstrap)

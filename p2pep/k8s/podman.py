@@ -3,8 +3,10 @@
 podman plays Pods, Deployments, PersistentVolumeClaims and ConfigMaps, and nothing else of
 what ``kubectl kustomize k8s/overlays/regtest`` renders. The translation is kept to what
 podman lacks, one rule each, and leaves every other field as the manifest has it (image,
-args, ``envFrom`` ConfigMaps, ports, resources, ``securityContext`` with the read-only root,
-the PVC at ``/data``):
+args, ``envFrom`` ConfigMaps, resources, ``securityContext`` with the read-only root,
+the PVC at ``/data``). The in-cluster bootstrap is played too (the lnd pods' exporter
+sidecars and the Job's own container, with the generated ``p2pep-bootstrap-config``): only
+the Kubernetes API they call is replaced, by a folder (:mod:`p2pep.k8s.store`):
 
 ==========================  ===========================================================
 rendered                    played
@@ -25,11 +27,29 @@ rendered                    played
 secretKeyRef``              the run's temporary folder, never committed).
 ``$(VAR)`` in ``args``      expanded from the container's literal ``env``, as Kubernetes
                             does (podman 4.3 passes them on verbatim).
-``emptyDir`` (``/tmp``)     dropped with its mount: podman mounts a tmpfs on ``/tmp`` of a
-                            read-only root itself (``read_only_tmpfs``).
+``emptyDir`` (``/tmp``)     kept: podman 4.3 makes it a volume of the pod, removed with
+                            it (``medium: Memory`` is on disk there). Dropping it would not
+                            do: ``kube play`` mounts no tmpfs on ``/tmp`` of a read-only
+                            root, so the Job's work folder could not be written.
 container ``ports``          dropped: podman 4.3 publishes each on the host (four lnd pods'
                             metrics port 8989 collide); pods reach each other's ports on
                             the network without them.
+``Job X``                   ``Pod X`` (its template; one pod, one completion), with
+                            ``restartPolicy: Never``: the harness runs it to completion as
+                            the Job controller does (:class:`JobRun`: waits for the
+                            container's exit, starts it again after a failure up to
+                            ``backoffLimit`` times, all within ``activeDeadlineSeconds``).
+                            podman's own ``on-failure`` restarts without limit or backoff.
+a ``projected`` volume      ``hostPath`` of the folder store (``store``, one folder of the
+with a ServiceAccount       run), mounted writable at ``/var/run/p2pep/store`` instead of
+token, and its mounts       the token, and ``P2PEP_KUBE_STORE=folder``,
+                            ``P2PEP_KUBE_STORE_DIR`` added to the containers mounting it
+                            (the lnd pods' exporter sidecars, the Job's container): they
+                            write and read their Secrets and ConfigMaps there
+                            (:class:`p2pep.k8s.store.FolderStore`) with the same code.
+``Role``, ``RoleBinding``,  dropped, and the pods' ``serviceAccountName``: a folder has no
+``ServiceAccount``          RBAC (the Roles are held to least privilege by
+                            tests/test_k8s.py, not enforced here).
 probes                      dropped: podman 4.3 turns a ``livenessProbe`` into a
                             healthcheck command run inside the container by a systemd
                             timer (``httpGet`` becomes ``curl -f http://localhost:...``,
@@ -50,7 +70,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DROPPED_KINDS = frozenset({"Namespace", "Service", "NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor"})
+DROPPED_KINDS = frozenset({"Namespace", "Service", "NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor",
+                           "ServiceAccount", "Role", "RoleBinding"})
+EXPORTER = "p2pep.k8s.exporter"  # the lnd pods' sidecar module (its container's args[0])
+STORE_MOUNT = "/var/run/p2pep/store"  # the folder store in a played pod (P2PEP_KUBE_STORE_DIR)
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
@@ -61,14 +84,24 @@ class TranslationError(ValueError):
     """The manifests hold something the translation does not know how to play."""
 
 
+@dataclass(frozen=True)
+class JobRun:
+    """What the harness needs to run a Job's pod to completion as the Job controller would."""
+
+    container: str  # the container's name in the template (podman's is <pod>-<container>)
+    backoff_limit: int  # retries after a failed run (the Job's backoffLimit)
+    deadline_s: float  # the Job's activeDeadlineSeconds, over every try
+
+
 @dataclass
 class Played:
     """What one workload became: its pod's documents and the Secrets it needs as folders."""
 
-    name: str  # the pod's name (the StatefulSet's, i.e. its Service's)
+    name: str  # the pod's name (the StatefulSet's, i.e. its Service's; the Job's)
     docs: list[Doc] = field(default_factory=list)  # PVCs, ConfigMaps it reads, the Pod
     secret_dirs: dict[str, dict[str, bytes]] = field(default_factory=dict)  # hostPath folder -> its files
     volumes: list[str] = field(default_factory=list)  # podman volume names (PVCs)
+    job: JobRun | None = None  # a Job's pod: run to completion
 
 
 def _expand(text: str, env: Mapping[str, str]) -> str:
@@ -117,14 +150,30 @@ def _container(c: Doc, secrets: Mapping[str, Mapping[str, bytes]], configmaps: M
     return c
 
 
+def _token_volume(v: Doc) -> bool:
+    """A ``projected`` volume carrying a ServiceAccount token: how a pod reaches the API."""
+    return any("serviceAccountToken" in src for src in v.get("projected", {}).get("sources", []))
+
+
+def _store_env() -> list[Doc]:
+    """The folder store's variables (:class:`p2pep.k8s.settings.KubeApiSettings`, its names)."""
+    from p2pep.k8s.settings import KubeApiSettings
+    from p2pep.servicekit.settings import settings_env
+
+    env = settings_env(KubeApiSettings, store="folder", store_dir=STORE_MOUNT)
+    return [{"name": k, "value": v} for k, v in sorted(env.items())]
+
+
 def translate(docs: Iterable[Doc], secrets: Mapping[str, Mapping[str, bytes]], secret_root: Path,
               volume_prefix: str, configmaps: Iterable[Doc] = (), only: Iterable[str] | None = None,
-              ) -> dict[str, Played]:
-    """Each StatefulSet of ``docs`` (``kubectl kustomize`` output) as a pod to play:
+              *, store: Path) -> dict[str, Played]:
+    """Each StatefulSet and Job of ``docs`` (``kubectl kustomize`` output) as a pod to play:
     name -> :class:`Played`. ``secrets``: Secret name -> key -> bytes (what the cluster would
     hold); each Secret volume is a folder ``secret_root/<pod>-<volume>`` whose files
     :attr:`Played.secret_dirs` lists (the caller writes them). ``configmaps``: ConfigMaps made
     at bootstrap (the hub's address, btcd's mining address), besides the rendered ones.
+    ``store``: the folder store (:class:`p2pep.k8s.store.FolderStore`) mounted instead of the
+    ServiceAccount token into the containers that call the API (the exporters, the Job).
     ``only``: translate these workloads, skip the others."""
     wanted = set(only) if only is not None else None
     docs = list(docs)
@@ -134,52 +183,76 @@ def translate(docs: Iterable[Doc], secrets: Mapping[str, Mapping[str, bytes]], s
         kind = d["kind"]
         if kind in DROPPED_KINDS or kind == "ConfigMap":
             continue
-        if kind != "StatefulSet":
+        if kind not in ("StatefulSet", "Job"):
             raise TranslationError(f"{kind} {d['metadata']['name']}: no translation for podman")
         name = d["metadata"]["name"]
         if wanted is not None and name not in wanted:
             continue
-        if d["spec"].get("replicas", 1) != 1:
+        if kind == "StatefulSet" and d["spec"].get("replicas", 1) != 1:
             raise TranslationError(f"StatefulSet {name}: only one replica plays as a pod")
-        played = Played(name)
-        template = copy.deepcopy(d["spec"]["template"])
-        spec = template["spec"]
-        volumes: list[Doc] = []
-        dropped: set[str] = set()
-        for v in spec.get("volumes", []):
-            if "emptyDir" in v:
-                dropped.add(v["name"])
-            elif "secret" in v:
-                secret = v["secret"]["secretName"]
-                if secret not in secrets:
-                    raise TranslationError(f"StatefulSet {name}: Secret {secret} not given")
-                data = secrets[secret]
-                items = v["secret"].get("items")
-                folder = secret_root / f"{name}-{v['name']}"
-                played.secret_dirs[str(folder)] = {i["path"]: data[i["key"]] for i in items} if items else dict(data)
-                path = str(folder)
-                volumes.append({"name": v["name"], "hostPath": {"path": path, "type": "Directory"}})
-            else:
-                volumes.append(v)
-        for claim in d["spec"].get("volumeClaimTemplates", []):
-            vol = f"{volume_prefix}{name}-{claim['metadata']['name']}"
-            played.volumes.append(vol)
-            played.docs.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                                "metadata": {"name": vol}, "spec": claim["spec"]})
-            volumes.append({"name": claim["metadata"]["name"], "persistentVolumeClaim": {"claimName": vol}})
-        spec["volumes"] = volumes
-        containers = []
-        for c in spec["containers"]:
-            c = _container(c, secrets, cms)
-            c["volumeMounts"] = [m for m in c.get("volumeMounts", []) if m["name"] not in dropped]
-            for ref in c.get("envFrom", []):  # podman reads a ConfigMap only from the same play
-                cm = cms[ref["configMapRef"]["name"]]
-                if cm not in played.docs:
-                    played.docs.append(cm)
-            containers.append(c)
-        spec["containers"] = containers
-        pod_meta = {"name": name, "labels": template["metadata"].get("labels", {}),
-                    "annotations": template["metadata"].get("annotations", {})}
-        played.docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": spec})
-        out[name] = played
+        if kind == "Job" and (d["spec"].get("parallelism", 1) != 1 or d["spec"].get("completions", 1) != 1):
+            raise TranslationError(f"Job {name}: only one pod at a time, one completion, plays")
+        out[name] = _pod(name, d, secrets, cms, secret_root, volume_prefix, store)
     return out
+
+
+def _pod(name: str, d: Doc, secrets: Mapping[str, Mapping[str, bytes]], cms: Mapping[str, Doc],
+         secret_root: Path, volume_prefix: str, store: Path) -> Played:
+    """One workload's pod template as a played Pod (see the module's table)."""
+    played = Played(name)
+    template = copy.deepcopy(d["spec"]["template"])
+    spec = template["spec"]
+    volumes: list[Doc] = []
+    dropped: set[str] = set()
+    token: set[str] = set()
+    spec.pop("serviceAccountName", None)
+    for v in spec.get("volumes", []):
+        if _token_volume(v):
+            token.add(v["name"])
+            volumes.append({"name": v["name"], "hostPath": {"path": str(store), "type": "Directory"}})
+        elif "projected" in v:
+            dropped.add(v["name"])
+        elif "secret" in v:
+            secret = v["secret"]["secretName"]
+            if secret not in secrets:
+                raise TranslationError(f"{d['kind']} {name}: Secret {secret} not given")
+            data = secrets[secret]
+            items = v["secret"].get("items")
+            folder = secret_root / f"{name}-{v['name']}"
+            played.secret_dirs[str(folder)] = {i["path"]: data[i["key"]] for i in items} if items else dict(data)
+            volumes.append({"name": v["name"], "hostPath": {"path": str(folder), "type": "Directory"}})
+        else:
+            volumes.append(v)
+    for claim in d["spec"].get("volumeClaimTemplates", []):
+        vol = f"{volume_prefix}{name}-{claim['metadata']['name']}"
+        played.volumes.append(vol)
+        played.docs.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                            "metadata": {"name": vol}, "spec": claim["spec"]})
+        volumes.append({"name": claim["metadata"]["name"], "persistentVolumeClaim": {"claimName": vol}})
+    spec["volumes"] = volumes
+    containers = []
+    for c in spec["containers"]:
+        c = _container(c, secrets, cms)
+        mounts = []
+        for m in c.get("volumeMounts", []):
+            if m["name"] in dropped:
+                continue
+            if m["name"] in token:  # the API's token -> the folder store, writable, and its settings
+                m = {"name": m["name"], "mountPath": STORE_MOUNT}
+                c["env"] = [*c.get("env", []), *_store_env()]
+            mounts.append(m)
+        c["volumeMounts"] = mounts
+        for ref in c.get("envFrom", []):  # podman reads a ConfigMap only from the same play
+            cm = cms[ref["configMapRef"]["name"]]
+            if cm not in played.docs:
+                played.docs.append(cm)
+        containers.append(c)
+    spec["containers"] = containers
+    if d["kind"] == "Job":
+        spec["restartPolicy"] = "Never"  # the harness retries, as the Job controller does
+        played.job = JobRun(containers[0]["name"], int(d["spec"].get("backoffLimit", 6)),
+                            float(d["spec"].get("activeDeadlineSeconds", 3600)))
+    pod_meta = {"name": name, "labels": template["metadata"].get("labels", {}),
+                "annotations": template["metadata"].get("annotations", {})}
+    played.docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": spec})
+    return played

@@ -1,21 +1,37 @@
-"""The regtest overlay as pods on podman, bootstrapped, and a scenario run against them (I/O).
+"""The regtest overlay as pods on podman, bootstrapped by its own Job, and a scenario run (I/O).
 
-What ``p2pep up`` does for processes, done for the overlay's pods (:class:`PodCluster`):
+What ``kubectl apply -k k8s/overlays/regtest`` does in a cluster, done with podman 4.3
+(:class:`PodCluster`; :mod:`p2pep.k8s.podman` translates the rendered overlay):
 
-1. the run's secrets are made on the host, in a run dir laid out as ``p2pep up`` leaves it:
-   the CA and each service's certificate and each meter's key and enrollment
-   (:func:`p2pep.scenario.tls.prepare`), btcd's RPC certificate (SAN ``btcd``), the RPC
-   user and password, and a faucet key whose address btcd mines to (ConfigMap
-   ``p2pep-btcd-miner``);
-2. ``btcd`` is played (:mod:`p2pep.k8s.podman` translates the rendered overlay) and mined
-   past segwit; the four lnd pods are played, their ``tls.cert`` and ``admin.macaroon``
-   copied out of each pod (the operator's tooling keeps admin; no service gets it), and
-   over lnd's RPC each node's service macaroon is baked, every wallet funded from the
-   faucet and each meter's channel to the hub opened, confirmed and announced
-   (:class:`p2pep.regtest.network.RegtestNetwork`'s own steps, on the pods' addresses);
-3. the Secrets are what ``p2pep k8s secrets`` prints for that run dir (plus btcd's server
-   key), the hub's address becomes ConfigMap ``p2pep-hub``, and the services are played:
-   matcher and anchor, then settlement, console and portal, then the meters.
+1. the run's secrets that an operator makes by hand in a cluster are made on the host, in a
+   run dir laid out as ``p2pep up`` leaves it: the CA, each service's certificate, each
+   meter's key and enrollment (:func:`p2pep.scenario.tls.prepare`), btcd's RPC certificate
+   (SAN ``btcd``), its RPC user and password;
+2. the bootstrap **Job's own pod** is played (the ``p2pep-services`` image, ``python -m
+   p2pep.k8s.bootstrap``, settings from the generated ConfigMap ``p2pep-bootstrap-config``),
+   with the folder store (:class:`p2pep.k8s.store.FolderStore`, one folder of the run) where
+   the Kubernetes API would be. It makes the faucet (Secret ``p2pep-faucet``, ConfigMap
+   ``p2pep-btcd-miner``); ``btcd`` is played once that ConfigMap exists (mining to it), then
+   the four lnd pods, each with its **exporter sidecar** writing ``p2pep-lnd-admin-<node>``
+   into the store. Each pod is played once what it reads exists, as the kubelet starts a
+   cluster's pods once their mounts exist;
+3. the Job runs :mod:`p2pep.k8s.bootstrap`'s steps from inside the pod network (btcd and the
+   nodes by their names ``btcd``, ``lnd-hub``..., as their certificates name them) and the
+   harness waits for it to complete as the Job controller would (:meth:`PodCluster._run_job`:
+   ``backoffLimit`` retries within ``activeDeadlineSeconds``, its log kept in the run), then
+   runs it once more, as ``kubectl delete job`` and ``apply`` would, and fails unless that run
+   funded, opened and confirmed nothing (idempotence, from the nodes' own state);
+4. the harness reads back what the Job published (ConfigMap ``p2pep-hub``, Secrets
+   ``p2pep-lnd-anchor`` and ``p2pep-lnd-meter-N``) and attaches to btcd and the nodes itself
+   (:meth:`p2pep.k8s.bootstrap.Bootstrap.attach`: admin files from the exporters' Secrets,
+   nothing written to the nodes), because the scenario runner's miner and collection need
+   them; the other Secrets are what ``p2pep k8s secrets`` prints for that run dir, and the
+   services are played: matcher and anchor, then settlement, console and portal, then the
+   meters.
+
+Invariant: the harness bootstraps nothing itself: every wallet funded, channel opened and
+macaroon baked is the Job's, whose code, image, settings and order are the cluster's; only the
+store behind :class:`p2pep.k8s.store.Store` differs (no RBAC, no API server).
 
 The harness reaches the pods at their addresses on the podman network (it runs on the host,
 which routes to the network's bridge) and names each peer as its certificate does
@@ -34,6 +50,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -42,27 +59,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from p2pep.chain.btcd_rpc import BtcdRpc, BtcdRpcConfig, BtcdRpcError
 from p2pep.identity import Identity
-from p2pep.k8s import BTCD_RPC_PORT, GRPC_PORT, LND_P2P_PORT, LND_RPC_PORT, METRICS_PORT, households
-from p2pep.k8s.cli import MACAROON_SUBDIR
+from p2pep.k8s import (
+    BTCD_RPC_PORT,
+    FAUCET_SECRET,
+    GRPC_PORT,
+    HUB_CONFIGMAP,
+    HUB_NODE,
+    MACAROON_SUBDIR,
+    METRICS_PORT,
+    MINER_CONFIGMAP,
+    bootstrap_values,
+    components,
+    households,
+    lnd_secrets,
+    lnd_workload,
+)
+from p2pep.k8s.bootstrap import Bootstrap, ClusterBtcd, ClusterNetwork, KubeAdminFiles, KubePublisher
 from p2pep.k8s.cli import secrets as secrets_yaml
 from p2pep.k8s.podman import Doc, Played, translate
-from p2pep.lnd.client import LndClient, LndConnection, LndError
-from p2pep.regtest.binaries import Binaries
-from p2pep.regtest.btcd import Btcd, BtcdInfo
+from p2pep.k8s.store import FolderStore
+from p2pep.lnd.macaroons import write_private
+from p2pep.regtest.btcd import BtcdInfo
 from p2pep.regtest.errors import RegtestError
 from p2pep.regtest.faucet import Faucet
-from p2pep.regtest.lnd_node import HUB, LndInfo, LndNode
-from p2pep.regtest.network import MIN_START_HEIGHT, RegtestNetwork
-from p2pep.regtest.waiting import wait_for
 from p2pep.scenario import run_state as scenario_state
 from p2pep.scenario import tls as run_tls
 from p2pep.scenario.launch import NodeEndpoint, ServiceLaunch
@@ -76,6 +102,7 @@ PREFIX = "p2pep-pods-"  # the podman network and volumes of a pod-level run
 NETWORK = "p2pep-pods"
 CENTRAL = ("matcher", "anchor", "settlement", "console", "portal")
 BTCD_USER = "p2pep"
+NOTHING_DONE: dict[str, list[str]] = {"funded": [], "opened": [], "confirmed": []}  # a Job run on a bootstrapped net
 
 
 def podman_root() -> Path:
@@ -100,9 +127,11 @@ class Podman:
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf),
                     "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf")}
 
-    async def run(self, *args: str, check: bool = True, timeout: float = 300) -> str:
+    async def run(self, *args: str, check: bool = True, timeout: float = 300, both_streams: bool = False) -> str:
+        """podman's stdout (``both_streams``: stderr too, interleaved)."""
         proc = await asyncio.create_subprocess_exec(
-            "podman", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+            "podman", *args, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if both_streams else subprocess.PIPE, env=self.env)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except TimeoutError:
@@ -110,8 +139,16 @@ class Podman:
             await proc.wait()
             raise PodError(f"podman {' '.join(args[:3])}: no answer after {timeout:.0f}s") from None
         if check and proc.returncode != 0:
-            raise PodError(f"podman {' '.join(args[:4])}: {err.decode().strip()[-2000:]}")
-        return out.decode()
+            raise PodError(f"podman {' '.join(args[:4])}: {(err or out).decode().strip()[-2000:]}")
+        return out.decode(errors="replace")
+
+    async def logs(self, container: str) -> str:
+        """A container's log, both its streams (``podman logs`` writes what the container wrote
+        to stderr, where every service logs, on its own stderr)."""
+        try:
+            return await self.run("logs", container, check=False, timeout=60, both_streams=True)
+        except PodError as e:  # no answer: the log says so rather than failing the caller
+            return f"({e})"
 
     async def play(self, docs: Sequence[Doc], path: Path) -> None:
         path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -125,12 +162,6 @@ class Podman:
         if not ip:
             raise PodError(f"pod {pod} has no address on network {NETWORK}")
         return ip
-
-    async def read(self, container: str, path: str) -> bytes | None:
-        proc = await asyncio.create_subprocess_exec(
-            "podman", "exec", container, "cat", path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env)
-        out, _ = await proc.communicate()
-        return out if proc.returncode == 0 and out else None
 
     async def states(self) -> dict[str, tuple[bool, int | None]]:
         """Container name -> (running, exit code when exited)."""
@@ -169,92 +200,6 @@ def render_overlay(overlay: str = "regtest") -> list[Doc]:
     out = subprocess.run(["kubectl", "kustomize", str(REPO / "k8s" / "overlays" / overlay)],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     return [d for d in yaml.safe_load_all(out) if d]
-
-
-# --- the regtest network on pods: RegtestNetwork's steps on the pods' addresses -----------------
-@dataclass
-class PodLndInfo(LndInfo):
-    pod: str = ""  # lnd-hub, lnd-meter-1: its name on the network, in its certificate
-    address: str = ""  # the pod's address (the harness dials it)
-
-    @property
-    def rpcserver(self) -> str:
-        return f"{self.address}:{LND_RPC_PORT}"
-
-    @property
-    def p2p_host(self) -> str:  # what other nodes connect to
-        return f"{self.pod}:{LND_P2P_PORT}"
-
-
-class PodLndNode(LndNode):
-    info: PodLndInfo
-
-    @property
-    def client(self) -> LndClient:
-        if self._client is None:
-            conn = self.info.connection()
-            creds = grpc.composite_channel_credentials(
-                grpc.ssl_channel_credentials(Path(conn.tls_cert_path).read_bytes()),
-                grpc.metadata_call_credentials(_MacaroonAuth(Path(conn.macaroon_path).read_bytes().hex())))
-            ch = grpc.aio.secure_channel(conn.rpcserver, creds, options=[
-                ("grpc.ssl_target_name_override", self.info.pod),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-            self._client = LndClient(LndConnection(conn.name, conn.rpcserver, conn.tls_cert_path,
-                                                   conn.macaroon_path), channel=ch)
-        return self._client
-
-
-class _MacaroonAuth(grpc.AuthMetadataPlugin):
-    def __init__(self, macaroon_hex: str) -> None:
-        self.macaroon_hex = macaroon_hex
-
-    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
-        callback((("macaroon", self.macaroon_hex),), None)
-
-
-class PodBtcd(Btcd):
-    """btcd's RPC at its pod's address (nothing to start: the pod runs it)."""
-
-    def __init__(self, info: BtcdInfo, address: str, password: str, mining_addr: str) -> None:
-        super().__init__(Path("btcd"), info, mining_addr)
-        self.rpc = BtcdRpc(BtcdRpcConfig(f"{address}:{BTCD_RPC_PORT}", BTCD_USER, password, info.cert))
-
-    async def call(self, method: str, *params: Any) -> Any:
-        return await self.rpc.call(method, *params)
-
-
-class PodNetwork(RegtestNetwork):
-    """btcd and the lnd nodes of the pods (their state files in ``run_dir`` as ``p2pep up``'s)."""
-
-    def __init__(self, run_dir: Path, faucet: Faucet) -> None:
-        self.run_dir = run_dir
-        self.bins = Binaries(Path("/nonexistent"))
-        self.faucet = faucet
-        self.btcd: Btcd | None = None
-        self.nodes: dict[str, LndNode] = {}
-
-    def save(self) -> None:
-        pass  # nothing to attach to later: the pods go with the run
-
-    async def mine(self, n: int) -> list[str]:
-        assert self.btcd is not None
-        hashes = await self.btcd.mine(n)
-        tip = await self.btcd.height()
-        for node in self.nodes.values():
-            async def synced(node: LndNode = node) -> bool:
-                info = await node.client.get_info()
-                return info.block_height >= tip and info.synced_to_chain
-            await wait_for(synced, 60, what=f"{node.name} synced to height {tip}")
-        return hashes
-
-    async def public_channel_count(self) -> int:
-        seen: set[int] = set()
-        for n in self.nodes.values():
-            seen |= {c.chan_id for c in await n.client.list_channels() if not c.private}
-        return len(seen)
-
-    async def down(self, purge: bool = False) -> None:
-        await self.close()
 
 
 # --- the services as pods -------------------------------------------------------------------------
@@ -306,7 +251,7 @@ class PodService(ServiceProcess):
 
     async def save_log(self) -> None:
         self.launch.log_path.parent.mkdir(parents=True, exist_ok=True)
-        text = await self.podman.run("logs", self.container, check=False)
+        text = await self.podman.logs(self.container)
         self.launch.log_path.write_text(text)
 
 
@@ -318,19 +263,22 @@ class PodCluster:
         self.podman = podman or Podman()
         self.say = say
         self.work = run_dir / "pods"  # the played files and the Secrets' folders
+        self.store_dir = self.work / "store"  # the folder store: the exporters' and the Job's "API"
+        self.store = FolderStore(self.store_dir)
         self.btcd_pass = secrets.token_urlsafe(18)
-        self.faucet = Faucet(secrets.token_hex(32))
-        self.net = PodNetwork(run_dir, self.faucet)
+        # the Job makes the faucet (Secret p2pep-faucet); the harness reads it back once the Job is done
+        self.net = ClusterNetwork(run_dir, Faucet(secrets.token_hex(32)))
         self.played: dict[str, Played] = {}
         self.addresses: dict[str, str] = {}
         self.secrets: dict[str, dict[str, bytes]] = {}
-        self.configmaps: list[Doc] = [configmap("p2pep-btcd-miner", {"mining_addr": self.faucet.address})]
+        self.configmaps: list[Doc] = []  # made at bootstrap (the Job's), read from the store
         self.docs = render_overlay()
+        (self.job,) = [d["metadata"]["name"] for d in self.docs if d["kind"] == "Job"]
         self.timings: dict[str, float] = {}
 
     # --- clean slate and clean up ----------------------------------------------------------------
     def pod_names(self) -> list[str]:
-        return [d["metadata"]["name"] for d in self.docs if d["kind"] == "StatefulSet"]
+        return [d["metadata"]["name"] for d in self.docs if d["kind"] in ("StatefulSet", "Job")]
 
     async def down(self) -> None:
         """Remove every pod of the overlay, their volumes and the network (missing ones are fine)."""
@@ -343,31 +291,110 @@ class PodCluster:
         await self.podman.run("network", "rm", "--force", NETWORK, check=False)
 
     # --- bring up ----------------------------------------------------------------------------------
-    async def up(self, scenario: Scenario) -> None:
-        """btcd and lnd pods, bootstrapped; then the secrets and ConfigMaps of the services."""
+    async def up(self) -> None:
+        """The Job's pod, btcd and the lnd pods (with their exporters) played in the order their
+        inputs exist, as the kubelet starts a cluster's; the Job run to completion; then the
+        Secrets and ConfigMaps of the services."""
         await self.down()  # a run that died before its cleanup
         await self.podman.run("network", "create", NETWORK)
         self.work.mkdir(parents=True, exist_ok=True)
+        _make_store(self.store_dir)
         t = time.monotonic()
         self._host_material()
-        await self._play(["btcd"], "btcd")
-        await self._bootstrap_chain()
-        self.timings["btcd"] = time.monotonic() - t
+        await self._play([self.job], "bootstrap")  # it makes the faucet, then waits for btcd
+        miner = await self._wait_configmap(MINER_CONFIGMAP, 120)
+        self.configmaps.append(configmap(MINER_CONFIGMAP, miner))
+        await self._play(["btcd"], "btcd")  # btcd mines to the Job's faucet (--miningaddr)
+        nodes = [HUB_NODE, *households()]
+        await self._play([lnd_workload(n) for n in nodes], "lnd")  # lnd and its exporter sidecar
+        self.timings["pods"] = time.monotonic() - t
         t = time.monotonic()
-        nodes = ["lnd-hub", *(f"lnd-{m}" for m in households())]
-        await self._play(nodes, "lnd")
-        await asyncio.gather(*(self._add_node(p) for p in nodes))
-        self.timings["lnd"] = time.monotonic() - t
-        t = time.monotonic()
-        net = self.net
-        s = scenario.network
-        meters = [n for n in net.nodes.values() if n.name != HUB]
-        await net.fund(list(net.nodes.values()), s.fund_sat)
-        await net.open_channels([(m.name, HUB) for m in meters], s.channel_sat, s.push_sat)
-        self.timings["channels"] = time.monotonic() - t
-        hub = net.nodes[HUB].info
-        self.configmaps.append(configmap("p2pep-hub", {"P2PEP_METER_HUB": f"{hub.pubkey}@{hub.p2p_host}"}))
+        first = await self._run_job(self.job)
+        self.timings["bootstrap"] = time.monotonic() - t
+        t = time.monotonic()  # the README's "run it again" (delete the Job, apply): nothing left to do
+        again = await self._run_job(self.job, start=True)
+        self.timings["bootstrap-again"] = time.monotonic() - t
+        if again != NOTHING_DONE:
+            raise PodError(f"the Job run again was not idempotent: it did {again} after {first}")
+        await self._attach(nodes)
         self._service_secrets()
+
+    async def _wait_configmap(self, name: str, timeout: float) -> dict[str, str]:
+        """ConfigMap ``name`` from the store, once the Job has written it."""
+        deadline = time.monotonic() + timeout
+        job = self.played[self.job].job
+        assert job is not None
+        container = f"{self.job}-{job.container}"
+        while (got := await self.store.get_configmap(name)) is None:
+            running, code = (await self.podman.states()).get(container, (False, None))
+            if time.monotonic() > deadline or (not running and code is not None):
+                why = f"exited with {code}" if not running and code is not None else f"in {timeout:.0f}s"
+                raise PodError(f"the Job wrote no ConfigMap {name} ({why}):\n" + await self._job_log(self.job))
+            await asyncio.sleep(0.5)
+        return got
+
+    async def _job_log(self, name: str) -> str:
+        job = self.played[name].job
+        assert job is not None
+        text = await self.podman.logs(f"{name}-{job.container}")
+        (self.work / f"{name}.log").write_text(text)
+        return "\n".join(text.splitlines()[-40:])
+
+    async def _run_job(self, name: str, start: bool = False) -> dict[str, list[str]]:
+        """The Job's pod run to completion, as the Job controller runs it: its container's exit
+        awaited, started again after a failure up to ``backoffLimit`` times, all within
+        ``activeDeadlineSeconds``; its log kept in the run's ``pods/<job>.log``. ``start``: run
+        the completed container once more first (a second Job). Returns what the run did (its
+        ``bootstrap done`` line: the wallets funded, channels opened and confirmed)."""
+        job = self.played[name].job
+        assert job is not None
+        container = f"{name}-{job.container}"
+        deadline = time.monotonic() + job.deadline_s
+        if start:
+            await self.podman.run("start", container)
+        for attempt in range(1, job.backoff_limit + 2):
+            left = deadline - time.monotonic()
+            try:
+                out = await self.podman.run("wait", container, timeout=max(left, 1))
+            except PodError as exc:
+                raise PodError(f"Job {name} not complete within activeDeadlineSeconds ({job.deadline_s:.0f}s): "
+                               f"{exc}\n" + await self._job_log(name)) from None
+            code = int(out.split()[-1])
+            tail = await self._job_log(name)
+            if code == 0:
+                done = _job_done((self.work / f"{name}.log").read_text())
+                self.say(f"Job {name} complete (try {attempt}): {done}")
+                return done
+            self.say(f"Job {name} failed (exit {code}, try {attempt} of {job.backoff_limit + 1})")
+            if attempt <= job.backoff_limit:
+                await self.podman.run("start", container)
+        raise PodError(f"Job {name} failed {job.backoff_limit + 1} times (backoffLimit); its log ends:\n{tail}")
+
+    async def _attach(self, nodes: list[str]) -> None:
+        """The harness's own view of what the Job made, for the scenario runner (its miner,
+        collection and report): btcd, the faucet, each node (admin files from its exporter's
+        Secret, active and synced) with its services' macaroons from the Secrets the Job
+        published; those Secrets and ConfigMap ``p2pep-hub`` go to the services' pods."""
+        faucet = await self.store.get_secret(FAUCET_SECRET)
+        miner = await self.store.get_configmap(MINER_CONFIGMAP)
+        hub = await self.store.get_configmap(HUB_CONFIGMAP)
+        if not faucet or not miner or hub is None:
+            raise PodError(f"the Job completed without Secret {FAUCET_SECRET} or ConfigMaps "
+                           f"{MINER_CONFIGMAP}, {HUB_CONFIGMAP} in {self.store_dir}")
+        self.net.faucet = Faucet(faucet["secret_hex"].decode().strip())
+        info = BtcdInfo(rpc_port=BTCD_RPC_PORT, p2p_port=0, dir=str(self.run_dir / "btcd"))
+        self.net.btcd = ClusterBtcd(info, f"{self.addresses['btcd']}:{BTCD_RPC_PORT}", BTCD_USER, self.btcd_pass,
+                                    miner["mining_addr"])
+        boot = Bootstrap(self.run_dir, self.net, KubeAdminFiles(self.store), KubePublisher(self.store))
+        await asyncio.gather(*(boot.attach(n, self.addresses[lnd_workload(n)], 60) for n in nodes))
+        for secret, (node, service) in lnd_secrets([c.name for c in components("regtest")]).items():
+            files = await self.store.get_secret(secret)
+            if files is None:
+                raise PodError(f"the Job completed without Secret {secret}")
+            self.secrets[secret] = files
+            mac = f"p2pep-{service}.macaroon"
+            write_private(self.run_dir / node / MACAROON_SUBDIR / mac, files[mac])
+        self.configmaps.append(configmap(HUB_CONFIGMAP, hub))
 
     def _host_material(self) -> None:
         cert, key = _self_signed("btcd")
@@ -379,7 +406,8 @@ class PodCluster:
                                              "pass": self.btcd_pass.encode()}
 
     async def _play(self, names: list[str], phase: str) -> None:
-        played = translate(self.docs, self.secrets, self.work / "secrets", PREFIX, self.configmaps, names)
+        played = translate(self.docs, self.secrets, self.work / "secrets", PREFIX, self.configmaps, names,
+                           store=self.store_dir)
         docs: list[Doc] = []
         for n in names:
             p = played[n]
@@ -391,77 +419,42 @@ class PodCluster:
         for n in names:
             self.addresses[n] = await self.podman.address(n)
 
-    async def _bootstrap_chain(self) -> None:
-        info = BtcdInfo(rpc_port=BTCD_RPC_PORT, p2p_port=0, dir=str(self.run_dir / "btcd"))
-        btcd = PodBtcd(info, self.addresses["btcd"], self.btcd_pass, self.faucet.address)
-        self.net.btcd = btcd
-
-        async def answers() -> bool:
-            try:
-                await btcd.call("getblockcount")
-                return True
-            except BtcdRpcError:
-                return False
-        await wait_for(answers, 60, what="btcd's RPC in its pod")
-        height = await btcd.height()
-        if height < MIN_START_HEIGHT:
-            await btcd.mine(MIN_START_HEIGHT - height)
-        if not await btcd.segwit_active():
-            raise PodError(f"segwit not active at height {MIN_START_HEIGHT}")
-
-    async def _add_node(self, pod: str) -> None:
-        """Copy the node's tls.cert and admin macaroon out of its pod, wait until it is synced,
-        bake its service's macaroon."""
-        name = pod.removeprefix("lnd-")
-        d = self.run_dir / name
-        info = PodLndInfo(name=name, dir=str(d), rpc_port=LND_RPC_PORT, rest_port=0, p2p_port=LND_P2P_PORT,
-                          metrics_port=0, pod=pod, address=self.addresses[pod])
-        container = f"{pod}-lnd"
-        mac_dir = d / MACAROON_SUBDIR
-        mac_dir.mkdir(parents=True, exist_ok=True)
-
-        async def files() -> bool:
-            cert = await self.podman.read(container, "/data/tls.cert")
-            admin = await self.podman.read(container, f"/data/{MACAROON_SUBDIR}/admin.macaroon")
-            if cert is None or admin is None:
-                return False
-            (d / "tls.cert").write_bytes(cert)
-            (mac_dir / "admin.macaroon").write_bytes(admin)
-            return True
-        await wait_for(files, 120, interval=1.0, what=f"{pod}'s tls.cert and admin macaroon")
-        node = PodLndNode(Path("lnd"), info, BtcdInfo(BTCD_RPC_PORT, 0, str(self.run_dir / "btcd")))
-        last = ""
-
-        async def ready() -> bool:
-            nonlocal last
-            try:
-                if await node.client.get_state() != "SERVER_ACTIVE":
-                    return False
-                got = await node.client.get_info()
-                info.pubkey = got.identity_pubkey
-                return bool(got.synced_to_chain)
-            except LndError as exc:
-                last = str(exc)
-                return False
-        try:
-            await wait_for(ready, 120, interval=0.5, what=f"{pod} active and synced")
-        except Exception as exc:
-            raise PodError(f"{pod}: {exc} ({last})") from exc
-        await node.bake_service_macaroons()
-        self.net.nodes[name] = node
-
     def _service_secrets(self) -> None:
-        """The Secrets `p2pep k8s secrets` prints for this run dir (after the TLS folder)."""
+        """The Secrets `p2pep k8s secrets` prints for this run dir (after the TLS folder), the
+        ones already there kept: the lnd ones are the Job's (:meth:`Bootstrap.publish`, read
+        back from the store), btcd's the host's; the rest (TLS, meter keys) the host's."""
         meter_keys = {m: scenario_state.scenario_dir(self.run_dir) / m / "meter.key" for m in households()}
         run_tls.prepare(self.run_dir / "tls", CENTRAL, meter_keys)
         text = secrets_yaml(self.run_dir, "regtest", BTCD_USER, self.btcd_pass)
         for doc in yaml.safe_load_all(text):
             if doc:
-                self.secrets[doc["metadata"]["name"]] = {
-                    k: base64.b64decode(v) for k, v in doc.get("data", {}).items()}
+                self.secrets.setdefault(doc["metadata"]["name"], {
+                    k: base64.b64decode(v) for k, v in doc.get("data", {}).items()})
 
     async def play_services(self, names: list[str], phase: str) -> None:
         await self._play(names, phase)
+
+
+def _job_done(log_text: str) -> dict[str, list[str]]:
+    """What the Job's last run did, from its last ``bootstrap done`` line (JSON, structlog's)."""
+    for line in reversed(log_text.splitlines()):
+        try:
+            event = json.loads(line[line.index("{"):]) if "{" in line else {}
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "bootstrap done":
+            return {k: list(event.get(k) or []) for k in ("funded", "opened", "confirmed")}
+    raise PodError("the Job exited 0 without its `bootstrap done` line")
+
+
+def _make_store(folder: Path) -> None:
+    """The folder store, empty (nothing of an earlier run: its faucet and admin files are not
+    this run's nodes'), writable by the pods' user (10001) only: it holds admin macaroons."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(mode=0o700, parents=True)
+    if os.geteuid() == 0:
+        os.chown(folder, 10001, 10001)
 
 
 def _write_secret_folder(folder: Path, files: dict[str, bytes]) -> None:
@@ -495,11 +488,17 @@ class PodScenarioRunner(ScenarioRunner):
         if set(s.meter_names) != expected or not s.network.hub:
             raise PodError(f"the regtest overlay has meters {sorted(expected)} and a hub; "
                            f"scenario {s.name} has {s.meter_names}")
+        boot = bootstrap_values()  # what the Job funds and opens (its generated ConfigMap)
+        amounts = {"fund_sat": s.network.fund_sat, "channel_sat": s.network.channel_sat,
+                   "push_sat": s.network.push_sat}
+        if any(boot[k] != v for k, v in amounts.items()):
+            raise PodError(f"the regtest overlay's bootstrap Job funds and opens {boot}; scenario {s.name} "
+                           f"wants {amounts}")
         self._set_phase("network")
         t = time.monotonic()
-        self.say("pods: btcd and four lnd nodes, bootstrapped (mined, funded, channels, macaroons)")
+        self.say("pods: the bootstrap Job, btcd and four lnd nodes with their exporters; the Job run to completion")
         self.net = self.cluster.net  # closed by the teardown, also if the bring-up fails
-        await self.cluster.up(s)
+        await self.cluster.up()
         self.say(f"network up in {time.monotonic() - t:.0f}s ({self.cluster.timings})")
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self._set_phase("services")

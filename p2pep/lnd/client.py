@@ -35,6 +35,8 @@ from p2pep.lndrpc import (
 from p2pep.lndrpc import (
     stateservice_pb2_grpc as stategrpc,
 )
+from p2pep.lndrpc.invoicesrpc import invoices_pb2
+from p2pep.lndrpc.invoicesrpc import invoices_pb2_grpc as invoicesgrpc
 from p2pep.lndrpc.routerrpc import router_pb2 as router
 from p2pep.lndrpc.routerrpc import router_pb2_grpc as routergrpc
 from p2pep.lndrpc.signrpc import signer_pb2 as signer
@@ -133,6 +135,7 @@ class LndClient:
         self._channel = channel
         self.ln = lngrpc.LightningStub(self._channel)
         self.router = routergrpc.RouterStub(self._channel)
+        self.invoices = invoicesgrpc.InvoicesStub(self._channel)
         self.wallet = walletgrpc.WalletKitStub(self._channel)
         self.state = stategrpc.StateStub(self._channel)
 
@@ -281,6 +284,11 @@ class LndClient:
     async def lookup_invoice(self, r_hash: bytes | str) -> ln.Invoice:
         h = bytes.fromhex(r_hash) if isinstance(r_hash, str) else r_hash
         return await self._call("LookupInvoice", self.ln.LookupInvoice, ln.PaymentHash(r_hash=h))
+
+    async def cancel_invoice(self, r_hash: bytes | str) -> None:
+        """Cancel an open invoice (lnd refuses a settled one): it can never be paid after this."""
+        h = bytes.fromhex(r_hash) if isinstance(r_hash, str) else r_hash
+        await self._call("CancelInvoice", self.invoices.CancelInvoice, invoices_pb2.CancelInvoiceMsg(payment_hash=h))
 
     async def list_invoices(self, max_invoices: int = 10_000) -> list[ln.Invoice]:
         req = ln.ListInvoiceRequest(num_max_invoices=max_invoices)

@@ -117,6 +117,9 @@ METER = ServiceMacaroon(
         Grant(_ln("GetInfo"), "wait for its node and learn its pubkey (registered with settlement)"),
         Grant(_ln("AddInvoice"), "supplier: one invoice per increment settlement asks for"),
         Grant(_ln("LookupInvoice"), "supplier: whether an increment's invoice is paid"),
+        Grant("/invoicesrpc.Invoices/CancelInvoice",
+              "supplier: cancel an unpaid increment's invoice whose payment is stuck in flight, "
+              "so it is never paid and can be invoiced anew (settlement's ResolveInvoice)"),
         Grant(_ln("DecodePayReq"), "consumer: an invoice's payee and amount, checked before paying"),
         Grant("/routerrpc.Router/SendPaymentV2", "consumer: pay an increment's invoice"),
         Grant("/routerrpc.Router/TrackPaymentV2",

@@ -1,4 +1,4 @@
-"""Where the pinned lnd/btcd builds are (see scripts/build-binaries.sh)."""
+"""Where the pinned lnd/btcd (and Toxiproxy) builds are (see scripts/build-binaries.sh)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ class Binaries:
     @property
     def btcctl(self) -> Path:
         return self.path("btcctl")
+
+    @property
+    def toxiproxy(self) -> Path:
+        """toxiproxy-server: the lossy links between meters and services (p2pep.scenario.links)."""
+        return self.path("toxiproxy-server")
 
 
 def find_binaries() -> Binaries:

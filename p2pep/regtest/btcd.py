@@ -1,4 +1,11 @@
-"""btcd on regtest: its own data dir, TLS cert, loopback ports, mining to the faucet."""
+"""btcd on regtest: its own data dir, TLS cert, loopback ports, mining to the faucet.
+
+A network runs two: the main btcd (everything's RPC backend: lnd, the anchor, ``p2pep
+verify``; the harness mines on it) and a peer that only relays blocks (``btcd-peer``). The
+main one dials the peer (``--addpeer``), so a main btcd SIGKILLed and started again, which
+in regtest mode deletes its block database (btcd's ``removeRegressionDB``), fetches the chain
+back from the peer. Nothing mines on the peer: its chain is the main one's, never ahead.
+"""
 
 from __future__ import annotations
 
@@ -41,11 +48,19 @@ class BtcdInfo:
 
 
 class Btcd:
-    def __init__(self, binary: Path, info: BtcdInfo, mining_addr: str) -> None:
+    def __init__(self, binary: Path, info: BtcdInfo, mining_addr: str | None, peers: tuple[str, ...] = (),
+                 name: str = "btcd") -> None:
+        """``mining_addr`` None: a relay-only peer (no mining, no tx relay, no index)."""
         self.info = info
+        self.name = name
         d = Path(info.dir)
+        if mining_addr is not None:
+            role = [f"--miningaddr={mining_addr}", "--txindex", "--rpcmaxclients=200", "--rpcmaxwebsockets=200",
+                    "--rpcmaxconcurrentreqs=200"]
+        else:  # relays blocks only: the cost of a second node kept small
+            role = ["--blocksonly", "--rpcmaxclients=10", "--rpcmaxwebsockets=5", "--nocfilters"]
         self.proc = Proc(
-            "btcd",
+            name,
             [
                 str(binary),
                 "--regtest",
@@ -57,12 +72,9 @@ class Btcd:
                 f"--rpcpass={RPC_PASS}",
                 f"--rpclisten={info.rpchost}",
                 f"--listen=127.0.0.1:{info.p2p_port}",
-                f"--miningaddr={mining_addr}",
-                "--txindex",
+                *role,
+                *(f"--addpeer={p}" for p in peers),
                 "--nobanning",
-                "--rpcmaxclients=200",
-                "--rpcmaxwebsockets=200",
-                "--rpcmaxconcurrentreqs=200",
                 "--debuglevel=info",
             ],
             Path(info.log),
@@ -71,8 +83,8 @@ class Btcd:
         self.rpc = BtcdRpc(info.rpc_config())
 
     async def start(self, timeout: float = 30.0) -> None:
-        ensure_free("btcd rpc", self.info.rpc_port)
-        ensure_free("btcd p2p", self.info.p2p_port)
+        ensure_free(f"{self.name} rpc", self.info.rpc_port)
+        ensure_free(f"{self.name} p2p", self.info.p2p_port)
         self.proc.start()
         self.info.pid = self.proc.pid
         await self.wait_rpc(timeout)
@@ -90,14 +102,14 @@ class Btcd:
                 except BtcdRpcError as exc:
                     last = str(exc)
             await asyncio.sleep(0.1)
-        raise ProcessFailed("btcd", f"RPC not answering after {timeout}s ({last})", self.proc.log)
+        raise ProcessFailed(self.name, f"RPC not answering after {timeout}s ({last})", self.proc.log)
 
     async def call(self, method: str, *params: Any) -> Any:
         try:
             return await self.rpc.call(method, *params)
         except BtcdRpcError as exc:
             if not self.proc.alive():
-                raise ProcessFailed("btcd", f"not running ({exc.message})", self.proc.log) from exc
+                raise ProcessFailed(self.name, f"not running ({exc.message})", self.proc.log) from exc
             raise
 
     async def mine(self, n: int) -> list[str]:
@@ -109,6 +121,11 @@ class Btcd:
 
     async def height(self) -> int:
         return int(await self.call("getblockcount"))
+
+    async def tip(self) -> tuple[int, str]:
+        """(height, hash) of the best block."""
+        info = await self.call("getbestblock")
+        return int(info["height"]), str(info["hash"])
 
     async def segwit_active(self) -> bool:
         info = await self.call("getblockchaininfo")
@@ -125,3 +142,8 @@ class Btcd:
 
     def stop(self) -> None:
         self.proc.stop()
+
+    async def kill(self) -> None:
+        """SIGKILL (its RPC connection dropped first)."""
+        await self.rpc.close()
+        self.proc.kill()

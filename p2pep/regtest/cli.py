@@ -41,6 +41,9 @@ def _print_status(st: dict[str, Any]) -> None:
     print(f"run dir  {st['run_dir']}")
     print(f"btcd     {'running' if b['running'] else 'STOPPED'} rpc {b['rpchost']} user {b['rpcuser']} "
           f"pass {b['rpcpass']} cert {b['rpccert']} height {b['height']}")
+    if (peer := st.get("btcd_peer")) is not None:
+        print(f"peer     {'running' if peer['running'] else 'STOPPED'} p2p {peer['p2p']} rpc {peer['rpchost']} "
+              f"height {peer['height']} (btcd-peer: relays blocks; a restarted btcd fetches its chain from it)")
     print(f"lncli    {st['binaries']['lncli']}")
     print(f"btcctl   {st['binaries']['btcctl']}")
     for n in st["nodes"]:

@@ -237,10 +237,11 @@ def console_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: in
 
 
 def portal_launch(s: Scenario, layout: Layout, grpc_port: int, metrics_port: int, settlement_target: str,
-                  log_level: str = "INFO", anchor_target: str = "") -> ServiceLaunch:
+                  log_level: str = "INFO", anchor_target: str = "", matcher_target: str = "") -> ServiceLaunch:
     """The household portal (accounts, pairing, the household app) on ``metrics_port`` (``/``)."""
     values = {**_common(layout, grpc_port, metrics_port, log_level), "settlement_target": settlement_target,
-              "anchor_target": anchor_target, "auth_db_path": str(layout.data_dir("portal") / "portal.db")}
+              "anchor_target": anchor_target, "matcher_target": matcher_target,
+              "auth_db_path": str(layout.data_dir("portal") / "portal.db")}
     env = service_env(PortalSettings, "portal", values, s.services_env.get("portal", {}), "services_env.portal")
     return ServiceLaunch("portal", "services.portal", grpc_port, metrics_port, layout.log("portal"),
                          layout.data_dir("portal"), env)
@@ -277,8 +278,11 @@ def meter_launch(
     hub: NodeEndpoint | None,
     peers: Sequence[NodeEndpoint] = (),
     log_level: str = "INFO",
+    advertise_address: str = "",
 ) -> ServiceLaunch:
-    """``peers``: the other meters' lnd nodes (their p2p addresses, for direct channels)."""
+    """``peers``: the other meters' lnd nodes (their p2p addresses, for direct channels).
+    ``advertise_address``: where settlement dials the meter, if not its own port (the
+    services' end of its link, :mod:`p2pep.scenario.links`)."""
     data = layout.data_dir(m.name)
     t = s.timing
     values: dict[str, object] = {
@@ -300,6 +304,8 @@ def meter_launch(
         "price_msat_per_kwh": m.price_msat_per_kwh,
         "network_mode": "hub" if hub is not None else "adhoc",
     }
+    if advertise_address:
+        values["advertise_address"] = advertise_address
     if hub is not None:
         values["hub"] = f"{hub.pubkey}@{hub.p2p}"
     others = [n for n in peers if n.name != m.name]

@@ -7,6 +7,13 @@ the parsed mapping into a :class:`Scenario` and refuses bad input with a
 Units follow the rest of P2PEP: power in integer W, energy in integer Wh, prices
 in integer msat/kWh, PV size in integer Wp. Durations are written as
 ``"90m"``, ``"1h30m"``, ``"45s"`` (simulated time unless said otherwise).
+
+Links: a meter with ``link = "<profile>"`` (:data:`p2pep.scenario.links.PROFILES`) reaches the
+services, and they reach it, through Toxiproxy with that profile's toxics; a
+``partition`` event (``target = "link:meter-N"``, ``for = "15m"``) cuts a meter's link for a
+simulated duration and heals it after, before the scenario ends. A meter without ``link`` but
+with a partition event gets the ``none`` profile (its proxies, no toxics); a meter with
+neither is dialled directly, as before.
 """
 
 from __future__ import annotations
@@ -19,22 +26,34 @@ from typing import Any, Literal
 
 Role = Literal["producer", "consumer", "prosumer"]
 SourceKind = Literal["h0", "pv", "constant", "csv"]
-EventAction = Literal["stop", "start", "drain_channel"]
+EventAction = Literal["stop", "start", "drain_channel", "partition"]
 
 ROLES: tuple[str, ...] = ("producer", "consumer", "prosumer")
 SOURCES: tuple[str, ...] = ("h0", "pv", "constant", "csv")
-ACTIONS: tuple[str, ...] = ("stop", "start", "drain_channel")
+ACTIONS: tuple[str, ...] = ("stop", "start", "drain_channel", "partition")
 SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGKILL", "SIGINT")
 CORE_SERVICES: tuple[str, ...] = ("matcher", "settlement", "anchor", "console")
 # Event targets besides the meters and the core services: the regtest network's lnd nodes,
-# stopped and started again on the same data (by node name, "hub" or a meter's). Not btcd: in
-# regtest mode it deletes its block database whenever it starts (docs/faults.md).
+# stopped and started again on the same data (by node name, "hub" or a meter's), and btcd. In
+# regtest mode btcd deletes its block database whenever it starts: started again, it fetches the
+# chain back from the network's second btcd, which relays blocks only (docs/faults.md).
 LND_PREFIX = "lnd:"
+BTCD = "btcd"
+
+
+# A partition event's target: a meter's link to the services ("link:meter-3").
+LINK_PREFIX = "link:"
 
 
 def lnd_target(target: str) -> str | None:
     """The node an event's target names (``lnd:meter-2`` -> ``meter-2``), or None."""
     return target.removeprefix(LND_PREFIX) if target.startswith(LND_PREFIX) else None
+
+
+def link_target(target: str) -> str | None:
+    """The meter whose link an event's target names (``link:meter-3`` -> ``meter-3``), or None."""
+    return target.removeprefix(LINK_PREFIX) if target.startswith(LINK_PREFIX) else None
+
 # Checks every scenario must pass (names as in p2pep.scenario.report.CHECKS).
 DEFAULT_EXPECT: tuple[str, ...] = (
     "suppliers_paid_as_delivered",
@@ -52,6 +71,7 @@ OPTIONAL_CHECKS: tuple[str, ...] = (
     "consumer_rematched_or_blocked",
     "payments_made",
     "suppliers_owed_at_most_one_increment",
+    "relay_blocked_while_link_down",
 )
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -133,14 +153,16 @@ class MeterSpec:
     lon: float = 13.405
     tz: str = "Europe/Berlin"
     env: Mapping[str, str] = field(default_factory=dict)  # extra P2PEP_METER_* overrides (MeterSettings)
+    link: str = ""  # a profile of p2pep.scenario.links ("gprs", "satellite", "none"); "": dialled directly
 
 
 @dataclass(frozen=True)
 class Event:
     at_s: int  # simulated seconds after sim start
     action: EventAction
-    target: str  # a meter name, a core service, or "lnd:<node>" (the hub's or a meter's node)
+    target: str  # a meter name, a core service, "lnd:<node>" (the hub's or a meter's node), "btcd", "link:<meter>"
     signal: str = "SIGTERM"  # stop
+    for_s: int = 0  # partition: simulated seconds until the link is healed
     keep_increments: int = 5  # drain_channel: increments the consumer can still pay
     sweep_wallet: bool = True  # drain_channel: also send its on-chain funds away
     note: str = ""
@@ -150,6 +172,8 @@ class Event:
             what = f"stop {self.target} ({self.signal})"
         elif self.action == "start":
             what = f"start {self.target} again"
+        elif self.action == "partition":
+            what = f"partition {link_target(self.target)}'s link for {format_duration(self.for_s)}"
         else:
             what = f"drain {self.target}'s channels to ~{self.keep_increments} increments"
             if self.sweep_wallet:
@@ -184,6 +208,13 @@ class Scenario:
         return [m.name for m in self.meters]
 
     @property
+    def linked_meters(self) -> dict[str, str]:
+        """Meters behind Toxiproxy, with their link profile: those with a ``link``, and those
+        a partition event targets (``none`` unless they say otherwise)."""
+        cut = {link_target(e.target) for e in self.events if e.action == "partition"}
+        return {m.name: m.link or "none" for m in self.meters if m.link or m.name in cut}
+
+    @property
     def consumers(self) -> list[MeterSpec]:
         return [m for m in self.meters if m.role in ("consumer", "prosumer")]
 
@@ -214,11 +245,11 @@ class Scenario:
             "meters": [
                 {"name": m.name, "role": m.role, "source": m.source, "price_msat_per_kwh": m.price_msat_per_kwh,
                  "constant_w": m.constant_w, "pv_wp": m.pv_wp, "annual_kwh": m.annual_kwh,
-                 "csv_path": m.csv_path, "lat": m.lat, "lon": m.lon, "tz": m.tz}
+                 "csv_path": m.csv_path, "lat": m.lat, "lon": m.lon, "tz": m.tz, "link": m.link}
                 for m in self.meters
             ],
             "events": [{"at_s": e.at_s, "action": e.action, "target": e.target, "signal": e.signal,
-                        "keep_increments": e.keep_increments, "sweep_wallet": e.sweep_wallet,
+                        "keep_increments": e.keep_increments, "sweep_wallet": e.sweep_wallet, "for_s": e.for_s,
                         "description": e.describe()} for e in self.events],
         }
 
@@ -304,7 +335,7 @@ def _parse_timing(m: Mapping[str, Any]) -> Timing:
 
 
 _METER_KEYS = {"name", "role", "source", "price_msat_per_kwh", "constant_w", "pv_wp", "annual_kwh", "csv_path",
-               "lat", "lon", "tz", "env"}
+               "lat", "lon", "tz", "env", "link"}
 
 
 def _check_variable(service: str, variable: str, where: str) -> None:
@@ -344,7 +375,13 @@ def _parse_meter(m: Mapping[str, Any], i: int, defaults: Mapping[str, Any]) -> M
         lon=float(_get(merged, "lon", (int, float), where, 13.405)),
         tz=_get(merged, "tz", str, where, "Europe/Berlin"),
         env={str(k): str(v) for k, v in _get(merged, "env", dict, where, {}).items()},
+        link=_get(merged, "link", str, where, ""),
     )
+    if spec.link:
+        from p2pep.scenario.links import LINKS
+
+        if spec.link not in LINKS:
+            raise ScenarioError(f"{where}.link", f"{spec.link!r} is not one of {', '.join(LINKS)}")
     for variable in spec.env:
         _check_variable("meter", variable, f"{where}.env.{variable}")
     needs = {"constant": ("constant_w", spec.constant_w), "pv": ("pv_wp", spec.pv_wp),
@@ -362,15 +399,23 @@ def _parse_meter(m: Mapping[str, Any], i: int, defaults: Mapping[str, Any]) -> M
 
 def _parse_event(m: Mapping[str, Any], i: int, meters: list[str], hub: bool = True) -> Event:
     where = f"events[{i}]"
-    _check_keys(m, {"at", "action", "target", "signal", "keep_increments", "sweep_wallet", "note"}, where)
+    _check_keys(m, {"at", "action", "target", "signal", "keep_increments", "sweep_wallet", "note", "for"}, where)
     action = _get(m, "action", str, where)
     if action not in ACTIONS:
         raise ScenarioError(f"{where}.action", f"{action!r} is not one of {', '.join(ACTIONS)}")
     target = _get(m, "target", str, where)
     nodes = [LND_PREFIX + n for n in (["hub"] if hub else []) + meters]
-    allowed = meters + ([*CORE_SERVICES, *nodes] if action in ("stop", "start") else [])
+    if action == "partition":
+        allowed = [LINK_PREFIX + n for n in meters]
+    else:
+        allowed = meters + ([*CORE_SERVICES, *nodes, BTCD] if action in ("stop", "start") else [])
     if target not in allowed:
         raise ScenarioError(f"{where}.target", f"{target!r} is not one of {', '.join(allowed)}")
+    for_s = 0
+    if action == "partition":
+        for_s = _positive(parse_duration_s(_get(m, "for", (str, int), where), f"{where}.for"), f"{where}.for")
+    elif "for" in m:
+        raise ScenarioError(f"{where}.for", "only a partition lasts for a while (stop and start are two events)")
     sig = _get(m, "signal", str, where, "SIGTERM")
     if sig not in SIGNALS:
         raise ScenarioError(f"{where}.signal", f"{sig!r} is not one of {', '.join(SIGNALS)}")
@@ -385,6 +430,7 @@ def _parse_event(m: Mapping[str, Any], i: int, meters: list[str], hub: bool = Tr
         keep_increments=keep,
         sweep_wallet=_get(m, "sweep_wallet", bool, where, True),
         note=_get(m, "note", str, where, ""),
+        for_s=for_s,
     )
 
 
@@ -421,6 +467,12 @@ def parse_scenario(data: Mapping[str, Any], default_name: str = "") -> Scenario:
     for i, e in enumerate(events):
         if e.at_s >= timing.duration_s:
             raise ScenarioError(f"events[{i}].at", "must be before the end of the scenario (timing.duration)")
+        if e.at_s + e.for_s >= timing.duration_s:
+            raise ScenarioError(f"events[{i}].for", "the link must be healed before the end of the scenario")
+        for j, other in enumerate(events[:i]):
+            if (e.action == other.action == "partition" and e.target == other.target
+                    and e.at_s < other.at_s + other.for_s and other.at_s < e.at_s + e.for_s):
+                raise ScenarioError(f"events[{i}].at", f"overlaps events[{j}], a partition of the same link")
     services_env = _get(data, "services_env", dict, "", {})
     for svc, env in services_env.items():
         if svc not in CORE_SERVICES:

@@ -204,6 +204,49 @@ def uncovered_samples(samples: Iterable[RelaySample]) -> list[RelaySample]:
     return [s for s in samples if s.energized and s.active_contracts == 0]
 
 
+def link_down_grace_s(s: Scenario, meter: str) -> float:
+    """Real seconds a consumer's relay may stay energized after its link is cut: while its
+    cover lasts. Payments stop with the link (settlement asks the meter to pay over it), and
+    the meter's own check lets less than two increments run unpaid
+    (services/meter/relay_control.py), so: two increments at its power (a constant source's;
+    else 2 kW), two ticks late, and a status sample's interval (0.5 s) plus one second of
+    slack for the event being applied."""
+    m = s.meter(meter)
+    watts = m.constant_w if m.source == "constant" and m.constant_w > 0 else 2000
+    two_increments_sim_s = 2 * s.increment_wh * 3600 / watts
+    return two_increments_sim_s / s.timing.accel + 2 * s.timing.tick_s + 1.5
+
+
+def link_down_windows(f: RunFacts) -> list[dict[str, Any]]:
+    """Each partition of a consumer's link, with the relay samples taken while it was cut
+    beyond its cover (energized ones are what ``relay_blocked_while_link_down`` refuses),
+    and how long the relay took to energize again after the link was healed."""
+    s = f.scenario
+    out = []
+    consumers = {m.name for m in s.consumers}
+    for e in f.events:
+        meter = e.target.removeprefix("link:")
+        if e.action != "partition" or meter not in consumers:
+            continue
+        cut, healed = e.applied_real_s, e.detail.get("healed_real_s")
+        if not e.ok or cut is None or healed is None:
+            out.append({"meter": meter, "event": e.description, "applied": False, "ok": False})
+            continue
+        grace = link_down_grace_s(s, meter)
+        samples = f.relay_samples.get(meter, [])
+        inside = [x for x in samples if cut + grace <= x.real_s <= healed]
+        energized = [round(x.real_s, 3) for x in inside if x.energized]
+        blocked = next((x.real_s for x in samples if x.real_s >= cut and not x.energized), None)
+        again = next((x.real_s for x in samples if x.real_s > healed and x.energized), None)
+        out.append({"meter": meter, "event": e.description, "applied": True, "cut_real_s": cut,
+                    "healed_real_s": healed, "grace_s": round(grace, 3), "samples_while_down": len(inside),
+                    "energized_while_down": energized,
+                    "blocked_after_s": None if blocked is None else round(blocked - cut, 3),
+                    "energized_again_after_heal_s": None if again is None else round(again - healed, 3),
+                    "ok": bool(inside) and not energized})
+    return out
+
+
 def supplier_reconciliation(
     supplier: str,
     contracts: list[settlement_pb2.ContractRecord],
@@ -389,6 +432,10 @@ def evaluate_checks(f: RunFacts, suppliers: dict[str, dict[str, Any]]) -> dict[s
 
     checks["payments_made"] = _check(len(f.payments) > 0, {"payments": len(f.payments)})
 
+    windows = link_down_windows(f)
+    checks["relay_blocked_while_link_down"] = _check(
+        bool(windows) and all(w["ok"] for w in windows), windows or "no consumer's link was partitioned")
+
     split = {}
     for m in s.consumers:
         sups = sorted({r.contract.supplier for r in f.contracts if r.contract.consumer == m.name and r.delivered_wh > 0})
@@ -485,6 +532,7 @@ def build_report(f: RunFacts) -> dict[str, Any]:
                    "uncovered_samples": len(uncovered_samples(samples))}
             for name, samples in f.relay_samples.items()
         },
+        "links": {"profiles": s.linked_meters, "partitions": link_down_windows(f)},
         "events": [e.__dict__ for e in f.events],
         "documents": f.documents,
         "checks": checks,

@@ -42,7 +42,8 @@ def save(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 def is_our_service(pid: int) -> bool:
-    """Is ``pid`` alive and one of our service processes (``python -m services.X``)?
+    """Is ``pid`` alive and one of our service processes (``python -m services.X``, or the
+    lossy links' ``toxiproxy-server``)?
     Guards against signalling a pid the OS has since given to something else."""
     if not pid_alive(pid):
         return False
@@ -50,7 +51,7 @@ def is_our_service(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(part.startswith(b"services.") for part in cmd)
+    return any(part.startswith(b"services.") for part in cmd) or (bool(cmd) and cmd[0].endswith(b"/toxiproxy-server"))
 
 
 def live_services(state: dict[str, Any] | None) -> dict[str, int]:
@@ -62,4 +63,8 @@ def live_services(state: dict[str, Any] | None) -> dict[str, int]:
         pid = svc.get("pid")
         if isinstance(pid, int) and pid != os.getpid() and is_our_service(pid):
             out[name] = pid
+    links = state.get("toxiproxy") or {}  # the lossy links' proxy (p2pep.scenario.toxiproxy)
+    pid = links.get("pid") if isinstance(links, dict) else None
+    if isinstance(pid, int) and is_our_service(pid):
+        out["toxiproxy"] = pid
     return out

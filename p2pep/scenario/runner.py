@@ -11,6 +11,10 @@ Order of things:
    means ready (:mod:`p2pep.servicekit.readiness`: a meter is registered, has its baseline
    reading and its hub channel); each also has a plaintext health-only port (``health`` in
    ``state.json``), as a Kubernetes probe sees it;
+   Meters with a ``link`` (or a partition event) reach the services through Toxiproxy
+   (:mod:`p2pep.scenario.links`): its server starts before the meters, with one proxy per
+   meter and service (settlement, the matcher, and the way back to the meter, which the
+   meter advertises to settlement) and the profile's toxics;
 3. while the simulated time runs: an auto-miner mines a block every few seconds
    (channels the meters open need confirmations), the scenario's events fire at
    their simulated times, the meters' statuses are sampled;
@@ -43,6 +47,7 @@ import grpc
 
 from p2pep.anchor.document import DocumentError, parse_document
 from p2pep.paging import follow
+from p2pep.regtest.binaries import find_binaries
 from p2pep.regtest.btcd import RPC_PASS, RPC_USER
 from p2pep.regtest.errors import RegtestError
 from p2pep.regtest.network import NetworkSpec, RegtestNetwork
@@ -69,9 +74,11 @@ from p2pep.scenario.launch import (
     with_health_port,
     with_plaintext_loopback,
 )
-from p2pep.scenario.model import Event, Scenario, lnd_target
+from p2pep.scenario.links import UPSTREAMS, Proxy, Upstream, meter_proxies, profile
+from p2pep.scenario.model import BTCD, Event, Scenario, link_target, lnd_target
 from p2pep.scenario.processes import ServiceProcess
 from p2pep.scenario.report import EventOutcome, RunFacts, build_report
+from p2pep.scenario.toxiproxy import ToxiproxyClient, ToxiproxyServer
 from p2pep.scenario.watch import Watcher
 from p2pep.servicekit.tls import Tls
 from p2pep.v1 import settlement_pb2
@@ -147,6 +154,8 @@ class ScenarioRunner:
         self._tasks: list[asyncio.Task[Any]] = []
         self.operator: tuple[str, str] = ("operator", secrets.token_urlsafe(12))  # the demo's console sign-in
         self.extra_urls: dict[str, str] = {}  # pages beside the run, e.g. `p2pep up`'s Prometheus
+        self.proxies: dict[str, list[Proxy]] = {}  # meter -> the proxies of its link (Toxiproxy)
+        self.toxiproxy: ToxiproxyServer | None = None
 
     # --- reporting progress ----------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -175,6 +184,10 @@ class ScenarioRunner:
                        "log": str(p.launch.log_path)}
                 for name, p in self.procs.items()
             },
+            "toxiproxy": {"pid": self.toxiproxy.pid if self.toxiproxy.alive() else None, "api": self.toxiproxy.api,
+                          "log": str(self.toxiproxy.log_path),
+                          "proxies": {m: [p.body() for p in ps] for m, ps in self.proxies.items()}}
+            if self.toxiproxy is not None else None,
         })
 
     # --- the whole run -----------------------------------------------------------------------
@@ -258,6 +271,8 @@ class ScenarioRunner:
         self.say(f"household portal: {self.web_urls()['portal']} (register, then add a meter with its display's code)")
         assert self.tls is not None
         self.watcher.set_settlement(self.procs["settlement"].launch.target, self.tls)
+        if self.proxies:
+            await self._start_links()
         meters = s.meter_names
         self.clock.launched(time.monotonic())
         await self._start_and_wait(meters)
@@ -265,6 +280,22 @@ class ScenarioRunner:
             self.watcher.add_meter(m, self.procs[m].launch.target, self.tls)
             self.say(f"meter display of {m} (its pairing code): {self.web_urls()[m]}")
         self.watcher.start()
+
+    async def _start_links(self) -> None:
+        """toxiproxy-server, each linked meter's proxies, and its profile's toxics in each."""
+        self.toxiproxy = ToxiproxyServer(find_binaries().toxiproxy, free_port(), self.layout.log("toxiproxy"))
+        await self.toxiproxy.start()
+        self._save_state()
+        linked = self.scenario.linked_meters
+        async with ToxiproxyClient(self.toxiproxy.api) as api:
+            for meter, proxies in self.proxies.items():
+                toxics = profile(linked[meter]).toxics()
+                for p in proxies:
+                    await api.create_proxy(p)
+                    for t in toxics:
+                        await api.add_toxic(p.name, t)
+        self.say("links: " + ", ".join(f"{m} {linked[m]}" for m in self.proxies)
+                 + f" (toxiproxy on {self.toxiproxy.api})")
 
     def _reused_network(self) -> RegtestNetwork:
         """The network an earlier run kept running, if it has this scenario's nodes."""
@@ -310,12 +341,22 @@ class ScenarioRunner:
         launches.append(settlement)
         launches.append(console_launch(s, lay, free_port(), free_port(), settlement.target, matcher.target, lvl,
                                        anchor_target))
-        launches.append(portal_launch(s, lay, free_port(), free_port(), settlement.target, lvl, anchor_target))
+        launches.append(portal_launch(s, lay, free_port(), free_port(), settlement.target, lvl, anchor_target,
+                                      matcher.target))
         meter_nodes = [eps[m.name] for m in s.meters]
+        linked = s.linked_meters
         for m in s.meters:
-            launches.append(meter_launch(s, m, lay, free_port(), free_port(), eps[m.name], matcher.target,
-                                         settlement.target, eps.get("hub") if s.network.hub else None,
-                                         meter_nodes, lvl))
+            grpc_port = free_port()
+            matcher_target, settlement_target, advertise = matcher.target, settlement.target, ""
+            if m.name in linked:  # through its link: the services' targets and its own are proxies
+                targets: dict[Upstream, str] = {"settlement": settlement.target, "matcher": matcher.target,
+                                                "meter": f"127.0.0.1:{grpc_port}"}
+                listen: dict[Upstream, str] = {u: f"127.0.0.1:{free_port()}" for u in UPSTREAMS}
+                self.proxies[m.name] = meter_proxies(m.name, targets, listen)
+                matcher_target, settlement_target, advertise = listen["matcher"], listen["settlement"], listen["meter"]
+            launches.append(meter_launch(s, m, lay, grpc_port, free_port(), eps[m.name], matcher_target,
+                                         settlement_target, eps.get("hub") if s.network.hub else None,
+                                         meter_nodes, lvl, advertise_address=advertise))
         meter_keys = {m.name: lay.data_dir(m.name) / "meter.key" for m in s.meters}
         plain = self.opts.grpc_plaintext_loopback
         if plain:
@@ -357,6 +398,7 @@ class ScenarioRunner:
                 return
             if self.opts.until_end and self.clock.sim_ms(now) >= end_ms:
                 self.say("simulated time is up")
+                await self._event_in_progress_done()
                 return
             if self.opts.until_end and now > deadline:
                 self.errors.append("the meters' simulated time did not reach the end in time")
@@ -382,6 +424,19 @@ class ScenarioRunner:
                 self.miner_stats["errors"] += 1
                 self.miner_stats["last_error"] = str(e)
 
+    async def _event_in_progress_done(self, timeout_s: float = 120.0) -> None:
+        """An event still being applied when simulated time is up is let finish before the books
+        are collected, so the report holds its outcome (a btcd started again late in a run
+        waits for every lnd node to follow it, and lnd dials btcd again only after 5, 10, 20 s)."""
+        def busy() -> bool:
+            return any(o.applied_real_s is not None and not o.ok and not o.error for o in self.outcomes)
+
+        deadline = time.monotonic() + timeout_s * timeout_scale()
+        if busy():
+            self.say("waiting for the event in progress to finish")
+        while busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+
     async def _events(self) -> None:
         for ev in self.scenario.events:
             out = EventOutcome(ev.describe(), ev.action, ev.target, ev.at_s)
@@ -404,6 +459,10 @@ class ScenarioRunner:
     async def _apply(self, ev: Event) -> dict[str, Any]:
         if lnd_target(ev.target) is not None:
             return await self._lnd_event(ev)
+        if ev.target == BTCD:
+            return await self._btcd_event(ev)
+        if ev.action == "partition":
+            return await self._partition(ev)
         if ev.action == "stop":
             p = self.procs[ev.target]
             before: dict[str, int] = {}
@@ -426,6 +485,37 @@ class ScenarioRunner:
             return await self._drain(ev)
         raise ValueError(f"unknown action {ev.action}")
 
+    async def _partition(self, ev: Event) -> dict[str, Any]:
+        """Cut a meter's link now; heal it ``for_s`` simulated seconds later (in the background:
+        other events go on meanwhile). The outcome's detail gets ``healed_real_s`` then."""
+        assert self.toxiproxy is not None
+        meter = link_target(ev.target)
+        assert meter is not None
+        names = [p.name for p in self.proxies[meter]]
+        async with ToxiproxyClient(self.toxiproxy.api) as api:
+            await api.partition(names)
+        detail: dict[str, Any] = {"proxies": names}
+        heal_ms = self.scenario.timing.sim_start_ms + (ev.at_s + ev.for_s) * 1000
+
+        async def heal() -> None:
+            while (wait := self.clock.real_until(time.monotonic(), heal_ms)) > 0:
+                await asyncio.sleep(min(wait, 0.25))
+            assert self.toxiproxy is not None
+            try:
+                async with ToxiproxyClient(self.toxiproxy.api) as api:
+                    await api.heal(names)
+            except Exception as e:  # noqa: BLE001 - recorded in the report
+                detail["heal_error"] = f"{type(e).__name__}: {e}"
+                self.errors.append(f"{meter}'s link not healed: {detail['heal_error']}")
+                return
+            now = time.monotonic()
+            detail["healed_real_s"] = round(now - self.t0, 3)
+            detail["healed_sim_ms"] = self.clock.sim_ms(now)
+            self.say(f"event done: {meter}'s link healed")
+
+        self._tasks.append(asyncio.create_task(heal(), name=f"heal {meter}"))
+        return detail
+
     async def _lnd_event(self, ev: Event) -> dict[str, Any]:
         """Stop or start one of the regtest network's lnd nodes on its data (``lnd:hub``,
         ``lnd:meter-2``). Started again, the node is waited on until its RPC answers and its
@@ -442,6 +532,23 @@ class ScenarioRunner:
         await node.start(self.opts.startup_timeout_s, btcd_proc=self.net.btcd.proc)
         self.net.save()
         return {"pid": node.proc.pid, "seconds": round(time.monotonic() - t0, 2)}
+
+    async def _btcd_event(self, ev: Event) -> dict[str, Any]:
+        """Stop or start the network's (main) btcd. Started again it has an empty chain (regtest
+        mode) and fetches it back from ``btcd-peer``; the event is done once it has the peer's tip
+        and every running lnd node is synced to it. The miner waits meanwhile
+        (:meth:`RegtestNetwork.mine`)."""
+        assert self.net is not None and self.net.btcd is not None
+        if ev.action == "stop":
+            pid = self.net.btcd.proc.pid
+            # the relay peer's height now: the chain the restarted btcd must fetch back at least
+            peer_height = await self.net.btcd_peer.height() if self.net.btcd_peer is not None else None
+            await self.net.stop_btcd(kill=ev.signal == "SIGKILL")
+            return {"signal": ev.signal, "pid": pid, "peer_height": peer_height}
+        if self.net.btcd.proc.alive():
+            return {"already_running": True, "pid": self.net.btcd.proc.pid}
+        back = await self.net.start_btcd_again(self.opts.startup_timeout_s)
+        return {"pid": self.net.btcd.proc.pid, **back}
 
     async def _drain(self, ev: Event) -> dict[str, Any]:
         assert self.net is not None
@@ -582,6 +689,8 @@ class ScenarioRunner:
         for n in ("settlement", "anchor", "matcher"):
             if n in self.procs:
                 await self.procs[n].stop()
+        if self.toxiproxy is not None:
+            await self.toxiproxy.stop()
         if self.net is not None:
             if self.opts.keep_network:
                 await self.net.close()

@@ -14,7 +14,7 @@ A typical ``services/<name>/__main__.py``::
         configure_logging(settings.log_level, json=settings.log_json)
         host = ServiceHost(settings, name="my-service")
         my_pb2_grpc.add_MyServiceServicer_to_server(MyServicer(), host.grpc_server)
-        host.readiness.watch("settlement", grpc_peer_check(settlement_channel))  # what it needs
+        host.readiness.watch_peer("settlement", settlement_channel)  # what it needs
         await host.start(serving=["p2pep.v1.MyService"])  # NOT_SERVING until ready
         await host.wait_and_stop(stop)
 

@@ -5,6 +5,11 @@ link or a restarting peer is decided here, once:
 
 * reconnect quickly when the peer comes back (gRPC's default reconnect backoff grows to
   minutes, while settlement ends the contracts of a meter silent for ~15 s);
+* but give each connection attempt time to finish over a slow link: gRPC reads
+  ``grpc.min_reconnect_backoff_ms`` as the *minimum connect timeout* (TCP connect, TLS
+  handshake and HTTP/2 settings within the larger of it and the current backoff), not as a
+  backoff. A mutual-TLS handshake over GPRS (scenarios/lossy.toml) takes seconds; with 200 ms
+  there and a 2 s maximum backoff it never completed (tests/test_channels_slow_link.py);
 * gRPC's own retry policy for unary calls that fail with UNAVAILABLE before the server saw
   them (a few tries, short exponential backoff); streams and calls that may have run are
   retried by their callers, each under :func:`p2pep.servicekit.supervised`;
@@ -37,9 +42,14 @@ RETRY_POLICY = {
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
 SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}]})
+# How long one connection attempt may take (gRPC's option name says backoff; see above). A
+# peer that refuses the connection (restarting) fails the attempt at once, so this only
+# waits on a link that is slow or stalls, and bounds how long after a partition heals a
+# stalled attempt is given up and a new one made.
+MIN_CONNECT_TIMEOUT_MS = 10_000
 OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", MIN_CONNECT_TIMEOUT_MS),
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),

@@ -4,7 +4,7 @@ plaintext port that serves only ``grpc.health.v1`` (for the kubelet's gRPC probe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -20,6 +20,7 @@ from p2pep.servicekit.http import build_http_app
 from p2pep.servicekit.limits import server_options
 from p2pep.servicekit.readiness import Readiness
 from p2pep.servicekit.settings import BaseServiceSettings
+from p2pep.servicekit.supervise import within
 from p2pep.servicekit.tls import service_tls
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,9 @@ ShutdownHook = Callable[[], Awaitable[None]]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+_STOP_SLACK_S = 5.0
+"""How long past its grace a gRPC server's stop may take before the host goes on without it."""
 
 LIVENESS = "liveness"
 """The health service name that is SERVING while the process is alive (its event loop answers),
@@ -209,13 +213,27 @@ class ServiceHost:
         await self.readiness.stop()
         await self._run_hooks(self._stopping_hooks)
         if self._started:
-            await self.grpc_server.stop(grace)
+            await self._bounded("grpc server stop", self.grpc_server.stop(grace), grace + _STOP_SLACK_S)
         if self._started and self.health_server is not None:  # probes see NOT_SERVING while it drains
-            await self.health_server.stop(0)
+            await self._bounded("health server stop", self.health_server.stop(0), _STOP_SLACK_S)
         await self._run_hooks(reversed(self._hooks))
         if self._runner is not None:
             await self._runner.cleanup()
         log.info("service stopped", name=self.name)
+
+    async def _bounded(self, step: str, work: Coroutine[Any, Any, None], timeout: float) -> None:
+        """Run one of gRPC's own stop steps for at most ``timeout`` seconds: the graceful stop
+        must end within the pod's termination grace period, so a step that overruns is logged
+        with where it waits and left behind (:func:`within`) while the stop goes on."""
+
+        def overran(task: asyncio.Task[None]) -> None:
+            frames = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(task.get_stack(limit=8)))
+            log.error("shutdown step overran, going on without it", name=self.name, step=step,
+                      timeout_s=timeout, waiting_in=frames)
+
+        task = await within(work, timeout, overran)
+        if task is not None:
+            task.result()
 
     async def _run_hooks(self, hooks: Iterable[ShutdownHook]) -> None:
         for hook in list(hooks):

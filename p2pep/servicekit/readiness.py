@@ -18,6 +18,12 @@ A dependency counts as reachable when it *answers* (:func:`grpc_peer_check`: any
 status, SERVING or not), never only when it is itself ready: readiness does not cascade, or
 one lost lnd would make every service in the chain NOT_SERVING at once.
 
+A check never holds the service up: one that overruns ``timeout_s`` is cancelled and left
+to end on its own (it is not awaited: a gRPC call whose cancellation waits on the network
+must not stall the watch loop, nor :meth:`Readiness.stop` and with it the service's graceful
+stop, as seen once in CI); gRPC checks also carry the timeout as their deadline, so the call
+ends in gRPC itself.
+
 Every change is logged once (``service ready`` / ``service not ready`` with the unmet
 conditions and why) and handed to the listeners (:class:`~p2pep.servicekit.host.ServiceHost`
 turns it into gRPC health and ``/healthz``).
@@ -26,16 +32,19 @@ turns it into gRPC health and ``/healthz``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from p2pep.servicekit.supervise import within
+
 log = structlog.get_logger(__name__)
 
-Check = Callable[[], Awaitable[object]]
+Check = Callable[[], Coroutine[Any, Any, object]]  # an async function
 """An async check: returning (anything) means met; raising means unmet, the error says why."""
 
 
@@ -76,6 +85,11 @@ class Readiness:
         """``condition`` is met once ``event`` is set (and stays met)."""
         self.require(condition, "startup not done")
         self._events.append((condition, event))
+
+    def watch_peer(self, condition: str, channel: grpc.aio.Channel) -> None:
+        """:meth:`watch` the P2PEP service behind ``channel`` (:func:`grpc_peer_check`, with
+        ``timeout_s`` as the call's deadline)."""
+        self.watch(condition, grpc_peer_check(channel, self.timeout_s))
 
     def watch(self, condition: str, check: Check) -> None:
         """``condition`` holds while ``check()`` returns within ``timeout_s`` (checked every
@@ -142,22 +156,28 @@ class Readiness:
             self._tasks.append(asyncio.create_task(self._after(condition, event), name=f"readiness:{condition}"))
 
     async def stop(self) -> None:
+        """Cancel the watches; waits at most ``timeout_s`` for them to end (a check stuck in
+        its cancellation is left behind, logged, rather than holding up the stop)."""
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.timeout_s)
+        if pending:
+            log.warning("readiness checks still ending after stop", service=self.service,
+                        tasks=sorted(t.get_name() for t in pending))
 
     async def check_once(self, condition: str) -> bool:
-        """Run ``condition``'s check now and mark the result; returns whether it is met."""
+        """Run ``condition``'s check now and mark the result; returns whether it is met.
+        A check that overruns ``timeout_s`` is cancelled and not awaited (see the module)."""
         w = next(w for w in self._watches if w.condition == condition)
-        try:
-            await asyncio.wait_for(w.check(), self.timeout_s)
-        except asyncio.CancelledError:
-            raise
-        except TimeoutError:
+        check = await within(w.check(), self.timeout_s)
+        if check is None:
             self.mark(w.condition, False, f"no answer within {self.timeout_s:g}s")
             return False
-        except Exception as e:  # noqa: BLE001 - any failure of a check means "not met", and why
+        e = asyncio.CancelledError("the check was cancelled") if check.cancelled() else check.exception()
+        if e is not None:  # any failure of a check means "not met", and why
             self.mark(w.condition, False, _why(e))
             return False
         self.mark(w.condition, True)
@@ -173,19 +193,20 @@ class Readiness:
         self.mark(condition, True)
 
 
-def _why(e: Exception) -> str:
+def _why(e: BaseException) -> str:
     if isinstance(e, grpc.aio.AioRpcError):
         return f"{e.code().name}: {e.details()}"
     text = str(e) or type(e).__name__
     return text if isinstance(e, NotMet) else f"{type(e).__name__}: {text}"
 
 
-def grpc_peer_check(channel: grpc.aio.Channel) -> Check:
+def grpc_peer_check(channel: grpc.aio.Channel, timeout_s: float) -> Check:
     """A check that the P2PEP service behind ``channel`` answers (``grpc.health.v1`` Check on
-    ``""``; any status counts: it is reached, whether or not it is ready itself)."""
+    ``""``, deadline ``timeout_s``; any status counts: it is reached, whether or not it is
+    ready itself)."""
     stub = health_pb2_grpc.HealthStub(channel)
 
     async def check() -> None:
-        await stub.Check(health_pb2.HealthCheckRequest(service=""))
+        await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
 
     return check

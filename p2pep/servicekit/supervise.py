@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -45,6 +45,35 @@ class Backoff:
         while True:
             yield delay * random.uniform(0.5, 1.0) if self.jitter else delay
             delay = min(self.max_s, delay * self.factor)
+
+
+async def within(work: Coroutine[Any, Any, T], timeout_s: float,
+                 on_overrun: Callable[[asyncio.Task[T]], None] | None = None) -> asyncio.Task[T] | None:
+    """Run ``work`` for at most ``timeout_s`` seconds: its finished task (read its result or
+    exception), or None when it overran. An overrun is cancelled and left behind, not awaited:
+    a coroutine stuck in its own cancellation (a gRPC call or server stop whose cancellation
+    waits on the network) must not hold up its caller, a service's stop above all. Its outcome
+    is retrieved when it ends, so asyncio does not log it as never retrieved. ``on_overrun``
+    sees the task before it is cancelled (e.g. to log where it waits). Cancelling the caller
+    cancels ``work`` too."""
+    task = asyncio.create_task(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if done:
+        return task
+    if on_overrun is not None:
+        on_overrun(task)
+    task.cancel()
+    task.add_done_callback(_retrieve)
+    return None
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class GaveUp(Exception):

@@ -64,8 +64,8 @@ class MeterSettings(BaseServiceSettings):
     peak_wp: int = Field(default=0, ge=0)
     constant_w: int = 2000
     csv_path: str = ""
-    lat: float = 52.52
-    lon: float = 13.405
+    lat: float = Field(default=52.52, ge=-90, le=90, description="where it is installed (degrees), told at registration")
+    lon: float = Field(default=13.405, ge=-180, le=180)
     tz: str = "Europe/Berlin"
     altitude: float = 34.0
     sim_start: datetime | None = Field(default=None, description="ISO datetime with offset; empty: real now")

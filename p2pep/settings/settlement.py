@@ -36,6 +36,11 @@ class SettlementSettings(BaseServiceSettings):
         "while the hub is down), keep asking the consumer to pay what was delivered this long (real seconds) before "
         "the contract is settled with it unpaid; 0: never (below the supplier's invoice expiry, 600 s, so the same "
         "invoice is paid)")
+    in_flight_resolve_s: float = Field(
+        default=120.0, ge=0,
+        description="a payment the consumer's lnd still holds in flight this long (real seconds) is resolved at the "
+        "supplier's node: if the invoice was paid, it is recorded paid; else the supplier cancels it (it can never be "
+        "paid then) and the increment is invoiced anew; 0: never (keep asking the consumer)")
     enrollment_port: int = Field(
         default=-1, ge=-1, le=65535,
         description="serve meter enrollment (TLS, no client certificate) on this port; -1: off (needs ca.key in tls_dir)",

@@ -57,7 +57,7 @@ async def main(stop: asyncio.Event) -> None:
         sat_per_vbyte=settings.sat_per_vbyte,
         watch_depth=max(settings.watch_depth, settings.min_confirmations),
     )
-    anchorer = await Anchorer(settings.db_path, CountingWallet(wallet, chain), chain, config).open()
+    anchorer = await Anchorer(settings.db_path, CountingWallet(wallet, chain), chain, config, relay=chain).open()
     watcher = BlockWatcher(chain, anchorer.on_block, settings.poll_s)
     watch_task = asyncio.create_task(watcher.run(), name="anchor-block-watcher")
     hub_stop = asyncio.Event()

@@ -7,6 +7,18 @@ State lives in SQLite (tables ``anchor_leaves``, ``anchor_batches``, ``anchor_tx
        ^                 |                  |                    |
        +---- re-anchor: tx dropped, or its block left the best chain (reorg) ----+
 
+A btcd that is *behind* is not a reorg: one SIGKILLed and started again (in regtest mode with
+an empty chain, fetched back from its peer) does not know the anchoring block yet and finds
+no transaction, or (it connects hundreds of blocks a second) finds the block in its best chain
+a moment after it did not find the transaction. A mined batch counts as orphaned only if btcd
+knows its block outside the best chain with its tip standing still, or its chain has reached
+the batch's height without it (:meth:`Anchorer._behind`).
+
+An anchoring transaction missing from btcd before it is mined is first published again, the
+same transaction from the store (``anchor_txs.raw_hex``): a btcd restarted forgets its mempool,
+but the transaction is still the wallet's, its coins spent by it (the wallet could fund no other
+while it is unconfirmed). Only a transaction btcd refuses is dropped and replaced.
+
 Re-anchoring publishes the *same root* in a new transaction; the batch's proofs are deleted
 when the reorg is seen and rewritten for the new block once it is mined.  If the old
 transaction is itself re-mined in the new best chain first, the proofs simply move to it.
@@ -37,7 +49,7 @@ import structlog
 
 from p2pep.anchor import opreturn
 from p2pep.anchor.batching import BatchPolicy, PendingLeaf, close_batches
-from p2pep.anchor.chain import AnchorWallet, ChainError, ChainNotFound, ChainView
+from p2pep.anchor.chain import AnchorWallet, ChainError, ChainNotFound, ChainRejected, ChainView, TxRelay
 from p2pep.anchor.document import LEAF_KINDS, AnchorProof, LeafKind
 from p2pep.anchor.merkle import MerkleTree
 from p2pep.anchor.records import BatchInfo, StoredProof
@@ -84,6 +96,7 @@ CREATE TABLE IF NOT EXISTS anchor_txs (
   txid TEXT NOT NULL,
   sent_height INTEGER NOT NULL,
   status TEXT NOT NULL CHECK (status IN ('sent', 'mined', 'orphaned', 'dropped')),
+  raw_hex TEXT,
   PRIMARY KEY (batch_id, txid)
 );
 CREATE TABLE IF NOT EXISTS anchor_proofs (
@@ -103,15 +116,28 @@ def _vsize_column(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE anchor_batches ADD COLUMN vsize INTEGER")
 
 
-SCHEMA = Schema("anchor", 2, TABLES, {1: _vsize_column})
+def _raw_hex_column(conn: sqlite3.Connection) -> None:
+    """Step 2 -> 3: ``anchor_txs.raw_hex``. Idempotent: a file already carrying it keeps it."""
+    if "raw_hex" not in {r[1] for r in conn.execute("PRAGMA table_info(anchor_txs)")}:
+        conn.execute("ALTER TABLE anchor_txs ADD COLUMN raw_hex TEXT")
+
+
+SCHEMA = Schema("anchor", 3, TABLES, {1: _vsize_column, 2: _raw_hex_column})
 """Version 1: the tables above without ``anchor_batches.vsize``; version 2 adds it (the mined
-anchoring tx's virtual size, NULL until mined or when btcd did not say; migration step 1).
+anchoring tx's virtual size, NULL until mined or when btcd did not say; migration step 1);
+version 3 adds ``anchor_txs.raw_hex`` (the signed tx as sent, to publish it again; NULL for
+txs sent before, or when btcd did not return it: such a tx is replaced when lost, as before).
 A change to the tables is a new version with its migration step."""
 
 
 def _hub_away(exc: Exception) -> bool:
     """The hub's lnd could not be reached or is still starting: the batch is sent on a later block."""
     return isinstance(exc, LndError) and exc.unreachable
+
+
+def _no_confirmed_funds(exc: Exception) -> bool:
+    """lnd found no confirmed coins to fund the transaction (it spends confirmed coins only)."""
+    return isinstance(exc, LndError) and "insufficient funds" in exc.detail.lower()
 
 
 def _vsize(raw_tx: dict[str, Any]) -> int | None:
@@ -150,10 +176,12 @@ class _Batch:
 
 class Anchorer:
     def __init__(self, db_path: str, wallet: AnchorWallet, chain: ChainView,
-                 config: AnchorerConfig = AnchorerConfig()) -> None:
+                 config: AnchorerConfig = AnchorerConfig(), relay: TxRelay | None = None) -> None:
+        """``relay`` publishes a lost anchoring tx again (btcd); None: a lost tx is replaced."""
         self.db_path = db_path
         self.wallet = wallet
         self.chain = chain
+        self.relay = relay
         self.config = config
         self.height = 0  # best height as last seen
         self._db: Database | None = None
@@ -304,19 +332,27 @@ class Anchorer:
             try:
                 txid = await self.wallet.send_op_return(payload, self.config.sat_per_vbyte)
             except Exception as exc:  # noqa: BLE001 - the wallet is an edge we don't control; retry next block
-                # the hub's lnd down or restarting passes (a warning); anything else is an operator's problem
-                (log.warning if _hub_away(exc) else log.error)("anchor.send_failed", batch=b.id, error=repr(exc))
+                # Passes by itself (a warning): the hub's lnd down or restarting, or no confirmed
+                # coins while an anchoring tx of ours is unconfirmed (its change confirms with it).
+                # Anything else is an operator's problem (an empty wallet, say).
+                passing = _hub_away(exc) or (_no_confirmed_funds(exc) and await self._in_flight())
+                (log.warning if passing else log.error)("anchor.send_failed", batch=b.id, error=repr(exc))
                 return
+            raw_hex = await self._raw_hex(txid)
             async with self.db.transaction() as tx:
                 await tx.execute(
                     "UPDATE anchor_batches SET state = 'broadcast', txid = ?, sent_height = ? WHERE id = ?",
                     (txid, self.height, b.id))
                 await tx.execute(
-                    "INSERT OR REPLACE INTO anchor_txs (batch_id, txid, sent_height, status) "
-                    "VALUES (?, ?, ?, 'sent')", (b.id, txid, self.height))
+                    "INSERT OR REPLACE INTO anchor_txs (batch_id, txid, sent_height, status, raw_hex) "
+                    "VALUES (?, ?, ?, 'sent', ?)", (b.id, txid, self.height, raw_hex))
                 reanchor = await tx.fetchone("SELECT reanchors FROM anchor_batches WHERE id = ?", (b.id,))
             ANCHOR_TXS.labels(reason="reanchor" if reanchor and reanchor[0] else "new").inc()
             log.info("anchor.sent", batch=b.id, txid=txid, root=b.root.hex(), size=b.size)
+
+    async def _in_flight(self) -> bool:
+        """An anchoring tx of ours is sent and not yet mined."""
+        return bool(await self._one("SELECT 1 FROM anchor_batches WHERE state = 'broadcast' LIMIT 1"))
 
     async def _load(self, where: str, *args: Any) -> list[_Batch]:
         rows = await self._all(
@@ -334,6 +370,24 @@ class Anchorer:
             return int(height) if await self.chain.get_block_hash(int(height)) == block_hash else None
         except ChainNotFound:
             return None
+
+    async def _behind(self, b: _Batch, best: int) -> bool:
+        """True if btcd's chain was shorter than the batch's block (``best``, as the watcher saw
+        it) because btcd is catching up (restarted, syncing), not because of a reorg: it has
+        not seen the block yet; or it has it in its best chain now (it connected it between our
+        questions: hundreds of blocks a second while it syncs); or it knows it outside its best
+        chain while its tip moves on (a block being connected right then). Looked at again on a
+        later block. A block known outside the best chain with the tip standing still
+        (``invalidateblock``, a competing chain) is a reorg."""
+        if b.block_hash is None or b.height is None or best >= b.height:
+            return False
+        try:
+            header = await self.chain.get_block_header(b.block_hash)
+        except ChainNotFound:
+            return True
+        if int(header.get("confirmations", 0)) > 0:
+            return True
+        return await self.chain.get_best_height() > best
 
     async def _watch(self, best: int) -> None:
         batches = await self._load(
@@ -365,12 +419,50 @@ class Anchorer:
                     log.info("anchor.confirmed", batch=b.id, txid=b.txid, height=height)
             return
         if b.state in ("mined", "confirmed"):
+            if await self._behind(b, best):
+                log.info("anchor.chain_behind", batch=b.id, block=b.block_hash, height=b.height, best=best)
+                return
             ANCHOR_REORGS.inc()
             log.warning("anchor.reorg", batch=b.id, txid=b.txid, block=b.block_hash, height=b.height)
             await self._reanchor(b, "orphaned")
         elif tx is None and b.sent_height is not None and best > b.sent_height:
+            if await self._publish_again(b, best):
+                return
             log.warning("anchor.tx_dropped", batch=b.id, txid=b.txid)
             await self._reanchor(b, "dropped")
+
+    async def _raw_hex(self, txid: str) -> str | None:
+        """The signed tx just sent, as btcd has it in its mempool (None if it does not say:
+        the tx is then replaced rather than published again, should it be lost)."""
+        if self.relay is None:
+            return None
+        try:
+            raw = (await self.chain.get_raw_transaction(txid)).get("hex")
+        except ChainError as exc:
+            log.warning("anchor.raw_tx_unknown", txid=txid, error=str(exc))
+            return None
+        return raw if isinstance(raw, str) and raw else None
+
+    async def _publish_again(self, b: _Batch, best: int) -> bool:
+        """Publish the batch's lost tx again, as it was sent; True if btcd took it (it is
+        watched again from ``best``), False if btcd refused it or it was not kept (replace it).
+        Raises ChainUnavailable if btcd cannot answer (looked at again on the next block)."""
+        if self.relay is None:
+            return False
+        row = await self._one("SELECT raw_hex FROM anchor_txs WHERE batch_id = ? AND txid = ?", b.id, b.txid)
+        if not row or not row[0]:
+            return False
+        try:
+            await self.relay.send_raw_transaction(str(row[0]))
+        except ChainRejected as exc:
+            log.warning("anchor.tx_refused", batch=b.id, txid=b.txid, error=str(exc))
+            return False
+        async with self.db.transaction() as tx:
+            await tx.execute("UPDATE anchor_batches SET sent_height = ? WHERE id = ?", (best, b.id))
+            await tx.execute("UPDATE anchor_txs SET sent_height = ? WHERE batch_id = ? AND txid = ?",
+                             (best, b.id, b.txid))
+        log.info("anchor.tx_published_again", batch=b.id, txid=b.txid, height=best)
+        return True
 
     async def _record_mined(self, b: _Batch, raw_tx: dict[str, Any], block_hash: str, height: int) -> bool:
         script = opreturn.encode_script(b.root).hex()

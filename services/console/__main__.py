@@ -11,7 +11,6 @@ from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.meter_links import MeterLinks
-from p2pep.servicekit.readiness import grpc_peer_check
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.console import ConsoleSettings
 from p2pep.v1 import anchor_pb2_grpc, matcher_pb2_grpc, settlement_pb2_grpc
@@ -44,7 +43,7 @@ async def main(stop: asyncio.Event) -> None:
     auth = WebAuth(store, AuthConfig.from_settings(s, "console", "P2PEP operator console", can_register=False))
     host = ServiceHost(s, name="console")
     for peer, ch in needed.items():
-        host.readiness.watch(peer, grpc_peer_check(ch))
+        host.readiness.watch_peer(peer, ch)
     add_console_routes(host.http_app, console, auth, reports)
 
     async def close() -> None:

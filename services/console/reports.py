@@ -138,7 +138,9 @@ class Reports:
             states=[pb.CONTRACT_STATE_ACTIVE]), "contracts", self.timeout)
 
         async def face(m: pb.MeterInfo) -> dict[str, Any]:
-            out: dict[str, Any] = {"meter_id": m.meter_id, "role": m.role, "online": False}
+            # its place as registered with settlement, else as its live status says
+            place = {"lat": m.location.latitude, "lon": m.location.longitude} if m.HasField("location") else {}
+            out: dict[str, Any] = {"meter_id": m.meter_id, "role": m.role, "online": False, **place}
             if self.meters is None:
                 return out
             try:
@@ -148,6 +150,7 @@ class Reports:
                 return out
             out.update(online=True, lat=st.latitude, lon=st.longitude, power_w=st.power_w,
                        relay_energized=st.relay_energized, accel=st.clock_accel or 1)
+            out.update(place)
             return out
 
         faces = list(await asyncio.gather(*(face(m) for m in meters)))

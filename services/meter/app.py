@@ -21,7 +21,7 @@ from p2pep.metering.pairing import PairingCodes
 from p2pep.metering.signing import MeterKey
 from p2pep.pki.service import ensure_enrolled
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings
-from p2pep.servicekit.readiness import Check, NotMet, Readiness, grpc_peer_check
+from p2pep.servicekit.readiness import Check, NotMet, Readiness
 from p2pep.settings.meter import MeterSettings, parse_node_address
 from p2pep.v1 import meter_pb2_grpc
 from services.meter.display import add_display_routes
@@ -74,9 +74,9 @@ async def start_meter(settings: MeterSettings, lnd: LightningNode) -> MeterApp:
 def watch_dependencies(readiness: Readiness, meter: Meter, settings: MeterSettings) -> None:
     """The meter's readiness conditions (see the module's docstring)."""
     readiness.watch("lnd", meter.lnd.get_info)
-    readiness.watch("settlement", grpc_peer_check(meter.settlement_channel))
+    readiness.watch_peer("settlement", meter.settlement_channel)
     if meter.matcher_channel is not None:
-        readiness.watch("matcher", grpc_peer_check(meter.matcher_channel))
+        readiness.watch_peer("matcher", meter.matcher_channel)
     readiness.after("started", meter.ready)
     hub = parse_node_address(settings.hub) if settings.network_mode == "hub" else None
     if hub is not None:

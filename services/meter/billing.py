@@ -4,6 +4,9 @@ meter's own accounting, idempotent per (contract, increment), recorded in its DB
 - CreateInvoice: a contract it signed as supplier; the increment is the next one
   (the previous one settled on its own node) or the same as last time (the SAME
   invoice comes back); the amount is exactly the rounding rule's.
+- ResolveInvoice (supplier): settled or open on its own node; an open invoice whose payment
+  the consumer's node holds in flight too long is cancelled on settlement's request, after
+  which it can never be paid and the increment is invoiced anew.
 - PayInvoice: a contract it signed as consumer; the invoice asks exactly the
   increment's amount under the signed terms and pays the ``supplier_node`` those terms
   name (no other source of the payee exists here); the increment is the next one; and
@@ -73,12 +76,16 @@ class Billing:
     async def _ended(self, view: ContractView, to_wh: int, from_wh: int) -> bool:
         """Whether the contract has ended, which allows a shorter, final increment. Only
         asks settlement when the request is such a partial increment and the meter's
-        own view still shows the contract running."""
+        own view still shows the contract running; if settlement cannot be reached (the
+        meter's link is down or coming back), UNAVAILABLE: settlement asks again. Before,
+        the stale view answered FAILED_PRECONDITION, which settlement takes as "the consumer
+        cannot pay", and the last partial increment of a contract that ended while the link
+        was down went unpaid (scenarios/lossy.toml)."""
         if view.final or now_ms() >= view.terms.end_ms:
             return True
         if to_wh >= min(from_wh + view.terms.increment_wh, view.terms.energy_wh):
             return False
-        refreshed = await self.contracts.refresh(view.contract_id)
+        refreshed = await self.contracts.refresh(view.contract_id, must_reach=True)
         return refreshed is not None and refreshed.final
 
     # -- supplier ----------------------------------------------------------------------------------
@@ -129,6 +136,44 @@ class Billing:
             return False
         await self._record_settled(inv)
         return True
+
+    async def resolve_invoice(self, req: meter_pb2.ResolveInvoiceRequest) -> meter_pb2.ResolveInvoiceResponse:
+        """What became of an increment's invoice, as this meter's own node says; with ``cancel``
+        an open one is cancelled (lnd refuses to cancel a settled invoice, so cancel and payment
+        cannot both happen) and forgotten here, so the increment is invoiced anew."""
+        R = meter_pb2.ResolveInvoiceResponse
+        await self._view(req.contract_id, Party.SUPPLIER)
+        async with self._lock(req.contract_id):
+            rows = {i.increment: i for i in await self.p.store.invoices(req.contract_id)}
+            row = rows.get(req.increment)
+            if row is None or row.payment_hash != req.payment_hash:
+                raise Refusal(Code.NOT_FOUND, "payment_hash",
+                              f"this meter issued no invoice {req.payment_hash[:16]} for increment {req.increment}")
+            got = await self._invoice_on_node(row)
+            if got.state == ln.Invoice.OPEN and req.cancel:
+                try:
+                    await self.p.lnd.cancel_invoice(row.payment_hash)
+                except LndError as e:  # settled meanwhile, or lnd away: what the node says now
+                    log.info("invoice not cancelled", contract_id=row.contract_id, increment=row.increment,
+                             error=e.detail)
+                got = await self._invoice_on_node(row)
+            if got.state == ln.Invoice.SETTLED:
+                if not row.settled:
+                    await self._record_settled(row)
+                return R(state=R.SETTLED, preimage=got.r_preimage.hex())
+            if got.state == ln.Invoice.CANCELED:
+                await self.p.store.drop_invoice(row.contract_id, row.increment)
+                log.warning("invoice cancelled: its payment was stuck in flight", contract_id=row.contract_id,
+                            increment=row.increment, amount_msat=row.amount_msat)
+                return R(state=R.CANCELED)
+            return R(state=R.OPEN)
+
+    async def _invoice_on_node(self, row: InvoiceRow) -> ln.Invoice:
+        try:
+            return await self.p.lnd.lookup_invoice(row.payment_hash)
+        except LndError as e:
+            code = Code.UNAVAILABLE if e.unreachable else Code.ABORTED
+            raise Refusal(code, "payment_hash", f"this meter's lnd node cannot say: {e.detail}") from e
 
     async def _record_settled(self, inv: InvoiceRow) -> None:
         m, p = self.m, self.p

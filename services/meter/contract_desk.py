@@ -227,12 +227,18 @@ class ContractDesk:
         m.evaluate_relay()
         return view
 
-    async def refresh(self, contract_id: str) -> ContractView | None:
-        """Ask settlement for a contract's state now (when the meter's view looks stale)."""
+    async def refresh(self, contract_id: str, *, must_reach: bool = False) -> ContractView | None:
+        """Ask settlement for a contract's state now (when the meter's view looks stale).
+        If settlement cannot be reached the meter's own view is returned, or, with
+        ``must_reach``, a Refusal UNAVAILABLE: the caller's answer depends on settlement's
+        word, so the request is one to ask again, not one to refuse for good."""
         try:
             rec = await self.p.settlement.GetContract(S.GetContractRequest(contract_id=contract_id), timeout=5)
         except grpc.aio.AioRpcError as e:
             log.info("contract not refreshed", contract_id=contract_id, code=e.code().name)
+            if must_reach and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Refusal(Code.UNAVAILABLE, "to_wh", "a partial increment, and settlement cannot be asked now "
+                              f"whether {contract_id} has ended ({e.code().name}); ask again") from None
             return self.p.book.get(contract_id)
         try:
             return await self.update(rec, strict=False)

@@ -145,6 +145,7 @@ class Meter:
         last_seq = await startup.register(self.settlement, settlement_pb2.RegisterMeterRequest(
             meter_id=s.meter_id, pubkey=self.key.pubkey_hex, node_pubkey=self.node_pubkey,
             address=self.address, role=s.role, node_address=s.lnd_p2p,
+            location=settlement_pb2.Location(latitude=s.lat, longitude=s.lon),
         ), self._sleep_unless_stopped)
         await self._resume(last_seq)
         # A baseline reading before anything can be contracted: settlement measures energy

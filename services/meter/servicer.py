@@ -31,6 +31,7 @@ T = TypeVar("T")
 def _request_fields() -> frozenset[str]:
     names: set[str] = {"meter", "matcher", "contract_id", "contract.contract_id", "state", "terms_json"}
     for msg in (meter_pb2.PlaceOrderRequest, meter_pb2.CancelOrderRequest, meter_pb2.SignContractRequest, meter_pb2.CreateInvoiceRequest, meter_pb2.PayInvoiceRequest,
+                meter_pb2.ResolveInvoiceRequest,
                 settlement_pb2.ContractRecord):
         names.update(f.name for f in msg.DESCRIPTOR.fields)
     return frozenset(names | TERMS_FIELDS)
@@ -128,6 +129,10 @@ class MeterServicer(meter_pb2_grpc.MeterServiceServicer):
     async def PayInvoice(self, request: meter_pb2.PayInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.PayInvoiceResponse:
         return await self._checked("PayInvoice", context, lambda: self.m.billing.pay_invoice(request))
+
+    async def ResolveInvoice(self, request: meter_pb2.ResolveInvoiceRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]) -> meter_pb2.ResolveInvoiceResponse:
+        return await self._checked("ResolveInvoice", context, lambda: self.m.billing.resolve_invoice(request))
 
     async def UpdateContract(self, request: settlement_pb2.ContractRecord, context: grpc.aio.ServicerContext[Any, Any]) -> \
             meter_pb2.UpdateContractResponse:

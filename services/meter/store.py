@@ -212,6 +212,12 @@ class MeterStore:
              inv.payment_hash, int(inv.settled), inv.created_ms, inv.settled_ms),
         )
 
+    async def drop_invoice(self, contract_id: str, increment: int) -> None:
+        """Forget an unpaid increment's invoice (cancelled on the node): asked again, the
+        increment is invoiced anew."""
+        await self.db.execute("DELETE FROM invoices WHERE contract_id=? AND increment=? AND settled=0",
+                              (contract_id, increment))
+
     async def invoice_settled(self, contract_id: str, increment: int, settled_ms: int) -> None:
         await self.db.execute(
             "UPDATE invoices SET settled=1, settled_ms=? WHERE contract_id=? AND increment=?",

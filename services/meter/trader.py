@@ -7,6 +7,11 @@ active contract asks its supplier first (``ExtendContract``, tier 1); otherwise,
 or if that is refused, it submits a demand naming its partners. Every order is
 recorded *before* it is sent, so a contract formed from it at once can be checked
 against it when settlement asks this meter to sign.
+
+An order the matcher could not be reached for (UNAVAILABLE, a deadline: a link that stalls,
+resets or is cut, a matcher restarting) is sent again with the same id, with backoff, for as
+long as it is worth anything: until it expires (the window's end). Giving up after a few
+seconds left a household on a lossy link without energy for a whole window (scenarios/lossy.toml).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ RESTING = {
     matcher_pb2.ORDER_STATUS_UNCOVERED,
 }
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+ORDER_RETRY = Backoff(0.5, 5.0)  # between attempts to send an order while the matcher is unreachable
+ORDER_CALL_TIMEOUT_S = 10.0  # one attempt
 Kind = matcher_pb2.MatchEvent.Kind
 
 
@@ -103,7 +110,7 @@ class Trader:
         await self.store.put_order(PlacedOrder(oid, side, energy_wh, now_ms(), expiry_ms))
         req = matcher_pb2.SubmitOrderRequest(order=self._order(side, oid, energy_wh, expiry_ms))
         rpc = self.matcher.SubmitSupply if side == "supply" else self.matcher.SubmitDemand
-        resp = await self._call(rpc, req, oid, side)
+        resp = await self._call(rpc, req, oid, side, expiry_ms)
         if resp is None:
             return False
         self._accepted(oid, side, resp)
@@ -116,34 +123,35 @@ class Trader:
             contract_id=contract_id, order_id=oid, energy_wh=energy_wh, price_msat_per_kwh=self.s.price_msat_per_kwh,
         )
         req.expiry.FromMilliseconds(expiry_ms)
-        resp = await self._call(self.matcher.ExtendContract, req, oid, "extend")
+        resp = await self._call(self.matcher.ExtendContract, req, oid, "extend", expiry_ms)
         if resp is None:
             return False
         self._accepted(oid, "extend", resp)
         return True
 
     async def _call(self, rpc: Callable[..., Awaitable[matcher_pb2.SubmitOrderResponse]], req: Message, oid: str,
-                    side: str) -> matcher_pb2.SubmitOrderResponse | None:
-        """Send an order, retrying with the same id while the matcher is unreachable."""
+                    side: str, expiry_ms: int) -> matcher_pb2.SubmitOrderResponse | None:
+        """Send an order, retrying with the same id while the matcher is unreachable, until
+        the order expires (``expiry_ms``, real time)."""
         attempts = 0
 
         async def send() -> matcher_pb2.SubmitOrderResponse:
             nonlocal attempts
             attempts += 1
+            left_s = (expiry_ms - now_ms()) / 1000
             try:
-                return await rpc(req, timeout=10)
+                return await rpc(req, timeout=max(1.0, min(ORDER_CALL_TIMEOUT_S, left_s)))
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.ALREADY_EXISTS and attempts > 1:
                     # an earlier attempt arrived after all
                     return matcher_pb2.SubmitOrderResponse(status=matcher_pb2.ORDER_STATUS_RESTING)
                 raise
 
-        def retryable(e: Exception) -> bool:
-            return isinstance(e, grpc.aio.AioRpcError) and e.code() in RETRYABLE
+        def retryable(e: Exception) -> bool:  # and still worth sending: the order has not expired
+            return isinstance(e, grpc.aio.AioRpcError) and e.code() in RETRYABLE and now_ms() < expiry_ms
 
         try:
-            return await supervised(send, on_failure=lambda n, e: None, retry_if=retryable, attempts=3,
-                                    backoff=Backoff(0.5, 1.0))
+            return await supervised(send, on_failure=lambda n, e: None, retry_if=retryable, backoff=ORDER_RETRY)
         except (GaveUp, grpc.aio.AioRpcError) as exc:
             e = exc.last if isinstance(exc, GaveUp) else exc
             code = e.code() if isinstance(e, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN

@@ -13,10 +13,9 @@ from p2pep.identity import service
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
 from p2pep.servicekit.meter_links import MeterLinks
-from p2pep.servicekit.readiness import grpc_peer_check
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.portal import PortalSettings
-from p2pep.v1 import anchor_pb2_grpc, settlement_pb2_grpc
+from p2pep.v1 import anchor_pb2_grpc, matcher_pb2_grpc, settlement_pb2_grpc
 from p2pep.webauth.web import AuthConfig, WebAuth
 from services.portal.household import Household
 from services.portal.store import PortalStore
@@ -32,16 +31,19 @@ async def main(stop: asyncio.Event) -> None:
     links = MeterLinks(settlement_pb2_grpc.SettlementServiceStub(settlement), s.rpc_timeout_s, tls)
     auth = WebAuth(store, AuthConfig.from_settings(s, "portal", "P2PEP household portal", can_register=True))
     host = ServiceHost(s, name="portal")
-    host.readiness.watch("settlement", grpc_peer_check(settlement))
+    host.readiness.watch_peer("settlement", settlement)
     auth.install(host.http_app)
     anchor = channel(s.anchor_target, peer="anchor", tls=tls) if s.anchor_target else None
-    household = Household(links, s.rpc_timeout_s, anchor_pb2_grpc.AnchorServiceStub(anchor) if anchor else None)
+    matcher = channel(s.matcher_target, peer="matcher", tls=tls) if s.matcher_target else None
+    household = Household(links, s.rpc_timeout_s, anchor_pb2_grpc.AnchorServiceStub(anchor) if anchor else None,
+                          matcher_pb2_grpc.MatcherServiceStub(matcher) if matcher else None)
     add_portal_routes(host.http_app, Portal(store, auth, links, s.rpc_timeout_s, s.pairing_failures_per_account,
                                             s.pairing_failures_per_client, s.limit_window_s), household)
 
     async def close() -> None:
-        if anchor is not None:
-            await anchor.close()
+        for ch in (anchor, matcher):
+            if ch is not None:
+                await ch.close()
         await links.close()
         await settlement.close()
         await store.close()

@@ -15,7 +15,6 @@ from p2pep.pki.service import EnrollmentServer
 from p2pep.pki.tlsdir import TlsDir
 from p2pep.servicekit import ServiceHost, configure_logging, load_settings, run_service
 from p2pep.servicekit.channels import channel
-from p2pep.servicekit.readiness import grpc_peer_check
 from p2pep.servicekit.tls import service_tls
 from p2pep.settings.settlement import SettlementSettings
 from p2pep.v1 import matcher_pb2_grpc, settlement_pb2_grpc
@@ -47,9 +46,9 @@ async def main(stop: asyncio.Event) -> None:
     install_operator_collector(engine.contracts, engine.meters, settled_defaults=engine.settled_defaults)
     host = ServiceHost(s, name="settlement")
     if s.matcher_target:
-        host.readiness.watch("matcher", grpc_peer_check(channels[0]))
+        host.readiness.watch_peer("matcher", channels[0])
     if anchor is not None:
-        host.readiness.watch("anchor", grpc_peer_check(anchor.channel))
+        host.readiness.watch_peer("anchor", anchor.channel)
     if s.enrollment_port >= 0:  # where the operator's CA key is: meters without a certificate enroll here
         enrollment = EnrollmentServer(TlsDir(s.tls_dir), service("settlement"))
         await enrollment.start(s.grpc_host, s.enrollment_port)

@@ -154,8 +154,8 @@ class Engine:
         return channel(address, peer=meter_id, tls=self._tls)
 
     async def register_meter(self, meter_id: str, pubkey: str, node_pubkey: str, address: str, role: str,
-                             node_address: str = "") -> int:
-        return await self.meters.register(meter_id, pubkey, node_pubkey, address, role, node_address)
+                             node_address: str = "", location: tuple[float, float] | None = None) -> int:
+        return await self.meters.register(meter_id, pubkey, node_pubkey, address, role, node_address, location)
 
     async def ingest(self, msg: common_pb2.Reading) -> settlement_pb2.ReadingAck:
         return await self.readings.ingest(msg)
@@ -257,6 +257,9 @@ class Engine:
         lc.contract = Contract(lc.terms)
         await self.save(lc)
         request = meter_pb2.SignContractRequest(terms_json=canonical_json(lc.terms.canonical()).decode())
+        # a meter still heard from is waited for if its channel is between connection attempts
+        # (a lossy link reset the last handshake): its contract is not rejected for that
+        await asyncio.gather(cons.reachable(self.s.party_silence_s), sup.reachable(self.s.party_silence_s))
         results = await asyncio.gather(cons.stub.SignContract(request, timeout=90),
                                        sup.stub.SignContract(request, timeout=90), return_exceptions=True)
         for party, res in zip(("consumer", "supplier"), results):

@@ -37,7 +37,9 @@ CONSUMER_SIDE_REASONS = {EndReason.ENDED_BY_CONSUMER, EndReason.CONSUMER_GONE,
 @dataclass
 class MeterLink:
     """A registered meter: its registry row, the head of its reading stream, when it was last
-    heard from (and last sent a reading settlement accepted), and a lazily dialled channel to its MeterService."""
+    heard from (and last sent a reading settlement accepted), and a channel to its MeterService,
+    dialled when the meter registers (:meth:`connect`) or when first used (a meter loaded from the
+    store after a restart, until it registers again)."""
 
     row: MeterRow
     head: StreamHead | None = None
@@ -59,6 +61,44 @@ class MeterLink:
             self._channel = self.dial(self.row.address, self.row.meter_id)
             self._stub = meter_pb2_grpc.MeterServiceStub(self._channel)
         return self._stub
+
+    def connect(self) -> None:
+        """Dial the meter now and start its connection (TCP, the mutual-TLS handshake, HTTP/2)
+        in the background, so its first contract does not wait for them: called when the meter
+        registers, which it does once its own gRPC server is up. Nothing waits here; a meter
+        that cannot be reached yet is retried by the channel (its reconnect backoff)."""
+        if self._stub is None:
+            self.stub  # noqa: B018 - dials the meter (the property is the one place that does)
+        if self._channel is not None:
+            self._channel.get_state(try_to_connect=True)
+
+    async def reachable(self, silence_s: float, poll_s: float = 1.0) -> None:
+        """Wait until the channel to the meter is READY, for as long as the meter is heard from
+        (a new reading within ``silence_s``). On a lossy link a handshake is sometimes reset;
+        the channel then waits out its reconnect backoff, and a call made meanwhile fails at
+        once (UNAVAILABLE) although the meter is alive and the next attempt would get through.
+        A meter that went silent returns at once: its call fails fast, as it should. A meter
+        that registers again meanwhile gets a new channel (:meth:`reconnect` closes the old
+        one): the wait goes on on the new one."""
+        while True:
+            self.connect()
+            ch = self._channel
+            if ch is None:  # a stub given without a channel of its own (in-process tests)
+                return
+            try:
+                state = ch.get_state(try_to_connect=True)
+                if state is grpc.ChannelConnectivity.READY:
+                    return
+                left = silence_s - (time.monotonic() - self.last_seen)
+                if left <= 0:
+                    return
+                await asyncio.wait_for(ch.wait_for_state_change(state), min(left, poll_s))
+            except TimeoutError:
+                pass
+            except grpc.aio.UsageError:  # closed under the wait
+                if self._channel is ch:
+                    return  # not replaced: let the call say what is wrong
+                # replaced (the meter registered again): wait on the new channel
 
     async def reconnect(self, row: MeterRow) -> None:
         """The meter registered again (maybe at a new address): dial it afresh. The old channel
@@ -92,6 +132,7 @@ class LiveContract:
     collect_attempts: int = 0
     collect_gave_up: bool = False
     in_flight: bool = False  # the consumer's last answer: its lnd has the payment in flight
+    in_flight_since: float | None = None  # monotonic, since when the consumer has said so
 
     @property
     def terms(self) -> ContractTerms:

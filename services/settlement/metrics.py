@@ -54,6 +54,11 @@ DEBTS = Counter(
     "What a contract's consumer owed after a payment failure that passes: collected later, or given up "
     "after debt_collect_s", ["outcome"],
 )
+STUCK_PAYMENTS = Counter(
+    "p2pep_settlement_stuck_payments_total",
+    "Payments the consumer's lnd held in flight for in_flight_resolve_s, resolved at the supplier's node: found "
+    "paid there, or the invoice cancelled and the increment invoiced anew", ["outcome"],
+)
 CONTRACTS_ABANDONED = Counter(
     "p2pep_settlement_contracts_abandoned_total",
     "Contracts ended SETTLEMENT_FAULT because their worker failed worker_attempts times in a row",
@@ -64,6 +69,8 @@ for _outcome in PAYMENT_OUTCOMES:
     PAYMENTS.labels(_outcome)
 for _outcome in ("collected", "given_up"):
     DEBTS.labels(_outcome)
+for _outcome in ("paid", "reinvoiced"):
+    STUCK_PAYMENTS.labels(_outcome)
 for _reason in EndReason:
     CONTRACT_ENDS.labels(_reason.value)
 for _task in ("contract_worker", "proposal", "sweeper", "other"):

@@ -10,8 +10,11 @@ unreachable, the hub down so no route, an outcome lnd cannot tell yet: ``UNAVAIL
 ``DEADLINE_EXCEEDED`` from the meter) still ends the contract at once (``DEFAULTED``: the
 relay blocks, the supplier is owed at most what was delivered unpaid), but settlement keeps
 collecting that amount, with the same invoice, for ``debt_collect_s``: once the network is
-back the supplier is paid exactly what it delivered. A refusal that does not pass (the
-consumer cannot pay: ``FAILED_PRECONDITION``) settles the contract at what was paid, as does
+back the supplier is paid exactly what it delivered. A payment the consumer's lnd holds in flight for
+``in_flight_resolve_s`` (an HTLC stuck after a crash on the route) is resolved at the
+supplier's node (``ResolveInvoice``): recorded paid if the supplier's invoice settled, else
+the supplier cancels it, so it can never be paid, and the increment is invoiced anew. A
+refusal that does not pass (the consumer cannot pay: ``FAILED_PRECONDITION``) settles the contract at what was paid, as does
 the end of the collection window. An unsettled payment row with an invoice is what marks a
 debt being collected, so a restarted settlement goes on collecting it.
 
@@ -110,7 +113,8 @@ class ContractWorker:
         if due is not None and await self._collecting(lc, due):  # ended: what was delivered, asked again
             await asyncio.sleep(self.backoff.delay(lc.collect_attempts))
             lc.collect_attempts += 1
-            await self.pay(lc, due)
+            if not await self._resolve_stuck(lc, due):
+                await self.pay(lc, due)
             return False
         if lc.contract.state.final:
             await self.lifecycle.finish(lc)
@@ -174,6 +178,10 @@ class ContractWorker:
             metrics.PAYMENTS.labels("timeout" if timeout else "failed").inc()
             passing = err.code() in PASSING and self.s.debt_collect_s > 0
             lc.in_flight = err.code() == grpc.StatusCode.UNAVAILABLE and STILL_IN_FLIGHT in (err.details() or "")
+            if not lc.in_flight:
+                lc.in_flight_since = None
+            elif lc.in_flight_since is None:
+                lc.in_flight_since = time.monotonic()
             log.warning("increment not paid", contract_id=lc.cid, increment=due.number, detail=err.details(),
                         code=err.code().name, collecting=passing)
             await self._default(lc, EndReason.PAYMENT_TIMEOUT if timeout else EndReason.PAYMENT_FAILED,
@@ -191,22 +199,73 @@ class ContractWorker:
             log.error("preimage does not match the invoice", contract_id=lc.cid, increment=due.number)
             await self._default(lc, EndReason.PAYMENT_FAILED)
             return False
+        seconds = time.perf_counter() - t0
+        metrics.PAYMENT_SECONDS.observe(seconds)
+        await self._record_paid(lc, due, paid.preimage, paid.fee_msat, phash)
+        log.info("increment paid", contract_id=lc.cid, increment=due.number, amount_msat=due.amount_msat,
+                 fee_msat=paid.fee_msat, seconds=round(seconds, 4))
+        return True
+
+    async def _record_paid(self, lc: LiveContract, due: IncrementDue, preimage: str, fee_msat: int,
+                           phash: str) -> None:
         if lc.collect_until is not None:
             log.info("debt collected", contract_id=lc.cid, increment=due.number, amount_msat=due.amount_msat,
                      attempts=lc.collect_attempts)
             metrics.DEBTS.labels("collected").inc()
             lc.collect_attempts = 0  # the next increment owed (if any) at once
-        await self.store.payment_settled(lc.cid, due.number, paid.preimage, paid.fee_msat, now_ms())
+        lc.in_flight, lc.in_flight_since = False, None
+        await self.store.payment_settled(lc.cid, due.number, preimage, fee_msat, now_ms())
         lc.ledger.record_payment(due.number, due.amount_msat, phash)
         lc.last_payment = time.monotonic()
         metrics.PAYMENTS.labels("settled").inc()
         metrics.PAID_MSAT.inc(due.amount_msat)
-        seconds = time.perf_counter() - t0
-        metrics.PAYMENT_SECONDS.observe(seconds)
-        log.info("increment paid", contract_id=lc.cid, increment=due.number, amount_msat=due.amount_msat,
-                 fee_msat=paid.fee_msat, seconds=round(seconds, 4))
         self.lifecycle.spawn(self.lifecycle.notify(lc))
-        return True
+
+    async def _resolve_stuck(self, lc: LiveContract, due: IncrementDue) -> bool:
+        """A payment the consumer's lnd has held in flight for ``in_flight_resolve_s``: ask the
+        supplier's node. Paid there (its preimage matches): recorded paid, True. Not paid: the
+        supplier cancels the invoice (lnd refuses to cancel a settled one, so the stuck HTLC can
+        then only fail) and the increment is invoiced anew, for :meth:`pay` to ask the consumer
+        to pay. Anything else (the supplier away, the invoice still open): asked again later."""
+        since = lc.in_flight_since
+        if not lc.in_flight or since is None or self.s.in_flight_resolve_s <= 0 or \
+                time.monotonic() - since < self.s.in_flight_resolve_s:
+            return False
+        row = await self.store.payment(lc.cid, due.number)
+        if not row or not row["payment_hash"]:
+            return False
+        phash = row["payment_hash"]
+        sup = self.meters[lc.terms.supplier]
+        R = meter_pb2.ResolveInvoiceResponse
+        try:
+            res = await sup.stub.ResolveInvoice(meter_pb2.ResolveInvoiceRequest(
+                contract_id=lc.cid, increment=due.number, payment_hash=phash, cancel=True), timeout=15)
+        except grpc.aio.AioRpcError as err:
+            log.warning("the supplier could not resolve a payment stuck in flight", contract_id=lc.cid,
+                        increment=due.number, code=err.code().name, detail=err.details())
+            return False
+        if res.state == R.SETTLED and hashlib.sha256(bytes.fromhex(res.preimage)).hexdigest() == phash:
+            metrics.STUCK_PAYMENTS.labels("paid").inc()
+            log.info("a payment stuck in flight reached the supplier", contract_id=lc.cid, increment=due.number)
+            await self._record_paid(lc, due, res.preimage, 0, phash)
+            return True
+        if res.state != R.CANCELED:
+            return False
+        metrics.STUCK_PAYMENTS.labels("reinvoiced").inc()
+        lc.in_flight, lc.in_flight_since = False, None
+        try:
+            inv = await sup.stub.CreateInvoice(meter_pb2.CreateInvoiceRequest(
+                contract_id=lc.cid, increment=due.number, from_wh=due.from_wh, to_wh=due.to_wh,
+                amount_msat=due.amount_msat), timeout=15)
+        except grpc.aio.AioRpcError as err:  # pay() asks for the new invoice itself
+            log.warning("stuck invoice cancelled; no new one yet", contract_id=lc.cid, increment=due.number,
+                        detail=err.details())
+            await self.store.payment_invoice(lc.cid, due.number, "", "")
+            return False
+        await self.store.payment_invoice(lc.cid, due.number, inv.payment_hash, inv.payment_request)
+        log.warning("a payment stuck in flight was cancelled at the supplier; invoiced anew", contract_id=lc.cid,
+                    increment=due.number, stuck_s=round(time.monotonic() - since, 1))
+        return False
 
     async def _default(self, lc: LiveContract, reason: EndReason, keep_invoice: bool = False) -> None:
         """The consumer did not pay: delivery stops now; the supplier is owed at most this

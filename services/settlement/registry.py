@@ -1,7 +1,9 @@
 """The meters settlement knows: who they are, where they listen, how far their readings got.
 
-A meter registers with its signing key, its lnd node and the address of its MeterService;
-registering again with the same key updates the rest, another key for the same id is refused.
+A meter registers with its signing key, its lnd node, the address of its MeterService and
+(optionally) its location, where it is installed; registering again with the same key updates
+the rest (a location left out keeps the one told before), another key for the same id is
+refused.
 Every field is checked for its exact form first (:mod:`p2pep.registration`): settlement later
 dials ``address`` (only through :attr:`MeterLink.stub`, the one place it dials a meter) and
 pays ``node_pubkey``.
@@ -15,7 +17,7 @@ import grpc
 import structlog
 
 from p2pep.metering.signing import is_valid_pubkey
-from p2pep.registration import check_address, check_meter_id, check_node_pubkey, check_role
+from p2pep.registration import check_address, check_location, check_meter_id, check_node_pubkey, check_role
 from p2pep.servicekit.errors import InvalidArgument, PermissionDenied
 from p2pep.settling.validation import StreamHead
 from services.settlement.live import MeterLink
@@ -59,8 +61,9 @@ class MeterRegistry:
         return link.row.node_pubkey if link else ""
 
     async def register(self, meter_id: str, pubkey: str, node_pubkey: str, address: str, role: str,
-                       node_address: str = "") -> int:
-        """Register (or re-register) a meter; returns the last seq settlement holds of it."""
+                       node_address: str = "", location: tuple[float, float] | None = None) -> int:
+        """Register (or re-register) a meter; returns the last seq settlement holds of it.
+        ``location``: (latitude, longitude) in degrees; None: not told (the stored one stays)."""
         check_meter_id(meter_id)
         if not is_valid_pubkey(pubkey):
             raise InvalidArgument("pubkey", "must be a 33-byte compressed secp256k1 key in hex")
@@ -68,16 +71,23 @@ class MeterRegistry:
         check_address(address, "address")
         check_address(node_address, "node_address", required=False)
         check_role(role)
+        if location is not None:
+            location = check_location(*location)
         link = self._links.get(meter_id)
         if link is not None and link.row.pubkey != pubkey:
             raise PermissionDenied("pubkey", f"meter {meter_id} is registered with another key")
-        row = MeterRow(meter_id, pubkey, node_pubkey, address, role, node_address)
+        lat, lon = location if location is not None else (None, None)
+        if location is None and link is not None:  # not told: the place told before stays
+            lat, lon = link.row.latitude, link.row.longitude
+        row = MeterRow(meter_id, pubkey, node_pubkey, address, role, node_address, lat, lon)
         await self.store.upsert_meter(row)
         if link is None:
             link = self._links[meter_id] = MeterLink(row, dial=self.dial)
         else:  # liveness stays as it was: only an accepted new reading refreshes it
             await link.reconnect(row)
-        log.info("meter registered", meter_id=meter_id, address=address, role=role)
+        if self.dial is not None:
+            link.connect()
+        log.info("meter registered", meter_id=meter_id, address=address, role=role, location=location)
         return link.head.seq if link.head else 0
 
     async def close(self) -> None:

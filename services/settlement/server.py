@@ -45,8 +45,10 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def RegisterMeter(self, req: pb.RegisterMeterRequest, ctx: grpc.aio.ServicerContext[Any, Any]) -> pb.RegisterMeterResponse:
         check_enrolled_key(req.pubkey)
+        loc = req.location
         last = await self.e.register_meter(
-            req.meter_id, req.pubkey, req.node_pubkey, req.address, req.role, req.node_address
+            req.meter_id, req.pubkey, req.node_pubkey, req.address, req.role, req.node_address,
+            (loc.latitude, loc.longitude) if req.HasField("location") else None,
         )
         return pb.RegisterMeterResponse(last_seq=last)
 
@@ -114,12 +116,14 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         """Registered meters by id, a page at a time."""
         out = []
         for link in sorted(self.e.meters.values(), key=lambda link: link.row.meter_id):
-            h = link.head
+            h, row = link.head, link.row
             out.append(pb.MeterInfo(
-                meter_id=link.row.meter_id, pubkey=link.row.pubkey, node_pubkey=link.row.node_pubkey,
-                address=link.row.address, role=link.row.role, last_seq=h.seq if h else 0,
+                meter_id=row.meter_id, pubkey=row.pubkey, node_pubkey=row.node_pubkey,
+                address=row.address, role=row.role, last_seq=h.seq if h else 0,
                 import_wh=h.import_wh if h else 0, export_wh=h.export_wh if h else 0,
-                node_address=link.row.node_address,
+                node_address=row.node_address,
+                location=pb.Location(latitude=row.latitude, longitude=row.longitude)
+                if row.latitude is not None and row.longitude is not None else None,
             ))
         page, token = cut(out, req.page_size, req.page_token)
         return pb.ListMetersResponse(meters=page, next_page_token=token)

@@ -11,11 +11,17 @@ from typing import Any
 from p2pep.metering.readings import Reading
 from p2pep.sqlitedb import Database, Schema, Transaction
 
-TABLES = """
+METERS = """
 CREATE TABLE IF NOT EXISTS meters (
   meter_id TEXT PRIMARY KEY, pubkey TEXT NOT NULL, node_pubkey TEXT NOT NULL,
-  address TEXT NOT NULL, role TEXT NOT NULL, node_address TEXT NOT NULL DEFAULT ''
-);
+  address TEXT NOT NULL, role TEXT NOT NULL, node_address TEXT NOT NULL DEFAULT '',
+  latitude REAL, longitude REAL
+)
+"""
+"""The registered meters; ``latitude``/``longitude``: where each is installed, in degrees
+(NULL: it never told)."""
+
+TABLES = METERS + """;
 CREATE TABLE IF NOT EXISTS readings (
   meter_id TEXT NOT NULL, seq INTEGER NOT NULL, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL,
   timestamp_ms INTEGER NOT NULL, signature BLOB NOT NULL, PRIMARY KEY (meter_id, seq)
@@ -71,9 +77,22 @@ def _parties(conn: sqlite3.Connection) -> None:
             conn.execute(stmt)
 
 
-SCHEMA = Schema("settlement", 3, TABLES + OUTBOX + INDEXES, {1: OUTBOX, 2: _parties})
+def _locations(conn: sqlite3.Connection) -> None:
+    """Step 3 -> 4: each meter's registered location (degrees; NULL: never told), NULL for
+    every meter registered before. Idempotent, like step 2."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(meters)")}
+    if not have:  # (a file that never had the table: make it as it is now)
+        conn.execute(METERS)
+        return
+    for col in ("latitude", "longitude"):
+        if col not in have:
+            conn.execute(f"ALTER TABLE meters ADD COLUMN {col} REAL")
+
+
+SCHEMA = Schema("settlement", 4, TABLES + OUTBOX + INDEXES, {1: OUTBOX, 2: _parties, 3: _locations})
 """Version 1: the tables above but the outbox; version 2 adds the outbox (migration step 1);
-version 3 adds the contracts' party columns and the paging indexes (step 2)."""
+version 3 adds the contracts' party columns and the paging indexes (step 2); version 4 adds
+the meters' locations (step 3)."""
 
 OPEN = "summary_json IS NULL AND state <> 'rejected'"
 """A contract settlement still works on (proposed, active, or ended with its last increment
@@ -87,6 +106,9 @@ class OutboxItem:
     payload: dict[str, Any]
 
 
+METER_COLUMNS = "meter_id, pubkey, node_pubkey, address, role, node_address, latitude, longitude"
+
+
 @dataclass(frozen=True)
 class MeterRow:
     meter_id: str
@@ -95,6 +117,8 @@ class MeterRow:
     address: str
     role: str
     node_address: str = ""
+    latitude: float | None = None  # where it is installed, in degrees; None: never told
+    longitude: float | None = None
 
 
 class Store:
@@ -119,15 +143,18 @@ class Store:
 
     # --- meters ---------------------------------------------------------------------
     async def upsert_meter(self, m: MeterRow) -> None:
+        """Insert or update a meter (its pubkey stays); a row without a location keeps the one
+        stored (a re-registration that does not tell it)."""
         await self.db.execute(
-            "INSERT INTO meters VALUES (?,?,?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET "
+            f"INSERT INTO meters ({METER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET "
             "node_pubkey=excluded.node_pubkey, address=excluded.address, role=excluded.role, "
-            "node_address=excluded.node_address",
-            (m.meter_id, m.pubkey, m.node_pubkey, m.address, m.role, m.node_address),
+            "node_address=excluded.node_address, "
+            "latitude=coalesce(excluded.latitude, latitude), longitude=coalesce(excluded.longitude, longitude)",
+            (m.meter_id, m.pubkey, m.node_pubkey, m.address, m.role, m.node_address, m.latitude, m.longitude),
         )
 
     async def meters(self) -> list[MeterRow]:
-        return [MeterRow(*r) for r in await self.db.fetchall("SELECT * FROM meters ORDER BY meter_id")]
+        return [MeterRow(*r) for r in await self.db.fetchall(f"SELECT {METER_COLUMNS} FROM meters ORDER BY meter_id")]
 
     # --- readings -------------------------------------------------------------------
     async def last_reading(self, meter_id: str) -> Reading | None:

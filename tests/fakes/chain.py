@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pep.anchor.chain import ChainNotFound, ChainUnavailable
+from p2pep.anchor.chain import ChainNotFound, ChainRejected, ChainUnavailable
 
 _counter = itertools.count()
 
@@ -37,6 +38,9 @@ class FakeChain:
     orphaned: dict[str, FakeBlock] = field(default_factory=dict)
     unavailable: bool = False
     calls: int = 0
+    after_tx_lookup: Callable[[], None] | None = None  # runs after each get_raw_transaction (races)
+    refused: set[str] = field(default_factory=set)  # txids send_raw_transaction refuses (a conflict...)
+    _peer_chain: list[FakeBlock] = field(default_factory=list)  # what a restarted node resyncs from
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -67,6 +71,19 @@ class FakeChain:
             self.orphaned[block.hash] = block
             self.mempool[:0] = [t for t in block.txids if t not in (drop or set())]
 
+    def restart_empty(self) -> None:
+        """btcd SIGKILLed and started again in regtest mode: its block database deleted, its
+        mempool lost; only genesis is left until :meth:`resync` fetches the chain from a peer."""
+        self._peer_chain = list(self.blocks)
+        del self.blocks[1:]
+        self.mempool.clear()
+
+    def resync(self, upto: int | None = None) -> None:
+        """Fetch the chain back from the peer (up to height ``upto``, else all of it)."""
+        peer = self._peer_chain
+        end = len(peer) if upto is None else upto + 1
+        self.blocks[len(self.blocks):] = peer[len(self.blocks):end]
+
     def block_of(self, txid: str) -> FakeBlock | None:
         return next((b for b in self.blocks if txid in b.txids), None)
 
@@ -77,11 +94,19 @@ class FakeChain:
 
     # -- ChainView --------------------------------------------------------------------
     async def get_raw_transaction(self, txid: str) -> dict[str, Any]:
+        try:
+            return await self._raw_transaction(txid)
+        finally:
+            if self.after_tx_lookup is not None:
+                self.after_tx_lookup()
+
+    async def _raw_transaction(self, txid: str) -> dict[str, Any]:
         self._io()
         if txid not in self.txs or (txid not in self.mempool and self.block_of(txid) is None):
             raise ChainNotFound(txid)
         result: dict[str, Any] = {
             "txid": txid,
+            "hex": f"raw:{txid}",  # what send_raw_transaction takes back
             "vsize": 94 + 8 * len(self.txs[txid]),  # btcd gives the virtual size; any stable positive number here
             "vout": [
                 {"n": n, "value": 0, "scriptPubKey": {"hex": s}} for n, s in enumerate(self.txs[txid])
@@ -112,6 +137,16 @@ class FakeChain:
         self._io()
         return self.height
 
+    # -- TxRelay -------------------------------------------------------------------------
+    async def send_raw_transaction(self, raw_hex: str) -> str:
+        self._io()
+        txid = raw_hex.removeprefix("raw:")
+        if txid in self.refused or txid not in self.txs:
+            raise ChainRejected(f"TX rejected: {txid}")
+        if txid not in self.mempool and self.block_of(txid) is None:
+            self.mempool.append(txid)
+        return txid
+
 
 P2WPKH_CHANGE = "0014" + "11" * 20
 
@@ -124,8 +159,11 @@ class FakeWallet:
     payloads: list[bytes] = field(default_factory=list)
     fee_rates: list[int] = field(default_factory=list)
     fail: bool = False
+    error: Exception | None = None  # raised by send_op_return instead (an lnd error, say)
 
     async def send_op_return(self, payload: bytes, sat_per_vbyte: int) -> str:
+        if self.error is not None:
+            raise self.error
         if self.fail:
             raise RuntimeError("wallet has no funds")
         self.payloads.append(payload)

@@ -47,6 +47,8 @@ class FakeLnd:
         self.unroutable_sat = 0
         """Held back from every channel when routing, as lnd's reserve and fee buffer are."""
         self.channels_inactive = False
+        self.stuck_in_flight = False
+        """Its payments leave and stay in flight (an HTLC held after a crash somewhere on the route)."""
         """Its channel's peer (the hub) is away: the channel is listed inactive."""
 
     def _call(self, method: str) -> None:
@@ -77,6 +79,15 @@ class FakeLnd:
             raise LndError(self.name, "LookupInvoice", "NOT_FOUND: unable to locate invoice")
         return self.invoices[h]
 
+    async def cancel_invoice(self, r_hash: bytes | str) -> None:
+        self._call("CancelInvoice")
+        h = r_hash if isinstance(r_hash, str) else r_hash.hex()
+        if h not in self.invoices:
+            raise LndError(self.name, "CancelInvoice", "UNKNOWN: unable to locate invoice")
+        if self.invoices[h].state == ln.Invoice.SETTLED:
+            raise LndError(self.name, "CancelInvoice", "UNKNOWN: invoice already settled")
+        self.invoices[h].state = ln.Invoice.CANCELED
+
     async def decode_pay_req(self, payment_request: str) -> ln.PayReq:
         self._call("DecodePayReq")
         found = self.net.invoices.get(payment_request)
@@ -96,6 +107,14 @@ class FakeLnd:
         payee, inv = found
         if inv.state == ln.Invoice.SETTLED:
             raise LndError(self.name, "SendPaymentV2", "ALREADY_EXISTS: invoice is already paid")
+        if self.stuck_in_flight:  # the HTLC left and neither comes back nor fails
+            self.payments.append(ln.Payment(payment_hash=inv.r_hash.hex(), value_msat=inv.value_msat,
+                                            status=ln.Payment.IN_FLIGHT, payment_request=payment_request))
+            raise LndError(self.name, "SendPaymentV2", "DEADLINE_EXCEEDED: the payment did not end in time")
+        if inv.state == ln.Invoice.CANCELED:
+            self.payments.append(ln.Payment(payment_hash=inv.r_hash.hex(), value_msat=inv.value_msat,
+                                            status=ln.Payment.FAILED))
+            raise PaymentFailed(self.name, "SendPaymentV2", "FAILED: FAILURE_REASON_INCORRECT_PAYMENT_DETAILS")
         if self.fail_pay is not None:
             self.payments.append(ln.Payment(payment_hash=inv.r_hash.hex(), value_msat=inv.value_msat,
                                             status=ln.Payment.FAILED))
