@@ -32,7 +32,10 @@ fi
 # runc (crun fails on this kind of host's hybrid cgroups), netavark + aardvark-dns (the podman
 # network's DNS: pods reach each other by name; Debian's CNI plugins have no DNS), catatonit
 # (the pods' pause process) and mmdebstrap (the base image from Debian's packages, no registry).
-for pkg in podman runc netavark aardvark-dns catatonit mmdebstrap; do
+# iptables: netavark 1.4 sets up a network's bridge and NAT with it; Debian lists it for netavark
+# as nothing (not even a recommend), and without it every container on the network fails to
+# start with "netavark: No such file or directory (os error 2)" (seen on a fresh machine).
+for pkg in podman runc netavark aardvark-dns catatonit mmdebstrap iptables; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
