@@ -32,6 +32,7 @@ from p2pep.settling.increments import amount_msat
 from p2pep.v1 import common_pb2, meter_pb2, meter_pb2_grpc, settlement_pb2_grpc
 from p2pep.v1 import settlement_pb2 as S
 from services.meter.app import MeterApp, start_meter
+from services.meter.billing import invoice_memo, parse_invoice_memo
 from services.meter.meter import Meter
 
 PRICE = 123_457  # msat/kWh: amounts do not divide evenly
@@ -498,6 +499,44 @@ async def test_create_invoice_checks_and_idempotency(rig: Rig) -> None:
     await rig.lnds["home"].pay(second.payment_request)
     final = await solar.CreateInvoice(invoice_req(t, 3, 20, 24))
     assert rig.lnds["solar"].invoices[final.payment_hash].value_msat == amount_msat(20, 24, PRICE)
+
+
+async def test_an_invoice_paid_is_recorded_from_the_nodes_stream_off_the_next_increments_path(rig: Rig) -> None:
+    """The supplier's meter hears its node settle an increment's invoice (SubscribeInvoices) and
+    records it, with the contract's earned totals in the same commit: the next CreateInvoice
+    needs no LookupInvoice. With the stream broken, the rule holds by asking the node."""
+    home, solar = await pair(rig)
+    t = make_terms(rig)
+    await signed_and_active(rig, home, solar, t)
+    node, store = rig.lnds["solar"], rig.apps["solar"].meter.store
+    await wait_for(lambda: node.invoice_streams, 10, what="the supplier's invoice stream open")
+    first = await solar.CreateInvoice(invoice_req(t, 1, 0, 10))
+    await rig.lnds["home"].pay(first.payment_request)
+
+    async def recorded(k: int) -> bool:
+        row = await store.invoice(t.contract_id, k)
+        return row is not None and row.settled
+    await wait_for(lambda: recorded(1), 10, what="increment 1 recorded paid from the stream")
+    view = next(v for v in await store.contracts() if v.contract_id == t.contract_id)
+    assert (view.paid_wh, view.paid_msat, view.increments) == (10, amount_msat(0, 10, PRICE), 1)
+    assert node.calls.get("LookupInvoice", 0) == 0
+    await solar.CreateInvoice(invoice_req(t, 2, 10, 20))
+    assert node.calls.get("LookupInvoice", 0) == 0
+    # the stream breaks (lnd restarting): increment 2 paid meanwhile is found by asking the node
+    node.break_invoice_streams()
+    await wait_for(lambda: not node.invoice_streams, 10, what="the stream gone")
+    second = (await store.invoice(t.contract_id, 2))
+    assert second is not None
+    await rig.lnds["home"].pay(second.payment_request)
+    await solar.CreateInvoice(invoice_req(t, 3, 20, 30))
+    assert node.calls["LookupInvoice"] >= 1 and await recorded(2)
+    await wait_for(lambda: node.invoice_streams, 10, what="the stream opened again")
+
+
+def test_invoice_memo_round_trip() -> None:
+    assert parse_invoice_memo(invoice_memo("c-1 #x", 7)) == ("c-1 #x", 7)
+    for memo in ("", "bench", "p2pep", "p2pep c-1", "p2pep c-1 #", "p2pep c-1 #-1", "other c-1 #2"):
+        assert parse_invoice_memo(memo) is None, memo
 
 
 async def test_pay_invoice_checks_and_idempotency(rig: Rig) -> None:

@@ -50,8 +50,8 @@ matcher     none                                                   no money move
 ==========  ================  ===================================  ==========================================
 
 What each macaroon cannot do: the meter's cannot send coins to an on-chain address (no
-``SendCoins``/``SendMany``/``SendOutputs``; ``NewAddress`` only makes an address to receive to), close channels, list or
-watch invoices, sign messages, bake macaroons or stop the node; the anchor's
+``SendCoins``/``SendMany``/``SendOutputs``; ``NewAddress`` only makes an address to receive to), close channels, list
+invoices, sign messages, bake macaroons or stop the node; the anchor's
 cannot pay or create invoices, open or close channels, connect to peers, or read more
 than the hub's balances and forwarding history. What lnd's macaroons cannot narrow further (so it rests on other controls):
 ``SendOutputs`` takes any output script, so a leaked anchor macaroon could still pay
@@ -117,6 +117,9 @@ METER = ServiceMacaroon(
         Grant(_ln("GetInfo"), "wait for its node and learn its pubkey (registered with settlement)"),
         Grant(_ln("AddInvoice"), "supplier: one invoice per increment settlement asks for"),
         Grant(_ln("LookupInvoice"), "supplier: whether an increment's invoice is paid"),
+        Grant(_ln("SubscribeInvoices"),
+              "supplier: record each increment's invoice as paid when its node settles it, off the "
+              "path of the next increment (it only reads the node's own invoices)"),
         Grant("/invoicesrpc.Invoices/CancelInvoice",
               "supplier: cancel an unpaid increment's invoice whose payment is stuck in flight, "
               "so it is never paid and can be invoiced anew (settlement's ResolveInvoice)"),

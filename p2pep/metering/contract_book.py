@@ -20,7 +20,7 @@ pays its final increment before it reports the final state).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from p2pep.metering.relay import ContractCover
@@ -98,6 +98,12 @@ class ContractView:
     @property
     def unpaid_wh(self) -> int:
         return max(0, self.attributed_wh - self.paid_wh)
+
+    def with_payment(self, to_wh: int, amount_msat: int) -> ContractView:
+        """A copy with one more increment paid, up to ``to_wh``: what is written to the store
+        with the payment, before :meth:`ContractBook.record_payment` changes the book."""
+        return replace(self, paid_wh=max(self.paid_wh, to_wh), paid_msat=self.paid_msat + amount_msat,
+                       increments=self.increments + 1)
 
 
 @dataclass(frozen=True)
@@ -187,9 +193,8 @@ class ContractBook:
 
     def record_payment(self, contract_id: str, from_wh: int, to_wh: int, amount_msat: int) -> None:
         v = self._views[contract_id]
-        v.paid_wh = max(v.paid_wh, to_wh)
-        v.paid_msat += amount_msat
-        v.increments += 1
+        after = v.with_payment(to_wh, amount_msat)
+        v.paid_wh, v.paid_msat, v.increments = after.paid_wh, after.paid_msat, after.increments
 
     def unpaid_wh(self) -> int:
         """Energy imported under contracts not yet paid (contracts not written off)."""

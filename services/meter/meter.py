@@ -51,6 +51,8 @@ from services.meter.trader import Trader
 
 log = structlog.get_logger("meter")
 
+INVOICE_WATCH_RETRY_S = 2.0  # a broken invoice stream (lnd restarting) is opened again after this
+
 
 class Meter:
     def __init__(
@@ -142,6 +144,7 @@ class Meter:
         s = self.s
         self.tasks.spawn("balances", self._refresh_forever())
         self.node_pubkey = await wait_node_ready(self.lnd, self._stop, s.meter_id)
+        self.tasks.spawn("invoice-watch", self.billing.watch_invoices(retry_s=INVOICE_WATCH_RETRY_S))
         last_seq = await startup.register(self.settlement, settlement_pb2.RegisterMeterRequest(
             meter_id=s.meter_id, pubkey=self.key.pubkey_hex, node_pubkey=self.node_pubkey,
             address=self.address, role=s.role, node_address=s.lnd_p2p,

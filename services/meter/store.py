@@ -167,16 +167,7 @@ class MeterStore:
     # -- contracts -------------------------------------------------------------------------------
 
     async def save_contract(self, v: ContractView) -> None:
-        values = [getattr(v, c) for c in _VIEW_COLUMNS + _TERMS_COLUMNS]
-        cols = ["contract_id", "party", "terms_json", "state", *_VIEW_COLUMNS, *_TERMS_COLUMNS]
-        row = [v.contract_id, v.party.value, canonical_json(v.terms.canonical()).decode(), v.state.value, *values]
-        row = [int(x) if isinstance(x, bool) else x for x in row]
-        updates = ",".join(f"{c}=excluded.{c}" for c in cols[1:])
-        await self.db.execute(
-            f"INSERT INTO contracts ({','.join(cols)}) VALUES ({','.join('?' * len(cols))}) "
-            f"ON CONFLICT(contract_id) DO UPDATE SET {updates}",
-            row,
-        )
+        await self.db.execute(*_save_contract(v))
 
     async def contracts(self) -> list[ContractView]:
         cols = ["party", "terms_json", "state", *_VIEW_COLUMNS]
@@ -218,11 +209,22 @@ class MeterStore:
         await self.db.execute("DELETE FROM invoices WHERE contract_id=? AND increment=? AND settled=0",
                               (contract_id, increment))
 
-    async def invoice_settled(self, contract_id: str, increment: int, settled_ms: int) -> None:
-        await self.db.execute(
-            "UPDATE invoices SET settled=1, settled_ms=? WHERE contract_id=? AND increment=?",
-            (settled_ms, contract_id, increment),
-        )
+    async def invoice(self, contract_id: str, increment: int) -> InvoiceRow | None:
+        r = await self.db.fetchone("SELECT * FROM invoices WHERE contract_id=? AND increment=?",
+                                   (contract_id, increment))
+        return None if r is None else InvoiceRow(r["contract_id"], r["increment"], r["from_wh"], r["to_wh"],
+                                                 r["amount_msat"], r["payment_request"], r["payment_hash"],
+                                                 bool(r["settled"]), r["created_ms"], r["settled_ms"])
+
+    async def invoice_settled(self, contract_id: str, increment: int, settled_ms: int,
+                              view: ContractView | None = None) -> None:
+        """The invoice is paid; with ``view``, the contract's paid totals too, in the same commit
+        (one fsync: this is on the path of every increment)."""
+        async with self.db.transaction() as tx:
+            await tx.execute("UPDATE invoices SET settled=1, settled_ms=? WHERE contract_id=? AND increment=?",
+                             (settled_ms, contract_id, increment))
+            if view is not None:
+                await tx.execute(*_save_contract(view))
 
     # -- payments (as consumer) -------------------------------------------------------------------
 
@@ -231,12 +233,17 @@ class MeterStore:
         rows = await self.db.fetchall(sql, (contract_id,) if contract_id else ())
         return [PaymentRow(*r) for r in rows]
 
-    async def put_payment(self, p: PaymentRow) -> None:
-        await self.db.execute(
-            "INSERT OR REPLACE INTO payments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (p.contract_id, p.increment, p.from_wh, p.to_wh, p.amount_msat, p.payment_request, p.payment_hash,
-             p.preimage, p.fee_msat, p.status, p.detail, p.created_ms),
-        )
+    async def put_payment(self, p: PaymentRow, view: ContractView | None = None) -> None:
+        """Write a payment; with ``view`` (a payment made), the contract's paid totals too, in the
+        same commit."""
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT OR REPLACE INTO payments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (p.contract_id, p.increment, p.from_wh, p.to_wh, p.amount_msat, p.payment_request, p.payment_hash,
+                 p.preimage, p.fee_msat, p.status, p.detail, p.created_ms),
+            )
+            if view is not None:
+                await tx.execute(*_save_contract(view))
 
     # -- orders ----------------------------------------------------------------------------------
 
@@ -258,3 +265,14 @@ class MeterStore:
 
     async def prune_orders(self, before_ms: int) -> None:
         await self.db.execute("DELETE FROM orders WHERE placed_ms<?", (before_ms,))
+
+
+def _save_contract(v: ContractView) -> tuple[str, list[Any]]:
+    """The upsert of a contract's row: its terms and the meter's running totals."""
+    values = [getattr(v, c) for c in _VIEW_COLUMNS + _TERMS_COLUMNS]
+    cols = ["contract_id", "party", "terms_json", "state", *_VIEW_COLUMNS, *_TERMS_COLUMNS]
+    row = [v.contract_id, v.party.value, canonical_json(v.terms.canonical()).decode(), v.state.value, *values]
+    row = [int(x) if isinstance(x, bool) else x for x in row]
+    updates = ",".join(f"{c}=excluded.{c}" for c in cols[1:])
+    return (f"INSERT INTO contracts ({','.join(cols)}) VALUES ({','.join('?' * len(cols))}) "
+            f"ON CONFLICT(contract_id) DO UPDATE SET {updates}", row)

@@ -264,10 +264,18 @@ class Store:
             "SELECT consumer, COUNT(*) FROM contracts WHERE state='defaulted' GROUP BY consumer")}
 
     # --- payments -------------------------------------------------------------------
-    async def payment_intent(self, contract_id: str, inc: int, from_wh: int, to_wh: int, amount: int) -> None:
+    async def payment_intent(self, contract_id: str, inc: int, from_wh: int, to_wh: int, amount: int,
+                             payment_hash: str | None = None, payment_request: str | None = None) -> None:
+        """An increment to be paid; with its invoice, both in one commit (the payment worker writes
+        them together once the supplier has invoiced: asked again after a crash, the supplier's
+        meter answers the same increment with the same invoice). An increment already on record
+        gets the new invoice, and its range, which is the invoice's."""
         await self.db.execute(
-            "INSERT OR IGNORE INTO payments (contract_id, increment, from_wh, to_wh, amount_msat) VALUES (?,?,?,?,?)",
-            (contract_id, inc, from_wh, to_wh, amount),
+            "INSERT INTO payments (contract_id, increment, from_wh, to_wh, amount_msat, payment_hash, payment_request) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(contract_id, increment) DO UPDATE SET from_wh=excluded.from_wh, "
+            "to_wh=excluded.to_wh, amount_msat=excluded.amount_msat, payment_hash=excluded.payment_hash, "
+            "payment_request=excluded.payment_request WHERE payments.preimage IS NULL",
+            (contract_id, inc, from_wh, to_wh, amount, payment_hash, payment_request),
         )
 
     async def payment_invoice(self, contract_id: str, inc: int, payment_hash: str, payment_request: str) -> None:

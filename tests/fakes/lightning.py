@@ -7,9 +7,11 @@ node has one channel to a hub with ample balance. Failures are injected per node
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from p2pep.lnd.client import LndError, PaymentFailed, PaymentResult
@@ -48,6 +50,8 @@ class FakeLnd:
         """Held back from every channel when routing, as lnd's reserve and fee buffer are."""
         self.channels_inactive = False
         self.stuck_in_flight = False
+        self.invoice_streams: list[asyncio.Queue[ln.Invoice | None]] = []
+        """One queue per open SubscribeInvoices stream; None ends it as lnd going away would."""
         """Its payments leave and stay in flight (an HTLC held after a crash somewhere on the route)."""
         """Its channel's peer (the hub) is away: the channel is listed inactive."""
 
@@ -88,6 +92,21 @@ class FakeLnd:
             raise LndError(self.name, "CancelInvoice", "UNKNOWN: invoice already settled")
         self.invoices[h].state = ln.Invoice.CANCELED
 
+    async def subscribe_invoices(self, add_index: int = 0, settle_index: int = 0) -> AsyncIterator[ln.Invoice]:
+        self._call("SubscribeInvoices")
+        q: asyncio.Queue[ln.Invoice | None] = asyncio.Queue()
+        self.invoice_streams.append(q)
+        try:
+            while (inv := await q.get()) is not None:
+                yield inv
+            raise LndError(self.name, "SubscribeInvoices", "UNAVAILABLE: the stream ended")
+        finally:
+            self.invoice_streams.remove(q)
+
+    def break_invoice_streams(self) -> None:
+        for q in self.invoice_streams:
+            q.put_nowait(None)
+
     async def decode_pay_req(self, payment_request: str) -> ln.PayReq:
         self._call("DecodePayReq")
         found = self.net.invoices.get(payment_request)
@@ -126,6 +145,8 @@ class FakeLnd:
         inv.state = ln.Invoice.SETTLED
         inv.settled = True
         inv.amt_paid_msat = inv.value_msat
+        for q in payee.invoice_streams:
+            q.put_nowait(inv)
         pay = ln.Payment(payment_hash=inv.r_hash.hex(), payment_preimage=inv.r_preimage.hex(),
                          value_msat=inv.value_msat, fee_msat=self.fee_msat, status=ln.Payment.SUCCEEDED,
                          payment_request=payment_request)
