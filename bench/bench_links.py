@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arms import interleaved, median
 from bench_settlement import demand_to_energized, hackathon, increments
 from save import save_results
 
@@ -88,21 +88,9 @@ async def run_arm(arm: str, run_dir: Path, minutes: int, accel: int) -> dict[str
             "delivered_wh": report["totals"]["delivered_wh"], "checks_ok": report["ok"]}
 
 
-def median(xs: list[Any]) -> float | None:
-    ok = [x for x in xs if x is not None]
-    return statistics.median(ok) if ok else None
-
-
 async def main(runs: int, minutes: int, accel: int) -> dict[str, Any]:
-    samples: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}
     with tempfile.TemporaryDirectory(prefix="p2pep-bench-links-") as d:
-        for i in range(runs):
-            for arm in ARMS if i % 2 == 0 else tuple(reversed(ARMS)):  # interleaved, order alternating
-                t0 = time.perf_counter()
-                s = await run_arm(arm, Path(d) / f"{arm}-{i}", minutes, accel)
-                s["run_s"] = time.perf_counter() - t0
-                samples[arm].append(s)
-                print(f"{arm} run {i + 1}/{runs}: {json.dumps(s)}", file=sys.stderr, flush=True)
+        samples = await interleaved(ARMS, runs, lambda arm, i: run_arm(arm, Path(d) / f"{arm}-{i}", minutes, accel))
     res: dict[str, Any] = {"accel": accel, "minutes": minutes, "runs_per_arm": runs}
     keys = {"demand_to_energized_s": "energized_s", "demand_to_first_increment_paid_s": "first_paid_s",
             "increment_p50_ms": "p50_ms", "increments_per_s": "per_s", "energized_share": "energized_share",

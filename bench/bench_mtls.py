@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arms import interleaved, median
 from bench_settlement import demand_to_energized, hackathon, increments
 from save import save_results
 
@@ -59,21 +58,9 @@ async def run_arm(arm: str, run_dir: Path, accel: int, seconds: float) -> dict[s
     return {**demand_to_energized(runner), **increments(runner)}
 
 
-def median(xs: list[float | None]) -> float | None:
-    ok = [x for x in xs if x is not None]
-    return statistics.median(ok) if ok else None
-
-
 async def main(runs: int, accel: int, seconds: float) -> dict[str, Any]:
-    samples: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}
     with tempfile.TemporaryDirectory(prefix="p2pep-bench-mtls-") as d:
-        for i in range(runs):
-            for arm in ARMS if i % 2 == 0 else tuple(reversed(ARMS)):  # interleaved, order alternating
-                t0 = time.perf_counter()
-                s = await run_arm(arm, Path(d) / f"{arm}-{i}", accel, seconds)
-                s["run_s"] = time.perf_counter() - t0
-                samples[arm].append(s)
-                print(f"{arm} run {i + 1}/{runs}: {json.dumps(s)}", file=sys.stderr, flush=True)
+        samples = await interleaved(ARMS, runs, lambda arm, i: run_arm(arm, Path(d) / f"{arm}-{i}", accel, seconds))
     res: dict[str, Any] = {"accel": accel, "seconds": seconds, "runs_per_arm": runs}
     for arm in ARMS:
         res[arm] = {"increments_per_s": median([s.get("per_s") for s in samples[arm]]),

@@ -49,6 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arms import median
 from bench_settlement import log_events
 
 from p2pep.regtest import RegtestNetwork
@@ -396,9 +397,8 @@ def _active(c: Any) -> Any:
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the runs of what each run measured against its own baselines."""
     def med(f: Any) -> float | None:
-        xs = [f(r) for r in runs]
-        xs = [x for x in xs if x is not None]
-        return round(statistics.median(xs), 3) if xs else None
+        m = median(f(r) for r in runs)
+        return None if m is None else round(m, 3)
     return {
         "runs": len(runs),
         "ratio_to_bare_lnd_same_load": med(lambda r: r["ratio_to_bare_lnd_same_load"]),
