@@ -827,12 +827,7 @@ async def test_every_process_killed_mid_contract_loses_nothing_pays_nothing_twic
         # has in flight (resumed after its crash, neither settled nor failed) is owed exactly that
         # payment, and settlement is still asking for it (the contract is not settled unpaid).
         in_flight = await payments_in_flight(runner, net, "meter-3")
-        for name, rec in report["suppliers"].items():
-            assert rec["contracts"], name
-            for c in rec["contracts"]:
-                assert c["received_msat"] == c["settlement_paid_msat"], (name, c)
-                owed = sum(amount for cid, amount in in_flight.values() if cid == c["contract_id"])
-                assert c["difference_msat"] == -owed and owed <= c["one_increment_msat"], (name, c, in_flight)
+        assert_suppliers_paid_exactly(report, in_flight)
         # every signed contract anchored, its terms and its summary (but one whose payment is still
         # in flight: its summary waits for it), and verifiable against btcd
         await net.mine(2)
@@ -849,6 +844,18 @@ async def test_every_process_killed_mid_contract_loses_nothing_pays_nothing_twic
             assert res.returncode == 0, (cid, res.stdout, res.stderr)
     finally:
         await net.down()
+
+
+def assert_suppliers_paid_exactly(report: dict[str, Any], in_flight: dict[str, tuple[str, int]]) -> None:
+    """Each supplier's own lnd settled per contract exactly what settlement recorded as paid, and
+    exactly delivered Wh x price, but for a payment the consumer's lnd still has in flight
+    (``in_flight``: payment hash -> (contract, msat)), which is owed, at most one increment."""
+    for name, rec in report["suppliers"].items():
+        assert rec["contracts"], name
+        for c in rec["contracts"]:
+            assert c["received_msat"] == c["settlement_paid_msat"], (name, c)
+            owed = sum(amount for cid, amount in in_flight.values() if cid == c["contract_id"])
+            assert c["difference_msat"] == -owed and owed <= c["one_increment_msat"], (name, c, in_flight)
 
 
 async def test_lossy_links_resend_readings_block_the_relay_while_cut_and_pay_exactly(tmp_path: Path) -> None:
@@ -883,11 +890,6 @@ async def test_lossy_links_resend_readings_block_the_relay_while_cut_and_pay_exa
         # each supplier's own node: exactly what settlement recorded, exactly delivered Wh x price
         # (but a payment the consumer's lnd still has in flight, which settlement still asks for)
         in_flight = await payments_in_flight(runner, net, "meter-3")
-        for name, rec in report["suppliers"].items():
-            assert rec["contracts"], name
-            for c in rec["contracts"]:
-                assert c["received_msat"] == c["settlement_paid_msat"], (name, c)
-                owed = sum(amount for cid, amount in in_flight.values() if cid == c["contract_id"])
-                assert c["difference_msat"] == -owed and owed <= c["one_increment_msat"], (name, c, in_flight)
+        assert_suppliers_paid_exactly(report, in_flight)
     finally:
         await net.down()
