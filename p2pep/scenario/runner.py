@@ -678,6 +678,19 @@ class ScenarioRunner:
             await asyncio.sleep(0.5)
         errors.append(f"contracts still open {timeout:.0f}s after the meters left: {', '.join(left)}")
 
+    async def _close_links(self) -> None:
+        """Once the meters are gone, their links are cut: settlement, still stopping, then dials a
+        closed port, not a proxy whose upstream refuses (which Toxiproxy logs as an error, and a
+        run's logs must hold none: seen once as a failed lossy-links test)."""
+        if self.toxiproxy is None or not self.toxiproxy.alive():
+            return
+        names = [p.name for proxies in self.proxies.values() for p in proxies]
+        try:
+            async with ToxiproxyClient(self.toxiproxy.api) as api:
+                await api.partition(names)
+        except Exception as e:  # noqa: BLE001 - stopping anyway; toxiproxy is stopped next
+            self.say(f"links not cut before settlement stopped: {type(e).__name__}: {e}")
+
     async def _teardown(self) -> None:
         self._set_phase("stopping")
         for t in self._tasks:
@@ -686,6 +699,7 @@ class ScenarioRunner:
         await self.watcher.close()
         meters = [p for n, p in self.procs.items() if n not in ("matcher", "settlement", "anchor")]
         await asyncio.gather(*(p.stop() for p in meters))
+        await self._close_links()
         for n in ("settlement", "anchor", "matcher"):
             if n in self.procs:
                 await self.procs[n].stop()
